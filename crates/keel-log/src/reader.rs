@@ -1,0 +1,310 @@
+//! Reading committed records from one partition, from any offset, following new appends.
+//!
+//! Invariants: a reader delivers each committed record once, in offset order, and never a record
+//! from an incomplete or CRC-damaged frame or from a transaction whose commit batch is not yet on
+//! disk. A damaged frame at the very end of the file may be an append in progress, so the reader
+//! waits at it; a damaged frame with data after it is corruption and is reported as an error.
+
+use crate::format::{BatchHeader, FRAME_HEADER, Frame, for_each_record, read_frame};
+use crate::segment::{continuity_problem, list_segments, segment_path};
+use crate::{LogError, Result};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+
+/// A record as read: its offset, key and value borrowed from the chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordRef<'a> {
+    pub offset: u64,
+    pub key: Option<&'a [u8]>,
+    pub value: &'a [u8],
+}
+
+/// Committed batches read in one call, in offset order.
+pub struct Chunk {
+    data: Vec<u8>,
+    batches: Vec<(usize, usize, BatchHeader)>,
+    skip_below: u64,
+    path: PathBuf,
+    file_pos: u64,
+}
+
+impl Chunk {
+    /// Calls `f` for each record at or after the offset the reader was asked for.
+    pub fn for_each(&self, mut f: impl FnMut(RecordRef<'_>)) -> Result<()> {
+        for &(start, len, header) in &self.batches {
+            let mut offset = header.base_offset;
+            let skip = self.skip_below;
+            for_each_record(
+                &self.data[start..start + len],
+                header.count,
+                &self.path,
+                self.file_pos + start as u64,
+                |key, value| {
+                    if offset >= skip {
+                        f(RecordRef { offset, key, value });
+                    }
+                    offset += 1;
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Number of records delivered by `for_each`.
+    pub fn len(&self) -> usize {
+        self.batches
+            .iter()
+            .map(|(_, _, h)| {
+                h.next_offset()
+                    .saturating_sub(h.base_offset.max(self.skip_below)) as usize
+            })
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Total bytes of the batches in this chunk.
+    pub fn bytes(&self) -> usize {
+        self.batches.iter().map(|b| b.1).sum()
+    }
+}
+
+struct OpenSegment {
+    base: u64,
+    path: PathBuf,
+    file: File,
+    pos: u64,
+}
+
+/// Reads one partition's committed records.
+pub struct PartitionReader {
+    topic: String,
+    partition: u32,
+    dir: PathBuf,
+    next_offset: u64,
+    segment: Option<OpenSegment>,
+}
+
+impl PartitionReader {
+    pub(crate) fn open(topic: String, partition: u32, dir: PathBuf, from: u64) -> Result<Self> {
+        Ok(PartitionReader {
+            topic,
+            partition,
+            dir,
+            next_offset: from,
+            segment: None,
+        })
+    }
+
+    /// The offset of the next record this reader will deliver.
+    pub fn position(&self) -> u64 {
+        self.next_offset
+    }
+
+    /// Reads up to about `max_bytes` of committed records; `None` when none are available now.
+    pub fn read(&mut self, max_bytes: usize) -> Result<Option<Chunk>> {
+        loop {
+            if self.segment.is_none() {
+                self.segment = self.locate()?;
+                if self.segment.is_none() {
+                    return Ok(None);
+                }
+            }
+            let mut want = max_bytes.max(64 << 10);
+            loop {
+                let seg = self
+                    .segment
+                    .as_ref()
+                    .expect("invariant: segment located above");
+                let file_len = seg
+                    .file
+                    .metadata()
+                    .map_err(LogError::io("cannot stat segment", &seg.path))?
+                    .len();
+                let available = file_len.saturating_sub(seg.pos) as usize;
+                if available == 0 {
+                    break;
+                }
+                let n = want.min(available);
+                let mut data = vec![0u8; n];
+                seg.file
+                    .read_exact_at(&mut data, seg.pos)
+                    .map_err(LogError::io("cannot read segment", &seg.path))?;
+                match self.parse(data, n == available, file_len)? {
+                    Parsed::Chunk(chunk) => return Ok(Some(chunk)),
+                    Parsed::NeedMore(bytes) if n < available => want = bytes.max(want * 2),
+                    Parsed::NeedMore(_) | Parsed::Nothing => return Ok(None),
+                }
+            }
+            // At the end of this segment's data: move on if the next segment exists.
+            let next_path = segment_path(&self.dir, self.next_offset);
+            let seg = self
+                .segment
+                .as_ref()
+                .expect("invariant: segment located above");
+            if seg.base != self.next_offset && next_path.exists() {
+                self.segment = None;
+                continue;
+            }
+            return Ok(None);
+        }
+    }
+
+    /// Finds the segment holding `next_offset` and the position of the batch that holds it.
+    fn locate(&mut self) -> Result<Option<OpenSegment>> {
+        let segments = list_segments(&self.dir)?;
+        let Some((base, path)) = segments
+            .iter()
+            .rev()
+            .find(|(b, _)| *b <= self.next_offset)
+            .cloned()
+        else {
+            return match segments.first() {
+                Some((earliest, _)) => Err(LogError::OffsetOutOfRange {
+                    topic: self.topic.clone(),
+                    partition: self.partition,
+                    requested: self.next_offset,
+                    earliest: *earliest,
+                }),
+                None => Ok(None),
+            };
+        };
+        let file = File::open(&path).map_err(LogError::io("cannot open segment", &path))?;
+        let data = std::fs::read(&path).map_err(LogError::io("cannot read segment", &path))?;
+        let mut pos = 0usize;
+        while pos < data.len() {
+            match read_frame(&data[pos..], false) {
+                Frame::Batch { header, len } if header.next_offset() <= self.next_offset => {
+                    pos += len
+                }
+                _ => break,
+            }
+        }
+        Ok(Some(OpenSegment {
+            base,
+            path,
+            file,
+            pos: pos as u64,
+        }))
+    }
+
+    fn parse(&mut self, data: Vec<u8>, to_eof: bool, file_len: u64) -> Result<Parsed> {
+        let seg_pos = self
+            .segment
+            .as_ref()
+            .expect("invariant: segment located before parse")
+            .pos;
+        let mut at = 0usize;
+        let mut batches = vec![];
+        let mut committed_batches = 0;
+        let mut committed_end = 0usize;
+        let mut expected = None::<u64>;
+        let mut open_run = None;
+        let mut committed_next = self.next_offset;
+        while at < data.len() {
+            match read_frame(&data[at..], true) {
+                Frame::Batch { header, len } => {
+                    let exp = expected.unwrap_or(header.base_offset);
+                    if expected.is_none()
+                        && !(header.base_offset <= self.next_offset
+                            && self.next_offset <= header.next_offset().max(header.base_offset))
+                    {
+                        return Err(self.corrupt(
+                            at,
+                            format!(
+                                "batch at offset {} where {} was expected",
+                                header.base_offset, self.next_offset
+                            ),
+                        ));
+                    }
+                    if let Some(problem) = continuity_problem(&header, exp, open_run) {
+                        return Err(self.corrupt(at, problem));
+                    }
+                    batches.push((at, len, header));
+                    at += len;
+                    expected = Some(header.next_offset());
+                    if header.is_txn() && !header.is_txn_last() {
+                        open_run = Some((header.producer, header.sequence));
+                    } else {
+                        open_run = None;
+                        committed_batches = batches.len();
+                        committed_end = at;
+                        committed_next = header.next_offset();
+                    }
+                }
+                Frame::Incomplete => {
+                    if committed_batches == 0 {
+                        let needed = if data.len() - at >= FRAME_HEADER {
+                            at + FRAME_HEADER
+                                + u32::from_le_bytes([
+                                    data[at],
+                                    data[at + 1],
+                                    data[at + 2],
+                                    data[at + 3],
+                                ]) as usize
+                        } else {
+                            at + FRAME_HEADER
+                        };
+                        return Ok(Parsed::NeedMore(needed));
+                    }
+                    break;
+                }
+                Frame::Bad(reason) => {
+                    let frame_end = seg_pos + at as u64 + frame_len_hint(&data[at..]);
+                    if frame_end >= file_len {
+                        // Possibly an append in progress; wait at it.
+                        break;
+                    }
+                    return Err(self.corrupt(at, reason));
+                }
+            }
+        }
+        if committed_batches == 0 {
+            return Ok(if open_run.is_some() && !to_eof {
+                Parsed::NeedMore(data.len() * 2)
+            } else {
+                Parsed::Nothing
+            });
+        }
+        batches.truncate(committed_batches);
+        let seg = self
+            .segment
+            .as_mut()
+            .expect("invariant: segment located before parse");
+        let chunk = Chunk {
+            data,
+            batches,
+            skip_below: self.next_offset,
+            path: seg.path.clone(),
+            file_pos: seg.pos,
+        };
+        seg.pos += committed_end as u64;
+        self.next_offset = committed_next;
+        Ok(Parsed::Chunk(chunk))
+    }
+
+    fn corrupt(&self, at: usize, reason: String) -> LogError {
+        let seg = self.segment.as_ref().expect("invariant: segment located");
+        LogError::Corrupt {
+            path: seg.path.clone(),
+            position: seg.pos + at as u64,
+            reason,
+        }
+    }
+}
+
+fn frame_len_hint(buf: &[u8]) -> u64 {
+    if buf.len() < 4 {
+        return 0;
+    }
+    FRAME_HEADER as u64 + u64::from(u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]))
+}
+
+enum Parsed {
+    Chunk(Chunk),
+    NeedMore(usize),
+    Nothing,
+}

@@ -1,0 +1,141 @@
+//! Segment files: listing them, scanning one for its valid and committed extent, and the small
+//! durable-write helpers (write + fsync, directory fsync) the log and topics use.
+//!
+//! Invariant: `scan_segment` never trusts a frame it has not fully read and (when asked) verified;
+//! it reports where valid data ends, where committed data ends (before any open transaction run),
+//! and why it stopped.
+
+use crate::format::{BatchHeader, Frame, parse_segment_name, read_frame, segment_name};
+use crate::{LogError, Result};
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Segments of a partition directory as `(base_offset, path)`, in increasing offset order.
+pub(crate) fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut out = vec![];
+    let entries =
+        fs::read_dir(dir).map_err(LogError::io("cannot list partition directory", dir))?;
+    for entry in entries {
+        let entry = entry.map_err(LogError::io("cannot list partition directory", dir))?;
+        if let Some(base) = parse_segment_name(&entry.file_name().to_string_lossy()) {
+            out.push((base, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+pub(crate) fn segment_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(segment_name(base))
+}
+
+/// The result of scanning one segment from its start.
+#[derive(Debug, Default)]
+pub(crate) struct Scan {
+    pub file_len: u64,
+    /// End of the last complete, valid batch.
+    pub valid_len: u64,
+    /// End of the last batch that is not inside an unfinished transaction run.
+    pub committed_len: u64,
+    /// Offset after the last committed record.
+    pub committed_next: u64,
+    /// Why the scan stopped before the end of the file, if it did.
+    pub tail_problem: Option<String>,
+    /// Transaction commits seen: `(producer, sequence)`.
+    pub commits: Vec<(u64, u64)>,
+}
+
+/// Scans a whole segment whose first offset is `base`.
+pub(crate) fn scan_segment(path: &Path, base: u64, verify: bool) -> Result<Scan> {
+    let data = fs::read(path).map_err(LogError::io("cannot read segment", path))?;
+    Ok(scan_bytes(&data, base, verify))
+}
+
+pub(crate) fn scan_bytes(data: &[u8], base: u64, verify: bool) -> Scan {
+    let mut scan = Scan {
+        file_len: data.len() as u64,
+        committed_next: base,
+        ..Scan::default()
+    };
+    let mut at = 0usize;
+    let mut next = base;
+    let mut open_run: Option<(u64, u64)> = None; // producer, sequence of the unfinished run
+    while at < data.len() {
+        match read_frame(&data[at..], verify) {
+            Frame::Batch { header, len } => {
+                if let Some(problem) = continuity_problem(&header, next, open_run) {
+                    scan.tail_problem = Some(problem);
+                    break;
+                }
+                at += len;
+                next = header.next_offset();
+                scan.valid_len = at as u64;
+                if header.is_txn() && !header.is_txn_last() {
+                    open_run = Some((header.producer, header.sequence));
+                } else {
+                    if header.is_txn() {
+                        scan.commits.push((header.producer, header.sequence));
+                    }
+                    open_run = None;
+                    scan.committed_len = at as u64;
+                    scan.committed_next = next;
+                }
+            }
+            Frame::Incomplete => {
+                scan.tail_problem =
+                    Some(format!("an incomplete batch of {} bytes", data.len() - at));
+                break;
+            }
+            Frame::Bad(reason) => {
+                scan.tail_problem = Some(reason);
+                break;
+            }
+        }
+    }
+    if scan.tail_problem.is_none() && open_run.is_some() {
+        scan.tail_problem = Some("a transaction that was never committed".to_string());
+    }
+    scan
+}
+
+/// Why a batch cannot follow the previous one, if it cannot.
+pub(crate) fn continuity_problem(
+    header: &BatchHeader,
+    expected: u64,
+    open_run: Option<(u64, u64)>,
+) -> Option<String> {
+    if header.base_offset != expected {
+        return Some(format!(
+            "batch starts at offset {} where {expected} was expected",
+            header.base_offset
+        ));
+    }
+    if let Some((producer, sequence)) = open_run
+        && (!header.is_txn() || header.producer != producer || header.sequence != sequence)
+    {
+        return Some("a transaction's batches are interrupted by another batch".to_string());
+    }
+    None
+}
+
+/// Writes `bytes` to `path` through a temporary file, fsyncs it, and renames it into place.
+pub(crate) fn write_file_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp).map_err(LogError::io("cannot create", &tmp))?;
+    f.write_all(bytes)
+        .map_err(LogError::io("cannot write", &tmp))?;
+    f.sync_all().map_err(LogError::io("cannot fsync", &tmp))?;
+    fs::rename(&tmp, path).map_err(LogError::io("cannot rename into place", path))?;
+    if let Some(parent) = path.parent() {
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+/// Fsyncs a directory so that entries created or renamed in it survive power loss.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(LogError::io("cannot fsync directory", dir))
+}

@@ -1,0 +1,390 @@
+//! Appending to one partition: plain appends and idempotent transactional commits.
+//!
+//! Invariants: every append happens under the partition's exclusive file lock; before writing,
+//! the writer brings its view of the tail up to date (another process may have appended), and if
+//! the tail holds a torn batch or an unfinished transaction it truncates it, logging what it
+//! removed. A transactional commit `(producer, sequence)` is written at most once per partition:
+//! `producers.json` (as of a segment's start) plus the commits found in the last segment give
+//! each producer's last committed sequence.
+
+use crate::format::{
+    BatchHeader, FLAG_TXN, FLAG_TXN_LAST, Record, TARGET_BATCH_BYTES, encode_batch,
+};
+use crate::segment::{list_segments, scan_segment, segment_path, sync_dir, write_file_synced};
+use crate::topic::TopicConfig;
+use crate::{LogError, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+
+/// When an append is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// After the data is fsynced: survives power loss.
+    Fsync,
+    /// After the data is written to the operating system: survives a process kill, not power loss.
+    OsBuffer,
+}
+
+/// The result of a transactional commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnOutcome {
+    /// The records were appended at `base_offset..next_offset`.
+    Committed { base_offset: u64, next_offset: u64 },
+    /// This producer already committed this sequence (or a later one); nothing was written.
+    AlreadyCommitted,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct ProducerTable {
+    /// The table covers every commit before this offset.
+    as_of: u64,
+    producers: BTreeMap<u64, u64>,
+}
+
+/// The writer's view of the partition's tail, valid while the active segment's length matches.
+struct Tail {
+    base: u64,
+    file: File,
+    len: u64,
+    next_offset: u64,
+    producers: BTreeMap<u64, u64>,
+}
+
+/// Appends records to one partition.
+pub struct PartitionWriter {
+    topic: String,
+    partition: u32,
+    dir: PathBuf,
+    config: TopicConfig,
+    durability: Durability,
+    lock: File,
+    tail: Option<Tail>,
+    buf: Vec<u8>,
+}
+
+impl PartitionWriter {
+    pub(crate) fn open(
+        topic: String,
+        partition: u32,
+        dir: PathBuf,
+        config: TopicConfig,
+        durability: Durability,
+    ) -> Result<Self> {
+        let lock_path = dir.join(".lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(LogError::io("cannot open the partition lock", &lock_path))?;
+        Ok(PartitionWriter {
+            topic,
+            partition,
+            dir,
+            config,
+            durability,
+            lock,
+            tail: None,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Appends records; returns `(first offset, offset after the last)` once they are durable.
+    pub fn append(&mut self, records: &[Record]) -> Result<(u64, u64)> {
+        self.locked(|w| {
+            let base = w.tail_ref().next_offset;
+            w.write_batches(records, 0, 0, false)?;
+            Ok((base, w.tail_ref().next_offset))
+        })
+    }
+
+    /// Appends `records` as the commit of transaction `(producer, sequence)`, unless that
+    /// producer already committed `sequence` or a later one here.
+    pub fn commit_txn(
+        &mut self,
+        producer: u64,
+        sequence: u64,
+        records: &[Record],
+    ) -> Result<TxnOutcome> {
+        self.locked(|w| {
+            if w.tail_ref()
+                .producers
+                .get(&producer)
+                .is_some_and(|&last| last >= sequence)
+            {
+                return Ok(TxnOutcome::AlreadyCommitted);
+            }
+            let base = w.tail_ref().next_offset;
+            w.write_batches(records, producer, sequence, true)?;
+            let tail = w.tail_mut();
+            tail.producers.insert(producer, sequence);
+            Ok(TxnOutcome::Committed {
+                base_offset: base,
+                next_offset: tail.next_offset,
+            })
+        })
+    }
+
+    /// The last sequence `producer` committed to this partition, if any.
+    pub fn last_committed(&mut self, producer: u64) -> Result<Option<u64>> {
+        self.locked(|w| Ok(w.tail_ref().producers.get(&producer).copied()))
+    }
+
+    /// The offset the next append will get.
+    pub fn next_offset(&mut self) -> Result<u64> {
+        self.locked(|w| Ok(w.tail_ref().next_offset))
+    }
+
+    fn locked<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        let lock_path = self.dir.join(".lock");
+        self.lock
+            .lock()
+            .map_err(LogError::io("cannot lock partition", &lock_path))?;
+        let result = self.refresh().and_then(|()| f(self));
+        if result.is_err() {
+            // Re-read the tail next time rather than trust a view an error interrupted.
+            self.tail = None;
+        }
+        let unlocked = self
+            .lock
+            .unlock()
+            .map_err(LogError::io("cannot unlock partition", &lock_path));
+        let value = result?;
+        unlocked?;
+        Ok(value)
+    }
+
+    fn tail_ref(&self) -> &Tail {
+        self.tail
+            .as_ref()
+            .expect("invariant: refresh() sets the tail before use")
+    }
+    fn tail_mut(&mut self) -> &mut Tail {
+        self.tail
+            .as_mut()
+            .expect("invariant: refresh() sets the tail before use")
+    }
+
+    /// Brings the tail view up to date; recovers (truncates) a damaged tail.
+    fn refresh(&mut self) -> Result<()> {
+        let segments = list_segments(&self.dir)?;
+        if let (Some(tail), Some((last_base, _))) = (&self.tail, segments.last())
+            && tail.base == *last_base
+        {
+            let len = tail
+                .file
+                .metadata()
+                .map_err(LogError::io(
+                    "cannot stat segment",
+                    segment_path(&self.dir, tail.base),
+                ))?
+                .len();
+            if len == tail.len {
+                return Ok(());
+            }
+        }
+        let table = self.read_producer_table()?;
+        let (base, path) = match segments.last() {
+            Some((b, p)) => (*b, p.clone()),
+            None => {
+                let p = segment_path(&self.dir, table.as_of);
+                File::create(&p).map_err(LogError::io("cannot create segment", &p))?;
+                sync_dir(&self.dir)?;
+                (table.as_of, p)
+            }
+        };
+        let scan = scan_segment(&path, base, true)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(LogError::io("cannot open segment", &path))?;
+        if scan.committed_len < scan.file_len {
+            let reason = scan
+                .tail_problem
+                .clone()
+                .unwrap_or_else(|| "unknown damage".to_string());
+            tracing::warn!(
+                topic = %self.topic,
+                partition = self.partition,
+                segment = %path.display(),
+                "recovering the log: truncating {} bytes after offset {} ({reason}); these bytes were never acknowledged",
+                scan.file_len - scan.committed_len,
+                scan.committed_next,
+            );
+            file.set_len(scan.committed_len)
+                .map_err(LogError::io("cannot truncate damaged tail of", &path))?;
+            file.sync_all()
+                .map_err(LogError::io("cannot fsync", &path))?;
+        }
+        let mut producers = table.producers;
+        for (producer, sequence) in scan.commits {
+            let e = producers.entry(producer).or_insert(sequence);
+            *e = (*e).max(sequence);
+        }
+        self.tail = Some(Tail {
+            base,
+            file,
+            len: scan.committed_len,
+            next_offset: scan.committed_next,
+            producers,
+        });
+        Ok(())
+    }
+
+    fn read_producer_table(&self) -> Result<ProducerTable> {
+        let path = self.dir.join("producers.json");
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| LogError::BadMetadata {
+                path,
+                reason: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ProducerTable::default()),
+            Err(e) => Err(LogError::io("cannot read", path)(e)),
+        }
+    }
+
+    /// Starts a new segment at the current offset if the active one is full, then applies retention.
+    fn maybe_roll(&mut self) -> Result<()> {
+        if self.tail_ref().len < self.config.segment_bytes {
+            return Ok(());
+        }
+        let tail = self.tail_ref();
+        let base = tail.next_offset;
+        let table = ProducerTable {
+            as_of: base,
+            producers: tail.producers.clone(),
+        };
+        let json = serde_json::to_vec(&table).map_err(|e| LogError::BadMetadata {
+            path: self.dir.join("producers.json"),
+            reason: e.to_string(),
+        })?;
+        write_file_synced(&self.dir.join("producers.json"), &json)?;
+        let path = segment_path(&self.dir, base);
+        let file = OpenOptions::new()
+            .create_new(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(LogError::io("cannot create segment", &path))?;
+        sync_dir(&self.dir)?;
+        let producers = table.producers;
+        self.tail = Some(Tail {
+            base,
+            file,
+            len: 0,
+            next_offset: base,
+            producers,
+        });
+        self.apply_retention()
+    }
+
+    /// Deletes closed segments beyond the size or age limit, oldest first. Never the active one.
+    fn apply_retention(&mut self) -> Result<()> {
+        if self.config.retention_bytes.is_none() && self.config.retention_ms.is_none() {
+            return Ok(());
+        }
+        let segments = list_segments(&self.dir)?;
+        let mut sizes = vec![];
+        for (_, path) in &segments {
+            let meta = fs::metadata(path).map_err(LogError::io("cannot stat", path))?;
+            sizes.push((meta.len(), meta.modified().ok()));
+        }
+        let mut total: u64 = sizes.iter().map(|s| s.0).sum();
+        let now = std::time::SystemTime::now();
+        for (i, (base, path)) in segments
+            .iter()
+            .enumerate()
+            .take(segments.len().saturating_sub(1))
+        {
+            let too_big = self
+                .config
+                .retention_bytes
+                .is_some_and(|limit| total > limit);
+            let too_old = match (self.config.retention_ms, sizes[i].1) {
+                (Some(ms), Some(modified)) => now
+                    .duration_since(modified)
+                    .is_ok_and(|age| age.as_millis() > u128::from(ms)),
+                _ => false,
+            };
+            if !(too_big || too_old) {
+                break;
+            }
+            fs::remove_file(path).map_err(LogError::io("cannot delete expired segment", path))?;
+            total -= sizes[i].0;
+            tracing::info!(topic = %self.topic, partition = self.partition, "retention deleted segment starting at offset {base}");
+        }
+        Ok(())
+    }
+
+    fn write_batches(
+        &mut self,
+        records: &[Record],
+        producer: u64,
+        sequence: u64,
+        txn: bool,
+    ) -> Result<()> {
+        self.maybe_roll()?;
+        let now = keel_types::time::now_ms();
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        let mut next = self.tail_ref().next_offset;
+        let mut start = 0;
+        loop {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < records.len()
+                && (end == start || bytes + records[end].encoded_len() <= TARGET_BATCH_BYTES)
+            {
+                bytes += records[end].encoded_len();
+                end += 1;
+            }
+            let last = end == records.len();
+            let flags = if txn {
+                FLAG_TXN | if last { FLAG_TXN_LAST } else { 0 }
+            } else {
+                0
+            };
+            let count = (end - start) as u32;
+            if count > 0 || txn {
+                let header = BatchHeader {
+                    flags,
+                    count,
+                    base_offset: next,
+                    append_time_ms: now,
+                    producer,
+                    sequence,
+                };
+                encode_batch(&mut buf, &header, &records[start..end]);
+            }
+            next += u64::from(count);
+            start = end;
+            if last {
+                break;
+            }
+        }
+        let path = segment_path(&self.dir, self.tail_ref().base);
+        let durability = self.durability;
+        let tail = self.tail_mut();
+        let written = tail
+            .file
+            .write_all_at(&buf, tail.len)
+            .map_err(LogError::io("cannot append to", &path));
+        let synced = match (&written, durability) {
+            (Ok(()), Durability::Fsync) => tail
+                .file
+                .sync_data()
+                .map_err(LogError::io("cannot fsync", &path)),
+            _ => Ok(()),
+        };
+        written?;
+        synced?;
+        tail.len += buf.len() as u64;
+        tail.next_offset = next;
+        self.buf = buf;
+        Ok(())
+    }
+}

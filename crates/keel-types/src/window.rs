@@ -1,0 +1,180 @@
+//! Window assignment for the window table-valued functions, with Flink's bounds.
+//!
+//! Invariants (FLINK_SEMANTICS.md): windows are half-open `[start, end)` and aligned to the epoch
+//! plus the offset; `HOP(slide, size)` puts each time in `size / slide` windows (rounded up when
+//! the slide does not divide the size); `CUMULATE(step, max)` puts a time in every window
+//! `[s, s + k·step)` of its max-size window `[s, s + max)` that contains it. A window with end `e`
+//! fires when the watermark reaches `e - 1`; a row whose window has `e - 1 <= watermark` is late.
+
+use serde::{Deserialize, Serialize};
+
+/// A window table-valued function's shape, all values in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WindowSpec {
+    Tumble { size: i64, offset: i64 },
+    Hop { size: i64, slide: i64, offset: i64 },
+    Cumulate { step: i64, max: i64, offset: i64 },
+}
+
+/// Start of the window of length `size` (aligned to `offset`) that contains `ts`.
+pub fn window_start(ts: i64, offset: i64, size: i64) -> i64 {
+    let rem = (ts - offset).rem_euclid(size);
+    ts - rem
+}
+
+impl WindowSpec {
+    /// Checks the sizes are positive and compatible; the error says which value is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        match *self {
+            WindowSpec::Tumble { size, .. } if size <= 0 => {
+                Err(format!("TUMBLE size must be positive, got {size} ms"))
+            }
+            WindowSpec::Hop { size, slide, .. } if size <= 0 || slide <= 0 => Err(format!(
+                "HOP slide and size must be positive, got slide {slide} ms, size {size} ms"
+            )),
+            WindowSpec::Hop { size, slide, .. } if size % slide != 0 => Err(format!(
+                "HOP size ({size} ms) must be a whole multiple of the slide ({slide} ms), as in Flink"
+            )),
+            WindowSpec::Cumulate { step, max, .. } if step <= 0 || max <= 0 || max % step != 0 => {
+                Err(format!(
+                    "CUMULATE max size ({max} ms) must be a positive whole multiple of the step ({step} ms)"
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The largest number of windows one time can belong to.
+    pub fn windows_per_row(&self) -> usize {
+        match *self {
+            WindowSpec::Tumble { .. } => 1,
+            WindowSpec::Hop { size, slide, .. } => (size / slide) as usize,
+            WindowSpec::Cumulate { step, max, .. } => (max / step) as usize,
+        }
+    }
+
+    /// Calls `f(start, end)` for every window containing `ts`, in increasing order of end.
+    pub fn assign(&self, ts: i64, mut f: impl FnMut(i64, i64)) {
+        match *self {
+            WindowSpec::Tumble { size, offset } => {
+                let s = window_start(ts, offset, size);
+                f(s, s + size);
+            }
+            WindowSpec::Hop {
+                size,
+                slide,
+                offset,
+            } => {
+                // The latest window containing ts starts at the slide boundary at or before ts.
+                let last = window_start(ts, offset, slide);
+                let mut start = last - size + slide;
+                while start <= last {
+                    if ts < start + size {
+                        f(start, start + size);
+                    }
+                    start += slide;
+                }
+            }
+            WindowSpec::Cumulate { step, max, offset } => {
+                let s = window_start(ts, offset, max);
+                let mut end = window_start(ts, offset, step) + step;
+                while end <= s + max {
+                    f(s, end);
+                    end += step;
+                }
+            }
+        }
+    }
+}
+
+/// True when a row of the window ending at `window_end` arrives too late for watermark `wm`.
+pub fn is_late(window_end: i64, wm: i64) -> bool {
+    wm >= window_end - 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all(spec: WindowSpec, ts: i64) -> Vec<(i64, i64)> {
+        let mut v = vec![];
+        spec.assign(ts, |s, e| v.push((s, e)));
+        v
+    }
+
+    #[test]
+    fn tumble_is_half_open_and_epoch_aligned() {
+        let t = WindowSpec::Tumble {
+            size: 10_000,
+            offset: 0,
+        };
+        assert_eq!(all(t, 0), vec![(0, 10_000)]);
+        assert_eq!(all(t, 9_999), vec![(0, 10_000)]);
+        assert_eq!(all(t, 10_000), vec![(10_000, 20_000)]);
+        assert_eq!(all(t, -1), vec![(-10_000, 0)]);
+    }
+
+    #[test]
+    fn hop_assigns_size_over_slide_windows() {
+        let h = WindowSpec::Hop {
+            size: 10_000,
+            slide: 2_000,
+            offset: 0,
+        };
+        let w = all(h, 12_500);
+        assert_eq!(w.len(), 5);
+        assert_eq!(w.first(), Some(&(4_000, 14_000)));
+        assert_eq!(w.last(), Some(&(12_000, 22_000)));
+        for (s, e) in w {
+            assert!(s <= 12_500 && 12_500 < e);
+        }
+    }
+
+    #[test]
+    fn cumulate_shares_the_max_window_start() {
+        let c = WindowSpec::Cumulate {
+            step: 2_000,
+            max: 10_000,
+            offset: 0,
+        };
+        assert_eq!(
+            all(c, 3_000),
+            vec![(0, 4_000), (0, 6_000), (0, 8_000), (0, 10_000)]
+        );
+        assert_eq!(
+            all(c, 10_000),
+            vec![
+                (10_000, 12_000),
+                (10_000, 14_000),
+                (10_000, 16_000),
+                (10_000, 18_000),
+                (10_000, 20_000)
+            ]
+        );
+    }
+
+    #[test]
+    fn lateness_uses_window_max_timestamp() {
+        assert!(!is_late(10_000, 9_998));
+        assert!(is_late(10_000, 9_999));
+    }
+
+    #[test]
+    fn validation_names_the_bad_value() {
+        assert!(
+            WindowSpec::Hop {
+                size: 10,
+                slide: 3,
+                offset: 0
+            }
+            .validate()
+            .unwrap_err()
+            .contains("multiple")
+        );
+        assert!(
+            WindowSpec::Tumble { size: 0, offset: 0 }
+                .validate()
+                .is_err()
+        );
+    }
+}
