@@ -7,45 +7,26 @@ use std::path::PathBuf;
 pub enum LogError {
     #[error("topic '{0}' does not exist; create it with `keel topic create {0}`")]
     TopicNotFound(String),
-    #[error(
-        "topic '{0}' already exists; use it as it is, or delete it first with `keel topic delete {0}`"
-    )]
+    #[error("topic '{0}' already exists; use it as it is, or delete it first with `keel topic delete {0}`")]
     TopicExists(String),
     #[error("invalid topic name '{name}': {reason}")]
     InvalidName { name: String, reason: String },
     #[error("invalid topic configuration: {0}")]
     InvalidConfig(String),
     #[error("partition {partition} does not exist: topic '{topic}' has {partitions} partition(s)")]
-    NoSuchPartition {
-        topic: String,
-        partition: u32,
-        partitions: u32,
-    },
+    NoSuchPartition { topic: String, partition: u32, partitions: u32 },
     #[error(
         "offset {requested} of topic '{topic}' partition {partition} is no longer stored \
          (retention removed it); the earliest stored offset is {earliest}"
     )]
-    OffsetOutOfRange {
-        topic: String,
-        partition: u32,
-        requested: u64,
-        earliest: u64,
-    },
+    OffsetOutOfRange { topic: String, partition: u32, requested: u64, earliest: u64 },
     #[error(
         "corrupt log data in {} at byte {position}: {reason}; this segment cannot be served \
          (restore the file from a backup, or delete the topic to start over)", path.display()
     )]
-    Corrupt {
-        path: PathBuf,
-        position: u64,
-        reason: String,
-    },
+    Corrupt { path: PathBuf, position: u64, reason: String },
     #[error("{action} {}: {source}", path.display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { action: &'static str, path: PathBuf, source: std::io::Error },
     #[error("topic metadata {} is unreadable: {reason}", path.display())]
     BadMetadata { path: PathBuf, reason: String },
 }
@@ -59,21 +40,12 @@ impl LogError {
             | LogError::InvalidConfig(_)
             | LogError::NoSuchPartition { .. }
             | LogError::OffsetOutOfRange { .. } => ErrorClass::User,
-            LogError::Io { .. } | LogError::Corrupt { .. } | LogError::BadMetadata { .. } => {
-                ErrorClass::External
-            }
+            LogError::Io { .. } | LogError::Corrupt { .. } | LogError::BadMetadata { .. } => ErrorClass::External,
         }
     }
 
-    pub(crate) fn io(
-        action: &'static str,
-        path: impl Into<PathBuf>,
-    ) -> impl FnOnce(std::io::Error) -> LogError {
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> LogError {
         let path = path.into();
-        move |source| LogError::Io {
-            action,
-            path,
-            source,
-        }
+        move |source| LogError::Io { action, path, source }
     }
 }

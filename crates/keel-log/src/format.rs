@@ -131,9 +131,7 @@ pub(crate) fn read_frame(buf: &[u8], verify: bool) -> Frame {
         let crc = u32_at(buf, 4);
         let actual = crc32c::crc32c(body);
         if crc != actual {
-            return Frame::Bad(format!(
-                "CRC32C mismatch (stored {crc:08x}, computed {actual:08x})"
-            ));
+            return Frame::Bad(format!("CRC32C mismatch (stored {crc:08x}, computed {actual:08x})"));
         }
     }
     if body[0] != VERSION {
@@ -147,10 +145,7 @@ pub(crate) fn read_frame(buf: &[u8], verify: bool) -> Frame {
         producer: u64_at(body, 22),
         sequence: u64_at(body, 30),
     };
-    Frame::Batch {
-        header,
-        len: FRAME_HEADER + len,
-    }
+    Frame::Batch { header, len: FRAME_HEADER + len }
 }
 
 /// Calls `f(key, value)` for each record in a CRC-checked batch body.
@@ -161,11 +156,7 @@ pub(crate) fn for_each_record<'a>(
     position: u64,
     mut f: impl FnMut(Option<&'a [u8]>, &'a [u8]),
 ) -> Result<()> {
-    let bad = |reason: &str| LogError::Corrupt {
-        path: path.to_path_buf(),
-        position,
-        reason: reason.to_string(),
-    };
+    let bad = |reason: &str| LogError::Corrupt { path: path.to_path_buf(), position, reason: reason.to_string() };
     let mut at = FRAME_HEADER + BODY_HEADER;
     for _ in 0..count {
         if at + 4 > frame.len() {
@@ -208,9 +199,7 @@ pub(crate) fn segment_name(base: u64) -> String {
 
 /// Base offset from a segment file name, if it is one.
 pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
-    name.strip_suffix(".log")
-        .filter(|s| s.len() == 20)
-        .and_then(|s| s.parse().ok())
+    name.strip_suffix(".log").filter(|s| s.len() == 20).and_then(|s| s.parse().ok())
 }
 
 #[cfg(test)]
@@ -218,50 +207,26 @@ mod tests {
     use super::*;
 
     fn header(base: u64, count: u32) -> BatchHeader {
-        BatchHeader {
-            flags: 0,
-            count,
-            base_offset: base,
-            append_time_ms: 7,
-            producer: 0,
-            sequence: 0,
-        }
+        BatchHeader { flags: 0, count, base_offset: base, append_time_ms: 7, producer: 0, sequence: 0 }
     }
 
     #[test]
     fn roundtrip_and_crc_detects_any_flipped_bit() {
-        let recs = vec![
-            Record::new(Some(b"k".to_vec()), b"hello".to_vec()),
-            Record::new(None, b"".to_vec()),
-        ];
+        let recs = vec![Record::new(Some(b"k".to_vec()), b"hello".to_vec()), Record::new(None, b"".to_vec())];
         let mut buf = vec![];
         encode_batch(&mut buf, &header(5, 2), &recs);
-        let Frame::Batch { header: h, len } = read_frame(&buf, true) else {
-            panic!("not a batch")
-        };
+        let Frame::Batch { header: h, len } = read_frame(&buf, true) else { panic!("not a batch") };
         assert_eq!((h.base_offset, h.count, len), (5, 2, buf.len()));
         let mut got = vec![];
-        for_each_record(&buf, 2, Path::new("x"), 0, |k, v| {
-            got.push((k.map(<[u8]>::to_vec), v.to_vec()))
-        })
-        .unwrap();
-        assert_eq!(
-            got,
-            vec![(Some(b"k".to_vec()), b"hello".to_vec()), (None, vec![])]
-        );
+        for_each_record(&buf, 2, Path::new("x"), 0, |k, v| got.push((k.map(<[u8]>::to_vec), v.to_vec()))).unwrap();
+        assert_eq!(got, vec![(Some(b"k".to_vec()), b"hello".to_vec()), (None, vec![])]);
         for byte in FRAME_HEADER..buf.len() {
             let mut damaged = buf.clone();
             damaged[byte] ^= 0x10;
-            assert!(
-                matches!(read_frame(&damaged, true), Frame::Bad(_)),
-                "flip at {byte} not detected"
-            );
+            assert!(matches!(read_frame(&damaged, true), Frame::Bad(_)), "flip at {byte} not detected");
         }
         for cut in 0..buf.len() {
-            assert!(matches!(
-                read_frame(&buf[..cut], true),
-                Frame::Incomplete | Frame::Bad(_)
-            ));
+            assert!(matches!(read_frame(&buf[..cut], true), Frame::Incomplete | Frame::Bad(_)));
         }
     }
 

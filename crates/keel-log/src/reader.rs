@@ -55,10 +55,7 @@ impl Chunk {
     pub fn len(&self) -> usize {
         self.batches
             .iter()
-            .map(|(_, _, h)| {
-                h.next_offset()
-                    .saturating_sub(h.base_offset.max(self.skip_below)) as usize
-            })
+            .map(|(_, _, h)| h.next_offset().saturating_sub(h.base_offset.max(self.skip_below)) as usize)
             .sum()
     }
 
@@ -90,13 +87,7 @@ pub struct PartitionReader {
 
 impl PartitionReader {
     pub(crate) fn open(topic: String, partition: u32, dir: PathBuf, from: u64) -> Result<Self> {
-        Ok(PartitionReader {
-            topic,
-            partition,
-            dir,
-            next_offset: from,
-            segment: None,
-        })
+        Ok(PartitionReader { topic, partition, dir, next_offset: from, segment: None })
     }
 
     /// The offset of the next record this reader will deliver.
@@ -115,24 +106,15 @@ impl PartitionReader {
             }
             let mut want = max_bytes.max(64 << 10);
             loop {
-                let seg = self
-                    .segment
-                    .as_ref()
-                    .expect("invariant: segment located above");
-                let file_len = seg
-                    .file
-                    .metadata()
-                    .map_err(LogError::io("cannot stat segment", &seg.path))?
-                    .len();
+                let seg = self.segment.as_ref().expect("invariant: segment located above");
+                let file_len = seg.file.metadata().map_err(LogError::io("cannot stat segment", &seg.path))?.len();
                 let available = file_len.saturating_sub(seg.pos) as usize;
                 if available == 0 {
                     break;
                 }
                 let n = want.min(available);
                 let mut data = vec![0u8; n];
-                seg.file
-                    .read_exact_at(&mut data, seg.pos)
-                    .map_err(LogError::io("cannot read segment", &seg.path))?;
+                seg.file.read_exact_at(&mut data, seg.pos).map_err(LogError::io("cannot read segment", &seg.path))?;
                 match self.parse(data, n == available, file_len)? {
                     Parsed::Chunk(chunk) => return Ok(Some(chunk)),
                     Parsed::NeedMore(bytes) if n < available => want = bytes.max(want * 2),
@@ -141,10 +123,7 @@ impl PartitionReader {
             }
             // At the end of this segment's data: move on if the next segment exists.
             let next_path = segment_path(&self.dir, self.next_offset);
-            let seg = self
-                .segment
-                .as_ref()
-                .expect("invariant: segment located above");
+            let seg = self.segment.as_ref().expect("invariant: segment located above");
             if seg.base != self.next_offset && next_path.exists() {
                 self.segment = None;
                 continue;
@@ -156,12 +135,7 @@ impl PartitionReader {
     /// Finds the segment holding `next_offset` and the position of the batch that holds it.
     fn locate(&mut self) -> Result<Option<OpenSegment>> {
         let segments = list_segments(&self.dir)?;
-        let Some((base, path)) = segments
-            .iter()
-            .rev()
-            .find(|(b, _)| *b <= self.next_offset)
-            .cloned()
-        else {
+        let Some((base, path)) = segments.iter().rev().find(|(b, _)| *b <= self.next_offset).cloned() else {
             return match segments.first() {
                 Some((earliest, _)) => Err(LogError::OffsetOutOfRange {
                     topic: self.topic.clone(),
@@ -177,26 +151,15 @@ impl PartitionReader {
         let mut pos = 0usize;
         while pos < data.len() {
             match read_frame(&data[pos..], false) {
-                Frame::Batch { header, len } if header.next_offset() <= self.next_offset => {
-                    pos += len
-                }
+                Frame::Batch { header, len } if header.next_offset() <= self.next_offset => pos += len,
                 _ => break,
             }
         }
-        Ok(Some(OpenSegment {
-            base,
-            path,
-            file,
-            pos: pos as u64,
-        }))
+        Ok(Some(OpenSegment { base, path, file, pos: pos as u64 }))
     }
 
     fn parse(&mut self, data: Vec<u8>, to_eof: bool, file_len: u64) -> Result<Parsed> {
-        let seg_pos = self
-            .segment
-            .as_ref()
-            .expect("invariant: segment located before parse")
-            .pos;
+        let seg_pos = self.segment.as_ref().expect("invariant: segment located before parse").pos;
         let mut at = 0usize;
         let mut batches = vec![];
         let mut committed_batches = 0;
@@ -214,10 +177,7 @@ impl PartitionReader {
                     {
                         return Err(self.corrupt(
                             at,
-                            format!(
-                                "batch at offset {} where {} was expected",
-                                header.base_offset, self.next_offset
-                            ),
+                            format!("batch at offset {} where {} was expected", header.base_offset, self.next_offset),
                         ));
                     }
                     if let Some(problem) = continuity_problem(&header, exp, open_run) {
@@ -239,12 +199,7 @@ impl PartitionReader {
                     if committed_batches == 0 {
                         let needed = if data.len() - at >= FRAME_HEADER {
                             at + FRAME_HEADER
-                                + u32::from_le_bytes([
-                                    data[at],
-                                    data[at + 1],
-                                    data[at + 2],
-                                    data[at + 3],
-                                ]) as usize
+                                + u32::from_le_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]) as usize
                         } else {
                             at + FRAME_HEADER
                         };
@@ -263,24 +218,11 @@ impl PartitionReader {
             }
         }
         if committed_batches == 0 {
-            return Ok(if open_run.is_some() && !to_eof {
-                Parsed::NeedMore(data.len() * 2)
-            } else {
-                Parsed::Nothing
-            });
+            return Ok(if open_run.is_some() && !to_eof { Parsed::NeedMore(data.len() * 2) } else { Parsed::Nothing });
         }
         batches.truncate(committed_batches);
-        let seg = self
-            .segment
-            .as_mut()
-            .expect("invariant: segment located before parse");
-        let chunk = Chunk {
-            data,
-            batches,
-            skip_below: self.next_offset,
-            path: seg.path.clone(),
-            file_pos: seg.pos,
-        };
+        let seg = self.segment.as_mut().expect("invariant: segment located before parse");
+        let chunk = Chunk { data, batches, skip_below: self.next_offset, path: seg.path.clone(), file_pos: seg.pos };
         seg.pos += committed_end as u64;
         self.next_offset = committed_next;
         Ok(Parsed::Chunk(chunk))
@@ -288,11 +230,7 @@ impl PartitionReader {
 
     fn corrupt(&self, at: usize, reason: String) -> LogError {
         let seg = self.segment.as_ref().expect("invariant: segment located");
-        LogError::Corrupt {
-            path: seg.path.clone(),
-            position: seg.pos + at as u64,
-            reason,
-        }
+        LogError::Corrupt { path: seg.path.clone(), position: seg.pos + at as u64, reason }
     }
 }
 

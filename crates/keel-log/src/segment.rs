@@ -14,8 +14,7 @@ use std::path::{Path, PathBuf};
 /// Segments of a partition directory as `(base_offset, path)`, in increasing offset order.
 pub(crate) fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     let mut out = vec![];
-    let entries =
-        fs::read_dir(dir).map_err(LogError::io("cannot list partition directory", dir))?;
+    let entries = fs::read_dir(dir).map_err(LogError::io("cannot list partition directory", dir))?;
     for entry in entries {
         let entry = entry.map_err(LogError::io("cannot list partition directory", dir))?;
         if let Some(base) = parse_segment_name(&entry.file_name().to_string_lossy()) {
@@ -53,11 +52,7 @@ pub(crate) fn scan_segment(path: &Path, base: u64, verify: bool) -> Result<Scan>
 }
 
 pub(crate) fn scan_bytes(data: &[u8], base: u64, verify: bool) -> Scan {
-    let mut scan = Scan {
-        file_len: data.len() as u64,
-        committed_next: base,
-        ..Scan::default()
-    };
+    let mut scan = Scan { file_len: data.len() as u64, committed_next: base, ..Scan::default() };
     let mut at = 0usize;
     let mut next = base;
     let mut open_run: Option<(u64, u64)> = None; // producer, sequence of the unfinished run
@@ -83,8 +78,7 @@ pub(crate) fn scan_bytes(data: &[u8], base: u64, verify: bool) -> Scan {
                 }
             }
             Frame::Incomplete => {
-                scan.tail_problem =
-                    Some(format!("an incomplete batch of {} bytes", data.len() - at));
+                scan.tail_problem = Some(format!("an incomplete batch of {} bytes", data.len() - at));
                 break;
             }
             Frame::Bad(reason) => {
@@ -100,16 +94,9 @@ pub(crate) fn scan_bytes(data: &[u8], base: u64, verify: bool) -> Scan {
 }
 
 /// Why a batch cannot follow the previous one, if it cannot.
-pub(crate) fn continuity_problem(
-    header: &BatchHeader,
-    expected: u64,
-    open_run: Option<(u64, u64)>,
-) -> Option<String> {
+pub(crate) fn continuity_problem(header: &BatchHeader, expected: u64, open_run: Option<(u64, u64)>) -> Option<String> {
     if header.base_offset != expected {
-        return Some(format!(
-            "batch starts at offset {} where {expected} was expected",
-            header.base_offset
-        ));
+        return Some(format!("batch starts at offset {} where {expected} was expected", header.base_offset));
     }
     if let Some((producer, sequence)) = open_run
         && (!header.is_txn() || header.producer != producer || header.sequence != sequence)
@@ -123,8 +110,7 @@ pub(crate) fn continuity_problem(
 pub(crate) fn write_file_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let mut f = File::create(&tmp).map_err(LogError::io("cannot create", &tmp))?;
-    f.write_all(bytes)
-        .map_err(LogError::io("cannot write", &tmp))?;
+    f.write_all(bytes).map_err(LogError::io("cannot write", &tmp))?;
     f.sync_all().map_err(LogError::io("cannot fsync", &tmp))?;
     fs::rename(&tmp, path).map_err(LogError::io("cannot rename into place", path))?;
     if let Some(parent) = path.parent() {
@@ -135,7 +121,5 @@ pub(crate) fn write_file_synced(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Fsyncs a directory so that entries created or renamed in it survive power loss.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(LogError::io("cannot fsync directory", dir))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(LogError::io("cannot fsync directory", dir))
 }

@@ -33,12 +33,7 @@ pub struct TopicConfig {
 
 impl TopicConfig {
     pub fn new(partitions: u32) -> Self {
-        TopicConfig {
-            partitions,
-            segment_bytes: default_segment_bytes(),
-            retention_bytes: None,
-            retention_ms: None,
-        }
+        TopicConfig { partitions, segment_bytes: default_segment_bytes(), retention_bytes: None, retention_ms: None }
     }
 
     fn validate(&self) -> Result<()> {
@@ -60,25 +55,15 @@ impl TopicConfig {
 
 /// Checks a topic name: 1–200 characters of letters, digits, `.`, `_` and `-`, not starting with `.`.
 pub fn validate_topic_name(name: &str) -> Result<()> {
-    let bad = |reason: &str| {
-        Err(LogError::InvalidName {
-            name: name.to_string(),
-            reason: reason.to_string(),
-        })
-    };
+    let bad = |reason: &str| Err(LogError::InvalidName { name: name.to_string(), reason: reason.to_string() });
     if name.is_empty() || name.len() > 200 {
         return bad("use between 1 and 200 characters");
     }
     if name.starts_with('.') {
         return bad("a topic name cannot start with '.'");
     }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        return bad(&format!(
-            "'{c}' is not allowed; use letters, digits, '.', '_' and '-'"
-        ));
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+        return bad(&format!("'{c}' is not allowed; use letters, digits, '.', '_' and '-'"));
     }
     Ok(())
 }
@@ -105,10 +90,7 @@ impl Log {
     /// Opens (creating if needed) the topics directory under `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Log> {
         let topics_dir = data_dir.join("topics");
-        fs::create_dir_all(&topics_dir).map_err(LogError::io(
-            "cannot create the topics directory",
-            &topics_dir,
-        ))?;
+        fs::create_dir_all(&topics_dir).map_err(LogError::io("cannot create the topics directory", &topics_dir))?;
         Ok(Log { topics_dir })
     }
 
@@ -120,9 +102,7 @@ impl Log {
         if dir.exists() {
             return Err(LogError::TopicExists(name.to_string()));
         }
-        let tmp = self
-            .topics_dir
-            .join(format!(".creating-{name}-{}", std::process::id()));
+        let tmp = self.topics_dir.join(format!(".creating-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&tmp);
         fs::create_dir_all(&tmp).map_err(LogError::io("cannot create", &tmp))?;
         for p in 0..config.partitions {
@@ -130,8 +110,7 @@ impl Log {
             fs::create_dir(&pdir).map_err(LogError::io("cannot create", &pdir))?;
         }
         let meta = tmp.join("topic.json");
-        let json = serde_json::to_vec_pretty(&config)
-            .map_err(|e| LogError::InvalidConfig(e.to_string()))?;
+        let json = serde_json::to_vec_pretty(&config).map_err(|e| LogError::InvalidConfig(e.to_string()))?;
         crate::segment::write_file_synced(&meta, &json)?;
         crate::segment::sync_dir(&tmp)?;
         match fs::rename(&tmp, &dir) {
@@ -143,11 +122,7 @@ impl Log {
             Err(e) => return Err(LogError::io("cannot create", &dir)(e)),
         }
         crate::segment::sync_dir(&self.topics_dir)?;
-        Ok(Topic {
-            name: name.to_string(),
-            dir,
-            config,
-        })
+        Ok(Topic { name: name.to_string(), dir, config })
     }
 
     /// Opens an existing topic.
@@ -162,16 +137,9 @@ impl Log {
             }
             Err(e) => return Err(LogError::io("cannot read", &meta)(e)),
         };
-        let config: TopicConfig =
-            serde_json::from_slice(&bytes).map_err(|e| LogError::BadMetadata {
-                path: meta.clone(),
-                reason: e.to_string(),
-            })?;
-        Ok(Topic {
-            name: name.to_string(),
-            dir,
-            config,
-        })
+        let config: TopicConfig = serde_json::from_slice(&bytes)
+            .map_err(|e| LogError::BadMetadata { path: meta.clone(), reason: e.to_string() })?;
+        Ok(Topic { name: name.to_string(), dir, config })
     }
 
     /// Opens a topic, creating it with `config` if it does not exist.
@@ -188,8 +156,7 @@ impl Log {
     /// Names of all topics, sorted.
     pub fn list_topics(&self) -> Result<Vec<String>> {
         let mut names = vec![];
-        let entries = fs::read_dir(&self.topics_dir)
-            .map_err(LogError::io("cannot list", &self.topics_dir))?;
+        let entries = fs::read_dir(&self.topics_dir).map_err(LogError::io("cannot list", &self.topics_dir))?;
         for entry in entries {
             let entry = entry.map_err(LogError::io("cannot list", &self.topics_dir))?;
             let name = entry.file_name().to_string_lossy().to_string();
@@ -204,9 +171,7 @@ impl Log {
     /// Deletes a topic and all its data.
     pub fn delete_topic(&self, name: &str) -> Result<()> {
         let topic = self.topic(name)?;
-        let trash = self
-            .topics_dir
-            .join(format!(".deleting-{name}-{}", std::process::id()));
+        let trash = self.topics_dir.join(format!(".deleting-{name}-{}", std::process::id()));
         fs::rename(&topic.dir, &trash).map_err(LogError::io("cannot delete", &topic.dir))?;
         crate::segment::sync_dir(&self.topics_dir)?;
         fs::remove_dir_all(&trash).map_err(LogError::io("cannot remove", &trash))
@@ -251,13 +216,7 @@ impl Topic {
     /// takes the partition's lock.
     pub fn writer(&self, partition: u32, durability: Durability) -> Result<PartitionWriter> {
         let dir = self.partition_dir(partition)?;
-        PartitionWriter::open(
-            self.name.clone(),
-            partition,
-            dir,
-            self.config.clone(),
-            durability,
-        )
+        PartitionWriter::open(self.name.clone(), partition, dir, self.config.clone(), durability)
     }
 
     /// A reader of committed records starting at offset `from`.
@@ -272,29 +231,17 @@ impl Topic {
         let segments = list_segments(&dir)?;
         let mut size_bytes = 0;
         for (_, path) in &segments {
-            size_bytes += fs::metadata(path)
-                .map_err(LogError::io("cannot stat", path))?
-                .len();
+            size_bytes += fs::metadata(path).map_err(LogError::io("cannot stat", path))?.len();
         }
         let (start_offset, end_offset) = match (segments.first(), segments.last()) {
-            (Some((first, _)), Some((last, path))) => {
-                (*first, scan_segment(path, *last, false)?.committed_next)
-            }
+            (Some((first, _)), Some((last, path))) => (*first, scan_segment(path, *last, false)?.committed_next),
             _ => (0, 0),
         };
-        Ok(PartitionInfo {
-            partition,
-            start_offset,
-            end_offset,
-            size_bytes,
-            segments: segments.len(),
-        })
+        Ok(PartitionInfo { partition, start_offset, end_offset, size_bytes, segments: segments.len() })
     }
 
     /// `partition_info` for every partition.
     pub fn describe(&self) -> Result<Vec<PartitionInfo>> {
-        (0..self.config.partitions)
-            .map(|p| self.partition_info(p))
-            .collect()
+        (0..self.config.partitions).map(|p| self.partition_info(p)).collect()
     }
 }

@@ -7,9 +7,7 @@
 //! `producers.json` (as of a segment's start) plus the commits found in the last segment give
 //! each producer's last committed sequence.
 
-use crate::format::{
-    BatchHeader, FLAG_TXN, FLAG_TXN_LAST, Record, TARGET_BATCH_BYTES, encode_batch,
-};
+use crate::format::{BatchHeader, FLAG_TXN, FLAG_TXN_LAST, Record, TARGET_BATCH_BYTES, encode_batch};
 use crate::segment::{list_segments, scan_segment, segment_path, sync_dir, write_file_synced};
 use crate::topic::TopicConfig;
 use crate::{LogError, Result};
@@ -80,16 +78,7 @@ impl PartitionWriter {
             .write(true)
             .open(&lock_path)
             .map_err(LogError::io("cannot open the partition lock", &lock_path))?;
-        Ok(PartitionWriter {
-            topic,
-            partition,
-            dir,
-            config,
-            durability,
-            lock,
-            tail: None,
-            buf: Vec::new(),
-        })
+        Ok(PartitionWriter { topic, partition, dir, config, durability, lock, tail: None, buf: Vec::new() })
     }
 
     /// Appends records; returns `(first offset, offset after the last)` once they are durable.
@@ -103,28 +92,16 @@ impl PartitionWriter {
 
     /// Appends `records` as the commit of transaction `(producer, sequence)`, unless that
     /// producer already committed `sequence` or a later one here.
-    pub fn commit_txn(
-        &mut self,
-        producer: u64,
-        sequence: u64,
-        records: &[Record],
-    ) -> Result<TxnOutcome> {
+    pub fn commit_txn(&mut self, producer: u64, sequence: u64, records: &[Record]) -> Result<TxnOutcome> {
         self.locked(|w| {
-            if w.tail_ref()
-                .producers
-                .get(&producer)
-                .is_some_and(|&last| last >= sequence)
-            {
+            if w.tail_ref().producers.get(&producer).is_some_and(|&last| last >= sequence) {
                 return Ok(TxnOutcome::AlreadyCommitted);
             }
             let base = w.tail_ref().next_offset;
             w.write_batches(records, producer, sequence, true)?;
             let tail = w.tail_mut();
             tail.producers.insert(producer, sequence);
-            Ok(TxnOutcome::Committed {
-                base_offset: base,
-                next_offset: tail.next_offset,
-            })
+            Ok(TxnOutcome::Committed { base_offset: base, next_offset: tail.next_offset })
         })
     }
 
@@ -140,32 +117,23 @@ impl PartitionWriter {
 
     fn locked<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
         let lock_path = self.dir.join(".lock");
-        self.lock
-            .lock()
-            .map_err(LogError::io("cannot lock partition", &lock_path))?;
+        self.lock.lock().map_err(LogError::io("cannot lock partition", &lock_path))?;
         let result = self.refresh().and_then(|()| f(self));
         if result.is_err() {
             // Re-read the tail next time rather than trust a view an error interrupted.
             self.tail = None;
         }
-        let unlocked = self
-            .lock
-            .unlock()
-            .map_err(LogError::io("cannot unlock partition", &lock_path));
+        let unlocked = self.lock.unlock().map_err(LogError::io("cannot unlock partition", &lock_path));
         let value = result?;
         unlocked?;
         Ok(value)
     }
 
     fn tail_ref(&self) -> &Tail {
-        self.tail
-            .as_ref()
-            .expect("invariant: refresh() sets the tail before use")
+        self.tail.as_ref().expect("invariant: refresh() sets the tail before use")
     }
     fn tail_mut(&mut self) -> &mut Tail {
-        self.tail
-            .as_mut()
-            .expect("invariant: refresh() sets the tail before use")
+        self.tail.as_mut().expect("invariant: refresh() sets the tail before use")
     }
 
     /// Brings the tail view up to date; recovers (truncates) a damaged tail.
@@ -177,10 +145,7 @@ impl PartitionWriter {
             let len = tail
                 .file
                 .metadata()
-                .map_err(LogError::io(
-                    "cannot stat segment",
-                    segment_path(&self.dir, tail.base),
-                ))?
+                .map_err(LogError::io("cannot stat segment", segment_path(&self.dir, tail.base)))?
                 .len();
             if len == tail.len {
                 return Ok(());
@@ -203,10 +168,7 @@ impl PartitionWriter {
             .open(&path)
             .map_err(LogError::io("cannot open segment", &path))?;
         if scan.committed_len < scan.file_len {
-            let reason = scan
-                .tail_problem
-                .clone()
-                .unwrap_or_else(|| "unknown damage".to_string());
+            let reason = scan.tail_problem.clone().unwrap_or_else(|| "unknown damage".to_string());
             tracing::warn!(
                 topic = %self.topic,
                 partition = self.partition,
@@ -215,33 +177,24 @@ impl PartitionWriter {
                 scan.file_len - scan.committed_len,
                 scan.committed_next,
             );
-            file.set_len(scan.committed_len)
-                .map_err(LogError::io("cannot truncate damaged tail of", &path))?;
-            file.sync_all()
-                .map_err(LogError::io("cannot fsync", &path))?;
+            file.set_len(scan.committed_len).map_err(LogError::io("cannot truncate damaged tail of", &path))?;
+            file.sync_all().map_err(LogError::io("cannot fsync", &path))?;
         }
         let mut producers = table.producers;
         for (producer, sequence) in scan.commits {
             let e = producers.entry(producer).or_insert(sequence);
             *e = (*e).max(sequence);
         }
-        self.tail = Some(Tail {
-            base,
-            file,
-            len: scan.committed_len,
-            next_offset: scan.committed_next,
-            producers,
-        });
+        self.tail = Some(Tail { base, file, len: scan.committed_len, next_offset: scan.committed_next, producers });
         Ok(())
     }
 
     fn read_producer_table(&self) -> Result<ProducerTable> {
         let path = self.dir.join("producers.json");
         match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| LogError::BadMetadata {
-                path,
-                reason: e.to_string(),
-            }),
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|e| LogError::BadMetadata { path, reason: e.to_string() })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ProducerTable::default()),
             Err(e) => Err(LogError::io("cannot read", path)(e)),
         }
@@ -254,14 +207,9 @@ impl PartitionWriter {
         }
         let tail = self.tail_ref();
         let base = tail.next_offset;
-        let table = ProducerTable {
-            as_of: base,
-            producers: tail.producers.clone(),
-        };
-        let json = serde_json::to_vec(&table).map_err(|e| LogError::BadMetadata {
-            path: self.dir.join("producers.json"),
-            reason: e.to_string(),
-        })?;
+        let table = ProducerTable { as_of: base, producers: tail.producers.clone() };
+        let json = serde_json::to_vec(&table)
+            .map_err(|e| LogError::BadMetadata { path: self.dir.join("producers.json"), reason: e.to_string() })?;
         write_file_synced(&self.dir.join("producers.json"), &json)?;
         let path = segment_path(&self.dir, base);
         let file = OpenOptions::new()
@@ -272,13 +220,7 @@ impl PartitionWriter {
             .map_err(LogError::io("cannot create segment", &path))?;
         sync_dir(&self.dir)?;
         let producers = table.producers;
-        self.tail = Some(Tail {
-            base,
-            file,
-            len: 0,
-            next_offset: base,
-            producers,
-        });
+        self.tail = Some(Tail { base, file, len: 0, next_offset: base, producers });
         self.apply_retention()
     }
 
@@ -295,19 +237,12 @@ impl PartitionWriter {
         }
         let mut total: u64 = sizes.iter().map(|s| s.0).sum();
         let now = std::time::SystemTime::now();
-        for (i, (base, path)) in segments
-            .iter()
-            .enumerate()
-            .take(segments.len().saturating_sub(1))
-        {
-            let too_big = self
-                .config
-                .retention_bytes
-                .is_some_and(|limit| total > limit);
+        for (i, (base, path)) in segments.iter().enumerate().take(segments.len().saturating_sub(1)) {
+            let too_big = self.config.retention_bytes.is_some_and(|limit| total > limit);
             let too_old = match (self.config.retention_ms, sizes[i].1) {
-                (Some(ms), Some(modified)) => now
-                    .duration_since(modified)
-                    .is_ok_and(|age| age.as_millis() > u128::from(ms)),
+                (Some(ms), Some(modified)) => {
+                    now.duration_since(modified).is_ok_and(|age| age.as_millis() > u128::from(ms))
+                }
                 _ => false,
             };
             if !(too_big || too_old) {
@@ -320,13 +255,7 @@ impl PartitionWriter {
         Ok(())
     }
 
-    fn write_batches(
-        &mut self,
-        records: &[Record],
-        producer: u64,
-        sequence: u64,
-        txn: bool,
-    ) -> Result<()> {
+    fn write_batches(&mut self, records: &[Record], producer: u64, sequence: u64, txn: bool) -> Result<()> {
         self.maybe_roll()?;
         let now = keel_types::time::now_ms();
         let mut buf = std::mem::take(&mut self.buf);
@@ -336,28 +265,15 @@ impl PartitionWriter {
         loop {
             let mut end = start;
             let mut bytes = 0;
-            while end < records.len()
-                && (end == start || bytes + records[end].encoded_len() <= TARGET_BATCH_BYTES)
-            {
+            while end < records.len() && (end == start || bytes + records[end].encoded_len() <= TARGET_BATCH_BYTES) {
                 bytes += records[end].encoded_len();
                 end += 1;
             }
             let last = end == records.len();
-            let flags = if txn {
-                FLAG_TXN | if last { FLAG_TXN_LAST } else { 0 }
-            } else {
-                0
-            };
+            let flags = if txn { FLAG_TXN | if last { FLAG_TXN_LAST } else { 0 } } else { 0 };
             let count = (end - start) as u32;
             if count > 0 || txn {
-                let header = BatchHeader {
-                    flags,
-                    count,
-                    base_offset: next,
-                    append_time_ms: now,
-                    producer,
-                    sequence,
-                };
+                let header = BatchHeader { flags, count, base_offset: next, append_time_ms: now, producer, sequence };
                 encode_batch(&mut buf, &header, &records[start..end]);
             }
             next += u64::from(count);
@@ -369,15 +285,9 @@ impl PartitionWriter {
         let path = segment_path(&self.dir, self.tail_ref().base);
         let durability = self.durability;
         let tail = self.tail_mut();
-        let written = tail
-            .file
-            .write_all_at(&buf, tail.len)
-            .map_err(LogError::io("cannot append to", &path));
+        let written = tail.file.write_all_at(&buf, tail.len).map_err(LogError::io("cannot append to", &path));
         let synced = match (&written, durability) {
-            (Ok(()), Durability::Fsync) => tail
-                .file
-                .sync_data()
-                .map_err(LogError::io("cannot fsync", &path)),
+            (Ok(()), Durability::Fsync) => tail.file.sync_data().map_err(LogError::io("cannot fsync", &path)),
             _ => Ok(()),
         };
         written?;

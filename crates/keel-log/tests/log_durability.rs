@@ -13,23 +13,17 @@ fn read_all(topic: &Topic, partition: u32, from: u64) -> Vec<(u64, String)> {
     let mut reader = topic.reader(partition, from).unwrap();
     let mut out = vec![];
     while let Some(chunk) = reader.read(1 << 16).unwrap() {
-        chunk
-            .for_each(|r| out.push((r.offset, String::from_utf8(r.value.to_vec()).unwrap())))
-            .unwrap();
+        chunk.for_each(|r| out.push((r.offset, String::from_utf8(r.value.to_vec()).unwrap()))).unwrap();
     }
     out
 }
 
 fn segment_files(dir: &std::path::Path, topic: &str, partition: u32) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(
-        dir.join("topics")
-            .join(topic)
-            .join(format!("p-{partition:04}")),
-    )
-    .unwrap()
-    .map(|e| e.unwrap().path())
-    .filter(|p| p.extension().is_some_and(|e| e == "log"))
-    .collect();
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join("topics").join(topic).join(format!("p-{partition:04}")))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
     v.sort();
     v
 }
@@ -42,27 +36,15 @@ fn appends_are_read_back_in_order_from_any_offset() {
     let mut w = topic.writer(1, Durability::Fsync).unwrap();
     assert_eq!(w.append(&[rec("a"), rec("b")]).unwrap(), (0, 2));
     assert_eq!(w.append(&[rec("c")]).unwrap(), (2, 3));
-    assert_eq!(
-        read_all(&topic, 1, 0),
-        vec![(0, "a".into()), (1, "b".into()), (2, "c".into())]
-    );
-    assert_eq!(
-        read_all(&topic, 1, 1),
-        vec![(1, "b".into()), (2, "c".into())]
-    );
+    assert_eq!(read_all(&topic, 1, 0), vec![(0, "a".into()), (1, "b".into()), (2, "c".into())]);
+    assert_eq!(read_all(&topic, 1, 1), vec![(1, "b".into()), (2, "c".into())]);
     assert_eq!(read_all(&topic, 1, 3), vec![]);
     assert!(read_all(&topic, 0, 0).is_empty());
     let info = topic.partition_info(1).unwrap();
     assert_eq!((info.start_offset, info.end_offset), (0, 3));
-    assert!(matches!(
-        log.create_topic("t", TopicConfig::new(1)),
-        Err(LogError::TopicExists(_))
-    ));
+    assert!(matches!(log.create_topic("t", TopicConfig::new(1)), Err(LogError::TopicExists(_))));
     assert!(matches!(log.topic("nope"), Err(LogError::TopicNotFound(_))));
-    assert!(matches!(
-        log.create_topic("a/b", TopicConfig::new(1)),
-        Err(LogError::InvalidName { .. })
-    ));
+    assert!(matches!(log.create_topic("a/b", TopicConfig::new(1)), Err(LogError::InvalidName { .. })));
 }
 
 #[test]
@@ -79,21 +61,11 @@ fn a_torn_tail_is_never_served_and_is_truncated_by_the_next_writer() {
     let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
     f.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, 9, 9, 9]).unwrap();
     drop(f);
-    assert_eq!(
-        read_all(&topic, 0, 0).len(),
-        2,
-        "the torn frame must not be served"
-    );
+    assert_eq!(read_all(&topic, 0, 0).len(), 2, "the torn frame must not be served");
     let mut w = topic.writer(0, Durability::Fsync).unwrap();
     assert_eq!(w.append(&[rec("three")]).unwrap(), (2, 3));
     assert!(std::fs::metadata(&seg).unwrap().len() > good_len);
-    assert_eq!(
-        read_all(&topic, 0, 0)
-            .iter()
-            .map(|r| r.1.as_str())
-            .collect::<Vec<_>>(),
-        vec!["one", "two", "three"]
-    );
+    assert_eq!(read_all(&topic, 0, 0).iter().map(|r| r.1.as_str()).collect::<Vec<_>>(), vec!["one", "two", "three"]);
 }
 
 #[test]
@@ -123,10 +95,7 @@ fn a_corrupted_tail_batch_is_truncated_and_corruption_before_good_data_is_an_err
     bytes[20] ^= 0x01;
     std::fs::write(&seg, &bytes).unwrap();
     let mut reader = topic.reader(0, 0).unwrap();
-    let err = reader
-        .read(1 << 16)
-        .err()
-        .expect("corruption must be an error");
+    let err = reader.read(1 << 16).err().expect("corruption must be an error");
     assert!(err.to_string().contains("CRC32C mismatch"), "{err}");
 }
 
@@ -137,56 +106,25 @@ fn transactions_are_invisible_until_committed_and_commits_are_idempotent() {
     let topic = log.create_topic("t", TopicConfig::new(1)).unwrap();
     let mut w = topic.writer(0, Durability::Fsync).unwrap();
     let big: Vec<Record> = (0..3000).map(|i| rec(&format!("{i:0>500}"))).collect();
-    assert_eq!(
-        w.commit_txn(7, 1, &big).unwrap(),
-        TxnOutcome::Committed {
-            base_offset: 0,
-            next_offset: 3000
-        }
-    );
-    assert_eq!(
-        w.commit_txn(7, 1, &big).unwrap(),
-        TxnOutcome::AlreadyCommitted
-    );
-    assert_eq!(
-        w.commit_txn(7, 0, &[rec("old")]).unwrap(),
-        TxnOutcome::AlreadyCommitted
-    );
+    assert_eq!(w.commit_txn(7, 1, &big).unwrap(), TxnOutcome::Committed { base_offset: 0, next_offset: 3000 });
+    assert_eq!(w.commit_txn(7, 1, &big).unwrap(), TxnOutcome::AlreadyCommitted);
+    assert_eq!(w.commit_txn(7, 0, &[rec("old")]).unwrap(), TxnOutcome::AlreadyCommitted);
     assert_eq!(read_all(&topic, 0, 0).len(), 3000);
     drop(w);
     // Simulate a writer that died in the middle of a multi-batch commit: cut the file inside the
     // second transaction's last batch, so its first batches are whole but its commit is missing.
     let mut w = topic.writer(0, Durability::Fsync).unwrap();
-    assert!(matches!(
-        w.commit_txn(7, 2, &big).unwrap(),
-        TxnOutcome::Committed { .. }
-    ));
+    assert!(matches!(w.commit_txn(7, 2, &big).unwrap(), TxnOutcome::Committed { .. }));
     drop(w);
     let seg = segment_files(dir.path(), "t", 0).pop().unwrap();
     let len = std::fs::metadata(&seg).unwrap().len();
-    OpenOptions::new()
-        .write(true)
-        .open(&seg)
-        .unwrap()
-        .set_len(len - 100)
-        .unwrap();
-    assert_eq!(
-        read_all(&topic, 0, 0).len(),
-        3000,
-        "the uncommitted transaction's whole batches must stay invisible"
-    );
+    OpenOptions::new().write(true).open(&seg).unwrap().set_len(len - 100).unwrap();
+    assert_eq!(read_all(&topic, 0, 0).len(), 3000, "the uncommitted transaction's whole batches must stay invisible");
     let mut w = topic.writer(0, Durability::Fsync).unwrap();
-    assert_eq!(
-        w.last_committed(7).unwrap(),
-        Some(1),
-        "the torn commit must not count"
-    );
+    assert_eq!(w.last_committed(7).unwrap(), Some(1), "the torn commit must not count");
     assert!(matches!(
         w.commit_txn(7, 2, &[rec("retry")]).unwrap(),
-        TxnOutcome::Committed {
-            base_offset: 3000,
-            next_offset: 3001
-        }
+        TxnOutcome::Committed { base_offset: 3000, next_offset: 3001 }
     ));
     let all = read_all(&topic, 0, 0);
     assert_eq!(all.len(), 3001);
@@ -202,26 +140,14 @@ fn producer_sequences_survive_segment_rolls() {
     let topic = log.create_topic("t", cfg).unwrap();
     let mut w = topic.writer(0, Durability::OsBuffer).unwrap();
     for seq in 1..=20u64 {
-        let recs: Vec<Record> = (0..10)
-            .map(|i| rec(&format!("{seq}-{i}-{:0>60}", 0)))
-            .collect();
-        assert!(matches!(
-            w.commit_txn(42, seq, &recs).unwrap(),
-            TxnOutcome::Committed { .. }
-        ));
+        let recs: Vec<Record> = (0..10).map(|i| rec(&format!("{seq}-{i}-{:0>60}", 0))).collect();
+        assert!(matches!(w.commit_txn(42, seq, &recs).unwrap(), TxnOutcome::Committed { .. }));
     }
     drop(w);
-    assert!(
-        segment_files(dir.path(), "t", 0).len() > 3,
-        "expected several segments"
-    );
+    assert!(segment_files(dir.path(), "t", 0).len() > 3, "expected several segments");
     let mut w = topic.writer(0, Durability::OsBuffer).unwrap();
     for seq in 1..=20u64 {
-        assert_eq!(
-            w.commit_txn(42, seq, &[rec("dup")]).unwrap(),
-            TxnOutcome::AlreadyCommitted,
-            "seq {seq}"
-        );
+        assert_eq!(w.commit_txn(42, seq, &[rec("dup")]).unwrap(), TxnOutcome::AlreadyCommitted, "seq {seq}");
     }
     let all = read_all(&topic, 0, 0);
     assert_eq!(all.len(), 200);
@@ -242,21 +168,14 @@ fn retention_by_size_deletes_oldest_closed_segments() {
         w.append(&[rec(&format!("{i:0>100}"))]).unwrap();
     }
     let info = topic.partition_info(0).unwrap();
-    assert!(
-        info.size_bytes <= 8192 + 2048 + 200,
-        "size {}",
-        info.size_bytes
-    );
+    assert!(info.size_bytes <= 8192 + 2048 + 200, "size {}", info.size_bytes);
     assert!(info.start_offset > 0);
     assert_eq!(info.end_offset, 200);
     let kept = read_all(&topic, 0, info.start_offset);
     assert_eq!(kept.len() as u64, 200 - info.start_offset);
     match topic.reader(0, 0).unwrap().read(1024) {
         Err(LogError::OffsetOutOfRange { earliest, .. }) => assert_eq!(earliest, info.start_offset),
-        other => panic!(
-            "expected OffsetOutOfRange, got {:?}",
-            other.map(|c| c.map(|c| c.len()))
-        ),
+        other => panic!("expected OffsetOutOfRange, got {:?}", other.map(|c| c.map(|c| c.len()))),
     }
 }
 
@@ -277,12 +196,7 @@ fn retention_by_age_deletes_closed_segments_older_than_the_limit() {
     // Age every closed segment by two minutes, then trigger a roll.
     let old = std::time::SystemTime::now() - std::time::Duration::from_secs(120);
     for p in &before[..before.len() - 1] {
-        OpenOptions::new()
-            .write(true)
-            .open(p)
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
+        OpenOptions::new().write(true).open(p).unwrap().set_modified(old).unwrap();
     }
     for i in 0..15 {
         w.append(&[rec(&format!("{i:0>100}"))]).unwrap();
@@ -306,8 +220,7 @@ fn a_reader_follows_appends_and_segment_rolls() {
     let mut w = topic.writer(0, Durability::OsBuffer).unwrap();
     let mut seen = 0u64;
     for round in 0..20 {
-        w.append(&[rec(&format!("{round:0>200}")), rec("x")])
-            .unwrap();
+        w.append(&[rec(&format!("{round:0>200}")), rec("x")]).unwrap();
         while let Some(chunk) = reader.read(300).unwrap() {
             chunk
                 .for_each(|r| {

@@ -39,10 +39,8 @@ pub struct KeyGroupRange {
 impl KeyGroupRange {
     /// The key groups owned by `subtask` at `parallelism` (inverse of `subtask_of_key_group`).
     pub fn of_subtask(subtask: u32, key_groups: u32, parallelism: u32) -> Self {
-        let start =
-            (u64::from(subtask) * u64::from(key_groups)).div_ceil(u64::from(parallelism)) as u32;
-        let end = (u64::from(subtask + 1) * u64::from(key_groups)).div_ceil(u64::from(parallelism))
-            as u32;
+        let start = (u64::from(subtask) * u64::from(key_groups)).div_ceil(u64::from(parallelism)) as u32;
+        let end = (u64::from(subtask + 1) * u64::from(key_groups)).div_ceil(u64::from(parallelism)) as u32;
         KeyGroupRange { start, end }
     }
 
@@ -64,11 +62,7 @@ mod tests {
                     let r = KeyGroupRange::of_subtask(s, groups, p);
                     assert!(r.start <= r.end);
                     for g in r.start..r.end {
-                        assert_eq!(
-                            subtask_of_key_group(g, groups, p),
-                            s,
-                            "groups={groups} p={p} g={g}"
-                        );
+                        assert_eq!(subtask_of_key_group(g, groups, p), s, "groups={groups} p={p} g={g}");
                     }
                     covered += r.end - r.start;
                 }
@@ -81,9 +75,6 @@ mod tests {
     fn hash_is_stable() {
         // Pinned: checkpoints and topic partitioning store the consequences of this value.
         assert_eq!(hash_key(b"user-1"), xxh3_64(b"user-1"));
-        assert_eq!(
-            key_group(hash_key(b""), 128),
-            key_group(0x2d06800538d394c2, 128)
-        );
+        assert_eq!(key_group(hash_key(b""), 128), key_group(0x2d06800538d394c2, 128));
     }
 }

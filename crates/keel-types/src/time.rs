@@ -23,10 +23,7 @@ pub struct DurationError {
 /// Parses `500ms`, `10s`, `10 s`, `2m`, `2min`, `1h`, `1d`; a bare number is seconds.
 pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
     let s = input.trim();
-    let err = |reason| DurationError {
-        input: input.to_string(),
-        reason,
-    };
+    let err = |reason| DurationError { input: input.to_string(), reason };
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     if num.is_empty() {
@@ -41,9 +38,7 @@ pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
         "d" | "day" | "days" => 86_400_000,
         _ => return Err(err("unknown unit")),
     };
-    n.checked_mul(ms_per)
-        .map(Duration::from_millis)
-        .ok_or_else(|| err("the number is too large"))
+    n.checked_mul(ms_per).map(Duration::from_millis).ok_or_else(|| err("the number is too large"))
 }
 
 /// Writes epoch milliseconds as ISO-8601 in UTC with millisecond precision: `2024-01-01T00:00:10.000Z`.
@@ -93,23 +88,14 @@ mod tests {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
         assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
-        assert_eq!(
-            parse_duration("ten").unwrap_err().reason,
-            "it does not start with a number"
-        );
-        assert_eq!(
-            parse_duration("10 parsecs").unwrap_err().reason,
-            "unknown unit"
-        );
+        assert_eq!(parse_duration("ten").unwrap_err().reason, "it does not start with a number");
+        assert_eq!(parse_duration("10 parsecs").unwrap_err().reason, "unknown unit");
     }
 
     #[test]
     fn timestamps_are_iso_utc() {
         assert_eq!(format_timestamp_ms(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(
-            format_timestamp_ms(1_704_067_210_123),
-            "2024-01-01T00:00:10.123Z"
-        );
+        assert_eq!(format_timestamp_ms(1_704_067_210_123), "2024-01-01T00:00:10.123Z");
         assert_eq!(format_timestamp_ms(-1), "1969-12-31T23:59:59.999Z");
     }
 }

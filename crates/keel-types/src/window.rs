@@ -26,19 +26,15 @@ impl WindowSpec {
     /// Checks the sizes are positive and compatible; the error says which value is wrong.
     pub fn validate(&self) -> Result<(), String> {
         match *self {
-            WindowSpec::Tumble { size, .. } if size <= 0 => {
-                Err(format!("TUMBLE size must be positive, got {size} ms"))
+            WindowSpec::Tumble { size, .. } if size <= 0 => Err(format!("TUMBLE size must be positive, got {size} ms")),
+            WindowSpec::Hop { size, slide, .. } if size <= 0 || slide <= 0 => {
+                Err(format!("HOP slide and size must be positive, got slide {slide} ms, size {size} ms"))
             }
-            WindowSpec::Hop { size, slide, .. } if size <= 0 || slide <= 0 => Err(format!(
-                "HOP slide and size must be positive, got slide {slide} ms, size {size} ms"
-            )),
-            WindowSpec::Hop { size, slide, .. } if size % slide != 0 => Err(format!(
-                "HOP size ({size} ms) must be a whole multiple of the slide ({slide} ms), as in Flink"
-            )),
+            WindowSpec::Hop { size, slide, .. } if size % slide != 0 => {
+                Err(format!("HOP size ({size} ms) must be a whole multiple of the slide ({slide} ms), as in Flink"))
+            }
             WindowSpec::Cumulate { step, max, .. } if step <= 0 || max <= 0 || max % step != 0 => {
-                Err(format!(
-                    "CUMULATE max size ({max} ms) must be a positive whole multiple of the step ({step} ms)"
-                ))
+                Err(format!("CUMULATE max size ({max} ms) must be a positive whole multiple of the step ({step} ms)"))
             }
             _ => Ok(()),
         }
@@ -60,11 +56,7 @@ impl WindowSpec {
                 let s = window_start(ts, offset, size);
                 f(s, s + size);
             }
-            WindowSpec::Hop {
-                size,
-                slide,
-                offset,
-            } => {
+            WindowSpec::Hop { size, slide, offset } => {
                 // The latest window containing ts starts at the slide boundary at or before ts.
                 let last = window_start(ts, offset, slide);
                 let mut start = last - size + slide;
@@ -104,10 +96,7 @@ mod tests {
 
     #[test]
     fn tumble_is_half_open_and_epoch_aligned() {
-        let t = WindowSpec::Tumble {
-            size: 10_000,
-            offset: 0,
-        };
+        let t = WindowSpec::Tumble { size: 10_000, offset: 0 };
         assert_eq!(all(t, 0), vec![(0, 10_000)]);
         assert_eq!(all(t, 9_999), vec![(0, 10_000)]);
         assert_eq!(all(t, 10_000), vec![(10_000, 20_000)]);
@@ -116,11 +105,7 @@ mod tests {
 
     #[test]
     fn hop_assigns_size_over_slide_windows() {
-        let h = WindowSpec::Hop {
-            size: 10_000,
-            slide: 2_000,
-            offset: 0,
-        };
+        let h = WindowSpec::Hop { size: 10_000, slide: 2_000, offset: 0 };
         let w = all(h, 12_500);
         assert_eq!(w.len(), 5);
         assert_eq!(w.first(), Some(&(4_000, 14_000)));
@@ -132,24 +117,11 @@ mod tests {
 
     #[test]
     fn cumulate_shares_the_max_window_start() {
-        let c = WindowSpec::Cumulate {
-            step: 2_000,
-            max: 10_000,
-            offset: 0,
-        };
-        assert_eq!(
-            all(c, 3_000),
-            vec![(0, 4_000), (0, 6_000), (0, 8_000), (0, 10_000)]
-        );
+        let c = WindowSpec::Cumulate { step: 2_000, max: 10_000, offset: 0 };
+        assert_eq!(all(c, 3_000), vec![(0, 4_000), (0, 6_000), (0, 8_000), (0, 10_000)]);
         assert_eq!(
             all(c, 10_000),
-            vec![
-                (10_000, 12_000),
-                (10_000, 14_000),
-                (10_000, 16_000),
-                (10_000, 18_000),
-                (10_000, 20_000)
-            ]
+            vec![(10_000, 12_000), (10_000, 14_000), (10_000, 16_000), (10_000, 18_000), (10_000, 20_000)]
         );
     }
 
@@ -161,20 +133,7 @@ mod tests {
 
     #[test]
     fn validation_names_the_bad_value() {
-        assert!(
-            WindowSpec::Hop {
-                size: 10,
-                slide: 3,
-                offset: 0
-            }
-            .validate()
-            .unwrap_err()
-            .contains("multiple")
-        );
-        assert!(
-            WindowSpec::Tumble { size: 0, offset: 0 }
-                .validate()
-                .is_err()
-        );
+        assert!(WindowSpec::Hop { size: 10, slide: 3, offset: 0 }.validate().unwrap_err().contains("multiple"));
+        assert!(WindowSpec::Tumble { size: 0, offset: 0 }.validate().is_err());
     }
 }
