@@ -1,1 +1,26 @@
-//! placeholder
+//! Keel's checkpoint storage: where a job's checkpoints and its job file live on disk, how a
+//! checkpoint becomes complete atomically, which checkpoint recovery uses, and how operator
+//! state is encoded (Arrow IPC for tables of keyed state).
+//!
+//! Layout: `jobs/NAME/job.json` (the job's identity: run id, pipeline fingerprint, bounded end
+//! offsets) and `jobs/NAME/checkpoints/chk-N/` holding one file per operator subtask plus
+//! `_manifest.json`.
+//!
+//! Invariants:
+//! - A checkpoint is complete exactly when its `_manifest.json` exists. The manifest is written
+//!   last: state files are written and fsynced, then the manifest goes to a temporary file that
+//!   is fsynced, renamed into place, and the directory fsynced.
+//! - The manifest records each state file's size and CRC32C; recovery uses the newest checkpoint
+//!   whose manifest parses and whose files all match, and warns about each one it skips.
+//! - Only the newest `retained` complete checkpoints are kept; older ones, and incomplete ones
+//!   older than the newest complete one, are deleted after a new checkpoint completes.
+
+mod codec;
+mod error;
+mod store;
+
+pub use codec::{batch_from_ipc, batch_to_ipc};
+pub use error::StateError;
+pub use store::{CheckpointStore, CheckpointWriter, CompletedCheckpoint, Manifest, ManifestFile, read_json, write_json_atomic};
+
+pub type Result<T, E = StateError> = std::result::Result<T, E>;

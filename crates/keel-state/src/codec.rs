@@ -1,0 +1,45 @@
+//! Arrow IPC encoding of state tables. The IPC stream format is Arrow's stable, versioned
+//! format, so state written by one Keel version opens in the next.
+
+use crate::{Result, StateError};
+use arrow::array::RecordBatch;
+use arrow::ipc::reader::StreamReader;
+use arrow::ipc::writer::StreamWriter;
+
+/// Encodes one batch as an Arrow IPC stream.
+pub fn batch_to_ipc(batch: &RecordBatch) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut w = StreamWriter::try_new(&mut out, batch.schema_ref()).map_err(|e| StateError::Encode(e.to_string()))?;
+    w.write(batch).map_err(|e| StateError::Encode(e.to_string()))?;
+    w.finish().map_err(|e| StateError::Encode(e.to_string()))?;
+    drop(w);
+    Ok(out)
+}
+
+/// Decodes an Arrow IPC stream written by `batch_to_ipc` (all its batches, concatenated).
+pub fn batch_from_ipc(bytes: &[u8], context: &str) -> Result<RecordBatch> {
+    let err = |e: arrow::error::ArrowError| StateError::Decode { context: context.to_string(), reason: e.to_string() };
+    let reader = StreamReader::try_new(bytes, None).map_err(err)?;
+    let schema = reader.schema();
+    let batches = reader.collect::<std::result::Result<Vec<_>, _>>().map_err(err)?;
+    arrow::compute::concat_batches(&schema, &batches).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, StringArray};
+    use std::sync::Arc;
+
+    #[test]
+    fn roundtrip() {
+        let b = RecordBatch::try_from_iter(vec![
+            ("k", Arc::new(StringArray::from(vec!["a", "b"])) as _),
+            ("v", Arc::new(Int64Array::from(vec![1, 2])) as _),
+        ])
+        .unwrap();
+        let bytes = batch_to_ipc(&b).unwrap();
+        assert_eq!(batch_from_ipc(&bytes, "test").unwrap(), b);
+        assert!(batch_from_ipc(&bytes[..bytes.len() / 2], "test").is_err());
+    }
+}

@@ -1,0 +1,275 @@
+//! Checkpoint directories: writing one atomically, finding the newest good one, pruning.
+
+use crate::{Result, StateError};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+const MANIFEST: &str = "_manifest.json";
+const FORMAT_VERSION: u32 = 1;
+
+/// One state file as the manifest records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestFile {
+    pub name: String,
+    pub size: u64,
+    pub crc32c: u32,
+}
+
+/// What makes a checkpoint complete.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub checkpoint_id: u64,
+    pub created_ms: i64,
+    pub files: Vec<ManifestFile>,
+    /// Job-level facts recorded with the checkpoint (for example the run id).
+    #[serde(default)]
+    pub meta: serde_json::Value,
+}
+
+/// The checkpoints of one job.
+#[derive(Debug, Clone)]
+pub struct CheckpointStore {
+    dir: PathBuf,
+    retained: usize,
+}
+
+fn chk_dir_name(id: u64) -> String {
+    format!("chk-{id:010}")
+}
+
+fn parse_chk_dir_name(name: &str) -> Option<u64> {
+    name.strip_prefix("chk-").and_then(|s| s.parse().ok())
+}
+
+impl CheckpointStore {
+    /// Opens (creating) a checkpoint directory that keeps the newest `retained` checkpoints.
+    pub fn open(dir: &Path, retained: usize) -> Result<Self> {
+        fs::create_dir_all(dir).map_err(StateError::io("cannot create the checkpoint directory", dir))?;
+        Ok(CheckpointStore { dir: dir.to_path_buf(), retained: retained.max(1) })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Ids of every checkpoint directory present, complete or not, in increasing order.
+    pub fn ids(&self) -> Result<Vec<u64>> {
+        let mut ids = vec![];
+        for entry in fs::read_dir(&self.dir).map_err(StateError::io("cannot list", &self.dir))? {
+            let entry = entry.map_err(StateError::io("cannot list", &self.dir))?;
+            if let Some(id) = parse_chk_dir_name(&entry.file_name().to_string_lossy()) {
+                ids.push(id);
+            }
+        }
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    /// Starts writing checkpoint `id`, replacing any incomplete leftovers of the same id.
+    pub fn writer(&self, id: u64) -> Result<CheckpointWriter> {
+        let dir = self.dir.join(chk_dir_name(id));
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(StateError::io("cannot clear a leftover checkpoint", &dir))?;
+        }
+        fs::create_dir_all(&dir).map_err(StateError::io("cannot create", &dir))?;
+        Ok(CheckpointWriter { id, dir, files: vec![], store: self.clone() })
+    }
+
+    /// The newest checkpoint that is complete and intact; each newer one skipped is logged with why.
+    pub fn latest(&self) -> Result<Option<CompletedCheckpoint>> {
+        for id in self.ids()?.into_iter().rev() {
+            let dir = self.dir.join(chk_dir_name(id));
+            match CompletedCheckpoint::open(id, &dir) {
+                Ok(Some(c)) => return Ok(Some(c)),
+                Ok(None) => tracing::warn!("skipping checkpoint {id}: it never completed (no manifest)"),
+                Err(e) => tracing::warn!("skipping checkpoint {id}: {e}; trying the one before"),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Deletes all but the newest `retained` complete checkpoints, and incomplete ones older than
+    /// the newest complete one.
+    fn prune(&self, newest_complete: u64) -> Result<()> {
+        let ids = self.ids()?;
+        let mut complete_seen = 0;
+        for id in ids.into_iter().rev() {
+            let dir = self.dir.join(chk_dir_name(id));
+            let complete = dir.join(MANIFEST).exists();
+            let keep = if complete {
+                complete_seen += 1;
+                complete_seen <= self.retained
+            } else {
+                id > newest_complete
+            };
+            if !keep {
+                fs::remove_dir_all(&dir).map_err(StateError::io("cannot delete old checkpoint", &dir))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes the files of one checkpoint, then its manifest.
+pub struct CheckpointWriter {
+    id: u64,
+    dir: PathBuf,
+    files: Vec<ManifestFile>,
+    store: CheckpointStore,
+}
+
+impl CheckpointWriter {
+    /// Writes and fsyncs one state file.
+    pub fn put(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        let path = self.dir.join(name);
+        let mut f = File::create(&path).map_err(StateError::io("cannot create", &path))?;
+        f.write_all(bytes).map_err(StateError::io("cannot write", &path))?;
+        f.sync_all().map_err(StateError::io("cannot fsync", &path))?;
+        self.files.push(ManifestFile { name: name.to_string(), size: bytes.len() as u64, crc32c: crc32c::crc32c(bytes) });
+        Ok(())
+    }
+
+    /// Makes the checkpoint complete (atomic manifest), then prunes old checkpoints.
+    pub fn commit(self, meta: serde_json::Value) -> Result<()> {
+        let manifest = Manifest {
+            format_version: FORMAT_VERSION,
+            checkpoint_id: self.id,
+            created_ms: keel_types::time::now_ms(),
+            files: self.files,
+            meta,
+        };
+        write_json_atomic(&self.dir.join(MANIFEST), &manifest)?;
+        self.store.prune(self.id)
+    }
+}
+
+/// A complete, verified checkpoint.
+#[derive(Debug, Clone)]
+pub struct CompletedCheckpoint {
+    pub id: u64,
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+}
+
+impl CompletedCheckpoint {
+    fn open(id: u64, dir: &Path) -> Result<Option<Self>> {
+        let path = dir.join(MANIFEST);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StateError::io("cannot read", &path)(e)),
+        };
+        let manifest: Manifest =
+            serde_json::from_slice(&bytes).map_err(|e| StateError::Damaged { path: path.clone(), reason: e.to_string() })?;
+        if manifest.format_version != FORMAT_VERSION || manifest.checkpoint_id != id {
+            return Err(StateError::Damaged {
+                path,
+                reason: format!("manifest is for checkpoint {} format {}", manifest.checkpoint_id, manifest.format_version),
+            });
+        }
+        for f in &manifest.files {
+            let fpath = dir.join(&f.name);
+            let data = fs::read(&fpath).map_err(StateError::io("cannot read", &fpath))?;
+            if data.len() as u64 != f.size || crc32c::crc32c(&data) != f.crc32c {
+                return Err(StateError::Damaged { path: fpath, reason: "size or CRC32C differs from the manifest".into() });
+            }
+        }
+        Ok(Some(CompletedCheckpoint { id, dir: dir.to_path_buf(), manifest }))
+    }
+
+    /// Names of the state files in this checkpoint.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.manifest.files.iter().map(|f| f.name.as_str())
+    }
+
+    /// Reads one state file (verified against the manifest when the checkpoint was opened).
+    pub fn read(&self, name: &str) -> Result<Vec<u8>> {
+        let path = self.dir.join(name);
+        fs::read(&path).map_err(StateError::io("cannot read", &path))
+    }
+}
+
+/// Writes JSON through a temporary file, fsync, rename and directory fsync.
+pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(|e| StateError::Encode(e.to_string()))?;
+    let tmp = path.with_extension("json.tmp");
+    let mut f = File::create(&tmp).map_err(StateError::io("cannot create", &tmp))?;
+    f.write_all(&bytes).map_err(StateError::io("cannot write", &tmp))?;
+    f.sync_all().map_err(StateError::io("cannot fsync", &tmp))?;
+    fs::rename(&tmp, path).map_err(StateError::io("cannot rename into place", path))?;
+    let parent = path.parent().unwrap_or(Path::new("."));
+    File::open(parent).and_then(|d| d.sync_all()).map_err(StateError::io("cannot fsync directory", parent))
+}
+
+/// Reads a JSON file; `None` if it does not exist.
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StateError::Damaged { path: path.to_path_buf(), reason: e.to_string() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StateError::io("cannot read", path)(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(store: &CheckpointStore, id: u64, payload: &[u8]) {
+        let mut w = store.writer(id).unwrap();
+        w.put("a", payload).unwrap();
+        w.commit(serde_json::json!({"run": 1})).unwrap();
+    }
+
+    #[test]
+    fn a_checkpoint_without_manifest_is_not_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path(), 3).unwrap();
+        write(&store, 1, b"one");
+        let mut w = store.writer(2).unwrap();
+        w.put("a", b"two").unwrap();
+        drop(w); // crashed before the manifest
+        let latest = store.latest().unwrap().unwrap();
+        assert_eq!(latest.id, 1);
+        assert_eq!(latest.read("a").unwrap(), b"one");
+    }
+
+    #[test]
+    fn a_damaged_checkpoint_is_skipped_for_the_one_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path(), 3).unwrap();
+        write(&store, 1, b"one");
+        write(&store, 2, b"two");
+        let f = dir.path().join(chk_dir_name(2)).join("a");
+        fs::write(&f, b"tw0").unwrap();
+        assert_eq!(store.latest().unwrap().unwrap().id, 1);
+        write(&store, 3, b"three");
+        fs::write(dir.path().join(chk_dir_name(3)).join(MANIFEST), b"{ truncated").unwrap();
+        assert_eq!(store.latest().unwrap().unwrap().id, 1);
+    }
+
+    #[test]
+    fn only_retained_checkpoints_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path(), 2).unwrap();
+        store.writer(1).unwrap(); // incomplete, older than the next complete one
+        for id in 2..=6 {
+            write(&store, id, b"x");
+        }
+        assert_eq!(store.ids().unwrap(), vec![5, 6]);
+    }
+
+    #[test]
+    fn json_written_atomically_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("job.json");
+        assert_eq!(read_json::<serde_json::Value>(&p).unwrap(), None);
+        write_json_atomic(&p, &serde_json::json!({"a": 1})).unwrap();
+        assert_eq!(read_json::<serde_json::Value>(&p).unwrap(), Some(serde_json::json!({"a": 1})));
+        assert!(!p.with_extension("json.tmp").exists());
+    }
+}
