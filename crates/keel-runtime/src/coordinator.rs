@@ -1,0 +1,192 @@
+//! The checkpoint coordinator: triggers checkpoints on an interval, collects every task's
+//! acknowledgement and state, makes the checkpoint durable, then tells tasks to commit; it also
+//! decides when a bounded job ends and carries out a graceful stop.
+//!
+//! Invariants: at most one checkpoint is in flight; a checkpoint is complete only when every task
+//! acknowledged it and its manifest is durable, and only then is `CheckpointComplete` sent; the
+//! last checkpoint of a job (bounded end or stop) is taken through `Finish`, after which no other
+//! checkpoint is triggered; checkpoint ids only grow, across restarts too.
+
+use crate::error::{Result, RuntimeError};
+use crate::message::{Control, Event, OperatorSnapshot};
+use crate::metrics::Metrics;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use keel_state::CheckpointStore;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// How a job attempt ended without failing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobOutcome {
+    /// Bounded input was fully processed and committed in checkpoint `checkpoint`.
+    Finished { checkpoint: u64 },
+    /// Stopped on request after the final checkpoint `checkpoint` was committed.
+    Stopped { checkpoint: u64 },
+}
+
+pub(crate) struct TaskInfo {
+    pub name: String,
+    pub subtask: u32,
+    pub is_source: bool,
+    pub control: Sender<Control>,
+}
+
+struct Pending {
+    id: u64,
+    started: Instant,
+    acks: HashMap<usize, Vec<OperatorSnapshot>>,
+    final_drain: Option<bool>,
+}
+
+pub(crate) struct Coordinator {
+    pub tasks: Vec<TaskInfo>,
+    pub events: Receiver<Event>,
+    pub store: CheckpointStore,
+    pub interval: Option<Duration>,
+    pub timeout: Duration,
+    pub next_id: u64,
+    pub bounded: bool,
+    pub stop: Arc<AtomicBool>,
+    pub metrics: Arc<Metrics>,
+    /// Job facts written into every manifest (run id, operator parallelism).
+    pub meta: serde_json::Value,
+}
+
+impl Coordinator {
+    fn send_all(&self, control: Control, sources_only: bool) {
+        for t in &self.tasks {
+            if !sources_only || t.is_source {
+                // A task that already exited has nothing to receive; its failure is reported separately.
+                let _ = t.control.send(control.clone());
+            }
+        }
+    }
+
+    /// Runs until the job finishes, stops, or a task fails.
+    pub fn run(mut self) -> Result<JobOutcome> {
+        let mut pending: Option<Pending> = None;
+        let mut last_trigger = Instant::now();
+        let mut exhausted: HashSet<usize> = HashSet::new();
+        let mut finishing = false;
+        let sources = self.tasks.iter().filter(|t| t.is_source).count();
+        loop {
+            let wait = Duration::from_millis(50);
+            match self.events.recv_timeout(wait) {
+                Ok(Event::Ack { task, checkpoint, snapshots }) => {
+                    let Some(p) = pending.as_mut().filter(|p| p.id == checkpoint) else {
+                        // An ack of an aborted checkpoint: ignore it.
+                        continue;
+                    };
+                    p.acks.insert(task, snapshots);
+                    if p.acks.len() == self.tasks.len() {
+                        let Some(done) = pending.take() else { continue };
+                        self.complete(&done)?;
+                        if let Some(drain) = done.final_drain {
+                            self.send_all(Control::Shutdown, false);
+                            return Ok(if drain {
+                                JobOutcome::Finished { checkpoint: done.id }
+                            } else {
+                                JobOutcome::Stopped { checkpoint: done.id }
+                            });
+                        }
+                    }
+                }
+                Ok(Event::SourceExhausted { task }) => {
+                    exhausted.insert(task);
+                }
+                Ok(Event::TaskEnded { .. }) => {}
+                Ok(Event::TaskFailed { task, error }) => return Err(self.root_cause(task, error)),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(RuntimeError::Internal("every task exited without reporting".into()));
+                }
+            }
+            if let Some(p) = &pending
+                && p.final_drain.is_none()
+                && p.started.elapsed() > self.timeout
+            {
+                tracing::warn!(
+                    "checkpoint {} expired after {:?} ({} of {} tasks acknowledged); continuing, the next one will cover its data",
+                    p.id,
+                    self.timeout,
+                    p.acks.len(),
+                    self.tasks.len()
+                );
+                Metrics::add(&self.metrics.checkpoints_aborted, 1);
+                pending = None;
+            }
+            if pending.is_some() || finishing {
+                continue;
+            }
+            let stop = self.stop.load(Ordering::Relaxed);
+            let drained = self.bounded && exhausted.len() == sources;
+            if stop || drained {
+                finishing = true;
+                let id = self.take_id();
+                tracing::info!("{} with final checkpoint {id}", if drained { "input fully read; finishing" } else { "stopping" });
+                pending = Some(Pending { id, started: Instant::now(), acks: HashMap::new(), final_drain: Some(drained) });
+                self.send_all(Control::Finish { checkpoint: id, drain: drained }, true);
+            } else if let Some(interval) = self.interval
+                && last_trigger.elapsed() >= interval
+            {
+                last_trigger = Instant::now();
+                let id = self.take_id();
+                pending = Some(Pending { id, started: Instant::now(), acks: HashMap::new(), final_drain: None });
+                self.send_all(Control::Trigger(id), true);
+            }
+        }
+    }
+
+    fn take_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// Writes the checkpoint's files and manifest, then tells every task it is complete.
+    fn complete(&mut self, p: &Pending) -> Result<()> {
+        let mut w = self.store.writer(p.id)?;
+        for (task, snaps) in &p.acks {
+            let subtask = self.tasks[*task].subtask;
+            for s in snaps {
+                w.put(&state_file_name(&s.uid, subtask), &s.bytes)?;
+            }
+        }
+        w.commit(self.meta.clone())?;
+        self.metrics.last_checkpoint.store(p.id, Ordering::Relaxed);
+        self.metrics.last_checkpoint_ms.store(keel_types::time::now_ms(), Ordering::Relaxed);
+        Metrics::add(&self.metrics.checkpoints_completed, 1);
+        tracing::debug!("checkpoint {} complete in {:?}", p.id, p.started.elapsed());
+        self.send_all(Control::CheckpointComplete(p.id), false);
+        Ok(())
+    }
+
+    /// The first real failure: a cancellation is a consequence, so look briefly for its cause.
+    fn root_cause(&self, task: usize, error: RuntimeError) -> RuntimeError {
+        let mut first = (task, error);
+        if matches!(first.1, RuntimeError::Cancelled(_)) {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+                match self.events.recv_timeout(left) {
+                    Ok(Event::TaskFailed { task, error }) if !matches!(error, RuntimeError::Cancelled(_)) => {
+                        first = (task, error);
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        }
+        let name = &self.tasks[first.0].name;
+        tracing::debug!("task {name} failed: {}", first.1);
+        first.1
+    }
+}
+
+/// The checkpoint file name of an operator's state in one subtask.
+pub(crate) fn state_file_name(uid: &str, subtask: u32) -> String {
+    let safe: String = uid.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_') { c } else { '_' }).collect();
+    format!("{safe}.{subtask}")
+}

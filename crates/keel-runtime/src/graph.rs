@@ -1,0 +1,88 @@
+//! The logical job graph: stages of chained operators, each with a parallelism, fed either by a
+//! source or by the previous stage through a partitioning. The SQL planner and the Rust API both
+//! build this; the job runner turns it into tasks.
+//!
+//! Invariants: stage 0 has a source; every other stage reads exactly one earlier stage; operator
+//! uids are unique within the graph (they name state in checkpoints).
+
+use crate::error::{Result, RuntimeError};
+use crate::exchange::Partitioning;
+use crate::operator::{OperatorFactory, SourceFactory};
+
+/// One operator in a stage's chain.
+#[derive(Clone)]
+pub struct OperatorSpec {
+    /// Stable identifier naming this operator's state in checkpoints.
+    pub uid: String,
+    pub factory: OperatorFactory,
+}
+
+/// Where a stage's input comes from.
+#[derive(Clone)]
+pub enum StageInput {
+    Source { uid: String, factory: SourceFactory },
+    Upstream { stage: usize, partitioning: Partitioning },
+}
+
+/// A set of identical subtasks running one chain.
+#[derive(Clone)]
+pub struct StageSpec {
+    pub name: String,
+    pub parallelism: u32,
+    pub input: StageInput,
+    pub chain: Vec<OperatorSpec>,
+}
+
+/// A whole job.
+#[derive(Clone, Default)]
+pub struct JobGraph {
+    pub stages: Vec<StageSpec>,
+}
+
+impl JobGraph {
+    /// Checks the structural invariants above.
+    pub fn validate(&self) -> Result<()> {
+        let mut uids = std::collections::HashSet::new();
+        for (i, stage) in self.stages.iter().enumerate() {
+            if stage.parallelism == 0 {
+                return Err(RuntimeError::User(format!("stage '{}' has parallelism 0; use 1 or more", stage.name)));
+            }
+            match &stage.input {
+                StageInput::Source { uid, .. } => {
+                    if !uids.insert(uid.clone()) {
+                        return Err(RuntimeError::Internal(format!("operator uid '{uid}' is used twice")));
+                    }
+                }
+                StageInput::Upstream { stage: up, partitioning } => {
+                    if *up >= i {
+                        return Err(RuntimeError::Internal(format!("stage {i} reads stage {up}, which is not before it")));
+                    }
+                    if *partitioning == Partitioning::Forward && self.stages[*up].parallelism != stage.parallelism {
+                        return Err(RuntimeError::Internal(format!("forward edge into stage {i} changes parallelism")));
+                    }
+                }
+            }
+            for op in &stage.chain {
+                if !uids.insert(op.uid.clone()) {
+                    return Err(RuntimeError::Internal(format!("operator uid '{}' is used twice", op.uid)));
+                }
+            }
+        }
+        match self.stages.first().map(|s| &s.input) {
+            Some(StageInput::Source { .. }) => Ok(()),
+            _ => Err(RuntimeError::Internal("a job graph must start with a source stage".into())),
+        }
+    }
+
+    /// Operator uids with the parallelism of their stage (recorded in checkpoint manifests).
+    pub fn operator_parallelism(&self) -> Vec<(String, u32)> {
+        let mut out = vec![];
+        for s in &self.stages {
+            if let StageInput::Source { uid, .. } = &s.input {
+                out.push((uid.clone(), s.parallelism));
+            }
+            out.extend(s.chain.iter().map(|o| (o.uid.clone(), s.parallelism)));
+        }
+        out
+    }
+}

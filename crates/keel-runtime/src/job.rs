@@ -1,0 +1,367 @@
+//! Running a job: its directory and identity on disk, starting one attempt (restoring the newest
+//! complete checkpoint into fresh tasks), and the restart strategy around attempts.
+//!
+//! Invariants: a job's identity (`job.json`: run id and pipeline fingerprint) is written before
+//! its first task starts and only replaced by `--fresh`; a job never restores a checkpoint taken
+//! by a different pipeline; after a failure every task of the attempt has exited before the next
+//! attempt starts; a failure classed as a user error is not retried.
+
+use crate::coordinator::{state_file_name, Coordinator, JobOutcome, TaskInfo};
+use crate::error::{Result, RuntimeError};
+use crate::graph::{JobGraph, StageInput};
+use crate::message::{Event, Message};
+use crate::metrics::Metrics;
+use crate::operator::{RestoredState, TaskContext};
+use crate::task::{run_input_task, run_source_task, Chain, OutputEdge, TaskLink};
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use keel_state::{read_json, write_json_atomic, CheckpointStore, CompletedCheckpoint};
+use keel_types::ErrorClass;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How often and how fast a failed job restarts.
+#[derive(Debug, Clone)]
+pub struct RestartStrategy {
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// At most this many restarts within `window`; one more fails the job.
+    pub max_attempts: u32,
+    pub window: Duration,
+}
+
+impl Default for RestartStrategy {
+    fn default() -> Self {
+        RestartStrategy {
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+            max_attempts: 10,
+            window: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Everything about how to run a job except its graph.
+#[derive(Debug, Clone)]
+pub struct JobConfig {
+    pub name: String,
+    pub data_dir: PathBuf,
+    /// `None` disables periodic checkpoints (the final one on stop or end still happens).
+    pub checkpoint_interval: Option<Duration>,
+    pub checkpoint_timeout: Duration,
+    pub retained_checkpoints: usize,
+    /// Sources stop at their recorded end and the job finishes.
+    pub bounded: bool,
+    pub key_groups: u32,
+    pub restart: RestartStrategy,
+    /// Batches buffered per edge: bounds memory, and makes a slow consumer slow its producers.
+    pub channel_capacity: usize,
+}
+
+impl JobConfig {
+    pub fn new(name: &str, data_dir: &Path) -> Self {
+        JobConfig {
+            name: name.to_string(),
+            data_dir: data_dir.to_path_buf(),
+            checkpoint_interval: Some(Duration::from_secs(1)),
+            checkpoint_timeout: Duration::from_secs(60),
+            retained_checkpoints: 3,
+            bounded: false,
+            key_groups: keel_types::DEFAULT_KEY_GROUPS,
+            restart: RestartStrategy::default(),
+            channel_capacity: 8,
+        }
+    }
+}
+
+/// The job's identity on disk (`jobs/NAME/job.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobFile {
+    pub name: String,
+    pub run_id: String,
+    pub fingerprint: String,
+    pub created_ms: i64,
+    /// Facts sources record at the first start (for example bounded end offsets), by source.
+    #[serde(default)]
+    pub sources: BTreeMap<String, serde_json::Value>,
+}
+
+/// A job's directory with its identity loaded.
+#[derive(Debug, Clone)]
+pub struct JobDir {
+    pub dir: PathBuf,
+    pub file: JobFile,
+    /// True when this start created the job (nothing to resume).
+    pub created: bool,
+}
+
+impl JobDir {
+    /// Opens the job's directory, creating its identity on first start. `fresh` deletes what a
+    /// previous run left (checkpoints, staged output, identity) and says so.
+    pub fn open(data_dir: &Path, name: &str, fingerprint: &str, fresh: bool) -> Result<JobDir> {
+        let dir = data_dir.join("jobs").join(name);
+        let path = dir.join("job.json");
+        if fresh && dir.exists() {
+            let store = CheckpointStore::open(&dir.join("checkpoints"), usize::MAX)?;
+            let ids = store.ids()?;
+            tracing::warn!(
+                "--fresh: discarding job '{name}': {} checkpoint(s){}, its staged uncommitted output and its identity",
+                ids.len(),
+                ids.last().map(|l| format!(" (newest {l})")).unwrap_or_default()
+            );
+            std::fs::remove_dir_all(&dir)
+                .map_err(|e| RuntimeError::External(format!("cannot delete {}: {e}", dir.display())))?;
+        }
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| RuntimeError::External(format!("cannot create job directory {}: {e}", dir.display())))?;
+        match read_json::<JobFile>(&path)? {
+            Some(file) if file.fingerprint != fingerprint => Err(RuntimeError::User(format!(
+                "the pipeline of job '{name}' changed since its state in {} was written; \
+                 restore the original pipeline to resume, or run with --fresh to discard that state and start over",
+                dir.display()
+            ))),
+            Some(file) => Ok(JobDir { dir, file, created: false }),
+            None => {
+                let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+                let file = JobFile {
+                    name: name.to_string(),
+                    run_id: format!("{:x}-{:x}", nanos, std::process::id()),
+                    fingerprint: fingerprint.to_string(),
+                    created_ms: keel_types::time::now_ms(),
+                    sources: BTreeMap::new(),
+                };
+                write_json_atomic(&path, &file)?;
+                Ok(JobDir { dir, file, created: true })
+            }
+        }
+    }
+
+    /// Records a source's first-start fact durably (used before any task starts).
+    pub fn set_source_fact(&mut self, source: &str, value: serde_json::Value) -> Result<()> {
+        self.file.sources.insert(source.to_string(), value);
+        write_json_atomic(&self.dir.join("job.json"), &self.file)?;
+        Ok(())
+    }
+
+    pub fn checkpoint_store(&self, retained: usize) -> Result<CheckpointStore> {
+        Ok(CheckpointStore::open(&self.dir.join("checkpoints"), retained)?)
+    }
+}
+
+/// Runs a job to its end under the restart strategy. `stop` requests a graceful stop.
+pub fn run_job(
+    graph: &JobGraph,
+    config: &JobConfig,
+    job: &JobDir,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+) -> Result<JobOutcome> {
+    graph.validate()?;
+    let mut failures: VecDeque<Instant> = VecDeque::new();
+    let mut backoff = config.restart.initial_backoff;
+    let mut attempt = 0u32;
+    loop {
+        let started = Instant::now();
+        match run_attempt(graph, config, job, &metrics, &stop, attempt) {
+            Ok(outcome) => return Ok(outcome),
+            Err(e) if e.class() == ErrorClass::User => {
+                return Err(RuntimeError::User(format!("{e} (not restarting: restarting cannot fix this)")));
+            }
+            Err(e) => {
+                if started.elapsed() > config.restart.window {
+                    backoff = config.restart.initial_backoff;
+                }
+                let now = Instant::now();
+                failures.push_back(now);
+                while failures.front().is_some_and(|t| now.duration_since(*t) > config.restart.window) {
+                    failures.pop_front();
+                }
+                if failures.len() > config.restart.max_attempts as usize {
+                    return Err(RuntimeError::External(format!(
+                        "job '{}' failed {} times within {:?} and is giving up; last cause: {e}",
+                        config.name,
+                        failures.len(),
+                        config.restart.window
+                    )));
+                }
+                attempt += 1;
+                Metrics::add(&metrics.restarts, 1);
+                let from = job.checkpoint_store(config.retained_checkpoints)?.latest()?.map(|c| c.id);
+                tracing::warn!(
+                    "job '{}' failed: {e}; restart {attempt} (at most {} within {:?}) in {:?} from {}",
+                    config.name,
+                    config.restart.max_attempts,
+                    config.restart.window,
+                    backoff,
+                    from.map(|id| format!("checkpoint {id}")).unwrap_or_else(|| "the beginning".into())
+                );
+                let until = Instant::now() + backoff;
+                while Instant::now() < until {
+                    if stop.load(Ordering::Relaxed) {
+                        return Err(RuntimeError::External(format!("stopped while waiting to restart after: {e}")));
+                    }
+                    std::thread::sleep(Duration::from_millis(20).min(until.saturating_duration_since(Instant::now())));
+                }
+                backoff = (backoff * 2).min(config.restart.max_backoff);
+            }
+        }
+    }
+}
+
+/// The state restored for one operator uid in one subtask.
+fn restored_for(chk: Option<&CompletedCheckpoint>, uid: &str, subtask: u32, parallelism: u32) -> Result<RestoredState> {
+    let Some(chk) = chk else { return Ok(RestoredState::default()) };
+    let old_p = chk.manifest.meta.get("operators").and_then(|o| o.get(uid)).and_then(|v| v.as_u64()).unwrap_or(0) as u32;
+    let mut parts = Vec::with_capacity(old_p as usize);
+    for i in 0..old_p {
+        let name = state_file_name(uid, i);
+        parts.push(if chk.names().any(|n| n == name) { chk.read(&name)? } else { Vec::new() });
+    }
+    let inherited = (0..old_p as usize).filter(|i| *i as u32 % parallelism == subtask).collect();
+    Ok(RestoredState { parts, inherited, checkpoint: Some(chk.id) })
+}
+
+fn run_attempt(
+    graph: &JobGraph,
+    config: &JobConfig,
+    job: &JobDir,
+    metrics: &Arc<Metrics>,
+    stop: &Arc<AtomicBool>,
+    attempt: u32,
+) -> Result<JobOutcome> {
+    let store = job.checkpoint_store(config.retained_checkpoints)?;
+    let restored = store.latest()?;
+    let next_id = store.ids()?.last().copied().unwrap_or(0).max(restored.as_ref().map_or(0, |c| c.id)) + 1;
+    match &restored {
+        Some(c) => tracing::info!("job '{}': restoring checkpoint {}", config.name, c.id),
+        None => tracing::info!("job '{}': starting from the beginning (no checkpoint)", config.name),
+    }
+    let (events_tx, events_rx) = unbounded::<Event>();
+
+    // Edges: receivers[stage][subtask] = inputs of that subtask; senders per upstream subtask.
+    let n = graph.stages.len();
+    let mut inputs: Vec<Vec<Vec<Receiver<Message>>>> =
+        graph.stages.iter().map(|s| (0..s.parallelism).map(|_| Vec::new()).collect()).collect();
+    let mut outputs: Vec<Vec<Vec<OutputEdge>>> =
+        graph.stages.iter().map(|s| (0..s.parallelism).map(|_| Vec::new()).collect()).collect();
+    for (si, stage) in graph.stages.iter().enumerate() {
+        if let StageInput::Upstream { stage: up, partitioning } = &stage.input {
+            let up_p = graph.stages[*up].parallelism as usize;
+            let mut senders: Vec<Vec<Sender<Message>>> = vec![Vec::new(); up_p];
+            for j in 0..stage.parallelism as usize {
+                for s in senders.iter_mut() {
+                    let (tx, rx) = bounded(config.channel_capacity);
+                    s.push(tx);
+                    inputs[si][j].push(rx);
+                }
+            }
+            for (i, s) in senders.into_iter().enumerate() {
+                outputs[*up][i].push(OutputEdge { partitioning: partitioning.clone(), senders: s, next: i });
+            }
+        }
+    }
+
+    let mut tasks = Vec::new();
+    let mut handles = Vec::new();
+    for (si, stage) in graph.stages.iter().enumerate().rev() {
+        for sub in (0..stage.parallelism).rev() {
+            let task = tasks.len();
+            let (ctl_tx, ctl_rx) = unbounded();
+            let name = format!("{}[{}/{}]", stage.name, sub + 1, stage.parallelism);
+            tasks.push(TaskInfo {
+                name: name.clone(),
+                subtask: sub,
+                is_source: matches!(stage.input, StageInput::Source { .. }),
+                control: ctl_tx,
+            });
+            let ctx = TaskContext {
+                job: config.name.clone(),
+                stage: stage.name.clone(),
+                subtask: sub,
+                parallelism: stage.parallelism,
+                key_groups: config.key_groups,
+                data_dir: config.data_dir.clone(),
+                job_dir: job.dir.clone(),
+                run_id: job.file.run_id.clone(),
+                attempt,
+                metrics: metrics.clone(),
+            };
+            let my_inputs = std::mem::take(&mut inputs[si][sub as usize]);
+            let my_outputs = std::mem::take(&mut outputs[si][sub as usize]);
+            let link = TaskLink { task, control: ctl_rx, events: events_tx.clone() };
+            let stage = stage.clone();
+            let chk = restored.clone();
+            let is_last_stage = si == n - 1;
+            let thread_name = name.clone();
+            let body = move || -> Result<()> {
+                let mut ops = Vec::new();
+                for op in &stage.chain {
+                    let mut o = (op.factory)(&ctx)?;
+                    o.open(&ctx, restored_for(chk.as_ref(), &op.uid, ctx.subtask, ctx.parallelism)?)?;
+                    ops.push((op.uid.clone(), o));
+                }
+                let subtask = ctx.subtask as usize;
+                let chain = Chain { ops, outputs: my_outputs, ctx: ctx.clone(), subtask, is_last_stage };
+                match &stage.input {
+                    StageInput::Source { uid, factory } => {
+                        let mut src = factory(&ctx)?;
+                        src.open(&ctx, restored_for(chk.as_ref(), uid, ctx.subtask, ctx.parallelism)?)?;
+                        run_source_task(uid, src, chain, link)
+                    }
+                    StageInput::Upstream { .. } => run_input_task(my_inputs, chain, link),
+                }
+            };
+            let events = events_tx.clone();
+            let handle = std::thread::Builder::new()
+                .name(thread_name.clone())
+                .spawn(move || {
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
+                    let error = match result {
+                        Ok(Ok(())) => return,
+                        Ok(Err(e)) => e,
+                        Err(panic) => RuntimeError::Panic { task: thread_name, message: panic_message(&panic) },
+                    };
+                    let _ = events.send(Event::TaskFailed { task, error });
+                })
+                .map_err(|e| RuntimeError::External(format!("cannot start a task thread: {e}")))?;
+            handles.push(handle);
+        }
+    }
+    drop(events_tx);
+    let mut operators = serde_json::Map::new();
+    for (uid, p) in graph.operator_parallelism() {
+        operators.insert(uid, p.into());
+    }
+    let coordinator = Coordinator {
+        tasks,
+        events: events_rx,
+        store,
+        interval: config.checkpoint_interval,
+        timeout: config.checkpoint_timeout,
+        next_id,
+        bounded: config.bounded,
+        stop: stop.clone(),
+        metrics: metrics.clone(),
+        meta: serde_json::json!({ "run_id": job.file.run_id, "operators": operators }),
+    };
+    let result = coordinator.run();
+    // The coordinator (and with it every control sender) is gone: tasks that are still running
+    // see their control channel close, stop, and drop their edges, which stops the rest.
+    for h in handles {
+        let _ = h.join();
+    }
+    result
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic payload".to_string()
+    }
+}

@@ -1,0 +1,112 @@
+//! The interfaces operators, sources and sinks implement, and the context a task gives them.
+//!
+//! Invariants: an operator sees data, watermarks and barriers of its task in arrival order, on
+//! one thread; `snapshot(n)` is called after everything before barrier `n` was processed and
+//! before anything after it; `checkpoint_complete(n)` only after checkpoint `n` is durable. A sink
+//! pre-commits in `snapshot` and commits in `checkpoint_complete`, so what it writes becomes
+//! visible exactly once.
+
+use crate::error::Result;
+use crate::metrics::Metrics;
+use arrow::array::RecordBatch;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Where and what a subtask is.
+#[derive(Debug, Clone)]
+pub struct TaskContext {
+    pub job: String,
+    pub stage: String,
+    pub subtask: u32,
+    pub parallelism: u32,
+    pub key_groups: u32,
+    pub data_dir: PathBuf,
+    /// This job's directory (`DATA_DIR/jobs/NAME`), where sinks keep staged transactions.
+    pub job_dir: PathBuf,
+    /// Identifies this run of the job (a fresh start gets a new one); used to name transactions.
+    pub run_id: String,
+    /// How many times the job restarted in this process.
+    pub attempt: u32,
+    pub metrics: Arc<Metrics>,
+}
+
+/// State restored for one operator: the snapshots of every subtask of the previous run.
+#[derive(Debug, Clone, Default)]
+pub struct RestoredState {
+    /// One entry per subtask of the run that took the checkpoint.
+    pub parts: Vec<Vec<u8>>,
+    /// Which of `parts` this subtask inherits for non-keyed state (old subtask `i` goes to new
+    /// subtask `i % parallelism`). Keyed state instead filters all parts by key group.
+    pub inherited: Vec<usize>,
+    /// The checkpoint restored from.
+    pub checkpoint: Option<u64>,
+}
+
+impl RestoredState {
+    pub fn is_empty(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    /// The parts this subtask inherits.
+    pub fn inherited_parts(&self) -> impl Iterator<Item = &[u8]> {
+        self.inherited.iter().filter_map(|&i| self.parts.get(i).map(Vec::as_slice))
+    }
+}
+
+/// A streaming operator in a task's chain.
+pub trait Operator: Send {
+    /// Restores state (empty on a fresh start).
+    fn open(&mut self, _ctx: &TaskContext, _restored: RestoredState) -> Result<()> {
+        Ok(())
+    }
+    /// Processes one batch, appending results to `out`.
+    fn process(&mut self, batch: RecordBatch, out: &mut Vec<RecordBatch>) -> Result<()>;
+    /// The task's watermark advanced to `watermark`; emit what it completes.
+    fn on_watermark(&mut self, _watermark: i64, _out: &mut Vec<RecordBatch>) -> Result<()> {
+        Ok(())
+    }
+    /// Snapshot for checkpoint `checkpoint` (sinks pre-commit here). `None`: no state.
+    fn snapshot(&mut self, _checkpoint: u64) -> Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
+    /// Checkpoint `checkpoint` is durable (sinks commit here).
+    fn checkpoint_complete(&mut self, _checkpoint: u64) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// What a source's poll produced.
+#[derive(Debug)]
+pub enum SourcePoll {
+    Batch(RecordBatch),
+    /// Nothing available right now.
+    Pending,
+    /// Bounded input is fully read.
+    Exhausted,
+}
+
+/// The watermark state of a source subtask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatermarkStatus {
+    Active(i64),
+    Idle,
+}
+
+/// A source of batches with replayable positions.
+pub trait Source: Send {
+    /// Restores positions (or starts from the configured start when `restored` is empty).
+    fn open(&mut self, ctx: &TaskContext, restored: RestoredState) -> Result<()>;
+    /// The next batch, already decoded to the table's schema.
+    fn poll(&mut self) -> Result<SourcePoll>;
+    /// The combined watermark of this subtask's partitions.
+    fn watermark(&self) -> WatermarkStatus;
+    /// Positions (and watermark state) for checkpoint `checkpoint`.
+    fn snapshot(&mut self, checkpoint: u64) -> Result<Vec<u8>>;
+    /// Checkpoint `checkpoint` is durable (commit side outputs such as dead letters).
+    fn checkpoint_complete(&mut self, _checkpoint: u64) -> Result<()> {
+        Ok(())
+    }
+}
+
+pub type OperatorFactory = Arc<dyn Fn(&TaskContext) -> Result<Box<dyn Operator>> + Send + Sync>;
+pub type SourceFactory = Arc<dyn Fn(&TaskContext) -> Result<Box<dyn Source>> + Send + Sync>;

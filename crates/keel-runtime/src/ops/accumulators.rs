@@ -1,0 +1,303 @@
+//! Column-wise accumulators for COUNT, SUM, AVG, MIN and MAX with Flink's result rules: COUNT is
+//! BIGINT; SUM and AVG keep the input's type, and AVG of integers truncates toward zero; MIN and
+//! MAX keep the input's type; SUM, AVG, MIN and MAX of no non-NULL values are NULL.
+//!
+//! Each accumulator holds one slot per group (indexed by group id); slots are reused after a
+//! group is emitted (`reset`). Integer-like inputs (all integer widths, timestamps, dates) are
+//! accumulated as i64, floats as f64, decimals as i128 at the input's scale, strings as `String`.
+
+use crate::error::{Result, RuntimeError};
+use arrow::array::{Array, ArrayRef, AsArray, Decimal128Array, Float64Array, Int64Array, StringArray};
+use arrow::datatypes::{DataType, Decimal128Type, Field, Float64Type, Int64Type};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// The aggregate functions the window aggregate supports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AggregateFunction {
+    CountStar,
+    Count,
+    Sum,
+    Avg,
+    Min,
+    Max,
+}
+
+#[derive(Debug)]
+enum Values {
+    Int(Vec<i64>),
+    Float(Vec<f64>),
+    Decimal(Vec<i128>, u8, i8),
+    Str(Vec<Option<String>>),
+}
+
+/// One aggregate's slots for all groups.
+#[derive(Debug)]
+pub struct Accumulator {
+    func: AggregateFunction,
+    values: Values,
+    /// Non-NULL inputs seen per group (rows, for COUNT(*)).
+    counts: Vec<i64>,
+}
+
+fn unsupported(func: AggregateFunction, t: &DataType) -> RuntimeError {
+    RuntimeError::User(format!("{func:?} over a {t} column is not supported; cast the argument to BIGINT, DOUBLE or DECIMAL"))
+}
+
+impl Accumulator {
+    /// An accumulator for `func` over arguments of `input` type (`None` for COUNT(*)).
+    pub fn new(func: AggregateFunction, input: Option<&DataType>) -> Result<Self> {
+        use DataType::*;
+        let values = match (func, input) {
+            (AggregateFunction::CountStar | AggregateFunction::Count, _) | (_, None) => Values::Int(vec![]),
+            (_, Some(Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | Timestamp(_, _) | Date32 | Date64)) => {
+                Values::Int(vec![])
+            }
+            (_, Some(Float16 | Float32 | Float64)) => Values::Float(vec![]),
+            (_, Some(Decimal128(p, s))) => Values::Decimal(vec![], *p, *s),
+            (AggregateFunction::Min | AggregateFunction::Max, Some(Utf8 | LargeUtf8 | Utf8View)) => Values::Str(vec![]),
+            (f, Some(t)) => return Err(unsupported(f, t)),
+        };
+        Ok(Accumulator { func, values, counts: vec![] })
+    }
+
+    /// Makes slots `0..n` exist.
+    pub fn ensure(&mut self, n: usize) {
+        if self.counts.len() >= n {
+            return;
+        }
+        self.counts.resize(n, 0);
+        match &mut self.values {
+            Values::Int(v) => v.resize(n, 0),
+            Values::Float(v) => v.resize(n, 0.0),
+            Values::Decimal(v, _, _) => v.resize(n, 0),
+            Values::Str(v) => v.resize(n, None),
+        }
+    }
+
+    /// Clears slot `g` for reuse by another group.
+    pub fn reset(&mut self, g: usize) {
+        self.counts[g] = 0;
+        match &mut self.values {
+            Values::Int(v) => v[g] = 0,
+            Values::Float(v) => v[g] = 0.0,
+            Values::Decimal(v, _, _) => v[g] = 0,
+            Values::Str(v) => v[g] = None,
+        }
+    }
+
+    /// Adds row `i` of `arg` to group `groups[i]`, for every row.
+    pub fn update(&mut self, groups: &[u32], arg: Option<&ArrayRef>) -> Result<()> {
+        let func = self.func;
+        let Some(arg) = arg.filter(|_| func != AggregateFunction::CountStar) else {
+            for &g in groups {
+                self.counts[g as usize] += 1;
+            }
+            return Ok(());
+        };
+        let valid = |i: usize| arg.is_valid(i);
+        if func == AggregateFunction::Count {
+            for (i, &g) in groups.iter().enumerate() {
+                if valid(i) {
+                    self.counts[g as usize] += 1;
+                }
+            }
+            return Ok(());
+        }
+        let cast = |t: &DataType| arrow::compute::cast(arg, t).map_err(RuntimeError::arrow("aggregate argument"));
+        match &mut self.values {
+            Values::Int(vals) => {
+                let a = cast(&DataType::Int64)?;
+                let a = a.as_primitive::<Int64Type>();
+                for (i, &g) in groups.iter().enumerate() {
+                    if a.is_valid(i) {
+                        let (g, v) = (g as usize, a.value(i));
+                        let c = &mut self.counts[g];
+                        vals[g] = match func {
+                            AggregateFunction::Min if *c > 0 => vals[g].min(v),
+                            AggregateFunction::Max if *c > 0 => vals[g].max(v),
+                            AggregateFunction::Min | AggregateFunction::Max => v,
+                            _ => vals[g].wrapping_add(v),
+                        };
+                        *c += 1;
+                    }
+                }
+            }
+            Values::Float(vals) => {
+                let a = cast(&DataType::Float64)?;
+                let a = a.as_primitive::<Float64Type>();
+                for (i, &g) in groups.iter().enumerate() {
+                    if a.is_valid(i) {
+                        let (g, v) = (g as usize, a.value(i));
+                        let c = &mut self.counts[g];
+                        vals[g] = match func {
+                            AggregateFunction::Min if *c > 0 => vals[g].min(v),
+                            AggregateFunction::Max if *c > 0 => vals[g].max(v),
+                            AggregateFunction::Min | AggregateFunction::Max => v,
+                            _ => vals[g] + v,
+                        };
+                        *c += 1;
+                    }
+                }
+            }
+            Values::Decimal(vals, p, s) => {
+                let a = cast(&DataType::Decimal128(*p, *s))?;
+                let a = a.as_primitive::<Decimal128Type>();
+                for (i, &g) in groups.iter().enumerate() {
+                    if a.is_valid(i) {
+                        let (g, v) = (g as usize, a.value(i));
+                        let c = &mut self.counts[g];
+                        vals[g] = match func {
+                            AggregateFunction::Min if *c > 0 => vals[g].min(v),
+                            AggregateFunction::Max if *c > 0 => vals[g].max(v),
+                            AggregateFunction::Min | AggregateFunction::Max => v,
+                            _ => vals[g].wrapping_add(v),
+                        };
+                        *c += 1;
+                    }
+                }
+            }
+            Values::Str(vals) => {
+                let a = cast(&DataType::Utf8)?;
+                let a = a.as_string::<i32>();
+                for (i, &g) in groups.iter().enumerate() {
+                    if a.is_valid(i) {
+                        let (g, v) = (g as usize, a.value(i));
+                        let better = match &vals[g] {
+                            None => true,
+                            Some(cur) => (func == AggregateFunction::Min && v < cur.as_str()) || (func == AggregateFunction::Max && v > cur.as_str()),
+                        };
+                        if better {
+                            vals[g] = Some(v.to_string());
+                        }
+                        self.counts[g] += 1;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The results for `groups`, as `output` type.
+    pub fn evaluate(&self, groups: &[u32], output: &DataType) -> Result<ArrayRef> {
+        let present = |g: u32| self.counts[g as usize] > 0;
+        let arr: ArrayRef = match (&self.values, self.func) {
+            (_, AggregateFunction::CountStar | AggregateFunction::Count) => {
+                Arc::new(Int64Array::from_iter_values(groups.iter().map(|&g| self.counts[g as usize])))
+            }
+            (Values::Int(v), f) => Arc::new(Int64Array::from_iter(groups.iter().map(|&g| {
+                let g2 = g as usize;
+                present(g).then(|| if f == AggregateFunction::Avg { v[g2] / self.counts[g2] } else { v[g2] })
+            }))),
+            (Values::Float(v), f) => Arc::new(Float64Array::from_iter(groups.iter().map(|&g| {
+                let g2 = g as usize;
+                present(g).then(|| if f == AggregateFunction::Avg { v[g2] / self.counts[g2] as f64 } else { v[g2] })
+            }))),
+            (Values::Decimal(v, p, s), f) => Arc::new(
+                Decimal128Array::from_iter(groups.iter().map(|&g| {
+                    let g2 = g as usize;
+                    present(g).then(|| if f == AggregateFunction::Avg { v[g2] / i128::from(self.counts[g2]) } else { v[g2] })
+                }))
+                .with_precision_and_scale((*p).max(38), *s)
+                .map_err(RuntimeError::arrow("decimal aggregate"))?,
+            ),
+            (Values::Str(v), _) => Arc::new(StringArray::from_iter(groups.iter().map(|&g| v[g as usize].clone()))),
+        };
+        if arr.data_type() == output {
+            Ok(arr)
+        } else {
+            arrow::compute::cast(&arr, output).map_err(RuntimeError::arrow("aggregate result"))
+        }
+    }
+
+    /// The state of `groups` as columns (for checkpoints), named with `prefix`.
+    pub fn state(&self, groups: &[u32], prefix: &str) -> Vec<(Field, ArrayRef)> {
+        let counts: ArrayRef = Arc::new(Int64Array::from_iter_values(groups.iter().map(|&g| self.counts[g as usize])));
+        let mut out = vec![(Field::new(format!("{prefix}_count"), DataType::Int64, false), counts)];
+        let vals: Option<ArrayRef> = match &self.values {
+            _ if matches!(self.func, AggregateFunction::CountStar | AggregateFunction::Count) => None,
+            Values::Int(v) => Some(Arc::new(Int64Array::from_iter_values(groups.iter().map(|&g| v[g as usize])))),
+            Values::Float(v) => Some(Arc::new(Float64Array::from_iter_values(groups.iter().map(|&g| v[g as usize])))),
+            Values::Decimal(v, p, s) => Some(Arc::new(
+                Decimal128Array::from_iter_values(groups.iter().map(|&g| v[g as usize]))
+                    .with_precision_and_scale(*p, *s)
+                    .unwrap_or_else(|_| Decimal128Array::from_iter_values(groups.iter().map(|&g| v[g as usize]))),
+            )),
+            Values::Str(v) => Some(Arc::new(StringArray::from_iter(groups.iter().map(|&g| v[g as usize].clone())))),
+        };
+        if let Some(vals) = vals {
+            out.push((Field::new(format!("{prefix}_value"), vals.data_type().clone(), true), vals));
+        }
+        out
+    }
+
+    /// Loads slot `groups[i]` from row `i` of state columns written by `state`.
+    pub fn restore(&mut self, groups: &[u32], cols: &[ArrayRef]) -> Result<()> {
+        let bad = || RuntimeError::Internal("aggregate state columns do not match the accumulator".into());
+        let counts = cols.first().and_then(|c| c.as_primitive_opt::<Int64Type>()).ok_or_else(bad)?;
+        for (i, &g) in groups.iter().enumerate() {
+            self.counts[g as usize] = counts.value(i);
+        }
+        if matches!(self.func, AggregateFunction::CountStar | AggregateFunction::Count) {
+            return Ok(());
+        }
+        let vals = cols.get(1).ok_or_else(bad)?;
+        match &mut self.values {
+            Values::Int(v) => {
+                let a = vals.as_primitive_opt::<Int64Type>().ok_or_else(bad)?;
+                groups.iter().enumerate().for_each(|(i, &g)| v[g as usize] = a.value(i));
+            }
+            Values::Float(v) => {
+                let a = vals.as_primitive_opt::<Float64Type>().ok_or_else(bad)?;
+                groups.iter().enumerate().for_each(|(i, &g)| v[g as usize] = a.value(i));
+            }
+            Values::Decimal(v, _, _) => {
+                let a = vals.as_primitive_opt::<Decimal128Type>().ok_or_else(bad)?;
+                groups.iter().enumerate().for_each(|(i, &g)| v[g as usize] = a.value(i));
+            }
+            Values::Str(v) => {
+                let a = vals.as_string_opt::<i32>().ok_or_else(bad)?;
+                groups.iter().enumerate().for_each(|(i, &g)| v[g as usize] = a.is_valid(i).then(|| a.value(i).to_string()));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Int32Array;
+
+    #[test]
+    fn flink_result_rules() {
+        let arg: ArrayRef = Arc::new(Int32Array::from(vec![Some(1), Some(2), None, Some(-3)]));
+        let groups = [0u32, 0, 1, 1];
+        let run = |f| {
+            let mut a = Accumulator::new(f, Some(&DataType::Int32)).unwrap();
+            a.ensure(2);
+            a.update(&groups, Some(&arg)).unwrap();
+            a
+        };
+        let avg = run(AggregateFunction::Avg).evaluate(&[0, 1], &DataType::Int32).unwrap();
+        assert_eq!(avg.as_primitive::<arrow::datatypes::Int32Type>().values(), &[1, -3], "AVG(1,2) truncates to 1");
+        let cnt = run(AggregateFunction::Count).evaluate(&[0, 1], &DataType::Int64).unwrap();
+        assert_eq!(cnt.as_primitive::<Int64Type>().values(), &[2, 1], "COUNT skips NULL");
+        let mut empty = Accumulator::new(AggregateFunction::Sum, Some(&DataType::Int64)).unwrap();
+        empty.ensure(1);
+        assert!(empty.evaluate(&[0], &DataType::Int64).unwrap().is_null(0), "SUM of nothing is NULL");
+    }
+
+    #[test]
+    fn state_roundtrip() {
+        let arg: ArrayRef = Arc::new(StringArray::from(vec!["b", "a", "c"]));
+        let mut a = Accumulator::new(AggregateFunction::Min, Some(&DataType::Utf8)).unwrap();
+        a.ensure(1);
+        a.update(&[0, 0, 0], Some(&arg)).unwrap();
+        let cols: Vec<ArrayRef> = a.state(&[0], "m").into_iter().map(|c| c.1).collect();
+        let mut b = Accumulator::new(AggregateFunction::Min, Some(&DataType::Utf8)).unwrap();
+        b.ensure(3);
+        b.restore(&[2], &cols).unwrap();
+        assert_eq!(b.evaluate(&[2], &DataType::Utf8).unwrap().as_string::<i32>().value(0), "a");
+    }
+}

@@ -1,0 +1,323 @@
+//! The keyed window aggregate: groups rows by (window, key), accumulates, and emits each window's
+//! groups once the watermark passes the window's end, then forgets them.
+//!
+//! Input layout (prepared by a projection before the hash exchange): key columns `0..num_keys`,
+//! then the window start and end columns, then the aggregate arguments.
+//!
+//! Invariants: a window `[s, e)` is emitted exactly once, when the watermark first reaches
+//! `e - 1`; a row arriving when the watermark is already at or past `e - 1` is late: it is counted
+//! and dropped, never added to an emitted window. State snapshots hold every open group with its
+//! key group, so a restore at any parallelism gives each subtask exactly the groups it owns.
+
+use crate::error::{Result, RuntimeError};
+use crate::exchange::row_key_groups;
+use crate::metrics::Metrics;
+use crate::operator::{Operator, RestoredState, TaskContext};
+use crate::ops::accumulators::Accumulator;
+pub use crate::ops::accumulators::AggregateFunction;
+use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, TimestampMillisecondArray, UInt32Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit, TimestampMillisecondType, UInt32Type};
+use arrow::row::{RowConverter, SortField};
+use hashbrown::HashTable;
+use keel_types::time::MIN_WATERMARK;
+use keel_types::window::is_late;
+use keel_types::KeyGroupRange;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use xxhash_rust::xxh3::xxh3_64_with_seed;
+
+/// Where an output group column comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupColumn {
+    Key(usize),
+    WindowStart,
+    WindowEnd,
+}
+
+/// One aggregate call: function, argument column in the input, result type.
+#[derive(Debug, Clone)]
+pub struct AggregateCall {
+    pub func: AggregateFunction,
+    pub arg: Option<usize>,
+    pub output_type: DataType,
+}
+
+/// Everything that defines a window aggregate.
+#[derive(Debug, Clone)]
+pub struct WindowAggregateSpec {
+    pub input_schema: SchemaRef,
+    pub num_keys: usize,
+    pub window_start: usize,
+    pub window_end: usize,
+    pub aggregates: Vec<AggregateCall>,
+    /// The group columns of the output, in order; the aggregates follow them.
+    pub group_output: Vec<GroupColumn>,
+    pub output_schema: SchemaRef,
+}
+
+struct Group {
+    start: i64,
+    end: i64,
+    hash: u64,
+    key: Box<[u8]>,
+    key_group: u32,
+}
+
+/// The operator (see the module docs).
+pub struct WindowAggregate {
+    spec: Arc<WindowAggregateSpec>,
+    converter: RowConverter,
+    table: HashTable<u32>,
+    groups: Vec<Group>,
+    free: Vec<u32>,
+    by_window: BTreeMap<(i64, i64), Vec<u32>>,
+    accs: Vec<Accumulator>,
+    watermark: i64,
+    key_groups: u32,
+    metrics: Option<Arc<Metrics>>,
+}
+
+fn group_hash(start: i64, end: i64, key: &[u8]) -> u64 {
+    xxh3_64_with_seed(key, (start as u64) ^ (end as u64).rotate_left(29))
+}
+
+fn millis(col: &ArrayRef) -> Result<ArrayRef> {
+    let t = DataType::Timestamp(TimeUnit::Millisecond, None);
+    if col.data_type() == &t { Ok(col.clone()) } else { arrow::compute::cast(col, &t).map_err(RuntimeError::arrow("window bounds")) }
+}
+
+impl WindowAggregate {
+    pub fn new(spec: Arc<WindowAggregateSpec>) -> Result<Self> {
+        let fields = spec.input_schema.fields()[..spec.num_keys].iter().map(|f| SortField::new(f.data_type().clone())).collect();
+        let converter = RowConverter::new(fields).map_err(RuntimeError::arrow("group keys"))?;
+        let accs = spec
+            .aggregates
+            .iter()
+            .map(|a| Accumulator::new(a.func, a.arg.map(|i| spec.input_schema.field(i).data_type())))
+            .collect::<Result<_>>()?;
+        Ok(WindowAggregate {
+            spec,
+            converter,
+            table: HashTable::new(),
+            groups: Vec::new(),
+            free: Vec::new(),
+            by_window: BTreeMap::new(),
+            accs,
+            watermark: MIN_WATERMARK,
+            key_groups: keel_types::DEFAULT_KEY_GROUPS,
+            metrics: None,
+        })
+    }
+
+    /// The group id of (start, end, key), creating it if new.
+    fn group_of(&mut self, start: i64, end: i64, key: &[u8], key_group: impl FnOnce() -> u32) -> u32 {
+        let h = group_hash(start, end, key);
+        let groups = &self.groups;
+        if let Some(&g) = self.table.find(h, |&g| {
+            let gr = &groups[g as usize];
+            gr.start == start && gr.end == end && &*gr.key == key
+        }) {
+            return g;
+        }
+        let group = Group { start, end, hash: h, key: key.into(), key_group: key_group() };
+        let g = match self.free.pop() {
+            Some(g) => {
+                self.groups[g as usize] = group;
+                g
+            }
+            None => {
+                self.groups.push(group);
+                (self.groups.len() - 1) as u32
+            }
+        };
+        let groups = &self.groups;
+        self.table.insert_unique(h, g, |&x| groups[x as usize].hash);
+        self.by_window.entry((end, start)).or_default().push(g);
+        for a in &mut self.accs {
+            a.ensure(self.groups.len());
+        }
+        g
+    }
+
+    /// Output rows for `gids`, all of window `[start, end)`.
+    fn emit(&mut self, start: i64, end: i64, gids: &[u32]) -> Result<RecordBatch> {
+        let parser = self.converter.parser();
+        let keys = self
+            .converter
+            .convert_rows(gids.iter().map(|&g| parser.parse(&self.groups[g as usize].key)))
+            .map_err(RuntimeError::arrow("group keys"))?;
+        let n = gids.len();
+        let mut cols: Vec<ArrayRef> = Vec::with_capacity(self.spec.output_schema.fields().len());
+        for gc in &self.spec.group_output {
+            cols.push(match *gc {
+                GroupColumn::Key(i) => keys[i].clone(),
+                GroupColumn::WindowStart => Arc::new(TimestampMillisecondArray::from(vec![start; n])),
+                GroupColumn::WindowEnd => Arc::new(TimestampMillisecondArray::from(vec![end; n])),
+            });
+        }
+        for (acc, call) in self.accs.iter().zip(&self.spec.aggregates) {
+            cols.push(acc.evaluate(gids, &call.output_type)?);
+        }
+        let cols = cols
+            .into_iter()
+            .zip(self.spec.output_schema.fields())
+            .map(|(c, f)| {
+                if c.data_type() == f.data_type() {
+                    Ok(c)
+                } else {
+                    arrow::compute::cast(&c, f.data_type()).map_err(RuntimeError::arrow("window result"))
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        RecordBatch::try_new(self.spec.output_schema.clone(), cols).map_err(RuntimeError::arrow("window result"))
+    }
+
+    fn forget(&mut self, g: u32) {
+        let h = self.groups[g as usize].hash;
+        if let Ok(entry) = self.table.find_entry(h, |&x| x == g) {
+            entry.remove();
+        }
+        for a in &mut self.accs {
+            a.reset(g as usize);
+        }
+        self.groups[g as usize].key = Box::new([]);
+        self.free.push(g);
+    }
+
+    fn state_schema(&self, acc_fields: &[Field]) -> SchemaRef {
+        let mut fields = vec![
+            Field::new("key_group", DataType::UInt32, false),
+            Field::new("window_start", DataType::Int64, false),
+            Field::new("window_end", DataType::Int64, false),
+        ];
+        fields.extend(self.spec.input_schema.fields()[..self.spec.num_keys].iter().map(|f| f.as_ref().clone().with_nullable(true)));
+        fields.extend(acc_fields.iter().cloned());
+        Arc::new(Schema::new(fields).with_metadata([("watermark".to_string(), self.watermark.to_string())].into()))
+    }
+}
+
+impl Operator for WindowAggregate {
+    fn open(&mut self, ctx: &TaskContext, restored: RestoredState) -> Result<()> {
+        self.key_groups = ctx.key_groups;
+        self.metrics = Some(ctx.metrics.clone());
+        let range = KeyGroupRange::of_subtask(ctx.subtask, ctx.key_groups, ctx.parallelism);
+        let mut wm: Option<i64> = None;
+        for part in restored.parts.iter().filter(|p| !p.is_empty()) {
+            let batch = keel_state::batch_from_ipc(part, "window aggregate state")?;
+            if let Some(w) = batch.schema().metadata().get("watermark").and_then(|w| w.parse::<i64>().ok()) {
+                wm = Some(wm.map_or(w, |m| m.min(w)));
+            }
+            let kg = batch.column(0).as_primitive::<UInt32Type>();
+            let keep: Vec<u32> = (0..batch.num_rows() as u32).filter(|&i| range.contains(kg.value(i as usize))).collect();
+            if keep.is_empty() {
+                continue;
+            }
+            let batch = arrow::compute::take_record_batch(&batch, &UInt32Array::from(keep)).map_err(RuntimeError::arrow("restore"))?;
+            let kg = batch.column(0).as_primitive::<UInt32Type>().clone();
+            let starts = batch.column(1).as_primitive::<arrow::datatypes::Int64Type>().clone();
+            let ends = batch.column(2).as_primitive::<arrow::datatypes::Int64Type>().clone();
+            let nk = self.spec.num_keys;
+            let rows = self.converter.convert_columns(&batch.columns()[3..3 + nk]).map_err(RuntimeError::arrow("restore keys"))?;
+            let mut gids = Vec::with_capacity(batch.num_rows());
+            for i in 0..batch.num_rows() {
+                gids.push(self.group_of(starts.value(i), ends.value(i), rows.row(i).as_ref(), || kg.value(i)));
+            }
+            let mut at = 3 + nk;
+            for a in &mut self.accs {
+                let n = a.state(&[], "x").len();
+                a.restore(&gids, &batch.columns()[at..at + n])?;
+                at += n;
+            }
+        }
+        if let Some(w) = wm {
+            self.watermark = w;
+        }
+        Ok(())
+    }
+
+    fn process(&mut self, batch: RecordBatch, _out: &mut Vec<RecordBatch>) -> Result<()> {
+        let starts = millis(batch.column(self.spec.window_start))?;
+        let ends = millis(batch.column(self.spec.window_end))?;
+        let starts = starts.as_primitive::<TimestampMillisecondType>();
+        let ends = ends.as_primitive::<TimestampMillisecondType>();
+        let nk = self.spec.num_keys;
+        let rows = self.converter.convert_columns(&batch.columns()[..nk]).map_err(RuntimeError::arrow("group keys"))?;
+        let key_cols: Vec<usize> = (0..nk).collect();
+        let key_groups = row_key_groups(&batch, &key_cols, self.key_groups)?;
+        let mut gids = Vec::with_capacity(batch.num_rows());
+        let mut keep = Vec::new();
+        let mut late = 0u64;
+        for i in 0..batch.num_rows() {
+            let (s, e) = (starts.value(i), ends.value(i));
+            if is_late(e, self.watermark) {
+                late += 1;
+                continue;
+            }
+            keep.push(i as u32);
+            gids.push(self.group_of(s, e, rows.row(i).as_ref(), || key_groups[i]));
+        }
+        let args: Vec<Option<ArrayRef>> = if late > 0 {
+            if let Some(m) = &self.metrics {
+                Metrics::add(&m.late_records, late);
+            }
+            let idx = UInt32Array::from(keep);
+            self.spec
+                .aggregates
+                .iter()
+                .map(|a| a.arg.map(|c| arrow::compute::take(batch.column(c), &idx, None).map_err(RuntimeError::arrow("late filter"))).transpose())
+                .collect::<Result<_>>()?
+        } else {
+            self.spec.aggregates.iter().map(|a| a.arg.map(|c| batch.column(c).clone())).collect()
+        };
+        for (acc, arg) in self.accs.iter_mut().zip(&args) {
+            acc.update(&gids, arg.as_ref())?;
+        }
+        Ok(())
+    }
+
+    fn on_watermark(&mut self, watermark: i64, out: &mut Vec<RecordBatch>) -> Result<()> {
+        self.watermark = self.watermark.max(watermark);
+        while let Some((&(end, start), _)) = self.by_window.first_key_value() {
+            if !is_late(end, self.watermark) {
+                break;
+            }
+            let gids = self.by_window.remove(&(end, start)).unwrap_or_default();
+            out.push(self.emit(start, end, &gids)?);
+            for g in gids {
+                self.forget(g);
+            }
+        }
+        Ok(())
+    }
+
+    fn snapshot(&mut self, _checkpoint: u64) -> Result<Option<Vec<u8>>> {
+        let gids: Vec<u32> = self.by_window.values().flatten().copied().collect();
+        let parser = self.converter.parser();
+        let keys = self
+            .converter
+            .convert_rows(gids.iter().map(|&g| parser.parse(&self.groups[g as usize].key)))
+            .map_err(RuntimeError::arrow("snapshot keys"))?;
+        let mut cols: Vec<ArrayRef> = vec![
+            Arc::new(UInt32Array::from_iter_values(gids.iter().map(|&g| self.groups[g as usize].key_group))),
+            Arc::new(Int64Array::from_iter_values(gids.iter().map(|&g| self.groups[g as usize].start))),
+            Arc::new(Int64Array::from_iter_values(gids.iter().map(|&g| self.groups[g as usize].end))),
+        ];
+        cols.extend(keys);
+        let mut acc_fields = vec![];
+        for (i, a) in self.accs.iter().enumerate() {
+            for (f, c) in a.state(&gids, &format!("agg{i}")) {
+                acc_fields.push(f);
+                cols.push(c);
+            }
+        }
+        let schema = self.state_schema(&acc_fields);
+        let cols = cols
+            .into_iter()
+            .zip(schema.fields())
+            .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c) } else { arrow::compute::cast(&c, f.data_type()) })
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(RuntimeError::arrow("snapshot"))?;
+        let batch = RecordBatch::try_new(schema, cols).map_err(RuntimeError::arrow("snapshot"))?;
+        Ok(Some(keel_state::batch_to_ipc(&batch)?))
+    }
+}
