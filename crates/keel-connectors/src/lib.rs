@@ -1,1 +1,17 @@
-//! placeholder
+//! Keel's connectors: the topic source (JSON records from Keel's embedded log, with dead
+//! letters), the exactly-once topic and filesystem sinks, the at-least-once print sink, and the
+//! JSON format.
+//!
+//! Guarantees by connector: topic source → replayable (positions in checkpoints); topic sink →
+//! exactly-once (two-phase commit through staged transactions); filesystem sink → exactly-once
+//! (files published on checkpoint completion); print sink → at-least-once.
+
+pub mod error;
+pub mod json;
+pub mod sinks;
+pub mod staging;
+pub mod topic_source;
+
+pub use error::ConnectorError;
+pub use sinks::{FileFormat, FileSink, PrintSink, TopicSink};
+pub use topic_source::{BadRecordPolicy, TopicSource, TopicSourceConfig};

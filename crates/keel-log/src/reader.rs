@@ -31,7 +31,7 @@ pub struct Chunk {
 
 impl Chunk {
     /// Calls `f` for each record at or after the offset the reader was asked for.
-    pub fn for_each(&self, mut f: impl FnMut(RecordRef<'_>)) -> Result<()> {
+    pub fn for_each<'a>(&'a self, mut f: impl FnMut(RecordRef<'a>)) -> Result<()> {
         for &(start, len, header) in &self.batches {
             let mut offset = header.base_offset;
             let skip = self.skip_below;
