@@ -1,1 +1,215 @@
-//! placeholder
+//! Keel's Flink SQL front end. A pipeline file holds `CREATE TABLE` statements (Flink DDL with
+//! `WITH` connector options and `WATERMARK FOR`) and one `INSERT INTO ... SELECT`. `plan` reads
+//! and checks it completely (every refusal names the construct and its line and column) without
+//! touching disk; `Pipeline::build_graph` then resolves sources against the data directory,
+//! records first-start facts in the job file, and returns the runtime's job graph.
+
+pub mod connectors;
+pub mod error;
+pub mod functions;
+pub mod planner;
+pub mod script;
+
+pub use connectors::{SinkKind, SourcePlan};
+pub use error::{Pos, SqlError};
+
+use crate::error::Result;
+use crate::planner::{InsertPlan, Step};
+use datafusion::sql::sqlparser::tokenizer::Token;
+use keel_connectors::{FileSink, PrintSink, TopicSink, TopicSource, TopicSourceConfig};
+use keel_log::Log;
+use keel_runtime::ops::{Filter, Projection, WindowAggregate, WindowAssigner};
+use keel_runtime::{JobDir, JobGraph, Operator, OperatorSpec, Partitioning, StageInput, StageSpec};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// How to run a pipeline.
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    pub job: String,
+    pub data_dir: PathBuf,
+    pub parallelism: u32,
+    pub bounded: bool,
+}
+
+/// A checked, planned pipeline.
+pub struct Pipeline {
+    /// Identifies the pipeline's meaning (whitespace and comments do not count).
+    pub fingerprint: String,
+    pub insert: InsertPlan,
+    opts: PipelineOptions,
+}
+
+/// Reads, checks and plans a pipeline file's text.
+pub fn plan(sql: &str, opts: &PipelineOptions) -> Result<Pipeline> {
+    let toks = script::tokenize(sql)?;
+    let fingerprint = format!(
+        "{:016x}",
+        keel_types::keys::hash_key(
+            toks.iter().filter(|t| !matches!(t.token, Token::Whitespace(_))).map(|t| t.token.to_string()).collect::<Vec<_>>().join(" ").as_bytes()
+        )
+    );
+    let mut tables: HashMap<String, script::TableDef> = HashMap::new();
+    let mut inserts = vec![];
+    for stmt in script::split_statements(toks) {
+        let mut c = script::Cursor::new(&stmt);
+        let pos = c.pos();
+        if c.is_keyword("CREATE") {
+            let kind = c.peek_nth(1).map(|t| t.token.to_string().to_uppercase());
+            let kind = if kind.as_deref() == Some("TEMPORARY") { c.peek_nth(2).map(|t| t.token.to_string().to_uppercase()) } else { kind };
+            match kind.as_deref() {
+                Some("TABLE") => {
+                    let def = script::parse_create_table(&stmt)?;
+                    if tables.contains_key(&def.name) {
+                        return Err(SqlError::invalid(def.pos, format!("table {} is created twice", def.name)));
+                    }
+                    tables.insert(def.name.clone(), def);
+                }
+                Some("VIEW") => return Err(SqlError::unsupported(pos, "CREATE VIEW", Some("write the query inside the INSERT"))),
+                Some("FUNCTION") => return Err(SqlError::unsupported(pos, "CREATE FUNCTION", Some("register functions through the Rust API"))),
+                other => return Err(SqlError::unsupported(pos, format!("CREATE {}", other.unwrap_or_default()), None)),
+            }
+        } else if c.eat_keyword("INSERT") {
+            c.expect_keyword("INTO")?;
+            let (sink, spos) = c.ident()?;
+            if c.peek().is_some_and(|t| t.token == Token::LParen) {
+                return Err(SqlError::unsupported(c.pos(), "an INSERT column list", Some("select the sink's columns in its order")));
+            }
+            let rest = stmt[c.index()..].to_vec();
+            inserts.push((sink, spos, rest));
+        } else {
+            let word = c.peek().map(|t| t.token.to_string().to_uppercase()).unwrap_or_default();
+            let alt = match word.as_str() {
+                "SELECT" => Some("write `INSERT INTO some_table SELECT ...` with a 'print' table to see results"),
+                "SET" => Some("pass settings as `keel run` flags"),
+                _ => None,
+            };
+            return Err(SqlError::unsupported(pos, format!("a {word} statement"), alt));
+        }
+    }
+    let Some((sink, spos, query)) = inserts.first() else {
+        return Err(SqlError::invalid(Pos { line: 1, column: 1 }, "the pipeline has no INSERT INTO statement, so it produces nothing"));
+    };
+    if let Some((_, pos, _)) = inserts.get(1) {
+        return Err(SqlError::unsupported(*pos, "a second INSERT INTO in one pipeline", Some("run one pipeline file per INSERT")));
+    }
+    let insert = planner::plan_insert(&tables, (sink, *spos), query, &opts.job)?;
+    Ok(Pipeline { fingerprint, insert, opts: opts.clone() })
+}
+
+fn op(uid: String, f: impl Fn() -> keel_runtime::Result<Box<dyn Operator>> + Send + Sync + 'static) -> OperatorSpec {
+    OperatorSpec { uid, factory: Arc::new(move |_ctx| f()) }
+}
+
+fn step_ops(steps: &[Step], prefix: &str) -> Vec<OperatorSpec> {
+    steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| match s.clone() {
+            Step::Filter(p) => op(format!("{prefix}-filter-{i}"), move || Ok(Box::new(Filter { predicate: p.clone() }))),
+            Step::Project(exprs, schema) => {
+                op(format!("{prefix}-project-{i}"), move || Ok(Box::new(Projection { exprs: exprs.clone(), schema: schema.clone() })))
+            }
+        })
+        .collect()
+}
+
+impl Pipeline {
+    /// The sink's name and its delivery guarantee.
+    pub fn sink_guarantee(&self) -> (String, &'static str) {
+        (self.insert.sink.name.clone(), self.insert.sink_kind.guarantee())
+    }
+
+    /// Resolves sources (recording start and bounded end offsets at the first start) and builds
+    /// the job graph.
+    pub fn build_graph(&self, job: &mut JobDir) -> Result<JobGraph> {
+        let ins = &self.insert;
+        let log = Log::open(&self.opts.data_dir)?;
+        let connectors::SourcePlan::Topic { topic, bad_records, startup_latest, idle_timeout } = &ins.source_plan;
+        let t = log.topic(topic)?;
+        let infos = t.describe()?;
+        let key = format!("source-{}", ins.source.name);
+        let mut fact = job.file.sources.get(&key).cloned().unwrap_or_else(|| serde_json::json!({}));
+        let mut changed = false;
+        if fact.get("start").is_none() {
+            let start: Vec<u64> = infos.iter().map(|i| if *startup_latest { i.end_offset } else { i.start_offset }).collect();
+            fact["start"] = start.into();
+            changed = true;
+        }
+        if self.opts.bounded && fact.get("end").is_none() {
+            let end: Vec<u64> = infos.iter().map(|i| i.end_offset).collect();
+            fact["end"] = end.into();
+            changed = true;
+        }
+        if changed {
+            job.set_source_fact(&key, fact.clone())?;
+        }
+        let offsets = |k: &str| -> Option<Vec<u64>> { serde_json::from_value(fact.get(k)?.clone()).ok() };
+        let cfg = TopicSourceConfig {
+            data_dir: self.opts.data_dir.clone(),
+            table: ins.source.name.clone(),
+            topic: topic.clone(),
+            schema: ins.source_schema.clone(),
+            event_time: ins.source.watermark.as_ref().and_then(|w| {
+                ins.source.columns.iter().position(|c| c.name == w.column).map(|i| (i, w.delay_ms))
+            }),
+            start_offsets: offsets("start").unwrap_or_default(),
+            end_offsets: if self.opts.bounded { offsets("end") } else { None },
+            bad_records: bad_records.clone(),
+            idle_timeout: *idle_timeout,
+            max_batch_bytes: 1 << 20,
+        };
+        let p = self.opts.parallelism;
+        let mut chain0 = vec![];
+        if let Some((spec, col, schema)) = &ins.window {
+            let (spec, col, schema) = (*spec, *col, schema.clone());
+            chain0.push(op("window-assigner".into(), move || Ok(Box::new(WindowAssigner { spec, time_column: col, schema: schema.clone() }))));
+        }
+        chain0.extend(step_ops(&ins.below, "pre"));
+        let source_uid = key.clone();
+        let src_uid = source_uid.clone();
+        let source = StageInput::Source {
+            uid: source_uid,
+            factory: Arc::new(move |_ctx| Ok(Box::new(TopicSource::new(cfg.clone(), &src_uid)?) as Box<dyn keel_runtime::Source>)),
+        };
+        let sink = self.sink_op();
+        let mut stages = vec![];
+        match &ins.aggregate {
+            None => {
+                chain0.push(sink);
+                stages.push(StageSpec { name: format!("{} -> {}", ins.source.name, ins.sink.name), parallelism: p, input: source, chain: chain0 });
+            }
+            Some(agg) => {
+                let (exprs, schema) = agg.pre_projection.clone();
+                chain0.push(op("aggregate-input".into(), move || Ok(Box::new(Projection { exprs: exprs.clone(), schema: schema.clone() }))));
+                stages.push(StageSpec { name: format!("{} scan", ins.source.name), parallelism: p, input: source, chain: chain0 });
+                let spec = agg.spec.clone();
+                let mut chain1 = vec![op("window-aggregate".into(), move || Ok(Box::new(WindowAggregate::new(spec.clone())?)))];
+                chain1.extend(step_ops(&ins.above, "post"));
+                chain1.push(sink);
+                stages.push(StageSpec {
+                    name: format!("window aggregate -> {}", ins.sink.name),
+                    parallelism: p,
+                    input: StageInput::Upstream { stage: 0, partitioning: Partitioning::Hash((0..agg.spec.num_keys).collect()) },
+                    chain: chain1,
+                });
+            }
+        }
+        Ok(JobGraph { stages })
+    }
+
+    fn sink_op(&self) -> OperatorSpec {
+        let name = self.insert.sink.name.clone();
+        let uid = format!("sink-{name}");
+        let data_dir = self.opts.data_dir.clone();
+        match self.insert.sink_kind.clone() {
+            SinkKind::Topic { topic } => {
+                let u = uid.clone();
+                op(uid, move || Ok(Box::new(TopicSink::new(data_dir.clone(), topic.clone(), u.clone()))))
+            }
+            SinkKind::Filesystem { path, format } => op(uid, move || Ok(Box::new(FileSink::new(path.clone(), format)))),
+            SinkKind::Print => op(uid, move || Ok(Box::new(PrintSink { table: name.clone() }))),
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! Connector options from `CREATE TABLE ... WITH (...)`: which connector, its settings, and
+//! checks that name the offending option and list the accepted ones.
+
+use crate::error::{Result, SqlError};
+use crate::script::TableDef;
+use keel_connectors::{BadRecordPolicy, FileFormat};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How a table is read.
+#[derive(Debug, Clone)]
+pub enum SourcePlan {
+    Topic { topic: String, bad_records: BadRecordPolicy, startup_latest: bool, idle_timeout: Option<Duration> },
+}
+
+/// How a table is written.
+#[derive(Debug, Clone)]
+pub enum SinkKind {
+    Topic { topic: String },
+    Filesystem { path: PathBuf, format: FileFormat },
+    Print,
+}
+
+impl SinkKind {
+    /// The delivery guarantee, in the words the CLI prints.
+    pub fn guarantee(&self) -> &'static str {
+        match self {
+            SinkKind::Topic { .. } => "exactly-once (transactional commit on each checkpoint)",
+            SinkKind::Filesystem { .. } => "exactly-once (files published on each checkpoint)",
+            SinkKind::Print => "at-least-once (rows printed after the last checkpoint are printed again after a restart)",
+        }
+    }
+}
+
+const TOPIC_KEYS: &[&str] = &[
+    "connector",
+    "topic",
+    "format",
+    "bad-records",
+    "dead-letter.topic",
+    "scan.startup.mode",
+    "scan.idle-timeout",
+    "json.timestamp-format.standard",
+    "json.ignore-parse-errors",
+];
+const FS_KEYS: &[&str] = &["connector", "path", "format", "json.timestamp-format.standard"];
+const PRINT_KEYS: &[&str] = &["connector", "print-identifier"];
+
+fn check_keys(def: &TableDef, connector: &str, allowed: &[&str]) -> Result<()> {
+    for (k, _, pos) in &def.options {
+        if !allowed.contains(&k.as_str()) {
+            return Err(SqlError::invalid(
+                *pos,
+                format!("table {}: unknown option '{k}' for connector '{connector}'; accepted: {}", def.name, allowed.join(", ")),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn option_pos(def: &TableDef, key: &str) -> crate::error::Pos {
+    def.options.iter().find(|o| o.0 == key).map(|o| o.2).unwrap_or(def.pos)
+}
+
+fn connector(def: &TableDef) -> Result<&str> {
+    def.option("connector").ok_or_else(|| {
+        SqlError::invalid(def.pos, format!("table {} has no 'connector' option; use 'topic', 'filesystem' or 'print'", def.name))
+    })
+}
+
+fn json_format(def: &TableDef, what: &str, allowed: &[&str]) -> Result<String> {
+    let f = def.option("format").unwrap_or("json").to_string();
+    if !allowed.contains(&f.as_str()) {
+        return Err(SqlError::unsupported(
+            option_pos(def, "format"),
+            format!("format '{f}' for {what}"),
+            Some(&format!("use {}", allowed.iter().map(|a| format!("'{a}'")).collect::<Vec<_>>().join(" or "))),
+        ));
+    }
+    if let Some(std) = def.option("json.timestamp-format.standard")
+        && std != "ISO-8601"
+        && std != "SQL"
+    {
+        return Err(SqlError::invalid(option_pos(def, "json.timestamp-format.standard"), "'json.timestamp-format.standard' is 'ISO-8601' or 'SQL'"));
+    }
+    Ok(f)
+}
+
+/// The source plan of a table read by a query.
+pub fn source_plan(def: &TableDef, job: &str) -> Result<SourcePlan> {
+    match connector(def)? {
+        "topic" => {
+            check_keys(def, "topic", TOPIC_KEYS)?;
+            json_format(def, "a topic", &["json"])?;
+            let topic = def
+                .option("topic")
+                .ok_or_else(|| SqlError::invalid(def.pos, format!("table {} needs a 'topic' option naming the topic to read", def.name)))?
+                .to_string();
+            let ignore = def.option("json.ignore-parse-errors") == Some("true");
+            let bad_records = match (def.option("bad-records"), ignore) {
+                (None, true) | (Some("skip"), _) => BadRecordPolicy::Skip,
+                (None | Some("dead-letter"), false) => BadRecordPolicy::DeadLetter {
+                    topic: def.option("dead-letter.topic").map(str::to_string).unwrap_or_else(|| format!("{job}-dead-letter")),
+                },
+                (Some("dead-letter"), true) => BadRecordPolicy::Skip,
+                (Some("fail"), _) => BadRecordPolicy::Fail,
+                (Some(other), _) => {
+                    return Err(SqlError::invalid(
+                        option_pos(def, "bad-records"),
+                        format!("'bad-records' = '{other}' is not one of 'dead-letter', 'skip', 'fail'"),
+                    ));
+                }
+            };
+            let startup_latest = match def.option("scan.startup.mode").unwrap_or("earliest-offset") {
+                "earliest-offset" => false,
+                "latest-offset" => true,
+                other => {
+                    return Err(SqlError::invalid(
+                        option_pos(def, "scan.startup.mode"),
+                        format!("'scan.startup.mode' = '{other}' is not one of 'earliest-offset', 'latest-offset'"),
+                    ));
+                }
+            };
+            let idle_timeout = match def.option("scan.idle-timeout").unwrap_or("5s") {
+                "none" | "0" => None,
+                d => Some(keel_types::time::parse_duration(d).map_err(|e| SqlError::invalid(option_pos(def, "scan.idle-timeout"), e.to_string()))?),
+            };
+            Ok(SourcePlan::Topic { topic, bad_records, startup_latest, idle_timeout })
+        }
+        "filesystem" => Err(SqlError::unsupported(
+            option_pos(def, "connector"),
+            format!("reading table {} from the filesystem connector", def.name),
+            Some("ingest the files into a topic with `keel produce`, and read the topic"),
+        )),
+        "print" => Err(SqlError::invalid(option_pos(def, "connector"), format!("table {} uses the print connector, which can only be written", def.name))),
+        other => Err(unknown_connector(def, other)),
+    }
+}
+
+fn unknown_connector(def: &TableDef, other: &str) -> SqlError {
+    SqlError::unsupported(option_pos(def, "connector"), format!("connector '{other}'"), Some("use 'topic', 'filesystem' or 'print'"))
+}
+
+/// How a table written by an INSERT is written.
+pub fn sink_kind(def: &TableDef) -> Result<SinkKind> {
+    match connector(def)? {
+        "topic" => {
+            check_keys(def, "topic", TOPIC_KEYS)?;
+            json_format(def, "a topic", &["json"])?;
+            let topic = def
+                .option("topic")
+                .ok_or_else(|| SqlError::invalid(def.pos, format!("table {} needs a 'topic' option naming the topic to write", def.name)))?;
+            Ok(SinkKind::Topic { topic: topic.to_string() })
+        }
+        "filesystem" => {
+            check_keys(def, "filesystem", FS_KEYS)?;
+            let format = match json_format(def, "the filesystem connector", &["json", "csv"])?.as_str() {
+                "csv" => FileFormat::Csv,
+                _ => FileFormat::Json,
+            };
+            let path = def
+                .option("path")
+                .ok_or_else(|| SqlError::invalid(def.pos, format!("table {} needs a 'path' option: the directory to write files in", def.name)))?;
+            let path = path.strip_prefix("file://").unwrap_or(path);
+            Ok(SinkKind::Filesystem { path: PathBuf::from(path), format })
+        }
+        "print" => {
+            check_keys(def, "print", PRINT_KEYS)?;
+            Ok(SinkKind::Print)
+        }
+        other => Err(unknown_connector(def, other)),
+    }
+}

@@ -1,0 +1,60 @@
+//! SQL errors. Every error about the pipeline text says where (line and column) and what to do.
+
+use keel_types::ErrorClass;
+
+/// A place in the pipeline text (1-based).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pos {
+    pub line: u64,
+    pub column: u64,
+}
+
+impl std::fmt::Display for Pos {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}, column {}", self.line, self.column)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SqlError {
+    /// The text does not parse.
+    #[error("{pos}: {message}")]
+    Syntax { pos: Pos, message: String },
+    /// The text parses but uses something Keel cannot run.
+    #[error("{pos}: {construct} is not supported{}", alternative.as_ref().map(|a| format!("; {a}")).unwrap_or_default())]
+    Unsupported { pos: Pos, construct: String, alternative: Option<String> },
+    /// Names, types or options are wrong.
+    #[error("{pos}: {message}")]
+    Invalid { pos: Pos, message: String },
+    /// DataFusion refused the query (unknown column, type mismatch, ...).
+    #[error("{context}: {message}")]
+    Planning { context: String, message: String },
+    #[error(transparent)]
+    Runtime(#[from] keel_runtime::RuntimeError),
+    #[error(transparent)]
+    Log(#[from] keel_log::LogError),
+}
+
+impl SqlError {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            SqlError::Runtime(e) => e.class(),
+            SqlError::Log(e) => e.class(),
+            _ => ErrorClass::User,
+        }
+    }
+
+    pub(crate) fn syntax(pos: Pos, message: impl Into<String>) -> Self {
+        SqlError::Syntax { pos, message: message.into() }
+    }
+
+    pub(crate) fn invalid(pos: Pos, message: impl Into<String>) -> Self {
+        SqlError::Invalid { pos, message: message.into() }
+    }
+
+    pub(crate) fn unsupported(pos: Pos, construct: impl Into<String>, alternative: Option<&str>) -> Self {
+        SqlError::Unsupported { pos, construct: construct.into(), alternative: alternative.map(str::to_string) }
+    }
+}
+
+pub type Result<T, E = SqlError> = std::result::Result<T, E>;

@@ -1,0 +1,400 @@
+//! Planning a pipeline: tables are registered in a DataFusion session (window TVF calls as
+//! tables with the three window columns), the query is planned and optimized by DataFusion, and
+//! the resulting logical plan is translated into Keel's streaming operators.
+//!
+//! Supported plan shapes (anything else is refused with the construct and its position):
+//! `scan → (filter | projection)* → [window aggregate → (filter | projection)*] → sink`, where
+//! the aggregate groups by `window_start` and `window_end` of a TUMBLE, HOP or CUMULATE window.
+//!
+//! Invariant: every refusal happens here, before any file is written or task started.
+
+use crate::connectors::{SinkKind, SourcePlan, sink_kind, source_plan};
+use crate::error::{Pos, Result, SqlError};
+use crate::script::{self, TableDef, Tok, WindowCall};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::catalog::MemTable;
+use datafusion::common::DFSchema;
+use datafusion::execution::context::SessionState;
+use datafusion::logical_expr::{Expr, ExprSchemable, LogicalPlan};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::prelude::SessionContext;
+use keel_runtime::ops::{AggregateCall, AggregateFunction, GroupColumn, WindowAggregateSpec};
+use keel_types::WindowSpec;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A stateless step planned from the query.
+#[derive(Clone)]
+pub enum Step {
+    Filter(Arc<dyn PhysicalExpr>),
+    Project(Vec<Arc<dyn PhysicalExpr>>, SchemaRef),
+}
+
+/// The window aggregate and the projection that prepares its input.
+#[derive(Clone)]
+pub struct AggregatePlan {
+    pub pre_projection: (Vec<Arc<dyn PhysicalExpr>>, SchemaRef),
+    pub spec: Arc<WindowAggregateSpec>,
+}
+
+/// One `INSERT INTO` planned down to operators.
+#[derive(Clone)]
+pub struct InsertPlan {
+    pub source: TableDef,
+    pub source_plan: SourcePlan,
+    pub source_schema: SchemaRef,
+    pub window: Option<(WindowSpec, usize, SchemaRef)>,
+    pub below: Vec<Step>,
+    pub aggregate: Option<AggregatePlan>,
+    pub above: Vec<Step>,
+    pub sink: TableDef,
+    pub sink_kind: SinkKind,
+}
+
+pub(crate) fn table_schema(def: &TableDef) -> SchemaRef {
+    Arc::new(Schema::new(def.columns.iter().map(|c| Field::new(&c.name, c.data_type.clone(), c.nullable)).collect::<Vec<_>>()))
+}
+
+fn ts_field(name: &str) -> Field {
+    Field::new(name, DataType::Timestamp(TimeUnit::Millisecond, None), false)
+}
+
+fn planning(context: &str) -> impl Fn(datafusion::error::DataFusionError) -> SqlError + '_ {
+    move |e| SqlError::Planning { context: context.to_string(), message: e.strip_backtrace() }
+}
+
+/// A session with Flink's aggregate typing.
+pub(crate) fn session() -> SessionContext {
+    let ctx = SessionContext::new();
+    for f in crate::functions::flink_aggregates() {
+        ctx.register_udaf(f);
+    }
+    ctx
+}
+
+/// Plans `INSERT INTO sink <query>`.
+pub(crate) fn plan_insert(
+    tables: &HashMap<String, TableDef>,
+    sink_name: (&str, Pos),
+    query: &[Tok],
+    job: &str,
+) -> Result<InsertPlan> {
+    let sink = tables
+        .get(sink_name.0)
+        .ok_or_else(|| SqlError::invalid(sink_name.1, format!("INSERT INTO {}: no table of that name is created above", sink_name.0)))?
+        .clone();
+    let sink_kind = sink_kind(&sink)?;
+    let (rewritten, calls) = script::rewrite_window_calls(query)?;
+    if calls.len() > 1 {
+        return Err(SqlError::unsupported(calls[1].pos, "more than one window function in one query", None));
+    }
+    let ctx = session();
+    for (name, def) in tables {
+        let mem = MemTable::try_new(table_schema(def), vec![vec![]]).map_err(planning("registering tables"))?;
+        ctx.register_table(name.as_str(), Arc::new(mem)).map_err(planning("registering tables"))?;
+    }
+    let window = match calls.first() {
+        Some(call) => Some(register_window(&ctx, tables, call)?),
+        None => None,
+    };
+    let sql = script::render(&rewritten);
+    let state = ctx.state();
+    let plan = futures::executor::block_on(state.create_logical_plan(&sql)).map_err(planning("planning the query"))?;
+    let plan = state.optimize(&plan).map_err(planning("optimizing the query"))?;
+    let chain = linearize(&plan, query)?;
+    let LogicalPlan::TableScan(scan) = chain.last().copied().ok_or_else(|| SqlError::Planning {
+        context: "planning the query".into(),
+        message: "the plan has no table scan".into(),
+    })?
+    else {
+        return Err(SqlError::unsupported(Pos::default(), "a query without a table", None));
+    };
+    let scan_name = scan.table_name.table().to_string();
+    let (source_name, window_info) = match (&window, calls.first()) {
+        (Some(w), Some(call)) if scan_name == call.alias => (call.table.clone(), Some(w.clone())),
+        _ => (scan_name.clone(), None),
+    };
+    let source = tables
+        .get(&source_name)
+        .ok_or_else(|| SqlError::Planning { context: "planning".into(), message: format!("unknown table {source_name}") })?
+        .clone();
+    if source_name == sink.name {
+        return Err(SqlError::invalid(sink_name.1, format!("table {} is both read and written by this INSERT", sink.name)));
+    }
+    let source_plan = source_plan(&source, job)?;
+    let source_schema = table_schema(&source);
+    let scan_full_schema = match &window_info {
+        Some((_, _, s)) => s.clone(),
+        None => source_schema.clone(),
+    };
+
+    let mut below = vec![];
+    if let Some(proj) = &scan.projection {
+        let exprs = proj
+            .iter()
+            .map(|&i| Arc::new(datafusion::physical_expr::expressions::Column::new(scan_full_schema.field(i).name(), i)) as Arc<dyn PhysicalExpr>)
+            .collect();
+        below.push(Step::Project(exprs, Arc::new(scan.projected_schema.as_arrow().clone())));
+    }
+    if let Some(f) = scan.filters.iter().cloned().reduce(|a, b| a.and(b)) {
+        below.push(Step::Filter(physical(&state, f, &scan.projected_schema)?));
+    }
+    let mut aggregate = None;
+    let mut above = vec![];
+    for node in chain.iter().rev().skip(1) {
+        let steps = if aggregate.is_some() { &mut above } else { &mut below };
+        match node {
+            LogicalPlan::Filter(f) => steps.push(Step::Filter(physical(&state, f.predicate.clone(), f.input.schema())?)),
+            LogicalPlan::Projection(p) => {
+                let exprs = p.expr.iter().map(|e| physical(&state, e.clone(), p.input.schema())).collect::<Result<_>>()?;
+                steps.push(Step::Project(exprs, Arc::new(p.schema.as_arrow().clone())));
+            }
+            LogicalPlan::SubqueryAlias(_) => {}
+            LogicalPlan::Aggregate(a) => {
+                if window_info.is_none() {
+                    return Err(unwindowed(query));
+                }
+                aggregate = Some(plan_aggregate(&state, a, query)?);
+            }
+            other => return Err(unsupported_node(other, query)),
+        }
+    }
+    let out_schema = Arc::new(plan.schema().as_arrow().clone());
+    let sink_schema = table_schema(&sink);
+    if out_schema.fields().len() != sink_schema.fields().len() {
+        return Err(SqlError::invalid(
+            sink_name.1,
+            format!(
+                "INSERT INTO {}: the query produces {} column(s) ({}) but {} has {} ({})",
+                sink.name,
+                out_schema.fields().len(),
+                names(&out_schema),
+                sink.name,
+                sink_schema.fields().len(),
+                names(&sink_schema)
+            ),
+        ));
+    }
+    let mut casts: Vec<Arc<dyn PhysicalExpr>> = vec![];
+    for (i, (from, to)) in out_schema.fields().iter().zip(sink_schema.fields()).enumerate() {
+        if !arrow::compute::can_cast_types(from.data_type(), to.data_type()) {
+            return Err(SqlError::invalid(
+                sink_name.1,
+                format!(
+                    "INSERT INTO {}: column {} ({}) cannot take query column {} of type {}",
+                    sink.name,
+                    to.name(),
+                    to.data_type(),
+                    from.name(),
+                    from.data_type()
+                ),
+            ));
+        }
+        casts.push(Arc::new(datafusion::physical_expr::expressions::Column::new(from.name(), i)));
+    }
+    above.push(Step::Project(casts, sink_schema));
+    if aggregate.is_none() {
+        below.append(&mut above);
+    }
+    Ok(InsertPlan {
+        source,
+        source_plan,
+        source_schema,
+        window: window_info.map(|(spec, col, schema)| (spec, col, schema)),
+        below,
+        aggregate,
+        above,
+        sink,
+        sink_kind,
+    })
+}
+
+fn names(s: &Schema) -> String {
+    s.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
+}
+
+fn physical(state: &SessionState, e: Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>> {
+    state.create_physical_expr(e, schema).map_err(planning("compiling an expression"))
+}
+
+/// Registers the generated table of a window call; returns its spec, time column and schema.
+fn register_window(
+    ctx: &SessionContext,
+    tables: &HashMap<String, TableDef>,
+    call: &WindowCall,
+) -> Result<(WindowSpec, usize, SchemaRef)> {
+    let def = tables
+        .get(&call.table)
+        .ok_or_else(|| SqlError::invalid(call.pos, format!("window function over unknown table {}", call.table)))?;
+    let col = def.columns.iter().position(|c| c.name == call.time_column).ok_or_else(|| {
+        SqlError::invalid(call.pos, format!("DESCRIPTOR({}): table {} has no such column", call.time_column, call.table))
+    })?;
+    if def.watermark.as_ref().map(|w| &w.column) != Some(&call.time_column) {
+        return Err(SqlError::invalid(
+            call.pos,
+            format!(
+                "DESCRIPTOR({}) must name a time attribute: declare `WATERMARK FOR {} AS {} - INTERVAL '1' SECOND` in table {}",
+                call.time_column, call.time_column, call.time_column, call.table
+            ),
+        ));
+    }
+    let mut fields: Vec<Field> = table_schema(def).fields().iter().map(|f| f.as_ref().clone()).collect();
+    for name in ["window_start", "window_end", "window_time"] {
+        if fields.iter().any(|f| f.name() == name) {
+            return Err(SqlError::invalid(call.pos, format!("table {} already has a column named {name}", call.table)));
+        }
+        fields.push(ts_field(name));
+    }
+    let schema = Arc::new(Schema::new(fields));
+    let mem = MemTable::try_new(schema.clone(), vec![vec![]]).map_err(planning("registering a window"))?;
+    ctx.register_table(call.alias.as_str(), Arc::new(mem)).map_err(planning("registering a window"))?;
+    Ok((call.spec, col, schema))
+}
+
+/// The plan's nodes from the top down to its one table scan.
+fn linearize<'a>(plan: &'a LogicalPlan, query: &[Tok]) -> Result<Vec<&'a LogicalPlan>> {
+    let mut out = vec![];
+    let mut node = plan;
+    loop {
+        out.push(node);
+        let inputs = node.inputs();
+        match inputs.len() {
+            0 => return Ok(out),
+            1 => node = inputs[0],
+            _ => return Err(unsupported_node(node, query)),
+        }
+    }
+}
+
+fn unwindowed(query: &[Tok]) -> SqlError {
+    SqlError::unsupported(
+        script::find_keyword(query, &["GROUP", "BY"]).unwrap_or_default(),
+        "GROUP BY without a window (it produces an updating result)",
+        Some("group by window_start and window_end of TABLE(TUMBLE(...)), HOP or CUMULATE"),
+    )
+}
+
+fn unsupported_node(node: &LogicalPlan, query: &[Tok]) -> SqlError {
+    let (construct, words, alt): (&str, &[&str], Option<&str>) = match node {
+        LogicalPlan::Join(_) => ("JOIN", &["JOIN"], None),
+        LogicalPlan::Union(_) => ("UNION", &["UNION"], None),
+        LogicalPlan::Sort(_) => ("ORDER BY", &["ORDER", "BY"], Some("a streaming result has no order; sort when reading it")),
+        LogicalPlan::Limit(_) => ("LIMIT", &["LIMIT"], None),
+        LogicalPlan::Window(_) => ("OVER (...) window functions", &["OVER"], None),
+        LogicalPlan::Distinct(_) => ("SELECT DISTINCT", &["DISTINCT"], Some("GROUP BY the columns in a window instead")),
+        LogicalPlan::Subquery(_) => ("a subquery", &["SELECT"], None),
+        LogicalPlan::Unnest(_) => ("UNNEST", &["UNNEST"], None),
+        LogicalPlan::Values(_) => ("VALUES", &["VALUES"], None),
+        LogicalPlan::EmptyRelation(_) => ("a query without a table", &["SELECT"], None),
+        _ => ("this query shape", &["SELECT"], None),
+    };
+    SqlError::unsupported(script::find_keyword(query, words).unwrap_or_default(), construct, alt)
+}
+
+fn strip_alias(e: &Expr) -> &Expr {
+    match e {
+        Expr::Alias(a) => strip_alias(&a.expr),
+        other => other,
+    }
+}
+
+fn plan_aggregate(state: &SessionState, a: &datafusion::logical_expr::Aggregate, query: &[Tok]) -> Result<AggregatePlan> {
+    let input_schema = a.input.schema();
+    let mut key_exprs = vec![];
+    let mut group_output = vec![];
+    let mut window_cols = (None, None);
+    for g in &a.group_expr {
+        match strip_alias(g) {
+            Expr::Column(c) if c.name == "window_start" => {
+                window_cols.0 = Some(g.clone());
+                group_output.push(GroupColumn::WindowStart);
+            }
+            Expr::Column(c) if c.name == "window_end" => {
+                window_cols.1 = Some(g.clone());
+                group_output.push(GroupColumn::WindowEnd);
+            }
+            Expr::GroupingSet(_) => {
+                let pos = script::find_keyword(query, &["GROUPING"]).or(script::find_keyword(query, &["ROLLUP"])).unwrap_or_default();
+                return Err(SqlError::unsupported(pos, "GROUPING SETS, ROLLUP and CUBE", None));
+            }
+            _ => {
+                group_output.push(GroupColumn::Key(key_exprs.len()));
+                key_exprs.push(g.clone());
+            }
+        }
+    }
+    let (Some(ws), Some(we)) = window_cols else {
+        return Err(SqlError::unsupported(
+            script::find_keyword(query, &["GROUP", "BY"]).unwrap_or_default(),
+            "a window aggregate that does not group by both window_start and window_end",
+            Some("add window_start, window_end to the GROUP BY"),
+        ));
+    };
+    let mut pre = key_exprs.clone();
+    pre.push(ws);
+    pre.push(we);
+    let mut calls = vec![];
+    let nk = key_exprs.len();
+    for (i, e) in a.aggr_expr.iter().enumerate() {
+        let Expr::AggregateFunction(f) = strip_alias(e) else {
+            return Err(SqlError::Planning { context: "aggregate".into(), message: format!("unexpected aggregate expression {e}") });
+        };
+        let name = f.func.name().to_ascii_lowercase();
+        let pos = script::find_keyword(query, &[&name]).unwrap_or_default();
+        if f.params.distinct {
+            return Err(SqlError::unsupported(pos, format!("{}(DISTINCT ...)", name.to_uppercase()), None));
+        }
+        if f.params.filter.is_some() {
+            return Err(SqlError::unsupported(pos, "FILTER (WHERE ...) on an aggregate", Some("use CASE WHEN inside the aggregate")));
+        }
+        let arg = f.params.args.first();
+        let literal_arg = matches!(arg, Some(Expr::Literal(v, _)) if !v.is_null());
+        let func = match (name.as_str(), literal_arg || arg.is_none()) {
+            ("count", true) => AggregateFunction::CountStar,
+            ("count", false) => AggregateFunction::Count,
+            ("sum", _) => AggregateFunction::Sum,
+            ("avg", _) => AggregateFunction::Avg,
+            ("min", _) => AggregateFunction::Min,
+            ("max", _) => AggregateFunction::Max,
+            (other, _) => {
+                return Err(SqlError::unsupported(pos, format!("aggregate function {}", other.to_uppercase()), Some("use COUNT, SUM, AVG, MIN or MAX")));
+            }
+        };
+        if f.params.args.len() > 1 {
+            return Err(SqlError::unsupported(pos, format!("{} with several arguments", name.to_uppercase()), None));
+        }
+        let arg_col = match (func, arg) {
+            (AggregateFunction::CountStar, _) | (_, None) => None,
+            (_, Some(arg)) => {
+                pre.push(arg.clone());
+                Some(pre.len() - 1)
+            }
+        };
+        let output_type = a.schema.field(a.group_expr.len() + i).data_type().clone();
+        calls.push(AggregateCall { func, arg: arg_col, output_type });
+    }
+    let pre_exprs = pre.iter().map(|e| physical(state, e.clone(), input_schema)).collect::<Result<Vec<_>>>()?;
+    let mut fields = vec![];
+    for (i, e) in pre.iter().enumerate() {
+        let (_, field) = e.to_field(input_schema).map_err(planning("aggregate input"))?;
+        let (t, nullable) = (field.data_type().clone(), field.is_nullable());
+        let name = match i {
+            _ if i < nk => format!("key_{i}"),
+            _ if i == nk => "window_start".to_string(),
+            _ if i == nk + 1 => "window_end".to_string(),
+            _ => format!("arg_{i}"),
+        };
+        fields.push(Field::new(name, t, nullable));
+    }
+    let pre_schema = Arc::new(Schema::new(fields));
+    let spec = WindowAggregateSpec {
+        input_schema: pre_schema.clone(),
+        num_keys: nk,
+        window_start: nk,
+        window_end: nk + 1,
+        aggregates: calls,
+        group_output,
+        output_schema: Arc::new(a.schema.as_arrow().clone()),
+    };
+    Ok(AggregatePlan { pre_projection: (pre_exprs, pre_schema), spec: Arc::new(spec) })
+}

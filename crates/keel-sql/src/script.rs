@@ -1,0 +1,539 @@
+//! Reading a pipeline file: tokens with positions, statements, `CREATE TABLE` definitions in
+//! Flink's syntax (columns, `WATERMARK FOR`, `PRIMARY KEY ... NOT ENFORCED`, `WITH` options),
+//! `INSERT INTO ... SELECT`, and the window table-valued functions inside a query, which are
+//! replaced by generated table names that DataFusion can plan.
+//!
+//! Invariant: every error carries the line and column of the token it is about.
+
+use crate::error::{Pos, Result, SqlError};
+use arrow::datatypes::{DataType, TimeUnit};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
+use keel_types::WindowSpec;
+
+/// A token and where it starts.
+#[derive(Debug, Clone)]
+pub struct Tok {
+    pub token: Token,
+    pub pos: Pos,
+}
+
+fn is_ws(t: &Token) -> bool {
+    matches!(t, Token::Whitespace(_))
+}
+
+/// Tokenizes the whole text.
+pub fn tokenize(sql: &str) -> Result<Vec<Tok>> {
+    let dialect = GenericDialect {};
+    let toks: Vec<TokenWithSpan> = Tokenizer::new(&dialect, sql).tokenize_with_location().map_err(|e| {
+        SqlError::syntax(Pos { line: e.location.line, column: e.location.column }, e.message.clone())
+    })?;
+    Ok(toks
+        .into_iter()
+        .map(|t| Tok { pos: Pos { line: t.span.start.line, column: t.span.start.column }, token: t.token })
+        .collect())
+}
+
+/// Splits tokens into statements at top-level semicolons, dropping empty ones.
+pub fn split_statements(toks: Vec<Tok>) -> Vec<Vec<Tok>> {
+    let mut out = vec![];
+    let mut cur = vec![];
+    for t in toks {
+        if t.token == Token::SemiColon {
+            if cur.iter().any(|t: &Tok| !is_ws(&t.token)) {
+                out.push(std::mem::take(&mut cur));
+            } else {
+                cur.clear();
+            }
+        } else {
+            cur.push(t);
+        }
+    }
+    if cur.iter().any(|t| !is_ws(&t.token)) {
+        out.push(cur);
+    }
+    out
+}
+
+/// Renders tokens back to SQL text.
+pub fn render(toks: &[Tok]) -> String {
+    toks.iter().map(|t| t.token.to_string()).collect()
+}
+
+/// A cursor over a statement's tokens that skips whitespace and comments.
+pub struct Cursor<'a> {
+    toks: &'a [Tok],
+    i: usize,
+}
+
+impl<'a> Cursor<'a> {
+    pub fn new(toks: &'a [Tok]) -> Self {
+        Cursor { toks, i: 0 }
+    }
+
+    fn skip_ws(&mut self) {
+        while self.i < self.toks.len() && is_ws(&self.toks[self.i].token) {
+            self.i += 1;
+        }
+    }
+
+    pub fn index(&mut self) -> usize {
+        self.skip_ws();
+        self.i
+    }
+
+    pub fn peek(&mut self) -> Option<&'a Tok> {
+        self.skip_ws();
+        self.toks.get(self.i)
+    }
+
+    pub fn peek_nth(&mut self, n: usize) -> Option<&'a Tok> {
+        self.skip_ws();
+        self.toks[self.i..].iter().filter(|t| !is_ws(&t.token)).nth(n)
+    }
+
+    pub fn next(&mut self) -> Option<&'a Tok> {
+        let t = self.peek();
+        if t.is_some() {
+            self.i += 1;
+        }
+        t
+    }
+
+    /// Position of the next token (or of the end).
+    pub fn pos(&mut self) -> Pos {
+        self.peek().map(|t| t.pos).or_else(|| self.toks.last().map(|t| t.pos)).unwrap_or_default()
+    }
+
+    pub fn is_keyword(&mut self, kw: &str) -> bool {
+        matches!(self.peek(), Some(Tok { token: Token::Word(w), .. }) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(kw))
+    }
+
+    pub fn eat_keyword(&mut self, kw: &str) -> bool {
+        let yes = self.is_keyword(kw);
+        if yes {
+            self.i += 1;
+        }
+        yes
+    }
+
+    pub fn expect_keyword(&mut self, kw: &str) -> Result<Pos> {
+        let pos = self.pos();
+        if self.eat_keyword(kw) {
+            Ok(pos)
+        } else {
+            Err(SqlError::syntax(pos, format!("expected {kw}, found {}", self.describe_next())))
+        }
+    }
+
+    pub fn eat(&mut self, t: &Token) -> bool {
+        let yes = self.peek().is_some_and(|x| &x.token == t);
+        if yes {
+            self.i += 1;
+        }
+        yes
+    }
+
+    pub fn expect(&mut self, t: &Token) -> Result<Pos> {
+        let pos = self.pos();
+        if self.eat(t) { Ok(pos) } else { Err(SqlError::syntax(pos, format!("expected '{t}', found {}", self.describe_next()))) }
+    }
+
+    pub fn describe_next(&mut self) -> String {
+        match self.peek() {
+            Some(t) => format!("'{}'", t.token),
+            None => "the end of the statement".to_string(),
+        }
+    }
+
+    /// An identifier: unquoted ones are lower-cased, as DataFusion does.
+    pub fn ident(&mut self) -> Result<(String, Pos)> {
+        let pos = self.pos();
+        match self.next().map(|t| &t.token) {
+            Some(Token::Word(w)) if w.quote_style.is_some() => Ok((w.value.clone(), pos)),
+            Some(Token::Word(w)) => Ok((w.value.to_lowercase(), pos)),
+            Some(other) => Err(SqlError::syntax(pos, format!("expected a name, found '{other}'"))),
+            None => Err(SqlError::syntax(pos, "expected a name, found the end of the statement")),
+        }
+    }
+
+    pub fn string(&mut self) -> Result<(String, Pos)> {
+        let pos = self.pos();
+        match self.next().map(|t| &t.token) {
+            Some(Token::SingleQuotedString(s)) => Ok((s.clone(), pos)),
+            Some(other) => Err(SqlError::syntax(pos, format!("expected a quoted string, found '{other}'"))),
+            None => Err(SqlError::syntax(pos, "expected a quoted string, found the end of the statement")),
+        }
+    }
+
+    pub fn number(&mut self) -> Result<(String, Pos)> {
+        let pos = self.pos();
+        match self.next().map(|t| &t.token) {
+            Some(Token::Number(n, _)) => Ok((n.clone(), pos)),
+            Some(other) => Err(SqlError::syntax(pos, format!("expected a number, found '{other}'"))),
+            None => Err(SqlError::syntax(pos, "expected a number, found the end of the statement")),
+        }
+    }
+
+    pub fn at_end(&mut self) -> bool {
+        self.peek().is_none()
+    }
+}
+
+/// One column of a `CREATE TABLE`.
+#[derive(Debug, Clone)]
+pub struct ColumnDef {
+    pub name: String,
+    pub data_type: DataType,
+    pub nullable: bool,
+    pub pos: Pos,
+}
+
+/// `WATERMARK FOR column AS column - INTERVAL ...`.
+#[derive(Debug, Clone)]
+pub struct WatermarkDef {
+    pub column: String,
+    pub delay_ms: i64,
+    pub pos: Pos,
+}
+
+/// A parsed `CREATE TABLE`.
+#[derive(Debug, Clone)]
+pub struct TableDef {
+    pub name: String,
+    pub pos: Pos,
+    pub columns: Vec<ColumnDef>,
+    pub watermark: Option<WatermarkDef>,
+    pub primary_key: Option<Vec<String>>,
+    /// `WITH` options with their positions; keys as written (Flink's are case-sensitive).
+    pub options: Vec<(String, String, Pos)>,
+}
+
+impl TableDef {
+    pub fn option(&self, key: &str) -> Option<&str> {
+        self.options.iter().find(|o| o.0 == key).map(|o| o.1.as_str())
+    }
+}
+
+/// Parses a Flink SQL type name (after the column name).
+fn parse_type(c: &mut Cursor<'_>) -> Result<DataType> {
+    let (name, pos) = c.ident()?;
+    let mut args = vec![];
+    if c.eat(&Token::LParen) {
+        loop {
+            args.push(c.number()?.0.parse::<u32>().map_err(|_| SqlError::syntax(pos, "expected a whole number"))?);
+            if !c.eat(&Token::Comma) {
+                break;
+            }
+        }
+        c.expect(&Token::RParen)?;
+    }
+    let t = match name.to_ascii_uppercase().as_str() {
+        "VARCHAR" | "STRING" | "CHAR" | "TEXT" => DataType::Utf8,
+        "BIGINT" => DataType::Int64,
+        "INT" | "INTEGER" => DataType::Int32,
+        "SMALLINT" => DataType::Int16,
+        "TINYINT" => DataType::Int8,
+        "DOUBLE" => {
+            c.eat_keyword("PRECISION");
+            DataType::Float64
+        }
+        "FLOAT" | "REAL" => DataType::Float32,
+        "BOOLEAN" | "BOOL" => DataType::Boolean,
+        "DATE" => DataType::Date32,
+        "TIMESTAMP" | "TIMESTAMP_LTZ" => {
+            if args.first().is_some_and(|p| *p > 3) {
+                return Err(SqlError::unsupported(pos, format!("{name}({}) (sub-millisecond precision)", args[0]), Some("use TIMESTAMP(3)")));
+            }
+            if c.eat_keyword("WITH") || c.eat_keyword("WITHOUT") {
+                c.eat_keyword("LOCAL");
+                c.expect_keyword("TIME")?;
+                c.expect_keyword("ZONE")?;
+            }
+            DataType::Timestamp(TimeUnit::Millisecond, None)
+        }
+        "DECIMAL" | "NUMERIC" | "DEC" => {
+            let p = args.first().copied().unwrap_or(10);
+            let s = args.get(1).copied().unwrap_or(0);
+            if p == 0 || p > 38 || s > p {
+                return Err(SqlError::invalid(pos, format!("DECIMAL({p}, {s}) is out of range: precision 1 to 38, scale at most the precision")));
+            }
+            DataType::Decimal128(p as u8, s as i8)
+        }
+        other => {
+            return Err(SqlError::unsupported(
+                pos,
+                format!("column type {other}"),
+                Some("use VARCHAR, BIGINT, INT, SMALLINT, TINYINT, DOUBLE, FLOAT, BOOLEAN, DECIMAL(p, s), DATE or TIMESTAMP(3)"),
+            ));
+        }
+    };
+    Ok(t)
+}
+
+/// Parses `INTERVAL 'n' UNIT` into milliseconds.
+pub fn parse_interval(c: &mut Cursor<'_>) -> Result<i64> {
+    let pos = c.expect_keyword("INTERVAL")?;
+    let (n, npos) = c.string()?;
+    let (unit, upos) = c.ident()?;
+    let per = match unit.to_ascii_uppercase().trim_end_matches('S') {
+        "MILLISECOND" => 1.0,
+        "SECOND" => 1_000.0,
+        "MINUTE" => 60_000.0,
+        "HOUR" => 3_600_000.0,
+        "DAY" => 86_400_000.0,
+        other => {
+            return Err(SqlError::unsupported(upos, format!("interval unit {other}"), Some("use MILLISECOND, SECOND, MINUTE, HOUR or DAY")));
+        }
+    };
+    let v: f64 = n.trim().parse().map_err(|_| SqlError::syntax(npos, format!("'{n}' is not a number of {unit}")))?;
+    let ms = v * per;
+    if ms.fract() != 0.0 || !ms.is_finite() {
+        return Err(SqlError::invalid(pos, format!("INTERVAL '{n}' {unit} is not a whole number of milliseconds")));
+    }
+    Ok(ms as i64)
+}
+
+/// Parses a `CREATE [TEMPORARY] TABLE` statement.
+pub fn parse_create_table(toks: &[Tok]) -> Result<TableDef> {
+    let mut c = Cursor::new(toks);
+    c.expect_keyword("CREATE")?;
+    c.eat_keyword("TEMPORARY");
+    c.expect_keyword("TABLE")?;
+    if c.eat_keyword("IF") {
+        c.expect_keyword("NOT")?;
+        c.expect_keyword("EXISTS")?;
+    }
+    let (name, pos) = c.ident()?;
+    c.expect(&Token::LParen)?;
+    let mut def = TableDef { name, pos, columns: vec![], watermark: None, primary_key: None, options: vec![] };
+    loop {
+        if c.is_keyword("WATERMARK") {
+            let wpos = c.expect_keyword("WATERMARK")?;
+            c.expect_keyword("FOR")?;
+            let (column, cpos) = c.ident()?;
+            c.expect_keyword("AS")?;
+            let (col2, c2pos) = c.ident()?;
+            if col2 != column {
+                return Err(SqlError::unsupported(c2pos, "a watermark expression on another column", Some("write WATERMARK FOR ts AS ts - INTERVAL '1' SECOND")));
+            }
+            let delay_ms = if c.eat(&Token::Minus) { parse_interval(&mut c)? } else { 0 };
+            if !matches!(c.peek().map(|t| &t.token), Some(Token::Comma | Token::RParen)) {
+                return Err(SqlError::unsupported(
+                    c.pos(),
+                    "this watermark expression",
+                    Some("Keel accepts `WATERMARK FOR ts AS ts` or `ts - INTERVAL 'n' UNIT`"),
+                ));
+            }
+            if !def.columns.iter().any(|col| col.name == column) {
+                return Err(SqlError::invalid(cpos, format!("WATERMARK FOR {column}: no column named {column} is declared before it")));
+            }
+            def.watermark = Some(WatermarkDef { column, delay_ms, pos: wpos });
+        } else if c.is_keyword("PRIMARY") {
+            c.expect_keyword("PRIMARY")?;
+            c.expect_keyword("KEY")?;
+            c.expect(&Token::LParen)?;
+            let mut cols = vec![c.ident()?.0];
+            while c.eat(&Token::Comma) {
+                cols.push(c.ident()?.0);
+            }
+            c.expect(&Token::RParen)?;
+            c.expect_keyword("NOT")?;
+            c.expect_keyword("ENFORCED")?;
+            def.primary_key = Some(cols);
+        } else {
+            let (col, cpos) = c.ident()?;
+            if c.is_keyword("AS") {
+                return Err(SqlError::unsupported(cpos, format!("computed column {col}"), Some("compute it in the query instead")));
+            }
+            let data_type = parse_type(&mut c)?;
+            let mut nullable = true;
+            if c.eat_keyword("NOT") {
+                c.expect_keyword("NULL")?;
+                nullable = false;
+            } else {
+                c.eat_keyword("NULL");
+            }
+            if c.is_keyword("METADATA") {
+                return Err(SqlError::unsupported(c.pos(), "METADATA columns", None));
+            }
+            if def.columns.iter().any(|x| x.name == col) {
+                return Err(SqlError::invalid(cpos, format!("column {col} is declared twice")));
+            }
+            def.columns.push(ColumnDef { name: col, data_type, nullable, pos: cpos });
+        }
+        if c.eat(&Token::Comma) {
+            continue;
+        }
+        c.expect(&Token::RParen)?;
+        break;
+    }
+    if c.is_keyword("COMMENT") {
+        c.next();
+        c.string()?;
+    }
+    if c.is_keyword("PARTITIONED") {
+        return Err(SqlError::unsupported(c.pos(), "PARTITIONED BY", None));
+    }
+    c.expect_keyword("WITH")?;
+    c.expect(&Token::LParen)?;
+    loop {
+        let (k, kpos) = c.string()?;
+        c.expect(&Token::Eq)?;
+        let (v, _) = c.string()?;
+        if def.options.iter().any(|o| o.0 == k) {
+            return Err(SqlError::invalid(kpos, format!("option '{k}' is given twice")));
+        }
+        def.options.push((k, v, kpos));
+        if !c.eat(&Token::Comma) {
+            break;
+        }
+    }
+    c.expect(&Token::RParen)?;
+    if !c.at_end() {
+        return Err(SqlError::syntax(c.pos(), format!("unexpected {} after the table definition", c.describe_next())));
+    }
+    Ok(def)
+}
+
+/// A window table-valued function found in a query.
+#[derive(Debug, Clone)]
+pub struct WindowCall {
+    /// The generated table name standing in for the call.
+    pub alias: String,
+    pub table: String,
+    pub time_column: String,
+    pub spec: WindowSpec,
+    pub pos: Pos,
+}
+
+/// Replaces every `TABLE(TUMBLE|HOP|CUMULATE(TABLE t, DESCRIPTOR(c), ...))` in a query by a
+/// generated table name; returns the rewritten tokens and the calls.
+pub fn rewrite_window_calls(toks: &[Tok]) -> Result<(Vec<Tok>, Vec<WindowCall>)> {
+    let mut out = Vec::with_capacity(toks.len());
+    let mut calls = vec![];
+    let mut i = 0;
+    while i < toks.len() {
+        let mut c = Cursor::new(&toks[i..]);
+        let starts_call = c.is_keyword("TABLE")
+            && matches!(c.peek_nth(1).map(|t| &t.token), Some(Token::LParen))
+            && matches!(c.peek_nth(2).map(|t| &t.token), Some(Token::Word(_)))
+            && matches!(c.peek_nth(3).map(|t| &t.token), Some(Token::LParen));
+        if is_ws(&toks[i].token) || !starts_call {
+            out.push(toks[i].clone());
+            i += 1;
+            continue;
+        }
+        let pos = c.expect_keyword("TABLE")?;
+        c.expect(&Token::LParen)?;
+        let (func, fpos) = c.ident()?;
+        let func = func.to_ascii_uppercase();
+        c.expect(&Token::LParen)?;
+        if func == "SESSION" {
+            return Err(SqlError::unsupported(fpos, "the SESSION window", Some("use TUMBLE, HOP or CUMULATE")));
+        }
+        if !matches!(func.as_str(), "TUMBLE" | "HOP" | "CUMULATE") {
+            return Err(SqlError::unsupported(fpos, format!("table function {func}"), Some("use TUMBLE, HOP or CUMULATE")));
+        }
+        if matches!(c.peek_nth(1).map(|t| &t.token), Some(Token::RArrow)) {
+            return Err(SqlError::unsupported(c.pos(), "named arguments in window functions", Some("pass them by position")));
+        }
+        c.expect_keyword("TABLE")?;
+        let (table, _) = c.ident()?;
+        c.expect(&Token::Comma)?;
+        c.expect_keyword("DESCRIPTOR")?;
+        c.expect(&Token::LParen)?;
+        let (time_column, _) = c.ident()?;
+        c.expect(&Token::RParen)?;
+        let mut intervals = vec![];
+        while c.eat(&Token::Comma) {
+            intervals.push((c.pos(), parse_interval(&mut c)?));
+        }
+        c.expect(&Token::RParen)?;
+        c.expect(&Token::RParen)?;
+        let arity = |n: usize, m: usize, usage: &str| -> Result<()> {
+            if intervals.len() < n || intervals.len() > m {
+                Err(SqlError::syntax(fpos, format!("{func} takes {usage}")))
+            } else {
+                Ok(())
+            }
+        };
+        let iv = |k: usize| intervals.get(k).map(|x| x.1).unwrap_or(0);
+        let spec = match func.as_str() {
+            "TUMBLE" => {
+                arity(1, 2, "(TABLE t, DESCRIPTOR(ts), size [, offset])")?;
+                WindowSpec::Tumble { size: iv(0), offset: iv(1) }
+            }
+            "HOP" => {
+                arity(2, 3, "(TABLE t, DESCRIPTOR(ts), slide, size [, offset])")?;
+                WindowSpec::Hop { slide: iv(0), size: iv(1), offset: iv(2) }
+            }
+            _ => {
+                arity(2, 3, "(TABLE t, DESCRIPTOR(ts), step, max size [, offset])")?;
+                WindowSpec::Cumulate { step: iv(0), max: iv(1), offset: iv(2) }
+            }
+        };
+        spec.validate().map_err(|m| SqlError::invalid(fpos, m))?;
+        let alias = format!("__keel_window_{}", calls.len());
+        out.push(Tok {
+            token: Token::Word(datafusion::sql::sqlparser::tokenizer::Word {
+                value: alias.clone(),
+                quote_style: None,
+                keyword: datafusion::sql::sqlparser::keywords::Keyword::NoKeyword,
+            }),
+            pos,
+        });
+        calls.push(WindowCall { alias, table, time_column, spec, pos });
+        i += c.i;
+    }
+    Ok((out, calls))
+}
+
+/// Finds the first occurrence of a keyword sequence (for positions of plan-level errors).
+pub fn find_keyword(toks: &[Tok], words: &[&str]) -> Option<Pos> {
+    let sig: Vec<&Tok> = toks.iter().filter(|t| !is_ws(&t.token)).collect();
+    (0..sig.len()).find_map(|i| {
+        let hit = words.iter().enumerate().all(|(k, w)| {
+            matches!(sig.get(i + k).map(|t| &t.token), Some(Token::Word(x)) if x.value.eq_ignore_ascii_case(w))
+        });
+        hit.then(|| sig[i].pos)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DDL: &str = "CREATE TABLE events (\n  user_id VARCHAR, amount BIGINT, ts TIMESTAMP(3),\n  WATERMARK FOR ts AS ts - INTERVAL '1' SECOND\n) WITH ('connector' = 'topic', 'topic' = 'events', 'format' = 'json')";
+
+    #[test]
+    fn parses_flink_ddl() {
+        let stmts = split_statements(tokenize(DDL).unwrap());
+        let def = parse_create_table(&stmts[0]).unwrap();
+        assert_eq!(def.name, "events");
+        assert_eq!(def.columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), vec!["user_id", "amount", "ts"]);
+        assert_eq!(def.columns[2].data_type, DataType::Timestamp(TimeUnit::Millisecond, None));
+        let wm = def.watermark.unwrap();
+        assert_eq!((wm.column.as_str(), wm.delay_ms), ("ts", 1000));
+        assert_eq!(def.option("topic"), Some("events"));
+    }
+
+    #[test]
+    fn errors_point_at_the_token() {
+        let sql = "CREATE TABLE t (\n  a GEOMETRY\n) WITH ('connector' = 'print')";
+        let err = parse_create_table(&split_statements(tokenize(sql).unwrap())[0]).unwrap_err();
+        assert_eq!(err.to_string().split(':').next().unwrap(), "line 2, column 5");
+        assert!(err.to_string().contains("column type GEOMETRY is not supported"), "{err}");
+    }
+
+    #[test]
+    fn rewrites_window_calls() {
+        let sql = "SELECT * FROM TABLE(HOP(TABLE events, DESCRIPTOR(ts), INTERVAL '2' SECOND, INTERVAL '10' SECOND)) WHERE x > 1";
+        let (toks, calls) = rewrite_window_calls(&tokenize(sql).unwrap()).unwrap();
+        assert_eq!(render(&toks), "SELECT * FROM __keel_window_0 WHERE x > 1");
+        assert_eq!(calls[0].spec, WindowSpec::Hop { slide: 2000, size: 10_000, offset: 0 });
+        assert_eq!(calls[0].table, "events");
+        let bad = "SELECT * FROM TABLE(SESSION(TABLE e PARTITION BY k, DESCRIPTOR(ts), INTERVAL '5' SECOND))";
+        assert!(rewrite_window_calls(&tokenize(bad).unwrap()).unwrap_err().to_string().contains("SESSION window is not supported"));
+    }
+}
