@@ -1,1 +1,60 @@
-fn main() {}
+//! The `keel` command: topics, produce/consume, running SQL pipelines, the demo and the
+//! benchmark. Errors are reported with their cause chain and a non-zero exit code.
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "keel", version, about = "Keel: a fault-tolerant real-time stream processor", long_about = None)]
+struct Cli {
+    /// Where topics, checkpoints and job state live.
+    #[arg(long, global = true, env = "KEEL_DATA_DIR", default_value = "./keel-data")]
+    data_dir: PathBuf,
+    /// Log level: error, warn, info, debug or trace (or a tracing filter such as keel_runtime=debug).
+    #[arg(long, global = true, env = "KEEL_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create, list, describe and delete topics.
+    Topic(cli::topic::TopicArgs),
+    /// Append JSON lines from standard input to a topic; returns once they are durable.
+    Produce(cli::topic::ProduceArgs),
+    /// Print a topic's committed records as JSON lines.
+    Consume(cli::topic::ConsumeArgs),
+    /// Run a pipeline written in Flink SQL; resumes from its newest checkpoint.
+    Run(cli::run::RunArgs),
+    /// Generate sample events and run a windowed SQL pipeline over them (start here).
+    Demo(cli::demo::DemoArgs),
+    /// Measure throughput of the windowed SQL pipeline from a topic to a topic.
+    Bench(cli::demo::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    cli::init_logging(&cli.log);
+    let result = match cli.command {
+        Command::Topic(a) => cli::topic::topic(&cli.data_dir, a),
+        Command::Produce(a) => cli::topic::produce(&cli.data_dir, a),
+        Command::Consume(a) => cli::topic::consume(&cli.data_dir, a),
+        Command::Run(a) => cli::run::run(&cli.data_dir, a),
+        Command::Demo(a) => cli::demo::demo(&cli.data_dir, a),
+        Command::Bench(a) => cli::demo::bench(&cli.data_dir, a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

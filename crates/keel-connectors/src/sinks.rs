@@ -126,7 +126,16 @@ fn parse_hidden(name: &str, job: &str) -> Option<(u32, u64, bool)> {
 
 impl FileSink {
     pub fn new(dir: PathBuf, format: FileFormat) -> Self {
-        FileSink { dir, format, job: String::new(), subtask: 0, seq: 0, current: None, line: String::new(), metrics: None }
+        FileSink {
+            dir,
+            format,
+            job: String::new(),
+            subtask: 0,
+            seq: 0,
+            current: None,
+            line: String::new(),
+            metrics: None,
+        }
     }
 
     fn final_path(&self, subtask: u32, checkpoint: u64) -> PathBuf {
@@ -140,7 +149,9 @@ impl FileSink {
     }
 
     fn sync_dir(&self) -> Result<()> {
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(ConnectorError::io("cannot fsync directory", &self.dir))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(ConnectorError::io("cannot fsync directory", &self.dir))?;
         Ok(())
     }
 
@@ -203,7 +214,8 @@ impl Operator for FileSink {
                     .with_header(false)
                     .with_timestamp_format("%Y-%m-%dT%H:%M:%S%.3fZ".to_string())
                     .build(&mut *w);
-                cw.write(&batch).map_err(|e| ConnectorError::Encode { what: "CSV rows".into(), reason: e.to_string() })?;
+                cw.write(&batch)
+                    .map_err(|e| ConnectorError::Encode { what: "CSV rows".into(), reason: e.to_string() })?;
             }
         }
         if let Some(m) = &self.metrics {
@@ -266,8 +278,9 @@ impl Operator for PrintSink {
                 }
             }
             line.push_str("]\n");
-            out.write_all(line.as_bytes())
-                .map_err(|e| RuntimeError::External(format!("print sink '{}': cannot write to stdout: {e}", self.table)))?;
+            out.write_all(line.as_bytes()).map_err(|e| {
+                RuntimeError::External(format!("print sink '{}': cannot write to stdout: {e}", self.table))
+            })?;
         }
         Ok(())
     }

@@ -57,7 +57,8 @@ impl StagedTopicWriter {
         parallelism: u32,
         restored_checkpoint: Option<u64>,
     ) -> Result<Self> {
-        let safe_uid: String = uid.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+        let safe_uid: String =
+            uid.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
         let root = job_dir.join("staging").join(safe_uid);
         let dir = root.join(subtask.to_string());
         fs::create_dir_all(&dir).map_err(ConnectorError::io("cannot create staging directory", &dir))?;
@@ -99,7 +100,8 @@ impl StagedTopicWriter {
                     Some((ckpt, part)) if restored.is_some_and(|c| ckpt <= c) => staged.push((ckpt, part, e.path())),
                     _ => {
                         // In progress, or pre-committed for a checkpoint that never completed.
-                        fs::remove_file(e.path()).map_err(ConnectorError::io("cannot delete aborted staging file", &e.path()))?;
+                        fs::remove_file(e.path())
+                            .map_err(ConnectorError::io("cannot delete aborted staging file", &e.path()))?;
                     }
                 }
             }
@@ -191,7 +193,10 @@ impl StagedTopicWriter {
         match writer.commit_txn(producer, checkpoint, &records)? {
             TxnOutcome::Committed { .. } => {}
             TxnOutcome::AlreadyCommitted => {
-                tracing::info!("transaction {checkpoint} of {} to partition {partition} was already committed", self.uid)
+                tracing::info!(
+                    "transaction {checkpoint} of {} to partition {partition} was already committed",
+                    self.uid
+                )
             }
         }
         fs::remove_file(path).map_err(ConnectorError::io("cannot delete committed staging file", path))?;

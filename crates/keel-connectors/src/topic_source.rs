@@ -85,7 +85,8 @@ pub struct TopicSource {
 
 impl TopicSource {
     pub fn new(cfg: TopicSourceConfig, uid: &str) -> Result<Self> {
-        let decoder = JsonDecoder::new(cfg.schema.clone()).map_err(|e| RuntimeError::User(format!("table {}: {e}", cfg.table)))?;
+        let decoder = JsonDecoder::new(cfg.schema.clone())
+            .map_err(|e| RuntimeError::User(format!("table {}: {e}", cfg.table)))?;
         Ok(TopicSource {
             cfg,
             uid: uid.to_string(),
@@ -121,7 +122,10 @@ impl TopicSource {
                     "error": reason,
                     "record": String::from_utf8_lossy(value),
                 });
-                let dl = self.dead_letters.as_mut().ok_or_else(|| RuntimeError::Internal("dead-letter writer not open".into()))?;
+                let dl = self
+                    .dead_letters
+                    .as_mut()
+                    .ok_or_else(|| RuntimeError::Internal("dead-letter writer not open".into()))?;
                 dl.write(0, None, letter.to_string().as_bytes()).map_err(RuntimeError::from)
             }
         }
@@ -173,7 +177,8 @@ fn max_millis(col: &dyn Array) -> Result<Option<i64>> {
     let col = if col.data_type() == &t {
         col
     } else {
-        owned = arrow::compute::cast(&arrow::array::make_array(col.to_data()), &t).map_err(RuntimeError::arrow("event time"))?;
+        owned = arrow::compute::cast(&arrow::array::make_array(col.to_data()), &t)
+            .map_err(RuntimeError::arrow("event time"))?;
         owned.as_ref()
     };
     Ok(arrow::compute::max(col.as_primitive::<TimestampMillisecondType>()))
@@ -186,8 +191,9 @@ impl Source for TopicSource {
         let topic = log.topic(&self.cfg.topic).map_err(ConnectorError::from)?;
         let mut saved: std::collections::HashMap<u32, PartitionState> = Default::default();
         for part in restored.parts.iter().filter(|p| !p.is_empty()) {
-            let states: Vec<PartitionState> = serde_json::from_slice(part)
-                .map_err(|e| RuntimeError::Internal(format!("topic source state of '{}' is unreadable: {e}", self.cfg.table)))?;
+            let states: Vec<PartitionState> = serde_json::from_slice(part).map_err(|e| {
+                RuntimeError::Internal(format!("topic source state of '{}' is unreadable: {e}", self.cfg.table))
+            })?;
             for s in states {
                 saved.insert(s.partition, s);
             }
@@ -251,7 +257,9 @@ impl Source for TopicSource {
             .collect();
         if active.is_empty() {
             return if self.parts.iter().all(Partition::finished) {
-                WatermarkStatus::Active(self.parts.iter().map(|p| p.state.max_ts).max().unwrap_or(MIN_WATERMARK).saturating_sub(delay))
+                WatermarkStatus::Active(
+                    self.parts.iter().map(|p| p.state.max_ts).max().unwrap_or(MIN_WATERMARK).saturating_sub(delay),
+                )
             } else {
                 WatermarkStatus::Idle
             };

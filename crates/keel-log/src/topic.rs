@@ -102,7 +102,9 @@ impl Log {
         if dir.exists() {
             return Err(LogError::TopicExists(name.to_string()));
         }
-        let tmp = self.topics_dir.join(format!(".creating-{name}-{}", std::process::id()));
+        static UNIQUE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = UNIQUE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self.topics_dir.join(format!(".creating-{name}-{}-{n}", std::process::id()));
         let _ = fs::remove_dir_all(&tmp);
         fs::create_dir_all(&tmp).map_err(LogError::io("cannot create", &tmp))?;
         for p in 0..config.partitions {

@@ -125,8 +125,12 @@ impl Coordinator {
             if stop || drained {
                 finishing = true;
                 let id = self.take_id();
-                tracing::info!("{} with final checkpoint {id}", if drained { "input fully read; finishing" } else { "stopping" });
-                pending = Some(Pending { id, started: Instant::now(), acks: HashMap::new(), final_drain: Some(drained) });
+                tracing::info!(
+                    "{} with final checkpoint {id}",
+                    if drained { "input fully read; finishing" } else { "stopping" }
+                );
+                pending =
+                    Some(Pending { id, started: Instant::now(), acks: HashMap::new(), final_drain: Some(drained) });
                 self.send_all(Control::Finish { checkpoint: id, drain: drained }, true);
             } else if let Some(interval) = self.interval
                 && last_trigger.elapsed() >= interval
@@ -187,6 +191,7 @@ impl Coordinator {
 
 /// The checkpoint file name of an operator's state in one subtask.
 pub(crate) fn state_file_name(uid: &str, subtask: u32) -> String {
-    let safe: String = uid.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_') { c } else { '_' }).collect();
+    let safe: String =
+        uid.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_') { c } else { '_' }).collect();
     format!("{safe}.{subtask}")
 }

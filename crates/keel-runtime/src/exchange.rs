@@ -7,7 +7,9 @@
 
 use crate::error::{Result, RuntimeError};
 use arrow::array::{Array, AsArray, RecordBatch, UInt32Array};
-use arrow::datatypes::{DataType, Int8Type, Int16Type, Int32Type, Int64Type, UInt8Type, UInt16Type, UInt32Type, UInt64Type};
+use arrow::datatypes::{
+    DataType, Int8Type, Int16Type, Int32Type, Int64Type, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
+};
 use keel_types::keys::{key_group, subtask_of_key_group};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
@@ -69,7 +71,8 @@ pub fn row_hashes(batch: &RecordBatch, keys: &[usize]) -> Result<Vec<u64>> {
             DataType::UInt32 => ints!(UInt32Type),
             DataType::UInt64 => ints!(UInt64Type),
             DataType::Timestamp(_, _) | DataType::Date32 | DataType::Date64 => {
-                let a = arrow::compute::cast(col, &DataType::Int64).map_err(RuntimeError::arrow("hashing a time key"))?;
+                let a =
+                    arrow::compute::cast(col, &DataType::Int64).map_err(RuntimeError::arrow("hashing a time key"))?;
                 let a = a.as_primitive::<Int64Type>();
                 for (i, h) in hashes.iter_mut().enumerate() {
                     *h = if a.is_null(i) { mix(*h, 0, &[]) } else { mix(*h, 2, &a.value(i).to_le_bytes()) };
@@ -82,7 +85,8 @@ pub fn row_hashes(batch: &RecordBatch, keys: &[usize]) -> Result<Vec<u64>> {
                 }
             }
             DataType::Float32 | DataType::Float64 => {
-                let a = arrow::compute::cast(col, &DataType::Float64).map_err(RuntimeError::arrow("hashing a float key"))?;
+                let a = arrow::compute::cast(col, &DataType::Float64)
+                    .map_err(RuntimeError::arrow("hashing a float key"))?;
                 let a = a.as_primitive::<arrow::datatypes::Float64Type>();
                 for (i, h) in hashes.iter_mut().enumerate() {
                     let v = a.value(i);
@@ -112,7 +116,12 @@ pub fn row_key_groups(batch: &RecordBatch, keys: &[usize], key_groups: u32) -> R
 }
 
 /// Splits `batch` into one batch per target subtask (`None` where no row goes).
-pub fn split_by_key(batch: &RecordBatch, keys: &[usize], key_groups: u32, parallelism: u32) -> Result<Vec<Option<RecordBatch>>> {
+pub fn split_by_key(
+    batch: &RecordBatch,
+    keys: &[usize],
+    key_groups: u32,
+    parallelism: u32,
+) -> Result<Vec<Option<RecordBatch>>> {
     let n = parallelism as usize;
     if n == 1 {
         return Ok(vec![Some(batch.clone())]);
@@ -129,7 +138,9 @@ pub fn split_by_key(batch: &RecordBatch, keys: &[usize], key_groups: u32, parall
                 return Ok(None);
             }
             let idx = UInt32Array::from(idx);
-            arrow::compute::take_record_batch(batch, &idx).map(Some).map_err(RuntimeError::arrow("splitting a batch by key"))
+            arrow::compute::take_record_batch(batch, &idx)
+                .map(Some)
+                .map_err(RuntimeError::arrow("splitting a batch by key"))
         })
         .collect()
 }

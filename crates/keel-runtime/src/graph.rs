@@ -55,7 +55,9 @@ impl JobGraph {
                 }
                 StageInput::Upstream { stage: up, partitioning } => {
                     if *up >= i {
-                        return Err(RuntimeError::Internal(format!("stage {i} reads stage {up}, which is not before it")));
+                        return Err(RuntimeError::Internal(format!(
+                            "stage {i} reads stage {up}, which is not before it"
+                        )));
                     }
                     if *partitioning == Partitioning::Forward && self.stages[*up].parallelism != stage.parallelism {
                         return Err(RuntimeError::Internal(format!("forward edge into stage {i} changes parallelism")));

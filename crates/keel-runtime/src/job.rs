@@ -6,21 +6,21 @@
 //! by a different pipeline; after a failure every task of the attempt has exited before the next
 //! attempt starts; a failure classed as a user error is not retried.
 
-use crate::coordinator::{state_file_name, Coordinator, JobOutcome, TaskInfo};
+use crate::coordinator::{Coordinator, JobOutcome, TaskInfo, state_file_name};
 use crate::error::{Result, RuntimeError};
 use crate::graph::{JobGraph, StageInput};
 use crate::message::{Event, Message};
 use crate::metrics::Metrics;
 use crate::operator::{RestoredState, TaskContext};
-use crate::task::{run_input_task, run_source_task, Chain, OutputEdge, TaskLink};
-use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
-use keel_state::{read_json, write_json_atomic, CheckpointStore, CompletedCheckpoint};
+use crate::task::{Chain, OutputEdge, TaskLink, run_input_task, run_source_task};
+use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
+use keel_state::{CheckpointStore, CompletedCheckpoint, read_json, write_json_atomic};
 use keel_types::ErrorClass;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// How often and how fast a failed job restarts.
@@ -125,7 +125,10 @@ impl JobDir {
             ))),
             Some(file) => Ok(JobDir { dir, file, created: false }),
             None => {
-                let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0);
                 let file = JobFile {
                     name: name.to_string(),
                     run_id: format!("{:x}-{:x}", nanos, std::process::id()),
@@ -214,7 +217,8 @@ pub fn run_job(
 /// The state restored for one operator uid in one subtask.
 fn restored_for(chk: Option<&CompletedCheckpoint>, uid: &str, subtask: u32, parallelism: u32) -> Result<RestoredState> {
     let Some(chk) = chk else { return Ok(RestoredState::default()) };
-    let old_p = chk.manifest.meta.get("operators").and_then(|o| o.get(uid)).and_then(|v| v.as_u64()).unwrap_or(0) as u32;
+    let old_p =
+        chk.manifest.meta.get("operators").and_then(|o| o.get(uid)).and_then(|v| v.as_u64()).unwrap_or(0) as u32;
     let mut parts = Vec::with_capacity(old_p as usize);
     for i in 0..old_p {
         let name = state_file_name(uid, i);

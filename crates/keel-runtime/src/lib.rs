@@ -24,6 +24,8 @@ pub use coordinator::JobOutcome;
 pub use error::{Result, RuntimeError};
 pub use exchange::Partitioning;
 pub use graph::{JobGraph, OperatorSpec, StageInput, StageSpec};
-pub use job::{run_job, JobConfig, JobDir, RestartStrategy};
+pub use job::{JobConfig, JobDir, RestartStrategy, run_job};
 pub use metrics::Metrics;
-pub use operator::{Operator, OperatorFactory, RestoredState, Source, SourceFactory, SourcePoll, TaskContext, WatermarkStatus};
+pub use operator::{
+    Operator, OperatorFactory, RestoredState, Source, SourceFactory, SourcePoll, TaskContext, WatermarkStatus,
+};

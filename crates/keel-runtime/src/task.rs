@@ -10,7 +10,7 @@
 //! - A task that fails reports the error and drops its edges, which stops its neighbours.
 
 use crate::error::{Result, RuntimeError};
-use crate::exchange::{split_by_key, Partitioning};
+use crate::exchange::{Partitioning, split_by_key};
 use crate::message::{Control, Event, Message, OperatorSnapshot};
 use crate::metrics::Metrics;
 use crate::operator::{Operator, Source, SourcePoll, TaskContext, WatermarkStatus};
@@ -182,7 +182,8 @@ pub(crate) fn run_source_task(uid: &str, mut source: Box<dyn Source>, mut chain:
                     if drain {
                         chain.watermark(MAX_WATERMARK)?;
                     }
-                    let mut snaps = vec![OperatorSnapshot { uid: uid.to_string(), bytes: source.snapshot(checkpoint)? }];
+                    let mut snaps =
+                        vec![OperatorSnapshot { uid: uid.to_string(), bytes: source.snapshot(checkpoint)? }];
                     chain.snapshot(checkpoint, &mut snaps)?;
                     link.ack(checkpoint, snaps);
                     chain.broadcast(Message::Barrier(checkpoint))?;

@@ -27,7 +27,9 @@ impl SinkKind {
         match self {
             SinkKind::Topic { .. } => "exactly-once (transactional commit on each checkpoint)",
             SinkKind::Filesystem { .. } => "exactly-once (files published on each checkpoint)",
-            SinkKind::Print => "at-least-once (rows printed after the last checkpoint are printed again after a restart)",
+            SinkKind::Print => {
+                "at-least-once (rows printed after the last checkpoint are printed again after a restart)"
+            }
         }
     }
 }
@@ -51,7 +53,11 @@ fn check_keys(def: &TableDef, connector: &str, allowed: &[&str]) -> Result<()> {
         if !allowed.contains(&k.as_str()) {
             return Err(SqlError::invalid(
                 *pos,
-                format!("table {}: unknown option '{k}' for connector '{connector}'; accepted: {}", def.name, allowed.join(", ")),
+                format!(
+                    "table {}: unknown option '{k}' for connector '{connector}'; accepted: {}",
+                    def.name,
+                    allowed.join(", ")
+                ),
             ));
         }
     }
@@ -64,7 +70,10 @@ fn option_pos(def: &TableDef, key: &str) -> crate::error::Pos {
 
 fn connector(def: &TableDef) -> Result<&str> {
     def.option("connector").ok_or_else(|| {
-        SqlError::invalid(def.pos, format!("table {} has no 'connector' option; use 'topic', 'filesystem' or 'print'", def.name))
+        SqlError::invalid(
+            def.pos,
+            format!("table {} has no 'connector' option; use 'topic', 'filesystem' or 'print'", def.name),
+        )
     })
 }
 
@@ -81,7 +90,10 @@ fn json_format(def: &TableDef, what: &str, allowed: &[&str]) -> Result<String> {
         && std != "ISO-8601"
         && std != "SQL"
     {
-        return Err(SqlError::invalid(option_pos(def, "json.timestamp-format.standard"), "'json.timestamp-format.standard' is 'ISO-8601' or 'SQL'"));
+        return Err(SqlError::invalid(
+            option_pos(def, "json.timestamp-format.standard"),
+            "'json.timestamp-format.standard' is 'ISO-8601' or 'SQL'",
+        ));
     }
     Ok(f)
 }
@@ -94,13 +106,21 @@ pub fn source_plan(def: &TableDef, job: &str) -> Result<SourcePlan> {
             json_format(def, "a topic", &["json"])?;
             let topic = def
                 .option("topic")
-                .ok_or_else(|| SqlError::invalid(def.pos, format!("table {} needs a 'topic' option naming the topic to read", def.name)))?
+                .ok_or_else(|| {
+                    SqlError::invalid(
+                        def.pos,
+                        format!("table {} needs a 'topic' option naming the topic to read", def.name),
+                    )
+                })?
                 .to_string();
             let ignore = def.option("json.ignore-parse-errors") == Some("true");
             let bad_records = match (def.option("bad-records"), ignore) {
                 (None, true) | (Some("skip"), _) => BadRecordPolicy::Skip,
                 (None | Some("dead-letter"), false) => BadRecordPolicy::DeadLetter {
-                    topic: def.option("dead-letter.topic").map(str::to_string).unwrap_or_else(|| format!("{job}-dead-letter")),
+                    topic: def
+                        .option("dead-letter.topic")
+                        .map(str::to_string)
+                        .unwrap_or_else(|| format!("{job}-dead-letter")),
                 },
                 (Some("dead-letter"), true) => BadRecordPolicy::Skip,
                 (Some("fail"), _) => BadRecordPolicy::Fail,
@@ -123,7 +143,10 @@ pub fn source_plan(def: &TableDef, job: &str) -> Result<SourcePlan> {
             };
             let idle_timeout = match def.option("scan.idle-timeout").unwrap_or("5s") {
                 "none" | "0" => None,
-                d => Some(keel_types::time::parse_duration(d).map_err(|e| SqlError::invalid(option_pos(def, "scan.idle-timeout"), e.to_string()))?),
+                d => Some(
+                    keel_types::time::parse_duration(d)
+                        .map_err(|e| SqlError::invalid(option_pos(def, "scan.idle-timeout"), e.to_string()))?,
+                ),
             };
             Ok(SourcePlan::Topic { topic, bad_records, startup_latest, idle_timeout })
         }
@@ -132,13 +155,20 @@ pub fn source_plan(def: &TableDef, job: &str) -> Result<SourcePlan> {
             format!("reading table {} from the filesystem connector", def.name),
             Some("ingest the files into a topic with `keel produce`, and read the topic"),
         )),
-        "print" => Err(SqlError::invalid(option_pos(def, "connector"), format!("table {} uses the print connector, which can only be written", def.name))),
+        "print" => Err(SqlError::invalid(
+            option_pos(def, "connector"),
+            format!("table {} uses the print connector, which can only be written", def.name),
+        )),
         other => Err(unknown_connector(def, other)),
     }
 }
 
 fn unknown_connector(def: &TableDef, other: &str) -> SqlError {
-    SqlError::unsupported(option_pos(def, "connector"), format!("connector '{other}'"), Some("use 'topic', 'filesystem' or 'print'"))
+    SqlError::unsupported(
+        option_pos(def, "connector"),
+        format!("connector '{other}'"),
+        Some("use 'topic', 'filesystem' or 'print'"),
+    )
 }
 
 /// How a table written by an INSERT is written.
@@ -147,9 +177,12 @@ pub fn sink_kind(def: &TableDef) -> Result<SinkKind> {
         "topic" => {
             check_keys(def, "topic", TOPIC_KEYS)?;
             json_format(def, "a topic", &["json"])?;
-            let topic = def
-                .option("topic")
-                .ok_or_else(|| SqlError::invalid(def.pos, format!("table {} needs a 'topic' option naming the topic to write", def.name)))?;
+            let topic = def.option("topic").ok_or_else(|| {
+                SqlError::invalid(
+                    def.pos,
+                    format!("table {} needs a 'topic' option naming the topic to write", def.name),
+                )
+            })?;
             Ok(SinkKind::Topic { topic: topic.to_string() })
         }
         "filesystem" => {
@@ -158,9 +191,12 @@ pub fn sink_kind(def: &TableDef) -> Result<SinkKind> {
                 "csv" => FileFormat::Csv,
                 _ => FileFormat::Json,
             };
-            let path = def
-                .option("path")
-                .ok_or_else(|| SqlError::invalid(def.pos, format!("table {} needs a 'path' option: the directory to write files in", def.name)))?;
+            let path = def.option("path").ok_or_else(|| {
+                SqlError::invalid(
+                    def.pos,
+                    format!("table {} needs a 'path' option: the directory to write files in", def.name),
+                )
+            })?;
             let path = path.strip_prefix("file://").unwrap_or(path);
             Ok(SinkKind::Filesystem { path: PathBuf::from(path), format })
         }

@@ -58,7 +58,13 @@ impl AggregateUDFImpl for FlinkSumAvg {
         ])
     }
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        Ok(Box::new(SumAvgAcc { avg: self.avg, out: args.return_field.data_type().clone(), int: 0, float: 0.0, count: 0 }))
+        Ok(Box::new(SumAvgAcc {
+            avg: self.avg,
+            out: args.return_field.data_type().clone(),
+            int: 0,
+            float: 0.0,
+            count: 0,
+        }))
     }
 }
 
@@ -114,7 +120,11 @@ impl Accumulator for SumAvgAcc {
         std::mem::size_of::<Self>()
     }
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        Ok(vec![ScalarValue::Int64(Some(self.int)), ScalarValue::Float64(Some(self.float)), ScalarValue::Int64(Some(self.count))])
+        Ok(vec![
+            ScalarValue::Int64(Some(self.int)),
+            ScalarValue::Float64(Some(self.float)),
+            ScalarValue::Int64(Some(self.count)),
+        ])
     }
     fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
         let (Some(i), Some(f), Some(c)) = (states.first(), states.get(1), states.get(2)) else { return Ok(()) };

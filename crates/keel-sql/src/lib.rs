@@ -47,7 +47,12 @@ pub fn plan(sql: &str, opts: &PipelineOptions) -> Result<Pipeline> {
     let fingerprint = format!(
         "{:016x}",
         keel_types::keys::hash_key(
-            toks.iter().filter(|t| !matches!(t.token, Token::Whitespace(_))).map(|t| t.token.to_string()).collect::<Vec<_>>().join(" ").as_bytes()
+            toks.iter()
+                .filter(|t| !matches!(t.token, Token::Whitespace(_)))
+                .map(|t| t.token.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+                .as_bytes()
         )
     );
     let mut tables: HashMap<String, script::TableDef> = HashMap::new();
@@ -57,7 +62,11 @@ pub fn plan(sql: &str, opts: &PipelineOptions) -> Result<Pipeline> {
         let pos = c.pos();
         if c.is_keyword("CREATE") {
             let kind = c.peek_nth(1).map(|t| t.token.to_string().to_uppercase());
-            let kind = if kind.as_deref() == Some("TEMPORARY") { c.peek_nth(2).map(|t| t.token.to_string().to_uppercase()) } else { kind };
+            let kind = if kind.as_deref() == Some("TEMPORARY") {
+                c.peek_nth(2).map(|t| t.token.to_string().to_uppercase())
+            } else {
+                kind
+            };
             match kind.as_deref() {
                 Some("TABLE") => {
                     let def = script::parse_create_table(&stmt)?;
@@ -66,15 +75,27 @@ pub fn plan(sql: &str, opts: &PipelineOptions) -> Result<Pipeline> {
                     }
                     tables.insert(def.name.clone(), def);
                 }
-                Some("VIEW") => return Err(SqlError::unsupported(pos, "CREATE VIEW", Some("write the query inside the INSERT"))),
-                Some("FUNCTION") => return Err(SqlError::unsupported(pos, "CREATE FUNCTION", Some("register functions through the Rust API"))),
+                Some("VIEW") => {
+                    return Err(SqlError::unsupported(pos, "CREATE VIEW", Some("write the query inside the INSERT")));
+                }
+                Some("FUNCTION") => {
+                    return Err(SqlError::unsupported(
+                        pos,
+                        "CREATE FUNCTION",
+                        Some("register functions through the Rust API"),
+                    ));
+                }
                 other => return Err(SqlError::unsupported(pos, format!("CREATE {}", other.unwrap_or_default()), None)),
             }
         } else if c.eat_keyword("INSERT") {
             c.expect_keyword("INTO")?;
             let (sink, spos) = c.ident()?;
             if c.peek().is_some_and(|t| t.token == Token::LParen) {
-                return Err(SqlError::unsupported(c.pos(), "an INSERT column list", Some("select the sink's columns in its order")));
+                return Err(SqlError::unsupported(
+                    c.pos(),
+                    "an INSERT column list",
+                    Some("select the sink's columns in its order"),
+                ));
             }
             let rest = stmt[c.index()..].to_vec();
             inserts.push((sink, spos, rest));
@@ -89,10 +110,17 @@ pub fn plan(sql: &str, opts: &PipelineOptions) -> Result<Pipeline> {
         }
     }
     let Some((sink, spos, query)) = inserts.first() else {
-        return Err(SqlError::invalid(Pos { line: 1, column: 1 }, "the pipeline has no INSERT INTO statement, so it produces nothing"));
+        return Err(SqlError::invalid(
+            Pos { line: 1, column: 1 },
+            "the pipeline has no INSERT INTO statement, so it produces nothing",
+        ));
     };
     if let Some((_, pos, _)) = inserts.get(1) {
-        return Err(SqlError::unsupported(*pos, "a second INSERT INTO in one pipeline", Some("run one pipeline file per INSERT")));
+        return Err(SqlError::unsupported(
+            *pos,
+            "a second INSERT INTO in one pipeline",
+            Some("run one pipeline file per INSERT"),
+        ));
     }
     let insert = planner::plan_insert(&tables, (sink, *spos), query, &opts.job)?;
     Ok(Pipeline { fingerprint, insert, opts: opts.clone() })
@@ -107,10 +135,12 @@ fn step_ops(steps: &[Step], prefix: &str) -> Vec<OperatorSpec> {
         .iter()
         .enumerate()
         .map(|(i, s)| match s.clone() {
-            Step::Filter(p) => op(format!("{prefix}-filter-{i}"), move || Ok(Box::new(Filter { predicate: p.clone() }))),
-            Step::Project(exprs, schema) => {
-                op(format!("{prefix}-project-{i}"), move || Ok(Box::new(Projection { exprs: exprs.clone(), schema: schema.clone() })))
+            Step::Filter(p) => {
+                op(format!("{prefix}-filter-{i}"), move || Ok(Box::new(Filter { predicate: p.clone() })))
             }
+            Step::Project(exprs, schema) => op(format!("{prefix}-project-{i}"), move || {
+                Ok(Box::new(Projection { exprs: exprs.clone(), schema: schema.clone() }))
+            }),
         })
         .collect()
 }
@@ -128,12 +158,20 @@ impl Pipeline {
         let log = Log::open(&self.opts.data_dir)?;
         let connectors::SourcePlan::Topic { topic, bad_records, startup_latest, idle_timeout } = &ins.source_plan;
         let t = log.topic(topic)?;
+        // Create the topics this job writes now, before tasks start.
+        if let keel_connectors::BadRecordPolicy::DeadLetter { topic } = bad_records {
+            log.topic_or_create(topic, keel_log::TopicConfig::new(1))?;
+        }
+        if let SinkKind::Topic { topic } = &ins.sink_kind {
+            log.topic_or_create(topic, keel_log::TopicConfig::new(1))?;
+        }
         let infos = t.describe()?;
         let key = format!("source-{}", ins.source.name);
         let mut fact = job.file.sources.get(&key).cloned().unwrap_or_else(|| serde_json::json!({}));
         let mut changed = false;
         if fact.get("start").is_none() {
-            let start: Vec<u64> = infos.iter().map(|i| if *startup_latest { i.end_offset } else { i.start_offset }).collect();
+            let start: Vec<u64> =
+                infos.iter().map(|i| if *startup_latest { i.end_offset } else { i.start_offset }).collect();
             fact["start"] = start.into();
             changed = true;
         }
@@ -151,9 +189,11 @@ impl Pipeline {
             table: ins.source.name.clone(),
             topic: topic.clone(),
             schema: ins.source_schema.clone(),
-            event_time: ins.source.watermark.as_ref().and_then(|w| {
-                ins.source.columns.iter().position(|c| c.name == w.column).map(|i| (i, w.delay_ms))
-            }),
+            event_time: ins
+                .source
+                .watermark
+                .as_ref()
+                .and_then(|w| ins.source.columns.iter().position(|c| c.name == w.column).map(|i| (i, w.delay_ms))),
             start_offsets: offsets("start").unwrap_or_default(),
             end_offsets: if self.opts.bounded { offsets("end") } else { None },
             bad_records: bad_records.clone(),
@@ -164,34 +204,54 @@ impl Pipeline {
         let mut chain0 = vec![];
         if let Some((spec, col, schema)) = &ins.window {
             let (spec, col, schema) = (*spec, *col, schema.clone());
-            chain0.push(op("window-assigner".into(), move || Ok(Box::new(WindowAssigner { spec, time_column: col, schema: schema.clone() }))));
+            chain0.push(op("window-assigner".into(), move || {
+                Ok(Box::new(WindowAssigner { spec, time_column: col, schema: schema.clone() }))
+            }));
         }
         chain0.extend(step_ops(&ins.below, "pre"));
         let source_uid = key.clone();
         let src_uid = source_uid.clone();
         let source = StageInput::Source {
             uid: source_uid,
-            factory: Arc::new(move |_ctx| Ok(Box::new(TopicSource::new(cfg.clone(), &src_uid)?) as Box<dyn keel_runtime::Source>)),
+            factory: Arc::new(move |_ctx| {
+                Ok(Box::new(TopicSource::new(cfg.clone(), &src_uid)?) as Box<dyn keel_runtime::Source>)
+            }),
         };
         let sink = self.sink_op();
         let mut stages = vec![];
         match &ins.aggregate {
             None => {
                 chain0.push(sink);
-                stages.push(StageSpec { name: format!("{} -> {}", ins.source.name, ins.sink.name), parallelism: p, input: source, chain: chain0 });
+                stages.push(StageSpec {
+                    name: format!("{} -> {}", ins.source.name, ins.sink.name),
+                    parallelism: p,
+                    input: source,
+                    chain: chain0,
+                });
             }
             Some(agg) => {
                 let (exprs, schema) = agg.pre_projection.clone();
-                chain0.push(op("aggregate-input".into(), move || Ok(Box::new(Projection { exprs: exprs.clone(), schema: schema.clone() }))));
-                stages.push(StageSpec { name: format!("{} scan", ins.source.name), parallelism: p, input: source, chain: chain0 });
+                chain0.push(op("aggregate-input".into(), move || {
+                    Ok(Box::new(Projection { exprs: exprs.clone(), schema: schema.clone() }))
+                }));
+                stages.push(StageSpec {
+                    name: format!("{} scan", ins.source.name),
+                    parallelism: p,
+                    input: source,
+                    chain: chain0,
+                });
                 let spec = agg.spec.clone();
-                let mut chain1 = vec![op("window-aggregate".into(), move || Ok(Box::new(WindowAggregate::new(spec.clone())?)))];
+                let mut chain1 =
+                    vec![op("window-aggregate".into(), move || Ok(Box::new(WindowAggregate::new(spec.clone())?)))];
                 chain1.extend(step_ops(&ins.above, "post"));
                 chain1.push(sink);
                 stages.push(StageSpec {
                     name: format!("window aggregate -> {}", ins.sink.name),
                     parallelism: p,
-                    input: StageInput::Upstream { stage: 0, partitioning: Partitioning::Hash((0..agg.spec.num_keys).collect()) },
+                    input: StageInput::Upstream {
+                        stage: 0,
+                        partitioning: Partitioning::Hash((0..agg.spec.num_keys).collect()),
+                    },
                     chain: chain1,
                 });
             }

@@ -52,7 +52,9 @@ pub struct InsertPlan {
 }
 
 pub(crate) fn table_schema(def: &TableDef) -> SchemaRef {
-    Arc::new(Schema::new(def.columns.iter().map(|c| Field::new(&c.name, c.data_type.clone(), c.nullable)).collect::<Vec<_>>()))
+    Arc::new(Schema::new(
+        def.columns.iter().map(|c| Field::new(&c.name, c.data_type.clone(), c.nullable)).collect::<Vec<_>>(),
+    ))
 }
 
 fn ts_field(name: &str) -> Field {
@@ -81,7 +83,12 @@ pub(crate) fn plan_insert(
 ) -> Result<InsertPlan> {
     let sink = tables
         .get(sink_name.0)
-        .ok_or_else(|| SqlError::invalid(sink_name.1, format!("INSERT INTO {}: no table of that name is created above", sink_name.0)))?
+        .ok_or_else(|| {
+            SqlError::invalid(
+                sink_name.1,
+                format!("INSERT INTO {}: no table of that name is created above", sink_name.0),
+            )
+        })?
         .clone();
     let sink_kind = sink_kind(&sink)?;
     let (rewritten, calls) = script::rewrite_window_calls(query)?;
@@ -116,10 +123,16 @@ pub(crate) fn plan_insert(
     };
     let source = tables
         .get(&source_name)
-        .ok_or_else(|| SqlError::Planning { context: "planning".into(), message: format!("unknown table {source_name}") })?
+        .ok_or_else(|| SqlError::Planning {
+            context: "planning".into(),
+            message: format!("unknown table {source_name}"),
+        })?
         .clone();
     if source_name == sink.name {
-        return Err(SqlError::invalid(sink_name.1, format!("table {} is both read and written by this INSERT", sink.name)));
+        return Err(SqlError::invalid(
+            sink_name.1,
+            format!("table {} is both read and written by this INSERT", sink.name),
+        ));
     }
     let source_plan = source_plan(&source, job)?;
     let source_schema = table_schema(&source);
@@ -132,7 +145,10 @@ pub(crate) fn plan_insert(
     if let Some(proj) = &scan.projection {
         let exprs = proj
             .iter()
-            .map(|&i| Arc::new(datafusion::physical_expr::expressions::Column::new(scan_full_schema.field(i).name(), i)) as Arc<dyn PhysicalExpr>)
+            .map(|&i| {
+                Arc::new(datafusion::physical_expr::expressions::Column::new(scan_full_schema.field(i).name(), i))
+                    as Arc<dyn PhysicalExpr>
+            })
             .collect();
         below.push(Step::Project(exprs, Arc::new(scan.projected_schema.as_arrow().clone())));
     }
@@ -144,9 +160,12 @@ pub(crate) fn plan_insert(
     for node in chain.iter().rev().skip(1) {
         let steps = if aggregate.is_some() { &mut above } else { &mut below };
         match node {
-            LogicalPlan::Filter(f) => steps.push(Step::Filter(physical(&state, f.predicate.clone(), f.input.schema())?)),
+            LogicalPlan::Filter(f) => {
+                steps.push(Step::Filter(physical(&state, f.predicate.clone(), f.input.schema())?))
+            }
             LogicalPlan::Projection(p) => {
-                let exprs = p.expr.iter().map(|e| physical(&state, e.clone(), p.input.schema())).collect::<Result<_>>()?;
+                let exprs =
+                    p.expr.iter().map(|e| physical(&state, e.clone(), p.input.schema())).collect::<Result<_>>()?;
                 steps.push(Step::Project(exprs, Arc::new(p.schema.as_arrow().clone())));
             }
             LogicalPlan::SubqueryAlias(_) => {}
@@ -227,7 +246,10 @@ fn register_window(
         .get(&call.table)
         .ok_or_else(|| SqlError::invalid(call.pos, format!("window function over unknown table {}", call.table)))?;
     let col = def.columns.iter().position(|c| c.name == call.time_column).ok_or_else(|| {
-        SqlError::invalid(call.pos, format!("DESCRIPTOR({}): table {} has no such column", call.time_column, call.table))
+        SqlError::invalid(
+            call.pos,
+            format!("DESCRIPTOR({}): table {} has no such column", call.time_column, call.table),
+        )
     })?;
     if def.watermark.as_ref().map(|w| &w.column) != Some(&call.time_column) {
         return Err(SqlError::invalid(
@@ -278,10 +300,14 @@ fn unsupported_node(node: &LogicalPlan, query: &[Tok]) -> SqlError {
     let (construct, words, alt): (&str, &[&str], Option<&str>) = match node {
         LogicalPlan::Join(_) => ("JOIN", &["JOIN"], None),
         LogicalPlan::Union(_) => ("UNION", &["UNION"], None),
-        LogicalPlan::Sort(_) => ("ORDER BY", &["ORDER", "BY"], Some("a streaming result has no order; sort when reading it")),
+        LogicalPlan::Sort(_) => {
+            ("ORDER BY", &["ORDER", "BY"], Some("a streaming result has no order; sort when reading it"))
+        }
         LogicalPlan::Limit(_) => ("LIMIT", &["LIMIT"], None),
         LogicalPlan::Window(_) => ("OVER (...) window functions", &["OVER"], None),
-        LogicalPlan::Distinct(_) => ("SELECT DISTINCT", &["DISTINCT"], Some("GROUP BY the columns in a window instead")),
+        LogicalPlan::Distinct(_) => {
+            ("SELECT DISTINCT", &["DISTINCT"], Some("GROUP BY the columns in a window instead"))
+        }
         LogicalPlan::Subquery(_) => ("a subquery", &["SELECT"], None),
         LogicalPlan::Unnest(_) => ("UNNEST", &["UNNEST"], None),
         LogicalPlan::Values(_) => ("VALUES", &["VALUES"], None),
@@ -298,7 +324,11 @@ fn strip_alias(e: &Expr) -> &Expr {
     }
 }
 
-fn plan_aggregate(state: &SessionState, a: &datafusion::logical_expr::Aggregate, query: &[Tok]) -> Result<AggregatePlan> {
+fn plan_aggregate(
+    state: &SessionState,
+    a: &datafusion::logical_expr::Aggregate,
+    query: &[Tok],
+) -> Result<AggregatePlan> {
     let input_schema = a.input.schema();
     let mut key_exprs = vec![];
     let mut group_output = vec![];
@@ -314,7 +344,9 @@ fn plan_aggregate(state: &SessionState, a: &datafusion::logical_expr::Aggregate,
                 group_output.push(GroupColumn::WindowEnd);
             }
             Expr::GroupingSet(_) => {
-                let pos = script::find_keyword(query, &["GROUPING"]).or(script::find_keyword(query, &["ROLLUP"])).unwrap_or_default();
+                let pos = script::find_keyword(query, &["GROUPING"])
+                    .or(script::find_keyword(query, &["ROLLUP"]))
+                    .unwrap_or_default();
                 return Err(SqlError::unsupported(pos, "GROUPING SETS, ROLLUP and CUBE", None));
             }
             _ => {
@@ -337,7 +369,10 @@ fn plan_aggregate(state: &SessionState, a: &datafusion::logical_expr::Aggregate,
     let nk = key_exprs.len();
     for (i, e) in a.aggr_expr.iter().enumerate() {
         let Expr::AggregateFunction(f) = strip_alias(e) else {
-            return Err(SqlError::Planning { context: "aggregate".into(), message: format!("unexpected aggregate expression {e}") });
+            return Err(SqlError::Planning {
+                context: "aggregate".into(),
+                message: format!("unexpected aggregate expression {e}"),
+            });
         };
         let name = f.func.name().to_ascii_lowercase();
         let pos = script::find_keyword(query, &[&name]).unwrap_or_default();
@@ -345,7 +380,11 @@ fn plan_aggregate(state: &SessionState, a: &datafusion::logical_expr::Aggregate,
             return Err(SqlError::unsupported(pos, format!("{}(DISTINCT ...)", name.to_uppercase()), None));
         }
         if f.params.filter.is_some() {
-            return Err(SqlError::unsupported(pos, "FILTER (WHERE ...) on an aggregate", Some("use CASE WHEN inside the aggregate")));
+            return Err(SqlError::unsupported(
+                pos,
+                "FILTER (WHERE ...) on an aggregate",
+                Some("use CASE WHEN inside the aggregate"),
+            ));
         }
         let arg = f.params.args.first();
         let literal_arg = matches!(arg, Some(Expr::Literal(v, _)) if !v.is_null());
@@ -357,7 +396,11 @@ fn plan_aggregate(state: &SessionState, a: &datafusion::logical_expr::Aggregate,
             ("min", _) => AggregateFunction::Min,
             ("max", _) => AggregateFunction::Max,
             (other, _) => {
-                return Err(SqlError::unsupported(pos, format!("aggregate function {}", other.to_uppercase()), Some("use COUNT, SUM, AVG, MIN or MAX")));
+                return Err(SqlError::unsupported(
+                    pos,
+                    format!("aggregate function {}", other.to_uppercase()),
+                    Some("use COUNT, SUM, AVG, MIN or MAX"),
+                ));
             }
         };
         if f.params.args.len() > 1 {

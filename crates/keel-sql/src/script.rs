@@ -25,9 +25,9 @@ fn is_ws(t: &Token) -> bool {
 /// Tokenizes the whole text.
 pub fn tokenize(sql: &str) -> Result<Vec<Tok>> {
     let dialect = GenericDialect {};
-    let toks: Vec<TokenWithSpan> = Tokenizer::new(&dialect, sql).tokenize_with_location().map_err(|e| {
-        SqlError::syntax(Pos { line: e.location.line, column: e.location.column }, e.message.clone())
-    })?;
+    let toks: Vec<TokenWithSpan> = Tokenizer::new(&dialect, sql)
+        .tokenize_with_location()
+        .map_err(|e| SqlError::syntax(Pos { line: e.location.line, column: e.location.column }, e.message.clone()))?;
     Ok(toks
         .into_iter()
         .map(|t| Tok { pos: Pos { line: t.span.start.line, column: t.span.start.column }, token: t.token })
@@ -136,7 +136,11 @@ impl<'a> Cursor<'a> {
 
     pub fn expect(&mut self, t: &Token) -> Result<Pos> {
         let pos = self.pos();
-        if self.eat(t) { Ok(pos) } else { Err(SqlError::syntax(pos, format!("expected '{t}', found {}", self.describe_next()))) }
+        if self.eat(t) {
+            Ok(pos)
+        } else {
+            Err(SqlError::syntax(pos, format!("expected '{t}', found {}", self.describe_next())))
+        }
     }
 
     pub fn describe_next(&mut self) -> String {
@@ -243,7 +247,11 @@ fn parse_type(c: &mut Cursor<'_>) -> Result<DataType> {
         "DATE" => DataType::Date32,
         "TIMESTAMP" | "TIMESTAMP_LTZ" => {
             if args.first().is_some_and(|p| *p > 3) {
-                return Err(SqlError::unsupported(pos, format!("{name}({}) (sub-millisecond precision)", args[0]), Some("use TIMESTAMP(3)")));
+                return Err(SqlError::unsupported(
+                    pos,
+                    format!("{name}({}) (sub-millisecond precision)", args[0]),
+                    Some("use TIMESTAMP(3)"),
+                ));
             }
             if c.eat_keyword("WITH") || c.eat_keyword("WITHOUT") {
                 c.eat_keyword("LOCAL");
@@ -256,7 +264,10 @@ fn parse_type(c: &mut Cursor<'_>) -> Result<DataType> {
             let p = args.first().copied().unwrap_or(10);
             let s = args.get(1).copied().unwrap_or(0);
             if p == 0 || p > 38 || s > p {
-                return Err(SqlError::invalid(pos, format!("DECIMAL({p}, {s}) is out of range: precision 1 to 38, scale at most the precision")));
+                return Err(SqlError::invalid(
+                    pos,
+                    format!("DECIMAL({p}, {s}) is out of range: precision 1 to 38, scale at most the precision"),
+                ));
             }
             DataType::Decimal128(p as u8, s as i8)
         }
@@ -264,7 +275,9 @@ fn parse_type(c: &mut Cursor<'_>) -> Result<DataType> {
             return Err(SqlError::unsupported(
                 pos,
                 format!("column type {other}"),
-                Some("use VARCHAR, BIGINT, INT, SMALLINT, TINYINT, DOUBLE, FLOAT, BOOLEAN, DECIMAL(p, s), DATE or TIMESTAMP(3)"),
+                Some(
+                    "use VARCHAR, BIGINT, INT, SMALLINT, TINYINT, DOUBLE, FLOAT, BOOLEAN, DECIMAL(p, s), DATE or TIMESTAMP(3)",
+                ),
             ));
         }
     };
@@ -283,7 +296,11 @@ pub fn parse_interval(c: &mut Cursor<'_>) -> Result<i64> {
         "HOUR" => 3_600_000.0,
         "DAY" => 86_400_000.0,
         other => {
-            return Err(SqlError::unsupported(upos, format!("interval unit {other}"), Some("use MILLISECOND, SECOND, MINUTE, HOUR or DAY")));
+            return Err(SqlError::unsupported(
+                upos,
+                format!("interval unit {other}"),
+                Some("use MILLISECOND, SECOND, MINUTE, HOUR or DAY"),
+            ));
         }
     };
     let v: f64 = n.trim().parse().map_err(|_| SqlError::syntax(npos, format!("'{n}' is not a number of {unit}")))?;
@@ -315,7 +332,11 @@ pub fn parse_create_table(toks: &[Tok]) -> Result<TableDef> {
             c.expect_keyword("AS")?;
             let (col2, c2pos) = c.ident()?;
             if col2 != column {
-                return Err(SqlError::unsupported(c2pos, "a watermark expression on another column", Some("write WATERMARK FOR ts AS ts - INTERVAL '1' SECOND")));
+                return Err(SqlError::unsupported(
+                    c2pos,
+                    "a watermark expression on another column",
+                    Some("write WATERMARK FOR ts AS ts - INTERVAL '1' SECOND"),
+                ));
             }
             let delay_ms = if c.eat(&Token::Minus) { parse_interval(&mut c)? } else { 0 };
             if !matches!(c.peek().map(|t| &t.token), Some(Token::Comma | Token::RParen)) {
@@ -326,7 +347,10 @@ pub fn parse_create_table(toks: &[Tok]) -> Result<TableDef> {
                 ));
             }
             if !def.columns.iter().any(|col| col.name == column) {
-                return Err(SqlError::invalid(cpos, format!("WATERMARK FOR {column}: no column named {column} is declared before it")));
+                return Err(SqlError::invalid(
+                    cpos,
+                    format!("WATERMARK FOR {column}: no column named {column} is declared before it"),
+                ));
             }
             def.watermark = Some(WatermarkDef { column, delay_ms, pos: wpos });
         } else if c.is_keyword("PRIMARY") {
@@ -344,7 +368,11 @@ pub fn parse_create_table(toks: &[Tok]) -> Result<TableDef> {
         } else {
             let (col, cpos) = c.ident()?;
             if c.is_keyword("AS") {
-                return Err(SqlError::unsupported(cpos, format!("computed column {col}"), Some("compute it in the query instead")));
+                return Err(SqlError::unsupported(
+                    cpos,
+                    format!("computed column {col}"),
+                    Some("compute it in the query instead"),
+                ));
             }
             let data_type = parse_type(&mut c)?;
             let mut nullable = true;
@@ -433,10 +461,18 @@ pub fn rewrite_window_calls(toks: &[Tok]) -> Result<(Vec<Tok>, Vec<WindowCall>)>
             return Err(SqlError::unsupported(fpos, "the SESSION window", Some("use TUMBLE, HOP or CUMULATE")));
         }
         if !matches!(func.as_str(), "TUMBLE" | "HOP" | "CUMULATE") {
-            return Err(SqlError::unsupported(fpos, format!("table function {func}"), Some("use TUMBLE, HOP or CUMULATE")));
+            return Err(SqlError::unsupported(
+                fpos,
+                format!("table function {func}"),
+                Some("use TUMBLE, HOP or CUMULATE"),
+            ));
         }
         if matches!(c.peek_nth(1).map(|t| &t.token), Some(Token::RArrow)) {
-            return Err(SqlError::unsupported(c.pos(), "named arguments in window functions", Some("pass them by position")));
+            return Err(SqlError::unsupported(
+                c.pos(),
+                "named arguments in window functions",
+                Some("pass them by position"),
+            ));
         }
         c.expect_keyword("TABLE")?;
         let (table, _) = c.ident()?;
@@ -534,6 +570,11 @@ mod tests {
         assert_eq!(calls[0].spec, WindowSpec::Hop { slide: 2000, size: 10_000, offset: 0 });
         assert_eq!(calls[0].table, "events");
         let bad = "SELECT * FROM TABLE(SESSION(TABLE e PARTITION BY k, DESCRIPTOR(ts), INTERVAL '5' SECOND))";
-        assert!(rewrite_window_calls(&tokenize(bad).unwrap()).unwrap_err().to_string().contains("SESSION window is not supported"));
+        assert!(
+            rewrite_window_calls(&tokenize(bad).unwrap())
+                .unwrap_err()
+                .to_string()
+                .contains("SESSION window is not supported")
+        );
     }
 }

@@ -21,6 +21,8 @@ mod store;
 
 pub use codec::{batch_from_ipc, batch_to_ipc};
 pub use error::StateError;
-pub use store::{CheckpointStore, CheckpointWriter, CompletedCheckpoint, Manifest, ManifestFile, read_json, write_json_atomic};
+pub use store::{
+    CheckpointStore, CheckpointWriter, CompletedCheckpoint, Manifest, ManifestFile, read_json, write_json_atomic,
+};
 
 pub type Result<T, E = StateError> = std::result::Result<T, E>;

@@ -128,7 +128,11 @@ impl CheckpointWriter {
         let mut f = File::create(&path).map_err(StateError::io("cannot create", &path))?;
         f.write_all(bytes).map_err(StateError::io("cannot write", &path))?;
         f.sync_all().map_err(StateError::io("cannot fsync", &path))?;
-        self.files.push(ManifestFile { name: name.to_string(), size: bytes.len() as u64, crc32c: crc32c::crc32c(bytes) });
+        self.files.push(ManifestFile {
+            name: name.to_string(),
+            size: bytes.len() as u64,
+            crc32c: crc32c::crc32c(bytes),
+        });
         Ok(())
     }
 
@@ -162,19 +166,25 @@ impl CompletedCheckpoint {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(StateError::io("cannot read", &path)(e)),
         };
-        let manifest: Manifest =
-            serde_json::from_slice(&bytes).map_err(|e| StateError::Damaged { path: path.clone(), reason: e.to_string() })?;
+        let manifest: Manifest = serde_json::from_slice(&bytes)
+            .map_err(|e| StateError::Damaged { path: path.clone(), reason: e.to_string() })?;
         if manifest.format_version != FORMAT_VERSION || manifest.checkpoint_id != id {
             return Err(StateError::Damaged {
                 path,
-                reason: format!("manifest is for checkpoint {} format {}", manifest.checkpoint_id, manifest.format_version),
+                reason: format!(
+                    "manifest is for checkpoint {} format {}",
+                    manifest.checkpoint_id, manifest.format_version
+                ),
             });
         }
         for f in &manifest.files {
             let fpath = dir.join(&f.name);
             let data = fs::read(&fpath).map_err(StateError::io("cannot read", &fpath))?;
             if data.len() as u64 != f.size || crc32c::crc32c(&data) != f.crc32c {
-                return Err(StateError::Damaged { path: fpath, reason: "size or CRC32C differs from the manifest".into() });
+                return Err(StateError::Damaged {
+                    path: fpath,
+                    reason: "size or CRC32C differs from the manifest".into(),
+                });
             }
         }
         Ok(Some(CompletedCheckpoint { id, dir: dir.to_path_buf(), manifest }))

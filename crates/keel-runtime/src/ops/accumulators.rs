@@ -41,7 +41,9 @@ pub struct Accumulator {
 }
 
 fn unsupported(func: AggregateFunction, t: &DataType) -> RuntimeError {
-    RuntimeError::User(format!("{func:?} over a {t} column is not supported; cast the argument to BIGINT, DOUBLE or DECIMAL"))
+    RuntimeError::User(format!(
+        "{func:?} over a {t} column is not supported; cast the argument to BIGINT, DOUBLE or DECIMAL"
+    ))
 }
 
 impl Accumulator {
@@ -165,7 +167,10 @@ impl Accumulator {
                         let (g, v) = (g as usize, a.value(i));
                         let better = match &vals[g] {
                             None => true,
-                            Some(cur) => (func == AggregateFunction::Min && v < cur.as_str()) || (func == AggregateFunction::Max && v > cur.as_str()),
+                            Some(cur) => {
+                                (func == AggregateFunction::Min && v < cur.as_str())
+                                    || (func == AggregateFunction::Max && v > cur.as_str())
+                            }
                         };
                         if better {
                             vals[g] = Some(v.to_string());
@@ -196,7 +201,8 @@ impl Accumulator {
             (Values::Decimal(v, p, s), f) => Arc::new(
                 Decimal128Array::from_iter(groups.iter().map(|&g| {
                     let g2 = g as usize;
-                    present(g).then(|| if f == AggregateFunction::Avg { v[g2] / i128::from(self.counts[g2]) } else { v[g2] })
+                    present(g)
+                        .then(|| if f == AggregateFunction::Avg { v[g2] / i128::from(self.counts[g2]) } else { v[g2] })
                 }))
                 .with_precision_and_scale((*p).max(38), *s)
                 .map_err(RuntimeError::arrow("decimal aggregate"))?,
@@ -257,7 +263,10 @@ impl Accumulator {
             }
             Values::Str(v) => {
                 let a = vals.as_string_opt::<i32>().ok_or_else(bad)?;
-                groups.iter().enumerate().for_each(|(i, &g)| v[g as usize] = a.is_valid(i).then(|| a.value(i).to_string()));
+                groups
+                    .iter()
+                    .enumerate()
+                    .for_each(|(i, &g)| v[g as usize] = a.is_valid(i).then(|| a.value(i).to_string()));
             }
         }
         Ok(())

@@ -19,9 +19,9 @@ use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, TimestampM
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit, TimestampMillisecondType, UInt32Type};
 use arrow::row::{RowConverter, SortField};
 use hashbrown::HashTable;
+use keel_types::KeyGroupRange;
 use keel_types::time::MIN_WATERMARK;
 use keel_types::window::is_late;
-use keel_types::KeyGroupRange;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
@@ -83,12 +83,17 @@ fn group_hash(start: i64, end: i64, key: &[u8]) -> u64 {
 
 fn millis(col: &ArrayRef) -> Result<ArrayRef> {
     let t = DataType::Timestamp(TimeUnit::Millisecond, None);
-    if col.data_type() == &t { Ok(col.clone()) } else { arrow::compute::cast(col, &t).map_err(RuntimeError::arrow("window bounds")) }
+    if col.data_type() == &t {
+        Ok(col.clone())
+    } else {
+        arrow::compute::cast(col, &t).map_err(RuntimeError::arrow("window bounds"))
+    }
 }
 
 impl WindowAggregate {
     pub fn new(spec: Arc<WindowAggregateSpec>) -> Result<Self> {
-        let fields = spec.input_schema.fields()[..spec.num_keys].iter().map(|f| SortField::new(f.data_type().clone())).collect();
+        let fields =
+            spec.input_schema.fields()[..spec.num_keys].iter().map(|f| SortField::new(f.data_type().clone())).collect();
         let converter = RowConverter::new(fields).map_err(RuntimeError::arrow("group keys"))?;
         let accs = spec
             .aggregates
@@ -190,7 +195,11 @@ impl WindowAggregate {
             Field::new("window_start", DataType::Int64, false),
             Field::new("window_end", DataType::Int64, false),
         ];
-        fields.extend(self.spec.input_schema.fields()[..self.spec.num_keys].iter().map(|f| f.as_ref().clone().with_nullable(true)));
+        fields.extend(
+            self.spec.input_schema.fields()[..self.spec.num_keys]
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true)),
+        );
         fields.extend(acc_fields.iter().cloned());
         Arc::new(Schema::new(fields).with_metadata([("watermark".to_string(), self.watermark.to_string())].into()))
     }
@@ -208,16 +217,21 @@ impl Operator for WindowAggregate {
                 wm = Some(wm.map_or(w, |m| m.min(w)));
             }
             let kg = batch.column(0).as_primitive::<UInt32Type>();
-            let keep: Vec<u32> = (0..batch.num_rows() as u32).filter(|&i| range.contains(kg.value(i as usize))).collect();
+            let keep: Vec<u32> =
+                (0..batch.num_rows() as u32).filter(|&i| range.contains(kg.value(i as usize))).collect();
             if keep.is_empty() {
                 continue;
             }
-            let batch = arrow::compute::take_record_batch(&batch, &UInt32Array::from(keep)).map_err(RuntimeError::arrow("restore"))?;
+            let batch = arrow::compute::take_record_batch(&batch, &UInt32Array::from(keep))
+                .map_err(RuntimeError::arrow("restore"))?;
             let kg = batch.column(0).as_primitive::<UInt32Type>().clone();
             let starts = batch.column(1).as_primitive::<arrow::datatypes::Int64Type>().clone();
             let ends = batch.column(2).as_primitive::<arrow::datatypes::Int64Type>().clone();
             let nk = self.spec.num_keys;
-            let rows = self.converter.convert_columns(&batch.columns()[3..3 + nk]).map_err(RuntimeError::arrow("restore keys"))?;
+            let rows = self
+                .converter
+                .convert_columns(&batch.columns()[3..3 + nk])
+                .map_err(RuntimeError::arrow("restore keys"))?;
             let mut gids = Vec::with_capacity(batch.num_rows());
             for i in 0..batch.num_rows() {
                 gids.push(self.group_of(starts.value(i), ends.value(i), rows.row(i).as_ref(), || kg.value(i)));
@@ -264,7 +278,14 @@ impl Operator for WindowAggregate {
             self.spec
                 .aggregates
                 .iter()
-                .map(|a| a.arg.map(|c| arrow::compute::take(batch.column(c), &idx, None).map_err(RuntimeError::arrow("late filter"))).transpose())
+                .map(|a| {
+                    a.arg
+                        .map(|c| {
+                            arrow::compute::take(batch.column(c), &idx, None)
+                                .map_err(RuntimeError::arrow("late filter"))
+                        })
+                        .transpose()
+                })
                 .collect::<Result<_>>()?
         } else {
             self.spec.aggregates.iter().map(|a| a.arg.map(|c| batch.column(c).clone())).collect()

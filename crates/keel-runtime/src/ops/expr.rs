@@ -20,7 +20,8 @@ impl Operator for Filter {
             .evaluate(&batch)
             .and_then(|v| v.into_array(batch.num_rows()))
             .map_err(RuntimeError::expr("WHERE"))?;
-        let mask = mask.as_boolean_opt().ok_or_else(|| RuntimeError::Internal("filter predicate is not boolean".into()))?;
+        let mask =
+            mask.as_boolean_opt().ok_or_else(|| RuntimeError::Internal("filter predicate is not boolean".into()))?;
         let filtered = arrow::compute::filter_record_batch(&batch, mask).map_err(RuntimeError::arrow("filtering"))?;
         if filtered.num_rows() > 0 {
             out.push(filtered);
@@ -40,11 +41,15 @@ impl Operator for Projection {
         let n = batch.num_rows();
         let mut cols = Vec::with_capacity(self.exprs.len());
         for (e, field) in self.exprs.iter().zip(self.schema.fields()) {
-            let col = e.evaluate(&batch).and_then(|v| v.into_array(n)).map_err(RuntimeError::expr(format!("computing {}", field.name())))?;
+            let col = e
+                .evaluate(&batch)
+                .and_then(|v| v.into_array(n))
+                .map_err(RuntimeError::expr(format!("computing {}", field.name())))?;
             let col = if col.data_type() == field.data_type() {
                 col
             } else {
-                arrow::compute::cast(&col, field.data_type()).map_err(RuntimeError::arrow(format!("casting {}", field.name())))?
+                arrow::compute::cast(&col, field.data_type())
+                    .map_err(RuntimeError::arrow(format!("casting {}", field.name())))?
             };
             cols.push(col);
         }

@@ -45,7 +45,10 @@ impl Operator for WindowAssigner {
             batch.columns().to_vec()
         } else {
             let take = UInt32Array::from(idx);
-            arrow::compute::take_record_batch(&batch, &take).map_err(RuntimeError::arrow("window assignment"))?.columns().to_vec()
+            arrow::compute::take_record_batch(&batch, &take)
+                .map_err(RuntimeError::arrow("window assignment"))?
+                .columns()
+                .to_vec()
         };
         let times: Vec<i64> = ends.iter().map(|e| e - 1).collect();
         cols.push(Arc::new(TimestampMillisecondArray::from(starts)));

@@ -1,0 +1,200 @@
+//! `keel demo` (the first thing a newcomer runs) and `keel bench` (the throughput benchmark of
+//! the same pipeline).
+
+use crate::cli::run::{RunArgs, run_pipeline};
+use anyhow::{Context, Result};
+use clap::Args;
+use keel::sample;
+use keel_log::{Log, TopicConfig};
+use keel_runtime::{JobOutcome, Metrics};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The demo's pipeline: per-user totals in 10-second tumbling windows.
+pub fn demo_sql(source_topic: &str, sink_topic: &str) -> String {
+    format!(
+        "-- Keel demo: per-user event counts and totals in 10-second tumbling windows.
+CREATE TABLE events (
+  user_id VARCHAR, amount BIGINT, ts TIMESTAMP(3),
+  WATERMARK FOR ts AS ts - INTERVAL '1' SECOND
+) WITH ('connector' = 'topic', 'topic' = '{source_topic}', 'format' = 'json');
+
+CREATE TABLE totals (
+  user_id VARCHAR, window_start TIMESTAMP(3), window_end TIMESTAMP(3), n BIGINT, total BIGINT
+) WITH ('connector' = 'topic', 'topic' = '{sink_topic}', 'format' = 'json');
+
+INSERT INTO totals
+SELECT user_id, window_start, window_end, COUNT(*) AS n, SUM(amount) AS total
+FROM TABLE(TUMBLE(TABLE events, DESCRIPTOR(ts), INTERVAL '10' SECOND))
+GROUP BY user_id, window_start, window_end;
+"
+    )
+}
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// How many sample events to generate (only when the demo topic is empty).
+    #[arg(long, default_value_t = 1_000_000)]
+    events: u64,
+    #[arg(long, short = 'p')]
+    parallelism: Option<u32>,
+    /// Start over: delete the demo's topics and job state.
+    #[arg(long)]
+    fresh: bool,
+}
+
+pub fn demo(data_dir: &Path, args: DemoArgs) -> Result<()> {
+    let log = Log::open(data_dir)?;
+    if args.fresh {
+        for t in ["demo-events", "demo-totals", "demo-dead-letter"] {
+            if log.topic(t).is_ok() {
+                log.delete_topic(t)?;
+            }
+        }
+    }
+    let topic = log.topic_or_create("demo-events", TopicConfig::new(4))?;
+    if topic.describe()?.iter().all(|p| p.end_offset == 0) {
+        eprintln!("generating {} sample events into topic 'demo-events' (4 partitions)...", args.events);
+        sample::fill_topic(&topic, args.events, 42, 1000, 10)?;
+    }
+    let dir = data_dir.join("demo");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let pipeline = dir.join("demo.sql");
+    std::fs::write(&pipeline, demo_sql("demo-events", "demo-totals"))
+        .with_context(|| format!("writing {}", pipeline.display()))?;
+    eprintln!(
+        "running {} (Ctrl-C stops it with a final checkpoint; run `keel demo` again to resume)",
+        pipeline.display()
+    );
+    let run_args = RunArgs {
+        pipeline,
+        parallelism: args.parallelism,
+        checkpoint_interval: "1s".into(),
+        checkpoint_timeout: "60s".into(),
+        retained_checkpoints: 3,
+        bounded: true,
+        fresh: args.fresh,
+        name: Some("demo".into()),
+        restart_attempts: 10,
+        restart_window: "10m".into(),
+        quiet: false,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    ctrlc::set_handler(move || {
+        if s.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping with a final checkpoint...");
+    })
+    .context("installing the Ctrl-C handler")?;
+    let report = run_pipeline(data_dir, &run_args, stop)?;
+    if let JobOutcome::Stopped { checkpoint } = report.outcome {
+        eprintln!("stopped after checkpoint {checkpoint}; run `keel demo` again to resume where it stopped");
+        return Ok(());
+    }
+    let totals = log.topic("demo-totals")?;
+    let rows: u64 = totals.describe()?.iter().map(|p| p.end_offset).sum();
+    println!("results in topic 'demo-totals': {rows} rows (one per user and 10-second window); the first ones:");
+    let mut shown = 0;
+    for p in 0..totals.partitions() {
+        let mut r = totals.reader(p, 0)?;
+        while shown < 10 {
+            let Some(chunk) = r.read(64 << 10)? else { break };
+            chunk.for_each(|rec| {
+                if shown < 10 {
+                    println!("  {}", String::from_utf8_lossy(rec.value));
+                    shown += 1;
+                }
+            })?;
+        }
+    }
+    println!("see them all with: keel consume demo-totals --data-dir {}", data_dir.display());
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Events in the benchmark topic.
+    #[arg(long, default_value_t = 10_000_000)]
+    events: u64,
+    /// Parallelism values to measure, comma-separated.
+    #[arg(long, default_value = "1,2")]
+    parallelism: String,
+    /// Checkpoint intervals to measure, comma-separated (`off` for none).
+    #[arg(long, default_value = "off,1s")]
+    checkpoint_interval: String,
+    /// Partitions of the benchmark topic.
+    #[arg(long, default_value_t = 4)]
+    partitions: u32,
+}
+
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+pub fn bench(data_dir: &Path, args: BenchArgs) -> Result<()> {
+    let dir = data_dir.join("bench");
+    let log = Log::open(&dir)?;
+    let source = format!("bench-events-{}", args.events);
+    let topic = log.topic_or_create(&source, TopicConfig::new(args.partitions))?;
+    let have: u64 = topic.describe()?.iter().map(|p| p.end_offset).sum();
+    if have != args.events {
+        if have != 0 {
+            log.delete_topic(&source)?;
+        }
+        let topic = log.topic_or_create(&source, TopicConfig::new(args.partitions))?;
+        eprintln!("generating {} events into topic '{source}'...", args.events);
+        sample::fill_topic(&topic, args.events, 7, 10_000, 1)?;
+    }
+    let bytes: u64 = log.topic(&source)?.describe()?.iter().map(|p| p.size_bytes).sum();
+    println!(
+        "benchmark: tumbling 10 s window COUNT/SUM per user, {} JSON events ({:.0} MB) from topic to topic",
+        args.events,
+        bytes as f64 / 1e6
+    );
+    println!("| parallelism | checkpoints | seconds | events/s | events/s per core | checkpoints done | peak RSS MB |");
+    println!("|---|---|---|---|---|---|---|");
+    for p in args.parallelism.split(',') {
+        let p: u32 = p.trim().parse().context("--parallelism takes numbers like 1,2")?;
+        for ci in args.checkpoint_interval.split(',') {
+            let sink = format!("bench-out-p{p}-{}", ci.trim());
+            if log.topic(&sink).is_ok() {
+                log.delete_topic(&sink)?;
+            }
+            let pipeline = dir.join(format!("bench-p{p}-{}.sql", ci.trim()));
+            std::fs::write(&pipeline, demo_sql(&source, &sink))?;
+            let run_args = RunArgs {
+                pipeline,
+                parallelism: Some(p),
+                checkpoint_interval: ci.trim().to_string(),
+                checkpoint_timeout: "60s".into(),
+                retained_checkpoints: 3,
+                bounded: true,
+                fresh: true,
+                name: None,
+                restart_attempts: 0,
+                restart_window: "10m".into(),
+                quiet: true,
+            };
+            let report = run_pipeline(&dir, &run_args, Arc::new(AtomicBool::new(false)))?;
+            let secs = report.elapsed.as_secs_f64();
+            let n = Metrics::get(&report.metrics.records_in);
+            anyhow::ensure!(n == args.events, "the benchmark read {n} events, expected {}", args.events);
+            println!(
+                "| {p} | {} | {secs:.2} | {:.0} | {:.0} | {} | {} |",
+                ci.trim(),
+                n as f64 / secs,
+                n as f64 / secs / f64::from(p),
+                Metrics::get(&report.metrics.checkpoints_completed),
+                peak_rss_mb().map(|m| format!("{m:.0}")).unwrap_or_else(|| "?".into())
+            );
+        }
+    }
+    println!("(peak RSS is the process high-water mark so far, so later rows include earlier ones)");
+    Ok(())
+}

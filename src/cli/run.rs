@@ -1,0 +1,186 @@
+//! `keel run`: plan a pipeline, open (or resume) its job, run it under the restart strategy with
+//! a live progress line, and stop gracefully with a final checkpoint on Ctrl-C.
+
+use anyhow::{Context, Result};
+use clap::Args;
+use keel_runtime::{JobConfig, JobDir, JobOutcome, Metrics};
+use keel_types::time::format_watermark;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Args, Clone)]
+pub struct RunArgs {
+    /// The pipeline file (Flink SQL: CREATE TABLE ... and one INSERT INTO ... SELECT).
+    pub pipeline: PathBuf,
+    /// Subtasks per operator (default: the number of cores).
+    #[arg(long, short = 'p')]
+    pub parallelism: Option<u32>,
+    /// Time between checkpoints, like 1s or 500ms; `off` disables periodic checkpoints.
+    #[arg(long, default_value = "1s")]
+    pub checkpoint_interval: String,
+    /// A checkpoint not complete after this long is abandoned.
+    #[arg(long, default_value = "60s")]
+    pub checkpoint_timeout: String,
+    /// How many complete checkpoints to keep.
+    #[arg(long, default_value_t = 3)]
+    pub retained_checkpoints: usize,
+    /// Read sources up to the end offsets found when the job first started, then finish.
+    #[arg(long)]
+    pub bounded: bool,
+    /// Discard the job's checkpoints and uncommitted output and start over.
+    #[arg(long)]
+    pub fresh: bool,
+    /// The job's name (default: the pipeline file's name without extension).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Restarts allowed within --restart-window before the job fails for good.
+    #[arg(long, default_value_t = 10)]
+    pub restart_attempts: u32,
+    #[arg(long, default_value = "10m")]
+    pub restart_window: String,
+    /// Do not print the progress line.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+fn parse_dur(s: &str) -> Result<Duration> {
+    Ok(keel_types::time::parse_duration(s)?)
+}
+
+/// What a finished run reports.
+pub struct RunReport {
+    pub outcome: JobOutcome,
+    pub metrics: Arc<Metrics>,
+    pub elapsed: Duration,
+}
+
+pub fn run(data_dir: &Path, args: RunArgs) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let handler_stop = stop.clone();
+    ctrlc::set_handler(move || {
+        if handler_stop.swap(true, Ordering::SeqCst) {
+            eprintln!(
+                "\nsecond interrupt: exiting now without a final checkpoint (the next run resumes from the last one)"
+            );
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping: taking a final checkpoint and committing (Ctrl-C again to exit at once)");
+    })
+    .context("installing the Ctrl-C handler")?;
+    let report = run_pipeline(data_dir, &args, stop)?;
+    let m = &report.metrics;
+    let secs = report.elapsed.as_secs_f64().max(1e-9);
+    let input = Metrics::get(&m.records_in);
+    match report.outcome {
+        JobOutcome::Finished { checkpoint } => eprintln!(
+            "finished: read {input} events in {:.1}s ({:.0}/s), wrote {} rows, committed in checkpoint {checkpoint}",
+            secs,
+            input as f64 / secs,
+            Metrics::get(&m.records_out)
+        ),
+        JobOutcome::Stopped { checkpoint } => {
+            eprintln!("stopped after checkpoint {checkpoint}; run the same command again to resume")
+        }
+    }
+    let (bad, late) = (Metrics::get(&m.bad_records), Metrics::get(&m.late_records));
+    if bad > 0 || late > 0 {
+        eprintln!("{bad} bad record(s), {late} late record(s) dropped from closed windows");
+    }
+    Ok(())
+}
+
+/// Plans and runs a pipeline file; shared by `run`, `demo` and `bench`.
+pub fn run_pipeline(data_dir: &Path, args: &RunArgs, stop: Arc<AtomicBool>) -> Result<RunReport> {
+    let sql = std::fs::read_to_string(&args.pipeline)
+        .with_context(|| format!("cannot read pipeline file {}", args.pipeline.display()))?;
+    let name = match &args.name {
+        Some(n) => n.clone(),
+        None => args.pipeline.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "pipeline".into()),
+    };
+    let parallelism =
+        args.parallelism.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1));
+    let opts = keel_sql::PipelineOptions {
+        job: name.clone(),
+        data_dir: data_dir.to_path_buf(),
+        parallelism,
+        bounded: args.bounded,
+    };
+    let pipeline = keel_sql::plan(&sql, &opts).map_err(|e| anyhow::anyhow!("{}: {e}", args.pipeline.display()))?;
+    let mut job = JobDir::open(data_dir, &name, &pipeline.fingerprint, args.fresh)?;
+    let graph = pipeline.build_graph(&mut job).map_err(|e| anyhow::anyhow!("{}: {e}", args.pipeline.display()))?;
+    let mut config = JobConfig::new(&name, data_dir);
+    config.checkpoint_interval =
+        if args.checkpoint_interval == "off" { None } else { Some(parse_dur(&args.checkpoint_interval)?) };
+    config.checkpoint_timeout = parse_dur(&args.checkpoint_timeout)?;
+    config.retained_checkpoints = args.retained_checkpoints;
+    config.bounded = args.bounded;
+    config.restart.max_attempts = args.restart_attempts;
+    config.restart.window = parse_dur(&args.restart_window)?;
+    let (sink, guarantee) = pipeline.sink_guarantee();
+    let resume = job.checkpoint_store(config.retained_checkpoints)?.latest()?.map(|c| c.id);
+    eprintln!(
+        "job '{name}': parallelism {parallelism}, {}, {}; sink {sink}: {guarantee}",
+        match config.checkpoint_interval {
+            Some(i) => format!("checkpoint every {i:?}"),
+            None => "periodic checkpoints off".into(),
+        },
+        match resume {
+            Some(id) => format!("resuming from checkpoint {id}"),
+            None => "starting from the beginning".into(),
+        }
+    );
+    let metrics = Arc::new(Metrics::default());
+    let done = Arc::new(AtomicBool::new(false));
+    let progress = (!args.quiet).then(|| {
+        let (m, d) = (metrics.clone(), done.clone());
+        std::thread::spawn(move || progress_loop(&m, &d))
+    });
+    let started = Instant::now();
+    let result = keel_runtime::run_job(&graph, &config, &job, metrics.clone(), stop);
+    done.store(true, Ordering::SeqCst);
+    if let Some(p) = progress {
+        let _ = p.join();
+    }
+    let outcome = result?;
+    Ok(RunReport { outcome, metrics, elapsed: started.elapsed() })
+}
+
+/// Prints events/s, watermark and the last checkpoint once a second (in place on a terminal).
+fn progress_loop(m: &Metrics, done: &AtomicBool) {
+    let tty = std::io::stderr().is_terminal();
+    let every = if tty { Duration::from_secs(1) } else { Duration::from_secs(5) };
+    let mut last = (Instant::now(), 0u64);
+    let mut next = Instant::now() + every;
+    while !done.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(50));
+        if Instant::now() < next {
+            continue;
+        }
+        next += every;
+        let n = Metrics::get(&m.records_in);
+        let rate = (n - last.1) as f64 / last.0.elapsed().as_secs_f64().max(1e-9);
+        last = (Instant::now(), n);
+        let ck = Metrics::get(&m.last_checkpoint);
+        let ck_age = keel_types::time::now_ms() - m.last_checkpoint_ms.load(Ordering::Relaxed);
+        let line = format!(
+            "events {n} ({rate:.0}/s) | out {} | watermark {} | checkpoint {} | late {} | bad {} | restarts {}",
+            Metrics::get(&m.records_out),
+            format_watermark(m.watermark.load(Ordering::Relaxed)),
+            if ck == 0 { "none yet".to_string() } else { format!("{ck} ({:.1}s ago)", ck_age as f64 / 1000.0) },
+            Metrics::get(&m.late_records),
+            Metrics::get(&m.bad_records),
+            Metrics::get(&m.restarts),
+        );
+        if tty {
+            eprint!("\r\x1b[2K{line}");
+        } else {
+            eprintln!("{line}");
+        }
+    }
+    if tty {
+        eprintln!();
+    }
+}

@@ -1,0 +1,246 @@
+//! `keel topic`, `keel produce` and `keel consume`.
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use keel_log::{Durability, Log, Record, TopicConfig};
+use std::io::{BufRead, Write};
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Args)]
+pub struct TopicArgs {
+    #[command(subcommand)]
+    command: TopicCommand,
+}
+
+#[derive(Subcommand)]
+enum TopicCommand {
+    /// Create a topic.
+    Create {
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        partitions: u32,
+        /// Delete the oldest closed segments once a partition holds more than this many bytes.
+        #[arg(long)]
+        retention_bytes: Option<u64>,
+        /// Delete closed segments older than this (for example 7d, 12h).
+        #[arg(long)]
+        retention: Option<String>,
+        /// Start a new segment file after this many bytes.
+        #[arg(long, default_value_t = 64 << 20)]
+        segment_bytes: u64,
+    },
+    /// List topics.
+    List,
+    /// Show a topic's partitions: offsets and sizes.
+    Describe { name: String },
+    /// Delete a topic and all its data.
+    Delete { name: String },
+}
+
+pub fn topic(data_dir: &Path, args: TopicArgs) -> Result<()> {
+    let log = Log::open(data_dir)?;
+    match args.command {
+        TopicCommand::Create { name, partitions, retention_bytes, retention, segment_bytes } => {
+            let mut cfg = TopicConfig::new(partitions);
+            cfg.segment_bytes = segment_bytes;
+            cfg.retention_bytes = retention_bytes;
+            cfg.retention_ms = match retention {
+                Some(r) => Some(keel_types::time::parse_duration(&r)?.as_millis() as u64),
+                None => None,
+            };
+            log.create_topic(&name, cfg)?;
+            println!("created topic '{name}' with {partitions} partition(s)");
+        }
+        TopicCommand::List => {
+            for name in log.list_topics()? {
+                let t = log.topic(&name)?;
+                let records: u64 = t.describe()?.iter().map(|p| p.end_offset - p.start_offset).sum();
+                println!("{name}\t{} partition(s)\t{records} record(s)", t.partitions());
+            }
+        }
+        TopicCommand::Describe { name } => {
+            let t = log.topic(&name)?;
+            let c = t.config();
+            println!(
+                "topic '{name}': {} partition(s), segment size {} bytes, retention {}, {}",
+                c.partitions,
+                c.segment_bytes,
+                c.retention_bytes.map(|b| format!("{b} bytes")).unwrap_or_else(|| "unlimited by size".into()),
+                c.retention_ms.map(|m| format!("{m} ms")).unwrap_or_else(|| "unlimited by age".into())
+            );
+            println!(
+                "{:>9}  {:>14}  {:>14}  {:>14}  {:>8}",
+                "partition", "start offset", "end offset", "bytes", "segments"
+            );
+            for p in t.describe()? {
+                println!(
+                    "{:>9}  {:>14}  {:>14}  {:>14}  {:>8}",
+                    p.partition, p.start_offset, p.end_offset, p.size_bytes, p.segments
+                );
+            }
+        }
+        TopicCommand::Delete { name } => {
+            log.delete_topic(&name)?;
+            println!("deleted topic '{name}'");
+        }
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct ProduceArgs {
+    /// The topic to append to.
+    topic: String,
+    /// Partition by the hash of this JSON field's value (round-robin without it).
+    #[arg(long)]
+    key: Option<String>,
+    /// Acknowledge after writing to the operating system instead of after fsync (survives a
+    /// process crash, not a power loss).
+    #[arg(long)]
+    no_fsync: bool,
+}
+
+/// Lines appended per partition in one durable write.
+const PRODUCE_BATCH: usize = 4096;
+
+pub fn produce(data_dir: &Path, args: ProduceArgs) -> Result<()> {
+    let log = Log::open(data_dir)?;
+    let topic = log.topic(&args.topic)?;
+    let n = topic.partitions();
+    let durability = if args.no_fsync { Durability::OsBuffer } else { Durability::Fsync };
+    let mut writers = (0..n).map(|p| topic.writer(p, durability)).collect::<Result<Vec<_>, _>>()?;
+    let mut pending: Vec<Vec<Record>> = vec![Vec::new(); n as usize];
+    let mut written = 0u64;
+    let mut next = 0u32;
+    let flush = |pending: &mut Vec<Vec<Record>>,
+                 writers: &mut Vec<keel_log::PartitionWriter>,
+                 written: &mut u64|
+     -> Result<()> {
+        for (p, recs) in pending.iter_mut().enumerate() {
+            if !recs.is_empty() {
+                writers[p]
+                    .append(recs)
+                    .with_context(|| format!("appending to topic '{}' partition {p}", args.topic))?;
+                *written += recs.len() as u64;
+                recs.clear();
+            }
+        }
+        Ok(())
+    };
+    let stdin = std::io::stdin();
+    for (i, line) in stdin.lock().lines().enumerate() {
+        let line = line.context("reading standard input")?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let value: serde_json::Value = match serde_json::from_str(&line) {
+            Ok(v) => v,
+            Err(e) => {
+                flush(&mut pending, &mut writers, &mut written)?;
+                bail!(
+                    "line {} is not valid JSON ({e}); the {written} record(s) before it were written, nothing after it",
+                    i + 1
+                );
+            }
+        };
+        let (partition, key) = match &args.key {
+            Some(field) => {
+                let k = match value.get(field) {
+                    Some(serde_json::Value::String(s)) => s.clone(),
+                    Some(serde_json::Value::Null) | None => {
+                        flush(&mut pending, &mut writers, &mut written)?;
+                        bail!(
+                            "line {} has no value for the key field '{field}'; the {written} record(s) before it were written, nothing after it",
+                            i + 1
+                        );
+                    }
+                    Some(other) => other.to_string(),
+                };
+                let p = (keel_types::keys::hash_key(k.as_bytes()) % u64::from(n)) as u32;
+                (p, Some(k.into_bytes()))
+            }
+            None => {
+                next = (next + 1) % n;
+                (next, None)
+            }
+        };
+        let recs = &mut pending[partition as usize];
+        recs.push(Record::new(key, line.into_bytes()));
+        if recs.len() >= PRODUCE_BATCH {
+            flush(&mut pending, &mut writers, &mut written)?;
+        }
+    }
+    flush(&mut pending, &mut writers, &mut written)?;
+    eprintln!(
+        "wrote {written} record(s) to topic '{}'{}",
+        args.topic,
+        if args.no_fsync { " (not fsynced)" } else { "" }
+    );
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct ConsumeArgs {
+    /// The topic to read.
+    topic: String,
+    /// earliest, latest, or an offset (applied to every partition read).
+    #[arg(long, default_value = "earliest")]
+    from: String,
+    /// Read only this partition.
+    #[arg(long)]
+    partition: Option<u32>,
+    /// Keep waiting for new records instead of exiting at the end of committed data.
+    #[arg(long)]
+    follow: bool,
+}
+
+pub fn consume(data_dir: &Path, args: ConsumeArgs) -> Result<()> {
+    let log = Log::open(data_dir)?;
+    let topic = log.topic(&args.topic)?;
+    let partitions: Vec<u32> = match args.partition {
+        Some(p) => vec![p],
+        None => (0..topic.partitions()).collect(),
+    };
+    let mut readers = vec![];
+    for &p in &partitions {
+        let info = topic.partition_info(p)?;
+        let from = match args.from.as_str() {
+            "earliest" => info.start_offset,
+            "latest" => info.end_offset,
+            n => n.parse::<u64>().with_context(|| format!("--from '{n}' is not earliest, latest or an offset"))?,
+        };
+        readers.push(topic.reader(p, from)?);
+    }
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    loop {
+        let mut any = false;
+        for r in &mut readers {
+            while let Some(chunk) = r.read(1 << 20)? {
+                any = true;
+                let mut result = Ok(());
+                chunk.for_each(|rec| {
+                    if result.is_ok() {
+                        result = out.write_all(rec.value).and_then(|()| out.write_all(b"\n"));
+                    }
+                })?;
+                if let Err(e) = result {
+                    if e.kind() == std::io::ErrorKind::BrokenPipe {
+                        return Ok(());
+                    }
+                    return Err(e).context("writing to standard output");
+                }
+            }
+        }
+        if !args.follow {
+            break;
+        }
+        if !any {
+            out.flush().ok();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    out.flush().ok();
+    Ok(())
+}
