@@ -36,13 +36,25 @@ pub fn event_json(seed: u64, i: u64, users: u64, step_ms: i64) -> String {
 
 /// Appends events `0..n` to `topic`, event `i` to partition `i % partitions`, with progress on stderr.
 pub fn fill_topic(topic: &Topic, n: u64, seed: u64, users: u64, step_ms: i64) -> Result<(), keel_log::LogError> {
+    fill_topic_range(topic, 0..n, seed, users, step_ms)
+}
+
+/// Appends events `range` (see `fill_topic`).
+pub fn fill_topic_range(
+    topic: &Topic,
+    range: std::ops::Range<u64>,
+    seed: u64,
+    users: u64,
+    step_ms: i64,
+) -> Result<(), keel_log::LogError> {
+    let n = range.end;
     let parts = u64::from(topic.partitions());
     let mut writers =
         (0..topic.partitions()).map(|p| topic.writer(p, Durability::OsBuffer)).collect::<Result<Vec<_>, _>>()?;
     let mut batches: Vec<Vec<Record>> = vec![Vec::new(); parts as usize];
     let started = std::time::Instant::now();
     let mut last_report = started;
-    for i in 0..n {
+    for i in range {
         let b = &mut batches[(i % parts) as usize];
         b.push(Record::new(None, event_json(seed, i, users, step_ms).into_bytes()));
         if b.len() >= 8192 {

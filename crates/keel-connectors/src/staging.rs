@@ -199,6 +199,7 @@ impl StagedTopicWriter {
                 )
             }
         }
+        keel_types::faults::hit("sink.commit");
         fs::remove_file(path).map_err(ConnectorError::io("cannot delete committed staging file", path))?;
         Ok(n)
     }

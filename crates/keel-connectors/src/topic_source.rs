@@ -227,6 +227,7 @@ impl Source for TopicSource {
     }
 
     fn poll(&mut self) -> Result<SourcePoll> {
+        keel_types::faults::hit("source.poll");
         let n = self.parts.len();
         for _ in 0..n {
             let idx = self.cursor;

@@ -285,6 +285,11 @@ impl PartitionWriter {
         let path = segment_path(&self.dir, self.tail_ref().base);
         let durability = self.durability;
         let tail = self.tail_mut();
+        if let Some(action) = keel_types::faults::armed("log.append") {
+            // A torn write: half the bytes reach the file, then the process dies.
+            let _ = tail.file.write_all_at(&buf[..buf.len() / 2], tail.len);
+            keel_types::faults::fire("log.append", action);
+        }
         let written = tail.file.write_all_at(&buf, tail.len).map_err(LogError::io("cannot append to", &path));
         let synced = match (&written, durability) {
             (Ok(()), Durability::Fsync) => tail.file.sync_data().map_err(LogError::io("cannot fsync", &path)),

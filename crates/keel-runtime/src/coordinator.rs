@@ -158,7 +158,9 @@ impl Coordinator {
                 w.put(&state_file_name(&s.uid, subtask), &s.bytes)?;
             }
         }
+        keel_types::faults::hit("checkpoint.before-manifest");
         w.commit(self.meta.clone())?;
+        keel_types::faults::hit("checkpoint.after-manifest");
         self.metrics.last_checkpoint.store(p.id, Ordering::Relaxed);
         self.metrics.last_checkpoint_ms.store(keel_types::time::now_ms(), Ordering::Relaxed);
         Metrics::add(&self.metrics.checkpoints_completed, 1);

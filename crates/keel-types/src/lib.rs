@@ -8,6 +8,7 @@
 //! assignment and window bounds are part of what checkpoints store.
 
 pub mod error;
+pub mod faults;
 pub mod keys;
 pub mod time;
 pub mod window;

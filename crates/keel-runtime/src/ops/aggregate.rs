@@ -250,6 +250,7 @@ impl Operator for WindowAggregate {
     }
 
     fn process(&mut self, batch: RecordBatch, _out: &mut Vec<RecordBatch>) -> Result<()> {
+        keel_types::faults::hit("aggregate.process");
         let starts = millis(batch.column(self.spec.window_start))?;
         let ends = millis(batch.column(self.spec.window_end))?;
         let starts = starts.as_primitive::<TimestampMillisecondType>();

@@ -1,0 +1,144 @@
+//! Helpers shared by the integration tests: running the `keel` binary, seeded randomness,
+//! reading a topic's committed rows, and the demo pipeline's expected output computed
+//! independently of Keel (plain Rust over the generated events).
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub fn keel_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_keel"))
+}
+
+/// A `keel` command on a data directory, with quiet logs.
+pub fn keel(data: &Path) -> Command {
+    let mut c = Command::new(keel_bin());
+    c.arg("--data-dir").arg(data).env("KEEL_LOG", "warn").env_remove("KEEL_FAULTS");
+    c
+}
+
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.stdin(Stdio::null()).output().expect("spawn keel");
+    assert!(
+        out.status.success(),
+        "keel failed ({:?}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The seed for this test: `KEEL_TEST_SEED` to replay a failure, else time-based. Printed.
+pub fn seed(test: &str) -> u64 {
+    let seed = std::env::var("KEEL_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
+    });
+    println!("{test}: seed = {seed} (replay with KEEL_TEST_SEED={seed})");
+    seed
+}
+
+/// A small seeded generator (splitmix64) for test decisions.
+pub struct Rng(pub u64);
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(1);
+        keel::sample::mix(self.0, 0x5eed)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Every committed record of a topic, parsed as JSON.
+pub fn topic_rows(data: &Path, topic: &str) -> Vec<serde_json::Value> {
+    let log = keel::log::Log::open(data).unwrap();
+    let t = log.topic(topic).unwrap();
+    let mut rows = vec![];
+    for p in 0..t.partitions() {
+        let mut r = t.reader(p, 0).unwrap();
+        while let Some(chunk) = r.read(1 << 20).unwrap() {
+            chunk.for_each(|rec| rows.push(serde_json::from_slice(rec.value).expect("output is JSON"))).unwrap();
+        }
+    }
+    rows
+}
+
+/// Creates topic `name` with `partitions` and fills it with `n` sample events.
+pub fn make_events(data: &Path, name: &str, partitions: u32, n: u64, seed: u64, users: u64, step_ms: i64) {
+    let log = keel::log::Log::open(data).unwrap();
+    let t = log.create_topic(name, keel::log::TopicConfig::new(partitions)).unwrap();
+    keel::sample::fill_topic(&t, n, seed, users, step_ms).unwrap();
+}
+
+pub const WINDOW_SQL: &str = "
+CREATE TABLE events (
+  user_id VARCHAR, amount BIGINT, ts TIMESTAMP(3),
+  WATERMARK FOR ts AS ts - INTERVAL '1' SECOND
+) WITH ('connector' = 'topic', 'topic' = 'events', 'format' = 'json');
+
+CREATE TABLE totals (
+  user_id VARCHAR, window_start TIMESTAMP(3), window_end TIMESTAMP(3), n BIGINT, total BIGINT
+) WITH ('connector' = 'topic', 'topic' = 'totals', 'format' = 'json');
+
+INSERT INTO totals
+SELECT user_id, window_start, window_end, COUNT(*) AS n, SUM(amount) AS total
+FROM TABLE(TUMBLE(TABLE events, DESCRIPTOR(ts), INTERVAL '10' SECOND))
+GROUP BY user_id, window_start, window_end;
+";
+
+/// (user, window_start ISO) -> (window_end ISO, n, total): the tumbling-window totals computed
+/// directly from the generated events.
+pub fn expected_totals(
+    n: u64,
+    seed: u64,
+    users: u64,
+    step_ms: i64,
+    size_ms: i64,
+) -> BTreeMap<(String, String), (String, i64, i64)> {
+    let mut acc: BTreeMap<(String, i64), (i64, i64)> = BTreeMap::new();
+    for i in 0..n {
+        let (user, amount, ts) = keel::sample::event(seed, i, users, step_ms);
+        let start = ts.div_euclid(size_ms) * size_ms;
+        let e = acc.entry((user, start)).or_insert((0, 0));
+        e.0 += 1;
+        e.1 += amount;
+    }
+    acc.into_iter()
+        .map(|((u, s), (c, t))| {
+            let fmt = keel::types::time::format_timestamp_ms;
+            ((u, fmt(s)), (fmt(s + size_ms), c, t))
+        })
+        .collect()
+}
+
+/// The committed totals keyed like `expected_totals`; panics on a duplicate key.
+pub fn actual_totals(rows: &[serde_json::Value]) -> BTreeMap<(String, String), (String, i64, i64)> {
+    let mut out = BTreeMap::new();
+    for r in rows {
+        let key = (r["user_id"].as_str().unwrap().to_string(), r["window_start"].as_str().unwrap().to_string());
+        let val =
+            (r["window_end"].as_str().unwrap().to_string(), r["n"].as_i64().unwrap(), r["total"].as_i64().unwrap());
+        if let Some(prev) = out.insert(key.clone(), val) {
+            panic!("window {key:?} was committed twice (first {prev:?})");
+        }
+    }
+    out
+}
+
+/// Asserts two result maps are equal, describing the first differences.
+pub fn assert_same<K: std::fmt::Debug + Ord, V: std::fmt::Debug + PartialEq>(
+    actual: &BTreeMap<K, V>,
+    expected: &BTreeMap<K, V>,
+) {
+    let missing: Vec<_> = expected.keys().filter(|k| !actual.contains_key(k)).take(5).collect();
+    let extra: Vec<_> = actual.keys().filter(|k| !expected.contains_key(k)).take(5).collect();
+    let wrong: Vec<_> = expected.iter().filter(|(k, v)| actual.get(k).is_some_and(|a| a != *v)).take(5).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty() && wrong.is_empty(),
+        "{} rows expected, {} committed; missing {missing:?}; unexpected {extra:?}; wrong {wrong:?}",
+        expected.len(),
+        actual.len()
+    );
+}
