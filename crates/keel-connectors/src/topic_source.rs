@@ -7,6 +7,10 @@
 //! record; a partition's watermark is its largest event time minus the declared delay, and the
 //! subtask's is the minimum over partitions that are neither idle nor finished; bounded reading
 //! stops exactly at the end offsets recorded when the job first started.
+//!
+//! Each poll turns one batch as its producer wrote it (one `keel produce` flush, one committed
+//! transaction) into one Arrow batch, and the watermark moves after it; so which records of a
+//! partition are late depends on the data and its batching, not on timing.
 
 use crate::error::ConnectorError;
 use crate::json::JsonDecoder;
@@ -135,7 +139,7 @@ impl TopicSource {
         let end = self.parts[idx].end.unwrap_or(u64::MAX);
         let partition = self.parts[idx].state.partition;
         let Some(reader) = self.parts[idx].reader.as_mut() else { return Ok(None) };
-        let Some(chunk) = reader.read(self.cfg.max_batch_bytes).map_err(ConnectorError::from)? else {
+        let Some(chunk) = reader.read_batches(self.cfg.max_batch_bytes, 1).map_err(ConnectorError::from)? else {
             self.parts[idx].empty_since.get_or_insert_with(Instant::now);
             return Ok(None);
         };

@@ -83,11 +83,12 @@ pub struct PartitionReader {
     dir: PathBuf,
     next_offset: u64,
     segment: Option<OpenSegment>,
+    max_units: usize,
 }
 
 impl PartitionReader {
     pub(crate) fn open(topic: String, partition: u32, dir: PathBuf, from: u64) -> Result<Self> {
-        Ok(PartitionReader { topic, partition, dir, next_offset: from, segment: None })
+        Ok(PartitionReader { topic, partition, dir, next_offset: from, segment: None, max_units: usize::MAX })
     }
 
     /// The offset of the next record this reader will deliver.
@@ -97,6 +98,13 @@ impl PartitionReader {
 
     /// Reads up to about `max_bytes` of committed records; `None` when none are available now.
     pub fn read(&mut self, max_bytes: usize) -> Result<Option<Chunk>> {
+        self.read_batches(max_bytes, usize::MAX)
+    }
+
+    /// Like `read`, but returns at most `max_batches` of the batches the producers wrote (a
+    /// transaction counts as one).
+    pub fn read_batches(&mut self, max_bytes: usize, max_batches: usize) -> Result<Option<Chunk>> {
+        self.max_units = max_batches.max(1);
         loop {
             if self.segment.is_none() {
                 self.segment = self.locate()?;
@@ -167,7 +175,8 @@ impl PartitionReader {
         let mut expected = None::<u64>;
         let mut open_run = None;
         let mut committed_next = self.next_offset;
-        while at < data.len() {
+        let mut units = 0;
+        while at < data.len() && units < self.max_units {
             match read_frame(&data[at..], true) {
                 Frame::Batch { header, len } => {
                     let exp = expected.unwrap_or(header.base_offset);
@@ -190,6 +199,7 @@ impl PartitionReader {
                         open_run = Some((header.producer, header.sequence));
                     } else {
                         open_run = None;
+                        units += 1;
                         committed_batches = batches.len();
                         committed_end = at;
                         committed_next = header.next_offset();

@@ -1,0 +1,215 @@
+//! What users see when something is wrong: SQL Keel cannot run is refused before anything
+//! starts, with the construct and its position; bad records go to the dead-letter topic, are
+//! skipped and counted, or fail the job with their position; late records are counted and kept
+//! out of closed windows; `--fresh` says what it discards; a changed pipeline is not resumed.
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+const EVENTS_DDL: &str = "CREATE TABLE events (
+  user_id VARCHAR, amount BIGINT, ts TIMESTAMP(3),
+  WATERMARK FOR ts AS ts - INTERVAL '1' SECOND
+) WITH ('connector' = 'topic', 'topic' = 'events', 'format' = 'json');
+CREATE TABLE out_t (user_id VARCHAR, window_start TIMESTAMP(3), window_end TIMESTAMP(3), n BIGINT, total BIGINT)
+WITH ('connector' = 'topic', 'topic' = 'out', 'format' = 'json');
+";
+
+fn fails(cmd: &mut Command) -> String {
+    let out = cmd.stdin(Stdio::null()).output().unwrap();
+    assert!(!out.status.success(), "expected failure, got success: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+fn produce(data: &Path, topic: &str, lines: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = keel(data).args(["produce", topic]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(lines.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn refused(sql_tail: &str, expect: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    run_ok(keel(dir.path()).args(["topic", "create", "events"]));
+    let sql = dir.path().join("bad.sql");
+    std::fs::write(&sql, format!("{EVENTS_DDL}{sql_tail}")).unwrap();
+    let err = fails(keel(dir.path()).args(["run", sql.to_str().unwrap(), "--bounded"]));
+    for e in expect {
+        assert!(err.contains(e), "expected {e:?} in:\n{err}");
+    }
+    assert!(!dir.path().join("jobs/bad").exists(), "a refused pipeline must not create job state");
+}
+
+#[test]
+fn unsupported_sql_is_refused_with_construct_and_position() {
+    refused(
+        "INSERT INTO out_t SELECT a.user_id, a.ts, b.ts, 1, 2 FROM events a JOIN events b ON a.user_id = b.user_id;",
+        &["line 7, column 68: JOIN is not supported"],
+    );
+    refused(
+        "INSERT INTO out_t SELECT user_id, ts, ts AS t2, COUNT(*), SUM(amount) FROM events GROUP BY user_id, ts;",
+        &["line 7, column 84: GROUP BY without a window", "group by window_start and window_end"],
+    );
+    refused(
+        "INSERT INTO out_t SELECT user_id, window_start, window_end, COUNT(*), SUM(amount)\nFROM TABLE(SESSION(TABLE events PARTITION BY user_id, DESCRIPTOR(ts), INTERVAL '5' SECOND))\nGROUP BY user_id, window_start, window_end;",
+        &["line 8, column 12: the SESSION window is not supported; use TUMBLE, HOP or CUMULATE"],
+    );
+    refused(
+        "INSERT INTO out_t SELECT user_id, window_start, window_end, COUNT(DISTINCT amount), SUM(amount) FROM TABLE(TUMBLE(TABLE events, DESCRIPTOR(ts), INTERVAL '10' SECOND)) GROUP BY user_id, window_start, window_end;",
+        &["COUNT(DISTINCT ...) is not supported"],
+    );
+    refused(
+        "INSERT INTO out_t SELECT user_id, ts, ts AS t2, amount, amount AS a2 FROM events ORDER BY amount;",
+        &["ORDER BY is not supported"],
+    );
+}
+
+#[test]
+fn wrong_names_types_and_options_are_explained() {
+    refused("INSERT INTO nowhere SELECT * FROM events;", &["line 7, column 13: INSERT INTO nowhere: no table of that name"]);
+    refused("INSERT INTO out_t SELECT user_id, ts FROM events;", &["the query produces 2 column(s) (user_id, ts) but out_t has 5"]);
+    refused(
+        "INSERT INTO out_t SELECT user_id, ts, ts AS t2, amount, nosuch FROM events;",
+        &["nosuch"],
+    );
+    refused(
+        "CREATE TABLE o2 (a VARCHAR) WITH ('connector' = 'topic', 'topic' = 'o2', 'colour' = 'red');\nINSERT INTO o2 SELECT user_id FROM events;",
+        &["line 7, column 74: table o2: unknown option 'colour' for connector 'topic'; accepted:"],
+    );
+    refused(
+        "CREATE TABLE o2 (a VARCHAR) WITH ('connector' = 'kafka');\nINSERT INTO o2 SELECT user_id FROM events;",
+        &["connector 'kafka' is not supported; use 'topic', 'filesystem' or 'print'"],
+    );
+    refused(
+        "CREATE TABLE e2 (user_id VARCHAR, ts TIMESTAMP(3)) WITH ('connector' = 'topic', 'topic' = 'events');\nINSERT INTO out_t SELECT user_id, window_start, window_end, COUNT(*), COUNT(*) FROM TABLE(TUMBLE(TABLE e2, DESCRIPTOR(ts), INTERVAL '10' SECOND)) GROUP BY user_id, window_start, window_end;",
+        &["DESCRIPTOR(ts) must name a time attribute: declare `WATERMARK FOR ts"],
+    );
+    refused("CREATE TABLE t (a GEOMETRY) WITH ('connector' = 'print');", &["line 7, column 19: column type GEOMETRY is not supported"]);
+}
+
+#[test]
+fn a_missing_source_topic_says_how_to_create_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let sql = dir.path().join("p.sql");
+    std::fs::write(&sql, format!("{EVENTS_DDL}INSERT INTO out_t SELECT user_id, ts, ts AS t2, amount, amount AS a2 FROM events;")).unwrap();
+    let err = fails(keel(dir.path()).args(["run", sql.to_str().unwrap(), "--bounded"]));
+    assert!(err.contains("topic 'events' does not exist; create it with `keel topic create events`"), "{err}");
+}
+
+const GOOD_AND_BAD: &str = r#"{"user_id":"a","amount":1,"ts":"2024-01-01T00:00:01Z"}
+{"user_id":"a","amount":"lots","ts":"2024-01-01T00:00:02Z"}
+{"user_id":"b","amount":2,"ts":1704067203000}
+not json at all
+{"user_id":"a","amount":3,"ts":"2024-01-01 00:00:04.5"}
+"#;
+
+fn window_sql(extra_option: &str) -> String {
+    format!(
+        "CREATE TABLE events (
+  user_id VARCHAR, amount BIGINT, ts TIMESTAMP(3),
+  WATERMARK FOR ts AS ts - INTERVAL '1' SECOND
+) WITH ('connector' = 'topic', 'topic' = 'events', 'format' = 'json'{extra_option});
+CREATE TABLE out_t (user_id VARCHAR, window_start TIMESTAMP(3), window_end TIMESTAMP(3), n BIGINT, total BIGINT)
+WITH ('connector' = 'topic', 'topic' = 'out', 'format' = 'json');
+INSERT INTO out_t SELECT user_id, window_start, window_end, COUNT(*), SUM(amount)
+FROM TABLE(TUMBLE(TABLE events, DESCRIPTOR(ts), INTERVAL '10' SECOND)) GROUP BY user_id, window_start, window_end;
+"
+    )
+}
+
+fn setup_bad(extra: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    run_ok(keel(dir.path()).args(["topic", "create", "events"]));
+    // A non-JSON line is refused by `keel produce`, so write it with the library, as another
+    // producer might.
+    let log = keel::log::Log::open(dir.path()).unwrap();
+    let mut w = log.topic("events").unwrap().writer(0, keel::log::Durability::Fsync).unwrap();
+    let recs: Vec<_> = GOOD_AND_BAD.lines().map(|l| keel::log::Record::new(None, l.as_bytes().to_vec())).collect();
+    w.append(&recs).unwrap();
+    let sql = dir.path().join("job.sql");
+    std::fs::write(&sql, window_sql(extra)).unwrap();
+    (dir, sql)
+}
+
+fn totals(data: &Path) -> Vec<(String, i64, i64)> {
+    let mut v: Vec<_> = topic_rows(data, "out")
+        .iter()
+        .map(|r| (r["user_id"].as_str().unwrap().to_string(), r["n"].as_i64().unwrap(), r["total"].as_i64().unwrap()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn bad_records_go_to_the_dead_letter_topic_with_reason_and_position() {
+    let (dir, sql) = setup_bad("");
+    let out = run_ok(keel(dir.path()).args(["run", sql.to_str().unwrap(), "--bounded", "--quiet"]));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("2 bad record(s)"));
+    assert_eq!(totals(dir.path()), vec![("a".into(), 2, 4), ("b".into(), 1, 2)]);
+    let letters = topic_rows(dir.path(), "job-dead-letter");
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    assert_eq!((letters[0]["partition"].as_u64(), letters[0]["offset"].as_u64()), (Some(0), Some(1)));
+    assert_eq!(letters[0]["record"].as_str().unwrap(), GOOD_AND_BAD.lines().nth(1).unwrap());
+    assert!(letters[0]["error"].as_str().unwrap().contains("lots"), "{}", letters[0]["error"]);
+    assert_eq!(letters[1]["offset"].as_u64(), Some(3));
+    assert!(letters[1]["error"].as_str().unwrap().contains("not a JSON object"), "{}", letters[1]["error"]);
+}
+
+#[test]
+fn bad_records_can_be_skipped_and_counted() {
+    let (dir, sql) = setup_bad(", 'bad-records' = 'skip'");
+    let out = run_ok(keel(dir.path()).args(["run", sql.to_str().unwrap(), "--bounded", "--quiet"]));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("2 bad record(s)"));
+    assert_eq!(totals(dir.path()), vec![("a".into(), 2, 4), ("b".into(), 1, 2)]);
+    assert!(keel::log::Log::open(dir.path()).unwrap().topic("job-dead-letter").is_err(), "skip must not create a dead-letter topic");
+}
+
+#[test]
+fn a_bad_record_can_fail_the_job_naming_its_position_without_restarting() {
+    let (dir, sql) = setup_bad(", 'bad-records' = 'fail'");
+    let err = fails(keel(dir.path()).args(["run", sql.to_str().unwrap(), "--bounded", "--quiet"]).env("KEEL_LOG", "info"));
+    assert!(err.contains("record at topic 'events' partition 0 offset 1 does not fit the schema"), "{err}");
+    assert!(err.contains("not restarting"), "{err}");
+    assert!(!err.contains("restart 1"), "a user error must not be retried:\n{err}");
+}
+
+#[test]
+fn late_records_are_counted_and_kept_out_of_closed_windows() {
+    let dir = tempfile::tempdir().unwrap();
+    run_ok(keel(dir.path()).args(["topic", "create", "events"]));
+    let lines = [
+        r#"{"user_id":"a","amount":1,"ts":"2024-01-01T00:00:01Z"}"#,
+        r#"{"user_id":"a","amount":10,"ts":"2024-01-01T00:00:25Z"}"#,
+        r#"{"user_id":"a","amount":100,"ts":"2024-01-01T00:00:02Z"}"#,
+        r#"{"user_id":"a","amount":1000,"ts":"2024-01-01T00:00:26Z"}"#,
+    ];
+    // One record per append, so each is its own batch and the watermark moves between them.
+    for l in lines {
+        let out = produce(dir.path(), "events", &format!("{l}\n"));
+        assert!(out.status.success());
+    }
+    let sql = dir.path().join("job.sql");
+    std::fs::write(&sql, window_sql("")).unwrap();
+    let out = run_ok(keel(dir.path()).args(["run", sql.to_str().unwrap(), "--bounded", "--quiet", "-p", "1"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("1 late record(s)"), "{stderr}");
+    let mut rows: Vec<(String, i64, i64)> = topic_rows(dir.path(), "out")
+        .iter()
+        .map(|r| (r["window_start"].as_str().unwrap().to_string(), r["n"].as_i64().unwrap(), r["total"].as_i64().unwrap()))
+        .collect();
+    rows.sort();
+    assert_eq!(rows, vec![("2024-01-01T00:00:00.000Z".into(), 1, 1), ("2024-01-01T00:00:20.000Z".into(), 2, 1010)]);
+}
+
+#[test]
+fn fresh_says_what_it_discards_and_a_changed_pipeline_is_not_resumed() {
+    let (dir, sql) = setup_bad("");
+    run_ok(keel(dir.path()).args(["run", sql.to_str().unwrap(), "--bounded", "--quiet"]));
+    std::fs::write(&sql, window_sql(", 'bad-records' = 'skip'")).unwrap();
+    let err = fails(keel(dir.path()).args(["run", sql.to_str().unwrap(), "--bounded", "--quiet"]));
+    assert!(err.contains("the pipeline of job 'job' changed") && err.contains("--fresh"), "{err}");
+    let out = run_ok(keel(dir.path()).args(["run", sql.to_str().unwrap(), "--bounded", "--quiet", "--fresh"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--fresh: discarding job 'job': 1 checkpoint(s) (newest 1)"), "{stderr}");
+}
