@@ -49,7 +49,7 @@ fn unsupported_sql_is_refused_with_construct_and_position() {
     );
     refused(
         "INSERT INTO out_t SELECT user_id, ts, ts AS t2, COUNT(*), SUM(amount) FROM events GROUP BY user_id, ts;",
-        &["line 7, column 84: GROUP BY without a window", "group by window_start and window_end"],
+        &["line 7, column 83: GROUP BY without a window", "group by window_start and window_end"],
     );
     refused(
         "INSERT INTO out_t SELECT user_id, window_start, window_end, COUNT(*), SUM(amount)\nFROM TABLE(SESSION(TABLE events PARTITION BY user_id, DESCRIPTOR(ts), INTERVAL '5' SECOND))\nGROUP BY user_id, window_start, window_end;",
