@@ -14,6 +14,7 @@ use crate::script::{self, TableDef, Tok, WindowCall};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::MemTable;
 use datafusion::common::DFSchema;
+use datafusion::common::tree_node::TreeNode;
 use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::{Expr, ExprSchemable, LogicalPlan};
 use datafusion::physical_expr::PhysicalExpr;
@@ -107,6 +108,21 @@ pub(crate) fn plan_insert(
     let sql = script::render(&rewritten);
     let state = ctx.state();
     let plan = futures::executor::block_on(state.create_logical_plan(&sql)).map_err(planning("planning the query"))?;
+    // Refuse what the optimizer might otherwise quietly drop (an ORDER BY, for one).
+    let mut refusal = None;
+    let _ = plan.apply(|node| {
+        if matches!(
+            node,
+            LogicalPlan::Sort(_) | LogicalPlan::Limit(_) | LogicalPlan::Join(_) | LogicalPlan::Union(_) | LogicalPlan::Window(_) | LogicalPlan::Distinct(_)
+        ) && refusal.is_none()
+        {
+            refusal = Some(unsupported_node(node, query));
+        }
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    });
+    if let Some(e) = refusal {
+        return Err(e);
+    }
     let plan = state.optimize(&plan).map_err(planning("optimizing the query"))?;
     let chain = linearize(&plan, query)?;
     let LogicalPlan::TableScan(scan) = chain.last().copied().ok_or_else(|| SqlError::Planning {
