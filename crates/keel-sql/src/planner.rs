@@ -118,6 +118,19 @@ pub(crate) fn plan_insert(
         {
             refusal = Some(unsupported_node(node, query));
         }
+        if let LogicalPlan::Aggregate(a) = node
+            && refusal.is_none()
+        {
+            for e in &a.aggr_expr {
+                if let Expr::AggregateFunction(f) = strip_alias(e)
+                    && f.params.distinct
+                {
+                    let name = f.func.name().to_uppercase();
+                    let pos = script::find_keyword(query, &["DISTINCT"]).unwrap_or_default();
+                    refusal = Some(SqlError::unsupported(pos, format!("{name}(DISTINCT ...)"), None));
+                }
+            }
+        }
         Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
     });
     if let Some(e) = refusal {
@@ -186,6 +199,13 @@ pub(crate) fn plan_insert(
             }
             LogicalPlan::SubqueryAlias(_) => {}
             LogicalPlan::Aggregate(a) => {
+                if aggregate.is_some() {
+                    return Err(SqlError::unsupported(
+                        script::find_keyword(query, &["GROUP", "BY"]).unwrap_or_default(),
+                        "an aggregate over the result of another aggregate",
+                        None,
+                    ));
+                }
                 if window_info.is_none() {
                     return Err(unwindowed(query));
                 }
