@@ -8,7 +8,14 @@ use std::io::Write;
 use std::process::Stdio;
 
 fn produce(data: &std::path::Path, args: &[&str], input: &str) -> std::process::Output {
-    let mut child = keel(data).arg("produce").args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = keel(data)
+        .arg("produce")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
     child.wait_with_output().unwrap()
 }
@@ -35,7 +42,10 @@ fn create_list_describe_delete() {
     assert_eq!(ends, 4, "{desc}");
     run_ok(keel(d).args(["topic", "delete", "clicks"]));
     let out = keel(d).args(["consume", "clicks"]).output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("topic 'clicks' does not exist; create it with `keel topic create clicks`"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("topic 'clicks' does not exist; create it with `keel topic create clicks`")
+    );
 }
 
 #[test]
@@ -49,7 +59,11 @@ fn produce_reports_counts_and_stops_at_the_first_bad_line() {
     let out = produce(d, &["t"], "{\"n\":3}\n{\"n\":4}\n{\"n\": oops}\n{\"n\":5}\n");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("line 3 is not valid JSON") && err.contains("the 2 record(s) before it were written, nothing after it"), "{err}");
+    assert!(
+        err.contains("line 3 is not valid JSON")
+            && err.contains("the 2 record(s) before it were written, nothing after it"),
+        "{err}"
+    );
     assert_eq!(consume(d, &["t"]), vec!["{\"n\":1}", "{\"n\":2}", "{\"n\":3}", "{\"n\":4}"]);
     assert_eq!(consume(d, &["t", "--from", "2"]), vec!["{\"n\":3}", "{\"n\":4}"]);
     assert!(consume(d, &["t", "--from", "latest"]).is_empty());
@@ -86,7 +100,14 @@ fn a_torn_tail_is_reported_truncated_and_never_served() {
     f.write_all(&[0x40, 0, 0, 0, 9, 9, 9, 9, 1, 2, 3]).unwrap(); // a frame cut short
     drop(f);
     assert_eq!(consume(d, &["t"]).len(), 2);
-    let out = keel(d).env("KEEL_LOG", "warn").arg("produce").arg("t").stdin(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let out = keel(d)
+        .env("KEEL_LOG", "warn")
+        .arg("produce")
+        .arg("t")
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut child = out;
     child.stdin.take().unwrap().write_all(b"{\"n\":3}\n").unwrap();
     let out = child.wait_with_output().unwrap();

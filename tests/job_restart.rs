@@ -43,7 +43,16 @@ fn a_panicking_task_restarts_from_the_checkpoint_and_output_stays_exact() {
 fn a_task_that_keeps_failing_gives_up_with_a_clear_final_error() {
     let (dir, sql, _) = setup("panic_forever");
     let out = keel(dir.path())
-        .args(["run", sql.to_str().unwrap(), "--bounded", "--quiet", "--restart-attempts", "2", "--restart-window", "1m"])
+        .args([
+            "run",
+            sql.to_str().unwrap(),
+            "--bounded",
+            "--quiet",
+            "--restart-attempts",
+            "2",
+            "--restart-window",
+            "1m",
+        ])
         .env("KEEL_FAULTS", "aggregate.process=panic@0")
         .stdin(Stdio::null())
         .output()

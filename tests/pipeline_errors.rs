@@ -24,7 +24,13 @@ fn fails(cmd: &mut Command) -> String {
 
 fn produce(data: &Path, topic: &str, lines: &str) -> std::process::Output {
     use std::io::Write;
-    let mut child = keel(data).args(["produce", topic]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = keel(data)
+        .args(["produce", topic])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     child.stdin.take().unwrap().write_all(lines.as_bytes()).unwrap();
     child.wait_with_output().unwrap()
 }
@@ -67,12 +73,15 @@ fn unsupported_sql_is_refused_with_construct_and_position() {
 
 #[test]
 fn wrong_names_types_and_options_are_explained() {
-    refused("INSERT INTO nowhere SELECT * FROM events;", &["line 7, column 13: INSERT INTO nowhere: no table of that name"]);
-    refused("INSERT INTO out_t SELECT user_id, ts FROM events;", &["the query produces 2 column(s) (user_id, ts) but out_t has 5"]);
     refused(
-        "INSERT INTO out_t SELECT user_id, ts, ts AS t2, amount, nosuch FROM events;",
-        &["nosuch"],
+        "INSERT INTO nowhere SELECT * FROM events;",
+        &["line 7, column 13: INSERT INTO nowhere: no table of that name"],
     );
+    refused(
+        "INSERT INTO out_t SELECT user_id, ts FROM events;",
+        &["the query produces 2 column(s) (user_id, ts) but out_t has 5"],
+    );
+    refused("INSERT INTO out_t SELECT user_id, ts, ts AS t2, amount, nosuch FROM events;", &["nosuch"]);
     refused(
         "CREATE TABLE o2 (a VARCHAR) WITH ('connector' = 'topic', 'topic' = 'o2', 'colour' = 'red');\nINSERT INTO o2 SELECT user_id FROM events;",
         &["line 7, column 74: table o2: unknown option 'colour' for connector 'topic'; accepted:"],
@@ -85,14 +94,21 @@ fn wrong_names_types_and_options_are_explained() {
         "CREATE TABLE e2 (user_id VARCHAR, ts TIMESTAMP(3)) WITH ('connector' = 'topic', 'topic' = 'events');\nINSERT INTO out_t SELECT user_id, window_start, window_end, COUNT(*), COUNT(*) FROM TABLE(TUMBLE(TABLE e2, DESCRIPTOR(ts), INTERVAL '10' SECOND)) GROUP BY user_id, window_start, window_end;",
         &["DESCRIPTOR(ts) must name a time attribute: declare `WATERMARK FOR ts"],
     );
-    refused("CREATE TABLE t (a GEOMETRY) WITH ('connector' = 'print');", &["line 7, column 19: column type GEOMETRY is not supported"]);
+    refused(
+        "CREATE TABLE t (a GEOMETRY) WITH ('connector' = 'print');",
+        &["line 7, column 19: column type GEOMETRY is not supported"],
+    );
 }
 
 #[test]
 fn a_missing_source_topic_says_how_to_create_it() {
     let dir = tempfile::tempdir().unwrap();
     let sql = dir.path().join("p.sql");
-    std::fs::write(&sql, format!("{EVENTS_DDL}INSERT INTO out_t SELECT user_id, ts, ts AS t2, amount, amount AS a2 FROM events;")).unwrap();
+    std::fs::write(
+        &sql,
+        format!("{EVENTS_DDL}INSERT INTO out_t SELECT user_id, ts, ts AS t2, amount, amount AS a2 FROM events;"),
+    )
+    .unwrap();
     let err = fails(keel(dir.path()).args(["run", sql.to_str().unwrap(), "--bounded"]));
     assert!(err.contains("topic 'events' does not exist; create it with `keel topic create events`"), "{err}");
 }
@@ -162,13 +178,17 @@ fn bad_records_can_be_skipped_and_counted() {
     let out = run_ok(keel(dir.path()).args(["run", sql.to_str().unwrap(), "--bounded", "--quiet"]));
     assert!(String::from_utf8_lossy(&out.stderr).contains("2 bad record(s)"));
     assert_eq!(totals(dir.path()), vec![("a".into(), 2, 4), ("b".into(), 1, 2)]);
-    assert!(keel::log::Log::open(dir.path()).unwrap().topic("job-dead-letter").is_err(), "skip must not create a dead-letter topic");
+    assert!(
+        keel::log::Log::open(dir.path()).unwrap().topic("job-dead-letter").is_err(),
+        "skip must not create a dead-letter topic"
+    );
 }
 
 #[test]
 fn a_bad_record_can_fail_the_job_naming_its_position_without_restarting() {
     let (dir, sql) = setup_bad(", 'bad-records' = 'fail'");
-    let err = fails(keel(dir.path()).args(["run", sql.to_str().unwrap(), "--bounded", "--quiet"]).env("KEEL_LOG", "info"));
+    let err =
+        fails(keel(dir.path()).args(["run", sql.to_str().unwrap(), "--bounded", "--quiet"]).env("KEEL_LOG", "info"));
     assert!(err.contains("record at topic 'events' partition 0 offset 1 does not fit the schema"), "{err}");
     assert!(err.contains("not restarting"), "{err}");
     assert!(!err.contains("restart 1"), "a user error must not be retried:\n{err}");
@@ -196,7 +216,9 @@ fn late_records_are_counted_and_kept_out_of_closed_windows() {
     assert!(stderr.contains("1 late record(s)"), "{stderr}");
     let mut rows: Vec<(String, i64, i64)> = topic_rows(dir.path(), "out")
         .iter()
-        .map(|r| (r["window_start"].as_str().unwrap().to_string(), r["n"].as_i64().unwrap(), r["total"].as_i64().unwrap()))
+        .map(|r| {
+            (r["window_start"].as_str().unwrap().to_string(), r["n"].as_i64().unwrap(), r["total"].as_i64().unwrap())
+        })
         .collect();
     rows.sort();
     assert_eq!(rows, vec![("2024-01-01T00:00:00.000Z".into(), 1, 1), ("2024-01-01T00:00:20.000Z".into(), 2, 1010)]);

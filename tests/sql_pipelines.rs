@@ -54,7 +54,14 @@ GROUP BY user_id, window_start, window_end;",
         ),
     )
     .unwrap();
-    run_ok(keel(dir.path()).args(["run", sql.to_str().unwrap(), "--bounded", "--quiet", "--checkpoint-interval", "200ms"]));
+    run_ok(keel(dir.path()).args([
+        "run",
+        sql.to_str().unwrap(),
+        "--bounded",
+        "--quiet",
+        "--checkpoint-interval",
+        "200ms",
+    ]));
     // Expected: each qualifying event in size/slide = 3 windows.
     let mut exp: BTreeMap<(String, i64), (i64, i64, i64, i64)> = BTreeMap::new();
     for i in 0..N {
@@ -92,7 +99,10 @@ GROUP BY user_id, window_start, window_end;",
         }
     }
     assert_same(&actual, &expected);
-    let hidden: Vec<_> = std::fs::read_dir(&out).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.')).collect();
+    let hidden: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.'))
+        .collect();
     assert!(hidden.is_empty(), "in-progress or pending files left: {hidden:?}");
 }
 
@@ -118,10 +128,18 @@ SELECT upper(substr(user_id, 6)), amount * 100, abs(amount - 500) * 2, ts FROM e
         let (u, a, ts) = keel::sample::event(seed, i, USERS, STEP);
         if a % 7 == 0 {
             let who = u[5..].to_uppercase();
-            expected.push(format!("{who},{},{},{}", a * 100, (a - 500).abs() * 2, keel::types::time::format_timestamp_ms(ts)));
+            expected.push(format!(
+                "{who},{},{},{}",
+                a * 100,
+                (a - 500).abs() * 2,
+                keel::types::time::format_timestamp_ms(ts)
+            ));
         }
     }
-    let mut actual: Vec<String> = files(&out, ".csv").iter().flat_map(|n| std::fs::read_to_string(out.join(n)).unwrap().lines().map(str::to_string).collect::<Vec<_>>()).collect();
+    let mut actual: Vec<String> = files(&out, ".csv")
+        .iter()
+        .flat_map(|n| std::fs::read_to_string(out.join(n)).unwrap().lines().map(str::to_string).collect::<Vec<_>>())
+        .collect();
     expected.sort();
     actual.sort();
     assert_eq!(actual.len(), expected.len());

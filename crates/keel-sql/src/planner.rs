@@ -113,7 +113,12 @@ pub(crate) fn plan_insert(
     let _ = plan.apply(|node| {
         if matches!(
             node,
-            LogicalPlan::Sort(_) | LogicalPlan::Limit(_) | LogicalPlan::Join(_) | LogicalPlan::Union(_) | LogicalPlan::Window(_) | LogicalPlan::Distinct(_)
+            LogicalPlan::Sort(_)
+                | LogicalPlan::Limit(_)
+                | LogicalPlan::Join(_)
+                | LogicalPlan::Union(_)
+                | LogicalPlan::Window(_)
+                | LogicalPlan::Distinct(_)
         ) && refusal.is_none()
         {
             refusal = Some(unsupported_node(node, query));
