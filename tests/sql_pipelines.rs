@@ -24,6 +24,10 @@ const SOURCE: &str = "CREATE TABLE events (
 ) WITH ('connector' = 'topic', 'topic' = 'events', 'format' = 'json');
 ";
 
+/// (user, window start) and (window end, min, max, avg, count).
+type Key = (String, String);
+type Stats = (String, i64, i64, i64, i64);
+
 fn files(dir: &std::path::Path, ext: &str) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
@@ -79,7 +83,7 @@ GROUP BY user_id, window_start, window_end;",
         }
     }
     let fmt = keel::types::time::format_timestamp_ms;
-    let expected: BTreeMap<(String, String), (String, i64, i64, i64, i64)> =
+    let expected: BTreeMap<Key, Stats> =
         exp.into_iter().map(|((u, s), (lo, hi, sum, n))| ((u, fmt(s)), (fmt(s + 6000), lo, hi, sum / n, n))).collect();
     let names = files(&out, ".jsonl");
     assert!(!names.is_empty(), "no files were published");

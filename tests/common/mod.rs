@@ -88,6 +88,9 @@ FROM TABLE(TUMBLE(TABLE events, DESCRIPTOR(ts), INTERVAL '10' SECOND))
 GROUP BY user_id, window_start, window_end;
 ";
 
+/// Window totals: (user, window_start ISO) -> (window_end ISO, n, total).
+pub type Totals = BTreeMap<(String, String), (String, i64, i64)>;
+
 /// (user, window_start ISO) -> (window_end ISO, n, total): the tumbling-window totals computed
 /// directly from the generated events.
 pub fn expected_totals(
@@ -114,7 +117,7 @@ pub fn expected_totals(
 }
 
 /// The committed totals keyed like `expected_totals`; panics on a duplicate key.
-pub fn actual_totals(rows: &[serde_json::Value]) -> BTreeMap<(String, String), (String, i64, i64)> {
+pub fn actual_totals(rows: &[serde_json::Value]) -> Totals {
     let mut out = BTreeMap::new();
     for r in rows {
         let key = (r["user_id"].as_str().unwrap().to_string(), r["window_start"].as_str().unwrap().to_string());

@@ -258,7 +258,7 @@ impl Source for TopicSource {
         let active: Vec<&Partition> = self
             .parts
             .iter()
-            .filter(|p| !p.finished() && !idle_after.is_some_and(|t| p.empty_since.is_some_and(|e| e.elapsed() > t)))
+            .filter(|p| !p.finished() && idle_after.is_none_or(|t| p.empty_since.is_none_or(|e| e.elapsed() <= t)))
             .collect();
         if active.is_empty() {
             return if self.parts.iter().all(Partition::finished) {

@@ -255,11 +255,11 @@ fn run_attempt(
         if let StageInput::Upstream { stage: up, partitioning } = &stage.input {
             let up_p = graph.stages[*up].parallelism as usize;
             let mut senders: Vec<Vec<Sender<Message>>> = vec![Vec::new(); up_p];
-            for j in 0..stage.parallelism as usize {
+            for subtask_inputs in inputs[si].iter_mut() {
                 for s in senders.iter_mut() {
                     let (tx, rx) = bounded(config.channel_capacity);
                     s.push(tx);
-                    inputs[si][j].push(rx);
+                    subtask_inputs.push(rx);
                 }
             }
             for (i, s) in senders.into_iter().enumerate() {

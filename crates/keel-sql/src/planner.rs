@@ -260,7 +260,7 @@ pub(crate) fn plan_insert(
         source,
         source_plan,
         source_schema,
-        window: window_info.map(|(spec, col, schema)| (spec, col, schema)),
+        window: window_info,
         below,
         aggregate,
         above,

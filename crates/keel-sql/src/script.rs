@@ -92,7 +92,7 @@ impl<'a> Cursor<'a> {
         self.toks[self.i..].iter().filter(|t| !is_ws(&t.token)).nth(n)
     }
 
-    pub fn next(&mut self) -> Option<&'a Tok> {
+    pub fn advance(&mut self) -> Option<&'a Tok> {
         let t = self.peek();
         if t.is_some() {
             self.i += 1;
@@ -153,7 +153,7 @@ impl<'a> Cursor<'a> {
     /// An identifier: unquoted ones are lower-cased, as DataFusion does.
     pub fn ident(&mut self) -> Result<(String, Pos)> {
         let pos = self.pos();
-        match self.next().map(|t| &t.token) {
+        match self.advance().map(|t| &t.token) {
             Some(Token::Word(w)) if w.quote_style.is_some() => Ok((w.value.clone(), pos)),
             Some(Token::Word(w)) => Ok((w.value.to_lowercase(), pos)),
             Some(other) => Err(SqlError::syntax(pos, format!("expected a name, found '{other}'"))),
@@ -163,7 +163,7 @@ impl<'a> Cursor<'a> {
 
     pub fn string(&mut self) -> Result<(String, Pos)> {
         let pos = self.pos();
-        match self.next().map(|t| &t.token) {
+        match self.advance().map(|t| &t.token) {
             Some(Token::SingleQuotedString(s)) => Ok((s.clone(), pos)),
             Some(other) => Err(SqlError::syntax(pos, format!("expected a quoted string, found '{other}'"))),
             None => Err(SqlError::syntax(pos, "expected a quoted string, found the end of the statement")),
@@ -172,7 +172,7 @@ impl<'a> Cursor<'a> {
 
     pub fn number(&mut self) -> Result<(String, Pos)> {
         let pos = self.pos();
-        match self.next().map(|t| &t.token) {
+        match self.advance().map(|t| &t.token) {
             Some(Token::Number(n, _)) => Ok((n.clone(), pos)),
             Some(other) => Err(SqlError::syntax(pos, format!("expected a number, found '{other}'"))),
             None => Err(SqlError::syntax(pos, "expected a number, found the end of the statement")),
@@ -397,7 +397,7 @@ pub fn parse_create_table(toks: &[Tok]) -> Result<TableDef> {
         break;
     }
     if c.is_keyword("COMMENT") {
-        c.next();
+        c.advance();
         c.string()?;
     }
     if c.is_keyword("PARTITIONED") {

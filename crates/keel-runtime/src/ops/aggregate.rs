@@ -262,14 +262,14 @@ impl Operator for WindowAggregate {
         let mut gids = Vec::with_capacity(batch.num_rows());
         let mut keep = Vec::new();
         let mut late = 0u64;
-        for i in 0..batch.num_rows() {
+        for (i, &kg) in key_groups.iter().enumerate() {
             let (s, e) = (starts.value(i), ends.value(i));
             if is_late(e, self.watermark) {
                 late += 1;
                 continue;
             }
             keep.push(i as u32);
-            gids.push(self.group_of(s, e, rows.row(i).as_ref(), || key_groups[i]));
+            gids.push(self.group_of(s, e, rows.row(i).as_ref(), || kg));
         }
         let args: Vec<Option<ArrayRef>> = if late > 0 {
             if let Some(m) = &self.metrics {
