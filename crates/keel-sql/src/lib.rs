@@ -146,6 +146,13 @@ fn step_ops(steps: &[Step], prefix: &str) -> Vec<OperatorSpec> {
 }
 
 impl Pipeline {
+    /// A pipeline planned by other means than SQL (the Rust API). `fingerprint` must change
+    /// whenever the meaning of the pipeline changes, so that state is never restored into a
+    /// different pipeline.
+    pub fn from_plan(insert: InsertPlan, opts: &PipelineOptions, fingerprint: String) -> Pipeline {
+        Pipeline { fingerprint, insert, opts: opts.clone() }
+    }
+
     /// The sink's name and its delivery guarantee.
     pub fn sink_guarantee(&self) -> (String, &'static str) {
         (self.insert.sink.name.clone(), self.insert.sink_kind.guarantee())

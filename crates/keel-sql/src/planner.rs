@@ -256,17 +256,7 @@ pub(crate) fn plan_insert(
     if aggregate.is_none() {
         below.append(&mut above);
     }
-    Ok(InsertPlan {
-        source,
-        source_plan,
-        source_schema,
-        window: window_info,
-        below,
-        aggregate,
-        above,
-        sink,
-        sink_kind,
-    })
+    Ok(InsertPlan { source, source_plan, source_schema, window: window_info, below, aggregate, above, sink, sink_kind })
 }
 
 fn names(s: &Schema) -> String {
