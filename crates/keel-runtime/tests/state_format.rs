@@ -1,0 +1,116 @@
+//! The window aggregate's checkpointed state format is pinned: a snapshot written by Keel 0.1
+//! (checked in) must restore, at any parallelism, into the same results. Regenerate only for a
+//! deliberate format change, with `KEEL_WRITE_FIXTURES=1`.
+
+use arrow::array::{Array, AsArray, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, TimeUnit};
+use keel_runtime::ops::{AggregateCall, AggregateFunction, GroupColumn, WindowAggregate, WindowAggregateSpec};
+use keel_runtime::{Metrics, Operator, RestoredState, TaskContext};
+use std::sync::Arc;
+
+fn ts() -> DataType {
+    DataType::Timestamp(TimeUnit::Millisecond, None)
+}
+
+fn spec() -> Arc<WindowAggregateSpec> {
+    let input = Arc::new(Schema::new(vec![
+        Field::new("key_0", DataType::Utf8, true),
+        Field::new("window_start", ts(), false),
+        Field::new("window_end", ts(), false),
+        Field::new("arg_3", DataType::Int64, true),
+    ]));
+    let output = Arc::new(Schema::new(vec![
+        Field::new("user_id", DataType::Utf8, true),
+        Field::new("window_start", ts(), false),
+        Field::new("window_end", ts(), false),
+        Field::new("n", DataType::Int64, false),
+        Field::new("total", DataType::Int64, true),
+    ]));
+    Arc::new(WindowAggregateSpec {
+        input_schema: input,
+        num_keys: 1,
+        window_start: 1,
+        window_end: 2,
+        aggregates: vec![
+            AggregateCall { func: AggregateFunction::CountStar, arg: None, output_type: DataType::Int64 },
+            AggregateCall { func: AggregateFunction::Sum, arg: Some(3), output_type: DataType::Int64 },
+        ],
+        group_output: vec![GroupColumn::Key(0), GroupColumn::WindowStart, GroupColumn::WindowEnd],
+        output_schema: output,
+    })
+}
+
+fn ctx(subtask: u32, parallelism: u32) -> TaskContext {
+    TaskContext {
+        job: "fixture".into(),
+        stage: "agg".into(),
+        subtask,
+        parallelism,
+        key_groups: 128,
+        data_dir: ".".into(),
+        job_dir: ".".into(),
+        run_id: "fixture".into(),
+        attempt: 0,
+        metrics: Arc::new(Metrics::default()),
+    }
+}
+
+const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/window-aggregate-v1.arrow");
+
+#[test]
+fn window_state_written_by_version_1_restores_at_any_parallelism() {
+    if std::env::var("KEEL_WRITE_FIXTURES").is_ok() {
+        let mut agg = WindowAggregate::new(spec()).unwrap();
+        agg.open(&ctx(0, 1), RestoredState::default()).unwrap();
+        let users = ["ann", "bob", "cid", "dee", "eve"];
+        let batch = RecordBatch::try_new(
+            spec().input_schema.clone(),
+            vec![
+                Arc::new(StringArray::from((0..20).map(|i| users[i % 5]).collect::<Vec<_>>())),
+                Arc::new(TimestampMillisecondArray::from(
+                    (0..20).map(|i| if i < 10 { 0 } else { 10_000 }).collect::<Vec<i64>>(),
+                )),
+                Arc::new(TimestampMillisecondArray::from(
+                    (0..20).map(|i| if i < 10 { 10_000 } else { 20_000 }).collect::<Vec<i64>>(),
+                )),
+                Arc::new(Int64Array::from((0..20).map(|i| i as i64).collect::<Vec<_>>())),
+            ],
+        )
+        .unwrap();
+        agg.process(batch, &mut vec![]).unwrap();
+        std::fs::write(FIXTURE, agg.snapshot(1).unwrap().unwrap()).unwrap();
+    }
+    let bytes = std::fs::read(FIXTURE).unwrap();
+    for parallelism in [1u32, 3] {
+        let mut rows = vec![];
+        for sub in 0..parallelism {
+            let mut agg = WindowAggregate::new(spec()).unwrap();
+            let restored = RestoredState { parts: vec![bytes.clone()], inherited: vec![0], checkpoint: Some(1) };
+            agg.open(&ctx(sub, parallelism), restored).unwrap();
+            let mut out = vec![];
+            agg.on_watermark(i64::MAX, &mut out).unwrap();
+            for b in out {
+                for r in 0..b.num_rows() {
+                    rows.push((
+                        b.column(0).as_string::<i32>().value(r).to_string(),
+                        b.column(1).as_primitive::<arrow::datatypes::TimestampMillisecondType>().value(r),
+                        b.column(3).as_primitive::<Int64Type>().value(r),
+                        b.column(4).as_primitive::<Int64Type>().value(r),
+                    ));
+                    assert!(b.column(4).is_valid(r));
+                }
+            }
+        }
+        rows.sort();
+        // Rows i < 10 are in window 0, the rest in window 10 000; user = i % 5; total = sum of i.
+        let mut expected = vec![];
+        for (w, range) in [(0i64, 0..10), (10_000, 10..20)] {
+            for (u, name) in ["ann", "bob", "cid", "dee", "eve"].iter().enumerate() {
+                let vals: Vec<i64> = range.clone().filter(|i| i % 5 == u).map(|i| i as i64).collect();
+                expected.push((name.to_string(), w, vals.len() as i64, vals.iter().sum()));
+            }
+        }
+        expected.sort();
+        assert_eq!(rows, expected, "parallelism {parallelism}");
+    }
+}
