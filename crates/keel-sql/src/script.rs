@@ -549,7 +549,7 @@ mod tests {
         assert_eq!(def.name, "events");
         assert_eq!(def.columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), vec!["user_id", "amount", "ts"]);
         assert_eq!(def.columns[2].data_type, DataType::Timestamp(TimeUnit::Millisecond, None));
-        let wm = def.watermark.unwrap();
+        let wm = def.watermark.as_ref().unwrap();
         assert_eq!((wm.column.as_str(), wm.delay_ms), ("ts", 1000));
         assert_eq!(def.option("topic"), Some("events"));
     }
