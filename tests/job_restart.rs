@@ -82,3 +82,38 @@ fn a_job_restored_at_another_parallelism_keeps_its_window_state() {
         check(dir.path(), seed);
     }
 }
+
+#[test]
+fn a_damaged_newest_checkpoint_is_skipped_for_the_one_before() {
+    let (dir, sql, seed) = setup("damaged_checkpoint");
+    let status = keel(dir.path())
+        .args(["run", sql.to_str().unwrap(), "--quiet", "-p", "2", "--checkpoint-interval", "100ms"])
+        .env("KEEL_FAULTS", "checkpoint.after-manifest=kill@3")
+        .stdin(Stdio::null())
+        .status()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(9));
+    let chk_dir = dir.path().join("jobs/totals/checkpoints");
+    let mut chks: Vec<_> = std::fs::read_dir(&chk_dir).unwrap().map(|e| e.unwrap().path()).collect();
+    chks.sort();
+    let newest = chks.last().unwrap().clone();
+    let state = std::fs::read_dir(&newest)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains("window-aggregate"))
+        .unwrap();
+    let mut bytes = std::fs::read(&state).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&state, bytes).unwrap();
+    let out = run_ok(
+        keel(dir.path())
+            .args(["run", sql.to_str().unwrap(), "--bounded", "--quiet", "-p", "2"])
+            .env("KEEL_LOG", "warn"),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let id: u64 = newest.file_name().unwrap().to_string_lossy().trim_start_matches("chk-").parse().unwrap();
+    assert!(stderr.contains(&format!("skipping checkpoint {id}")), "{stderr}");
+    check(dir.path(), seed);
+}
