@@ -15,6 +15,7 @@ use std::fmt::Write as _;
 pub struct JsonDecoder {
     schema: SchemaRef,
     decoder: Decoder,
+    buf: Vec<u8>,
 }
 
 /// The outcome of decoding a set of records.
@@ -34,7 +35,7 @@ fn new_decoder(schema: &SchemaRef, batch_size: usize) -> Result<Decoder, String>
 impl JsonDecoder {
     pub fn new(schema: SchemaRef) -> Result<Self, String> {
         let decoder = new_decoder(&schema, 8192)?;
-        Ok(JsonDecoder { schema, decoder })
+        Ok(JsonDecoder { schema, decoder, buf: Vec::new() })
     }
 
     pub fn schema(&self) -> &SchemaRef {
@@ -71,23 +72,30 @@ impl JsonDecoder {
     }
 
     fn decode_all(&mut self, values: &[&[u8]]) -> Result<RecordBatch, String> {
+        // One contiguous newline-separated buffer: one decoder call for the whole set.
+        let total: usize = values.iter().map(|v| v.len() + 1).sum();
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        buf.reserve(total);
         for v in values {
-            if v.iter().all(u8::is_ascii_whitespace) {
-                return Err("the record is empty, not a JSON object".into());
+            let first = v.iter().find(|b| !b.is_ascii_whitespace());
+            match first {
+                Some(b'{') => {}
+                Some(_) => return Err("the record is not a JSON object".into()),
+                None => return Err("the record is empty, not a JSON object".into()),
             }
-            if v.first().is_some_and(|b| *b != b'{') && v.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-                return Err("the record is not a JSON object".into());
-            }
-            let mut rest: &[u8] = v;
-            while !rest.is_empty() {
-                let n = self.decoder.decode(rest).map_err(|e| e.to_string())?;
-                if n == 0 {
-                    return Err("the decoder made no progress".into());
-                }
-                rest = &rest[n..];
-            }
-            self.decoder.decode(b"\n").map_err(|e| e.to_string())?;
+            buf.extend_from_slice(v);
+            buf.push(b'\n');
         }
+        let mut rest: &[u8] = &buf;
+        while !rest.is_empty() {
+            let n = self.decoder.decode(rest).map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("the decoder made no progress".into());
+            }
+            rest = &rest[n..];
+        }
+        self.buf = buf;
         match self.decoder.flush().map_err(|e| e.to_string())? {
             Some(b) => Ok(b),
             None => Ok(RecordBatch::new_empty(self.schema.clone())),
