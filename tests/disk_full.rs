@@ -38,7 +38,16 @@ fn a_full_disk_fails_clearly_and_the_job_resumes_exactly_once_space_is_freed() {
     };
     std::fs::write(&filler, vec![0u8; free.saturating_sub(16 << 10) as usize]).unwrap();
     let out = keel(&data)
-        .args(["run", sql.to_str().unwrap(), "--bounded", "--quiet", "--restart-attempts", "1", "--checkpoint-interval", "100ms"])
+        .args([
+            "run",
+            sql.to_str().unwrap(),
+            "--bounded",
+            "--quiet",
+            "--restart-attempts",
+            "1",
+            "--checkpoint-interval",
+            "100ms",
+        ])
         .stdin(Stdio::null())
         .output()
         .unwrap();

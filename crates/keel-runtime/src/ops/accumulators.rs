@@ -7,8 +7,8 @@
 //! accumulated as i64, floats as f64, decimals as i128 at the input's scale, strings as `String`.
 
 use crate::error::{Result, RuntimeError};
-use arrow::array::{Array, ArrayRef, AsArray, Decimal128Array, Float64Array, Int64Array, StringArray};
-use arrow::datatypes::{DataType, Decimal128Type, Field, Float64Type, Int64Type};
+use arrow::array::{Array, ArrayRef, AsArray, Decimal128Array, Float64Array, Int64Array, PrimitiveArray, StringArray};
+use arrow::datatypes::{ArrowPrimitiveType, DataType, Decimal128Type, Field, Float64Type, Int64Type};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -38,6 +38,32 @@ pub struct Accumulator {
     values: Values,
     /// Non-NULL inputs seen per group (rows, for COUNT(*)).
     counts: Vec<i64>,
+}
+
+/// Adds row `i` of `a` into slot `groups[i]` for SUM/AVG (with `add`), MIN or MAX.
+fn fold<T: ArrowPrimitiveType>(
+    func: AggregateFunction,
+    vals: &mut [T::Native],
+    counts: &mut [i64],
+    groups: &[u32],
+    a: &PrimitiveArray<T>,
+    add: impl Fn(T::Native, T::Native) -> T::Native,
+) where
+    T::Native: PartialOrd,
+{
+    for (i, &g) in groups.iter().enumerate() {
+        if a.is_valid(i) {
+            let (g, v) = (g as usize, a.value(i));
+            let seen = counts[g] > 0;
+            vals[g] = match func {
+                AggregateFunction::Min if seen && vals[g] <= v => vals[g],
+                AggregateFunction::Max if seen && vals[g] >= v => vals[g],
+                AggregateFunction::Min | AggregateFunction::Max => v,
+                _ => add(vals[g], v),
+            };
+            counts[g] += 1;
+        }
+    }
 }
 
 fn unsupported(func: AggregateFunction, t: &DataType) -> RuntimeError {
@@ -110,54 +136,15 @@ impl Accumulator {
         match &mut self.values {
             Values::Int(vals) => {
                 let a = cast(&DataType::Int64)?;
-                let a = a.as_primitive::<Int64Type>();
-                for (i, &g) in groups.iter().enumerate() {
-                    if a.is_valid(i) {
-                        let (g, v) = (g as usize, a.value(i));
-                        let c = &mut self.counts[g];
-                        vals[g] = match func {
-                            AggregateFunction::Min if *c > 0 => vals[g].min(v),
-                            AggregateFunction::Max if *c > 0 => vals[g].max(v),
-                            AggregateFunction::Min | AggregateFunction::Max => v,
-                            _ => vals[g].wrapping_add(v),
-                        };
-                        *c += 1;
-                    }
-                }
+                fold(func, vals, &mut self.counts, groups, a.as_primitive::<Int64Type>(), i64::wrapping_add);
             }
             Values::Float(vals) => {
                 let a = cast(&DataType::Float64)?;
-                let a = a.as_primitive::<Float64Type>();
-                for (i, &g) in groups.iter().enumerate() {
-                    if a.is_valid(i) {
-                        let (g, v) = (g as usize, a.value(i));
-                        let c = &mut self.counts[g];
-                        vals[g] = match func {
-                            AggregateFunction::Min if *c > 0 => vals[g].min(v),
-                            AggregateFunction::Max if *c > 0 => vals[g].max(v),
-                            AggregateFunction::Min | AggregateFunction::Max => v,
-                            _ => vals[g] + v,
-                        };
-                        *c += 1;
-                    }
-                }
+                fold(func, vals, &mut self.counts, groups, a.as_primitive::<Float64Type>(), |x, y| x + y);
             }
             Values::Decimal(vals, p, s) => {
                 let a = cast(&DataType::Decimal128(*p, *s))?;
-                let a = a.as_primitive::<Decimal128Type>();
-                for (i, &g) in groups.iter().enumerate() {
-                    if a.is_valid(i) {
-                        let (g, v) = (g as usize, a.value(i));
-                        let c = &mut self.counts[g];
-                        vals[g] = match func {
-                            AggregateFunction::Min if *c > 0 => vals[g].min(v),
-                            AggregateFunction::Max if *c > 0 => vals[g].max(v),
-                            AggregateFunction::Min | AggregateFunction::Max => v,
-                            _ => vals[g].wrapping_add(v),
-                        };
-                        *c += 1;
-                    }
-                }
+                fold(func, vals, &mut self.counts, groups, a.as_primitive::<Decimal128Type>(), i128::wrapping_add);
             }
             Values::Str(vals) => {
                 let a = cast(&DataType::Utf8)?;
@@ -292,6 +279,12 @@ mod tests {
         assert_eq!(avg.as_primitive::<arrow::datatypes::Int32Type>().values(), &[1, -3], "AVG(1,2) truncates to 1");
         let cnt = run(AggregateFunction::Count).evaluate(&[0, 1], &DataType::Int64).unwrap();
         assert_eq!(cnt.as_primitive::<Int64Type>().values(), &[2, 1], "COUNT skips NULL");
+        let min = run(AggregateFunction::Min).evaluate(&[0, 1], &DataType::Int32).unwrap();
+        assert_eq!(min.as_primitive::<arrow::datatypes::Int32Type>().values(), &[1, -3]);
+        let max = run(AggregateFunction::Max).evaluate(&[0, 1], &DataType::Int32).unwrap();
+        assert_eq!(max.as_primitive::<arrow::datatypes::Int32Type>().values(), &[2, -3]);
+        let sum = run(AggregateFunction::Sum).evaluate(&[0, 1], &DataType::Int32).unwrap();
+        assert_eq!(sum.as_primitive::<arrow::datatypes::Int32Type>().values(), &[3, -3], "SUM(INT) stays INT");
         let mut empty = Accumulator::new(AggregateFunction::Sum, Some(&DataType::Int64)).unwrap();
         empty.ensure(1);
         assert!(empty.evaluate(&[0], &DataType::Int64).unwrap().is_null(0), "SUM of nothing is NULL");
