@@ -39,6 +39,7 @@ pub struct RunArgs {
     /// Restarts allowed within --restart-window before the job fails for good.
     #[arg(long, default_value_t = 10)]
     pub restart_attempts: u32,
+    /// The period over which --restart-attempts are counted, like 10m.
     #[arg(long, default_value = "10m")]
     pub restart_window: String,
     /// Do not print the progress line.
