@@ -175,14 +175,8 @@ impl StagedTopicWriter {
     }
 
     fn commit_file(&mut self, producer: u64, checkpoint: u64, partition: u32, path: &Path) -> Result<usize> {
-        let bytes = fs::read(path).map_err(ConnectorError::io("cannot read staging file", path))?;
-        let records = decode_staged(&bytes).ok_or_else(|| {
-            ConnectorError::Damaged(format!(
-                "staging file {} is damaged; it was fsynced before its checkpoint completed, so the disk lost data",
-                path.display()
-            ))
-        })?;
-        let n = records.len();
+        let file = File::open(path).map_err(ConnectorError::io("cannot open staging file", path))?;
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
         let writer = match self.writers.get_mut(&partition) {
             Some(w) => w,
             None => {
@@ -190,7 +184,40 @@ impl StagedTopicWriter {
                 self.writers.entry(partition).or_insert(w)
             }
         };
-        match writer.commit_txn(producer, checkpoint, &records)? {
+        let mut n = 0usize;
+        let mut damaged = None;
+        // Stream the file in chunks of about 1 MB: a large transaction never sits in memory whole.
+        let mut next_chunk = || -> keel_log::Result<Option<Vec<Record>>> {
+            let mut chunk = Vec::new();
+            let mut bytes = 0;
+            while bytes < (1 << 20) {
+                match read_staged(&mut reader) {
+                    Ok(Some(r)) => {
+                        bytes += r.value.len() + 8;
+                        chunk.push(r);
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        damaged = Some(e);
+                        return Err(keel_log::LogError::Io {
+                            action: "cannot read staging file",
+                            path: path.to_path_buf(),
+                            source: std::io::Error::other("damaged"),
+                        });
+                    }
+                }
+            }
+            n += chunk.len();
+            Ok(if chunk.is_empty() { None } else { Some(chunk) })
+        };
+        let outcome = writer.commit_txn_stream(producer, checkpoint, &mut next_chunk);
+        if let Some(e) = damaged {
+            return Err(ConnectorError::Damaged(format!(
+                "staging file {} is damaged ({e}); it was fsynced before its checkpoint completed, so the disk lost data",
+                path.display()
+            )));
+        }
+        match outcome? {
             TxnOutcome::Committed { .. } => {}
             TxnOutcome::AlreadyCommitted => {
                 tracing::info!(
@@ -205,21 +232,24 @@ impl StagedTopicWriter {
     }
 }
 
-fn decode_staged(mut b: &[u8]) -> Option<Vec<Record>> {
-    let mut out = vec![];
-    let take = |b: &mut &[u8], n: usize| -> Option<Vec<u8>> {
-        if b.len() < n {
-            return None;
-        }
-        let (h, t) = b.split_at(n);
-        *b = t;
-        Some(h.to_vec())
-    };
-    while !b.is_empty() {
-        let kl = i32::from_le_bytes(take(&mut b, 4)?.try_into().ok()?);
-        let key = if kl < 0 { None } else { Some(take(&mut b, kl as usize)?) };
-        let vl = u32::from_le_bytes(take(&mut b, 4)?.try_into().ok()?);
-        out.push(Record::new(key, take(&mut b, vl as usize)?));
+/// Reads one staged record; `None` at a clean end of file.
+fn read_staged(r: &mut impl std::io::Read) -> std::result::Result<Option<Record>, String> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.to_string()),
     }
-    Some(out)
+    let kl = i32::from_le_bytes(len);
+    let key = if kl < 0 {
+        None
+    } else {
+        let mut k = vec![0u8; kl as usize];
+        r.read_exact(&mut k).map_err(|e| format!("truncated key: {e}"))?;
+        Some(k)
+    };
+    r.read_exact(&mut len).map_err(|e| format!("truncated record: {e}"))?;
+    let mut v = vec![0u8; u32::from_le_bytes(len) as usize];
+    r.read_exact(&mut v).map_err(|e| format!("truncated value: {e}"))?;
+    Ok(Some(Record::new(key, v)))
 }

@@ -114,6 +114,28 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
+/// Parses a frame's length and batch header from its first `FRAME_HEADER + BODY_HEADER` bytes,
+/// without the records or a CRC check. `None` if the bytes cannot be a frame header.
+pub(crate) fn parse_header(buf: &[u8]) -> Option<(usize, BatchHeader)> {
+    if buf.len() < FRAME_HEADER + BODY_HEADER {
+        return None;
+    }
+    let len = u32_at(buf, 0) as usize;
+    if !(BODY_HEADER..=MAX_BODY).contains(&len) || buf[FRAME_HEADER] != VERSION {
+        return None;
+    }
+    let body = &buf[FRAME_HEADER..];
+    let header = BatchHeader {
+        flags: body[1],
+        count: u32_at(body, 2),
+        base_offset: u64_at(body, 6),
+        append_time_ms: u64_at(body, 14) as i64,
+        producer: u64_at(body, 22),
+        sequence: u64_at(body, 30),
+    };
+    Some((FRAME_HEADER + len, header))
+}
+
 /// Reads the frame at the start of `buf`, checking its CRC when `verify` is set.
 pub(crate) fn read_frame(buf: &[u8], verify: bool) -> Frame {
     if buf.len() < FRAME_HEADER {

@@ -30,6 +30,6 @@ pub use error::LogError;
 pub use format::Record;
 pub use reader::{Chunk, PartitionReader, RecordRef};
 pub use topic::{Log, PartitionInfo, Topic, TopicConfig, validate_topic_name};
-pub use writer::{Durability, PartitionWriter, TxnOutcome};
+pub use writer::{ChunkSource, Durability, PartitionWriter, TxnOutcome};
 
 pub type Result<T, E = LogError> = std::result::Result<T, E>;

@@ -5,8 +5,8 @@
 //! disk. A damaged frame at the very end of the file may be an append in progress, so the reader
 //! waits at it; a damaged frame with data after it is corruption and is reported as an error.
 
-use crate::format::{BatchHeader, FRAME_HEADER, Frame, for_each_record, read_frame};
-use crate::segment::{continuity_problem, list_segments, segment_path};
+use crate::format::{BODY_HEADER, BatchHeader, FRAME_HEADER, Frame, for_each_record, parse_header, read_frame};
+use crate::segment::{continuity_problem, list_segments, segment_path, walk_headers};
 use crate::{LogError, Result};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -113,6 +113,16 @@ impl PartitionReader {
                 }
             }
             let mut want = max_bytes.max(64 << 10);
+            if self.max_units == 1 {
+                // One producer batch: read exactly its frame when its header says how long it is.
+                let seg = self.segment.as_ref().expect("invariant: segment located above");
+                let mut head = [0u8; FRAME_HEADER + BODY_HEADER];
+                if seg.file.read_exact_at(&mut head, seg.pos).is_ok()
+                    && let Some((len, _)) = parse_header(&head)
+                {
+                    want = len;
+                }
+            }
             loop {
                 let seg = self.segment.as_ref().expect("invariant: segment located above");
                 let file_len = seg.file.metadata().map_err(LogError::io("cannot stat segment", &seg.path))?.len();
@@ -155,15 +165,10 @@ impl PartitionReader {
             };
         };
         let file = File::open(&path).map_err(LogError::io("cannot open segment", &path))?;
-        let data = std::fs::read(&path).map_err(LogError::io("cannot read segment", &path))?;
-        let mut pos = 0usize;
-        while pos < data.len() {
-            match read_frame(&data[pos..], false) {
-                Frame::Batch { header, len } if header.next_offset() <= self.next_offset => pos += len,
-                _ => break,
-            }
-        }
-        Ok(Some(OpenSegment { base, path, file, pos: pos as u64 }))
+        let len = file.metadata().map_err(LogError::io("cannot stat segment", &path))?.len();
+        let target = self.next_offset;
+        let pos = walk_headers(&file, &path, len, |_, header, _| header.next_offset() <= target)?;
+        Ok(Some(OpenSegment { base, path, file, pos }))
     }
 
     fn parse(&mut self, data: Vec<u8>, to_eof: bool, file_len: u64) -> Result<Parsed> {

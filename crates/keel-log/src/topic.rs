@@ -5,7 +5,7 @@
 //! renames the directory away, so a half-deleted topic is never visible under its name.
 
 use crate::reader::PartitionReader;
-use crate::segment::{list_segments, scan_segment};
+use crate::segment::{list_segments, scan_headers};
 use crate::writer::{Durability, PartitionWriter};
 use crate::{LogError, Result};
 use serde::{Deserialize, Serialize};
@@ -236,7 +236,7 @@ impl Topic {
             size_bytes += fs::metadata(path).map_err(LogError::io("cannot stat", path))?.len();
         }
         let (start_offset, end_offset) = match (segments.first(), segments.last()) {
-            (Some((first, _)), Some((last, path))) => (*first, scan_segment(path, *last, false)?.committed_next),
+            (Some((first, _)), Some((last, path))) => (*first, scan_headers(path, *last)?.committed_next),
             _ => (0, 0),
         };
         Ok(PartitionInfo { partition, start_offset, end_offset, size_bytes, segments: segments.len() })

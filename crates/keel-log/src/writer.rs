@@ -12,10 +12,14 @@ use crate::segment::{list_segments, scan_segment, segment_path, sync_dir, write_
 use crate::topic::TopicConfig;
 use crate::{LogError, Result};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+
+/// A source of record chunks for a streamed transaction: `Ok(None)` ends it.
+pub type ChunkSource<'a> = dyn FnMut() -> Result<Option<Vec<Record>>> + 'a;
 
 /// When an append is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +103,26 @@ impl PartitionWriter {
             }
             let base = w.tail_ref().next_offset;
             w.write_batches(records, producer, sequence, true)?;
+            let tail = w.tail_mut();
+            tail.producers.insert(producer, sequence);
+            Ok(TxnOutcome::Committed { base_offset: base, next_offset: tail.next_offset })
+        })
+    }
+
+    /// Like `commit_txn`, with the records pulled from `chunks` until it returns `None`, so that a
+    /// large transaction never has to be in memory at once.
+    pub fn commit_txn_stream(
+        &mut self,
+        producer: u64,
+        sequence: u64,
+        chunks: &mut ChunkSource<'_>,
+    ) -> Result<TxnOutcome> {
+        self.locked(|w| {
+            if w.tail_ref().producers.get(&producer).is_some_and(|&last| last >= sequence) {
+                return Ok(TxnOutcome::AlreadyCommitted);
+            }
+            let base = w.tail_ref().next_offset;
+            w.write_stream(&mut || Ok(chunks()?.map(Cow::Owned)), producer, sequence, true)?;
             let tail = w.tail_mut();
             tail.producers.insert(producer, sequence);
             Ok(TxnOutcome::Committed { base_offset: base, next_offset: tail.next_offset })
@@ -256,48 +280,73 @@ impl PartitionWriter {
     }
 
     fn write_batches(&mut self, records: &[Record], producer: u64, sequence: u64, txn: bool) -> Result<()> {
+        let mut once = Some(Cow::Borrowed(records));
+        self.write_stream(&mut || Ok(once.take()), producer, sequence, txn)
+    }
+
+    /// Writes the records of `chunks` (pulled until `None`) as batches; with `txn`, every batch
+    /// is marked as part of transaction `(producer, sequence)` and the very last one commits it.
+    /// Memory stays at one chunk; a failure part-way leaves a tail the next refresh truncates.
+    fn write_stream<'r>(
+        &mut self,
+        chunks: &mut dyn FnMut() -> Result<Option<Cow<'r, [Record]>>>,
+        producer: u64,
+        sequence: u64,
+        txn: bool,
+    ) -> Result<()> {
         self.maybe_roll()?;
         let now = keel_types::time::now_ms();
+        let path = segment_path(&self.dir, self.tail_ref().base);
+        let durability = self.durability;
         let mut buf = std::mem::take(&mut self.buf);
-        buf.clear();
-        let mut next = self.tail_ref().next_offset;
-        let mut start = 0;
+        let (mut pos, mut next) = (self.tail_ref().len, self.tail_ref().next_offset);
+        let mut current = chunks()?;
         loop {
-            let mut end = start;
-            let mut bytes = 0;
-            while end < records.len() && (end == start || bytes + records[end].encoded_len() <= TARGET_BATCH_BYTES) {
-                bytes += records[end].encoded_len();
-                end += 1;
+            let following = if current.is_some() { chunks()? } else { None };
+            let records = current.take().unwrap_or(Cow::Borrowed(&[]));
+            let last_chunk = following.is_none();
+            buf.clear();
+            let mut start = 0;
+            loop {
+                let mut end = start;
+                let mut bytes = 0;
+                while end < records.len() && (end == start || bytes + records[end].encoded_len() <= TARGET_BATCH_BYTES)
+                {
+                    bytes += records[end].encoded_len();
+                    end += 1;
+                }
+                let last = last_chunk && end == records.len();
+                let flags = if txn { FLAG_TXN | if last { FLAG_TXN_LAST } else { 0 } } else { 0 };
+                let count = (end - start) as u32;
+                if count > 0 || (txn && last) {
+                    let header =
+                        BatchHeader { flags, count, base_offset: next, append_time_ms: now, producer, sequence };
+                    encode_batch(&mut buf, &header, &records[start..end]);
+                }
+                next += u64::from(count);
+                start = end;
+                if end == records.len() {
+                    break;
+                }
             }
-            let last = end == records.len();
-            let flags = if txn { FLAG_TXN | if last { FLAG_TXN_LAST } else { 0 } } else { 0 };
-            let count = (end - start) as u32;
-            if count > 0 || txn {
-                let header = BatchHeader { flags, count, base_offset: next, append_time_ms: now, producer, sequence };
-                encode_batch(&mut buf, &header, &records[start..end]);
+            let tail = self.tail_mut();
+            if let Some(action) = keel_types::faults::armed("log.append") {
+                // A torn write: half the bytes reach the file, then the process dies.
+                let _ = tail.file.write_all_at(&buf[..buf.len() / 2], pos);
+                keel_types::faults::fire("log.append", action);
             }
-            next += u64::from(count);
-            start = end;
-            if last {
+            tail.file.write_all_at(&buf, pos).map_err(LogError::io("cannot append to", &path))?;
+            pos += buf.len() as u64;
+            current = following;
+            if last_chunk {
                 break;
             }
         }
-        let path = segment_path(&self.dir, self.tail_ref().base);
-        let durability = self.durability;
         let tail = self.tail_mut();
-        if let Some(action) = keel_types::faults::armed("log.append") {
-            // A torn write: half the bytes reach the file, then the process dies.
-            let _ = tail.file.write_all_at(&buf[..buf.len() / 2], tail.len);
-            keel_types::faults::fire("log.append", action);
+        if durability == Durability::Fsync {
+            tail.file.sync_data().map_err(LogError::io("cannot fsync", &path))?;
         }
-        let written = tail.file.write_all_at(&buf, tail.len).map_err(LogError::io("cannot append to", &path));
-        let synced = match (&written, durability) {
-            (Ok(()), Durability::Fsync) => tail.file.sync_data().map_err(LogError::io("cannot fsync", &path)),
-            _ => Ok(()),
-        };
-        written?;
-        synced?;
-        tail.len += buf.len() as u64;
+        tail.len = pos;
         tail.next_offset = next;
         self.buf = buf;
         Ok(())

@@ -233,3 +233,36 @@ fn a_reader_follows_appends_and_segment_rolls() {
     }
     assert_eq!(reader.position(), 40);
 }
+
+#[test]
+fn a_streamed_transaction_is_one_atomic_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path()).unwrap();
+    let topic = log.create_topic("t", TopicConfig::new(1)).unwrap();
+    let mut w = topic.writer(0, Durability::Fsync).unwrap();
+    let mut chunks = (0..3).map(|c| (0..2000).map(|i| rec(&format!("{c}-{i:0>600}"))).collect::<Vec<_>>());
+    let outcome = w.commit_txn_stream(5, 1, &mut || Ok(chunks.next())).unwrap();
+    assert_eq!(outcome, TxnOutcome::Committed { base_offset: 0, next_offset: 6000 });
+    let mut again = vec![vec![rec("dup")]].into_iter();
+    assert_eq!(w.commit_txn_stream(5, 1, &mut || Ok(again.next())).unwrap(), TxnOutcome::AlreadyCommitted);
+    let all = read_all(&topic, 0, 0);
+    assert_eq!(all.len(), 6000);
+    assert!(all[5999].1.starts_with("2-"));
+    // A stream that fails part-way leaves nothing visible, and the next writer truncates it.
+    let mut n = 0;
+    let err = w.commit_txn_stream(5, 2, &mut || {
+        n += 1;
+        if n < 3 {
+            Ok(Some((0..2000).map(|i| rec(&format!("{i:0>600}"))).collect()))
+        } else {
+            Err(LogError::InvalidConfig("source broke".into()))
+        }
+    });
+    assert!(err.is_err());
+    assert_eq!(read_all(&topic, 0, 0).len(), 6000, "a half-written transaction must stay invisible");
+    let mut w = topic.writer(0, Durability::Fsync).unwrap();
+    assert_eq!(
+        w.commit_txn(5, 2, &[rec("retry")]).unwrap(),
+        TxnOutcome::Committed { base_offset: 6000, next_offset: 6001 }
+    );
+}
