@@ -70,3 +70,60 @@ fn consume_follow_prints_records_as_they_are_committed() {
     consumer.kill().unwrap();
     consumer.wait().unwrap();
 }
+
+#[test]
+fn an_idle_partition_does_not_hold_windows_back_while_the_job_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    run_ok(keel(dir.path()).args(["topic", "create", "events", "--partitions", "2"]));
+    // Partition 0 gets 30 seconds of events; partition 1 stays empty.
+    let log = keel::log::Log::open(dir.path()).unwrap();
+    let mut w = log.topic("events").unwrap().writer(0, keel::log::Durability::Fsync).unwrap();
+    let recs: Vec<_> = (0..30)
+        .map(|s| {
+            let ts = keel::types::time::format_timestamp_ms(keel::sample::BASE_MS + s * 1000);
+            keel::log::Record::new(None, format!(r#"{{"user_id":"u","amount":1,"ts":"{ts}"}}"#).into_bytes())
+        })
+        .collect();
+    w.append(&recs).unwrap();
+    let sql = dir.path().join("totals.sql");
+    std::fs::write(
+        &sql,
+        WINDOW_SQL.replace(
+            "'format' = 'json');\n\nCREATE TABLE totals",
+            "'format' = 'json', 'scan.idle-timeout' = '300ms');\n\nCREATE TABLE totals",
+        ),
+    )
+    .unwrap();
+    let mut child = keel(dir.path())
+        .args(["run", sql.to_str().unwrap(), "--quiet", "-p", "1", "--checkpoint-interval", "100ms"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Unbounded: windows can only fire if the empty partition stops holding the watermark back.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let rows = loop {
+        let rows = keel::log::Log::open(dir.path())
+            .unwrap()
+            .topic("totals")
+            .map(|_| topic_rows(dir.path(), "totals"))
+            .unwrap_or_default();
+        if rows.len() >= 2 {
+            break rows;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no window fired within 60 s: the idle partition holds the watermark"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "keel exited");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Watermark = 29 s - 1 s delay = 28 s: windows [0, 10) and [10, 20) are closed.
+    let mut got: Vec<(String, i64)> =
+        rows.iter().map(|r| (r["window_start"].as_str().unwrap().to_string(), r["n"].as_i64().unwrap())).collect();
+    got.sort();
+    assert_eq!(got, vec![("2024-01-01T00:00:00.000Z".to_string(), 10), ("2024-01-01T00:00:10.000Z".to_string(), 10)]);
+}

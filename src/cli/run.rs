@@ -152,7 +152,7 @@ pub fn run_pipeline(data_dir: &Path, args: &RunArgs, stop: Arc<AtomicBool>) -> R
 /// Prints events/s, watermark and the last checkpoint once a second (in place on a terminal).
 fn progress_loop(m: &Metrics, done: &AtomicBool) {
     let tty = std::io::stderr().is_terminal();
-    let every = if tty { Duration::from_secs(1) } else { Duration::from_secs(5) };
+    let every = if tty { Duration::from_millis(250) } else { Duration::from_secs(5) };
     let mut last = (Instant::now(), 0u64);
     let mut next = Instant::now() + every;
     while !done.load(Ordering::SeqCst) {

@@ -252,7 +252,7 @@ impl Source for TopicSource {
     fn watermark(&self) -> WatermarkStatus {
         let Some((_, delay)) = self.cfg.event_time else { return WatermarkStatus::Active(MIN_WATERMARK) };
         if self.parts.is_empty() {
-            return WatermarkStatus::Idle;
+            return WatermarkStatus::Idle(MIN_WATERMARK);
         }
         let idle_after = self.cfg.idle_timeout;
         let active: Vec<&Partition> = self
@@ -261,12 +261,12 @@ impl Source for TopicSource {
             .filter(|p| !p.finished() && idle_after.is_none_or(|t| p.empty_since.is_none_or(|e| e.elapsed() <= t)))
             .collect();
         if active.is_empty() {
+            // Nothing holds the watermark back: every partition is finished or idle.
+            let all = self.parts.iter().map(|p| p.state.max_ts).max().unwrap_or(MIN_WATERMARK).saturating_sub(delay);
             return if self.parts.iter().all(Partition::finished) {
-                WatermarkStatus::Active(
-                    self.parts.iter().map(|p| p.state.max_ts).max().unwrap_or(MIN_WATERMARK).saturating_sub(delay),
-                )
+                WatermarkStatus::Active(all)
             } else {
-                WatermarkStatus::Idle
+                WatermarkStatus::Idle(all)
             };
         }
         let wm = active.iter().map(|p| p.state.max_ts.saturating_sub(delay)).min().unwrap_or(MIN_WATERMARK);

@@ -89,7 +89,10 @@ pub enum SourcePoll {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WatermarkStatus {
     Active(i64),
-    Idle,
+    /// No partition has data for now. The watermark is what the source can still vouch for
+    /// (the largest of its partitions'); it is emitted before the source is marked idle, so
+    /// that what was read is not held back.
+    Idle(i64),
 }
 
 /// A source of batches with replayable positions.

@@ -222,7 +222,11 @@ pub(crate) fn run_source_task(uid: &str, mut source: Box<dyn Source>, mut chain:
                 last_wm = last_wm.max(wm);
                 chain.watermark(last_wm)?;
             }
-            WatermarkStatus::Idle if !idle => {
+            WatermarkStatus::Idle(wm) if !idle => {
+                if wm > last_wm {
+                    last_wm = wm;
+                    chain.watermark(last_wm)?;
+                }
                 idle = true;
                 chain.broadcast(Message::Idle)?;
             }

@@ -140,7 +140,8 @@ mod tests {
         // The direct formatter agrees with chrono across leap years, centuries and negatives.
         let mut ms = -62_167_219_200_000i64; // 0000-01-01
         while ms < 253_402_300_799_999 {
-            let expected = chrono::DateTime::from_timestamp_millis(ms).unwrap().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+            let expected =
+                chrono::DateTime::from_timestamp_millis(ms).unwrap().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
             assert_eq!(format_timestamp_ms(ms), expected, "{ms}");
             ms += 86_399_999 * 37 + 12_345;
         }
