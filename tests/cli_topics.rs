@@ -116,3 +116,45 @@ fn a_torn_tail_is_reported_truncated_and_never_served() {
     assert!(err.contains("truncating 11 bytes after offset 2"), "{err}");
     assert_eq!(consume(d, &["t"]), vec!["{\"n\":1}", "{\"n\":2}", "{\"n\":3}"]);
 }
+
+#[test]
+fn wrong_arguments_are_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let err = |args: &[&str]| {
+        let out = keel(d).args(args).stdin(Stdio::null()).output().unwrap();
+        assert!(!out.status.success(), "{args:?} should fail");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    assert!(err(&["topic", "create", "bad/name"]).contains("invalid topic name 'bad/name': '/' is not allowed"));
+    assert!(err(&["topic", "create", "t", "--partitions", "0"]).contains("between 1 and 4096 partitions"));
+    assert!(
+        err(&["topic", "create", "t", "--retention", "10 parsecs"])
+            .contains("invalid duration '10 parsecs': unknown unit")
+    );
+    let out = run_ok(keel(d).args([
+        "topic",
+        "create",
+        "t",
+        "--partitions",
+        "2",
+        "--retention",
+        "7d",
+        "--retention-bytes",
+        "1000000",
+    ]));
+    assert!(out.status.success());
+    let desc = String::from_utf8(run_ok(keel(d).args(["topic", "describe", "t"])).stdout).unwrap();
+    assert!(desc.contains("retention 1000000 bytes, 604800000 ms"), "{desc}");
+    assert!(
+        err(&["consume", "t", "--from", "yesterday"])
+            .contains("--from 'yesterday' is not earliest, latest or an offset")
+    );
+    assert!(
+        err(&["consume", "t", "--partition", "5"]).contains("partition 5 does not exist: topic 't' has 2 partition(s)")
+    );
+    let sql = d.join("p.sql");
+    std::fs::write(&sql, WINDOW_SQL).unwrap();
+    assert!(err(&["run", sql.to_str().unwrap(), "--checkpoint-interval", "soon"]).contains("invalid duration 'soon'"));
+    assert!(err(&["run", "/nonexistent.sql"]).contains("cannot read pipeline file /nonexistent.sql"));
+}

@@ -111,6 +111,7 @@ fn a_missing_source_topic_says_how_to_create_it() {
     .unwrap();
     let err = fails(keel(dir.path()).args(["run", sql.to_str().unwrap(), "--bounded"]));
     assert!(err.contains("topic 'events' does not exist; create it with `keel topic create events`"), "{err}");
+    assert!(!dir.path().join("jobs/p").exists(), "a job whose source is missing must not create job state");
 }
 
 const GOOD_AND_BAD: &str = r#"{"user_id":"a","amount":1,"ts":"2024-01-01T00:00:01Z"}

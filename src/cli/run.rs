@@ -109,9 +109,6 @@ pub fn run_pipeline(data_dir: &Path, args: &RunArgs, stop: Arc<AtomicBool>) -> R
         parallelism,
         bounded: args.bounded,
     };
-    let pipeline = keel_sql::plan(&sql, &opts).map_err(|e| anyhow::anyhow!("{}: {e}", args.pipeline.display()))?;
-    let mut job = JobDir::open(data_dir, &name, &pipeline.fingerprint, args.fresh)?;
-    let graph = pipeline.build_graph(&mut job).map_err(|e| anyhow::anyhow!("{}: {e}", args.pipeline.display()))?;
     let mut config = JobConfig::new(&name, data_dir);
     config.checkpoint_interval =
         if args.checkpoint_interval == "off" { None } else { Some(parse_dur(&args.checkpoint_interval)?) };
@@ -120,6 +117,10 @@ pub fn run_pipeline(data_dir: &Path, args: &RunArgs, stop: Arc<AtomicBool>) -> R
     config.bounded = args.bounded;
     config.restart.max_attempts = args.restart_attempts;
     config.restart.window = parse_dur(&args.restart_window)?;
+    let pipeline = keel_sql::plan(&sql, &opts).map_err(|e| anyhow::anyhow!("{}: {e}", args.pipeline.display()))?;
+    pipeline.check_sources().map_err(|e| anyhow::anyhow!("{}: {e}", args.pipeline.display()))?;
+    let mut job = JobDir::open(data_dir, &name, &pipeline.fingerprint, args.fresh)?;
+    let graph = pipeline.build_graph(&mut job).map_err(|e| anyhow::anyhow!("{}: {e}", args.pipeline.display()))?;
     let (sink, guarantee) = pipeline.sink_guarantee();
     let resume = job.checkpoint_store(config.retained_checkpoints)?.latest()?.map(|c| c.id);
     eprintln!(

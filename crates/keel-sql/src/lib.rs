@@ -158,6 +158,13 @@ impl Pipeline {
         (self.insert.sink.name.clone(), self.insert.sink_kind.guarantee())
     }
 
+    /// Checks that the topics the pipeline reads exist (before any job state is created).
+    pub fn check_sources(&self) -> Result<()> {
+        let connectors::SourcePlan::Topic { topic, .. } = &self.insert.source_plan;
+        Log::open(&self.opts.data_dir)?.topic(topic)?;
+        Ok(())
+    }
+
     /// Resolves sources (recording start and bounded end offsets at the first start) and builds
     /// the job graph.
     pub fn build_graph(&self, job: &mut JobDir) -> Result<JobGraph> {
