@@ -107,7 +107,7 @@ pub(crate) fn plan_insert(
     };
     let sql = script::render(&rewritten);
     let state = ctx.state();
-    let plan = futures::executor::block_on(state.create_logical_plan(&sql)).map_err(planning("planning the query"))?;
+    let plan = futures::executor::block_on(state.create_logical_plan(&sql)).map_err(|e| located(e, query))?;
     // Refuse what the optimizer might otherwise quietly drop (an ORDER BY, for one).
     let mut refusal = None;
     let _ = plan.apply(|node| {
@@ -257,6 +257,20 @@ pub(crate) fn plan_insert(
         below.append(&mut above);
     }
     Ok(InsertPlan { source, source_plan, source_schema, window: window_info, below, aggregate, above, sink, sink_kind })
+}
+
+/// A DataFusion planning error, placed at the name it complains about when there is one.
+fn located(e: datafusion::error::DataFusionError, query: &[Tok]) -> SqlError {
+    let message = e.strip_backtrace();
+    let name = ["No field named ", "table '", "Invalid function '"].iter().find_map(|marker| {
+        let rest = &message[message.find(marker)? + marker.len()..];
+        let end = rest.find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.')).unwrap_or(rest.len());
+        Some(rest[..end].trim_matches('.').rsplit('.').next().unwrap_or("").to_string())
+    });
+    match name.filter(|n| !n.is_empty()).and_then(|n| script::find_keyword(query, &[n.as_str()]).map(|p| (n, p))) {
+        Some((_, pos)) => SqlError::Invalid { pos, message },
+        None => SqlError::Planning { context: "planning the query".into(), message },
+    }
 }
 
 fn names(s: &Schema) -> String {
