@@ -34,8 +34,9 @@ GROUP BY user_id, window_start, window_end;
 
 #[derive(Args)]
 pub struct DemoArgs {
-    /// How many sample events to generate (only when the demo topic is empty).
-    #[arg(long, default_value_t = 1_000_000)]
+    /// How many sample events to generate (only when the demo topic is empty): 200 users, one
+    /// event every 2 ms of event time.
+    #[arg(long, default_value_t = 2_000_000)]
     events: u64,
     #[arg(long, short = 'p')]
     parallelism: Option<u32>,
@@ -56,7 +57,7 @@ pub fn demo(data_dir: &Path, args: DemoArgs) -> Result<()> {
     let topic = log.topic_or_create("demo-events", TopicConfig::new(4))?;
     if topic.describe()?.iter().all(|p| p.end_offset == 0) {
         eprintln!("generating {} sample events into topic 'demo-events' (4 partitions)...", args.events);
-        sample::fill_topic(&topic, args.events, 42, 1000, 10)?;
+        sample::fill_topic(&topic, args.events, 42, 200, 2)?;
     }
     let dir = data_dir.join("demo");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -99,10 +100,11 @@ pub fn demo(data_dir: &Path, args: DemoArgs) -> Result<()> {
     }
     let totals = log.topic("demo-totals")?;
     let rows: u64 = totals.describe()?.iter().map(|p| p.end_offset).sum();
-    println!("results in topic 'demo-totals': {rows} rows (one per user and 10-second window); the first ones:");
+    println!("results in topic 'demo-totals': {rows} rows (one per user and 10-second window); a few from the middle:");
     let mut shown = 0;
     for p in 0..totals.partitions() {
-        let mut r = totals.reader(p, 0)?;
+        let mid = totals.partition_info(p)?.end_offset / 2;
+        let mut r = totals.reader(p, mid)?;
         while shown < 10 {
             let Some(chunk) = r.read(64 << 10)? else { break };
             chunk.for_each(|rec| {
