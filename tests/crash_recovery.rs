@@ -12,7 +12,22 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
-    let seed = seed("crash_recovery");
+    crash_test("crash_recovery", Sink::Topic, 12);
+}
+
+#[test]
+fn sigkill_with_a_filesystem_sink_publishes_every_window_once() {
+    crash_test("crash_recovery_files", Sink::Files, 8);
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Sink {
+    Topic,
+    Files,
+}
+
+fn crash_test(name: &str, sink: Sink, min_kills: u32) {
+    let seed = seed(name);
     let mut rng = Rng(seed);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path();
@@ -23,10 +38,21 @@ fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     let chunks = 14u64;
     let mut appended = 0u64;
     let sql = data.join("totals.sql");
-    std::fs::write(&sql, WINDOW_SQL).unwrap();
-    let points = ["checkpoint.before-manifest", "checkpoint.after-manifest", "sink.commit", "log.append"];
+    let out_dir = data.join("out");
+    let pipeline = match sink {
+        Sink::Topic => WINDOW_SQL.to_string(),
+        Sink::Files => WINDOW_SQL.replace(
+            "'connector' = 'topic', 'topic' = 'totals', 'format' = 'json'",
+            &format!("'connector' = 'filesystem', 'path' = '{}', 'format' = 'json'", out_dir.display()),
+        ),
+    };
+    std::fs::write(&sql, pipeline).unwrap();
+    let points: &[&str] = match sink {
+        Sink::Topic => &["checkpoint.before-manifest", "checkpoint.after-manifest", "sink.commit", "log.append"],
+        Sink::Files => &["checkpoint.before-manifest", "checkpoint.after-manifest", "sink.commit"],
+    };
     let mut kills = 0;
-    while kills < 12 || appended < n {
+    while kills < min_kills || appended < n {
         if appended < n {
             let next = (appended + n / chunks).min(n);
             keel::sample::fill_topic_range(&topic, appended..next, seed, users, step).unwrap();
@@ -73,7 +99,23 @@ fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     }
     run_ok(keel(data).args(["run", sql.to_str().unwrap(), "--bounded", "--quiet", "--checkpoint-interval", "100ms"]));
     let expected = expected_totals(n, seed, users, step, 10_000);
-    let actual = actual_totals(&topic_rows(data, "totals"));
+    let rows = match sink {
+        Sink::Topic => topic_rows(data, "totals"),
+        Sink::Files => {
+            let mut rows = vec![];
+            for e in std::fs::read_dir(&out_dir).unwrap() {
+                let name = e.unwrap().file_name().to_string_lossy().to_string();
+                if name.starts_with('.') {
+                    panic!("uncommitted file {name} left in the sink directory");
+                }
+                for line in std::fs::read_to_string(out_dir.join(&name)).unwrap().lines() {
+                    rows.push(serde_json::from_str(line).unwrap());
+                }
+            }
+            rows
+        }
+    };
+    let actual = actual_totals(&rows);
     assert_same(&actual, &expected);
     // Nothing uncommitted is left staged.
     let staged = walk(&data.join("jobs/totals/staging"));

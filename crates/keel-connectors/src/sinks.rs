@@ -144,6 +144,7 @@ impl FileSink {
 
     fn publish(&self, pending: &Path, subtask: u32, checkpoint: u64) -> Result<()> {
         let target = self.final_path(subtask, checkpoint);
+        keel_types::faults::hit("sink.commit");
         fs::rename(pending, &target).map_err(ConnectorError::io("cannot publish file", pending))?;
         Ok(())
     }
