@@ -23,7 +23,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::common::DFSchema;
 use datafusion::logical_expr::{Expr, ExprSchemable};
 use keel_connectors::BadRecordPolicy;
-use keel_runtime::ops::{AggregateCall, AggregateFunction, GroupColumn, WindowAggregateSpec};
+use keel_runtime::ops::{AggregateCall, AggregateFunction, GroupColumn};
 use keel_runtime::{JobConfig, JobDir, JobOutcome, Metrics};
 use keel_sql::planner::{AggregatePlan, InsertPlan, Step};
 use keel_sql::script::{ColumnDef, TableDef, WatermarkDef};
@@ -276,17 +276,7 @@ impl PipelineBuilder {
         let nk = keys.len();
         let mut group_output: Vec<GroupColumn> = (0..nk).map(GroupColumn::Key).collect();
         group_output.extend([GroupColumn::WindowStart, GroupColumn::WindowEnd]);
-        let pre_schema = Arc::new(Schema::new(pre_fields));
         let out_schema = Arc::new(Schema::new(out_fields));
-        let spec = WindowAggregateSpec {
-            input_schema: pre_schema.clone(),
-            num_keys: nk,
-            window_start: nk,
-            window_end: nk + 1,
-            aggregates: calls,
-            group_output,
-            output_schema: out_schema.clone(),
-        };
         self.description.push(format!(
             "aggregate([{}], [{}])",
             keys.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(", "),
@@ -295,7 +285,7 @@ impl PipelineBuilder {
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
-        self.aggregate = Some(AggregatePlan { pre_projection: (pre, pre_schema), spec: Arc::new(spec) });
+        self.aggregate = Some(AggregatePlan::new(pre, pre_fields, nk, calls, group_output, out_schema.clone()));
         self.schema = df_schema(&out_schema)?;
         Ok(self)
     }

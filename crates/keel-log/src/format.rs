@@ -159,15 +159,10 @@ pub(crate) fn read_frame(buf: &[u8], verify: bool) -> Frame {
     if body[0] != VERSION {
         return Frame::Bad(format!("unknown batch format version {}", body[0]));
     }
-    let header = BatchHeader {
-        flags: body[1],
-        count: u32_at(body, 2),
-        base_offset: u64_at(body, 6),
-        append_time_ms: u64_at(body, 14) as i64,
-        producer: u64_at(body, 22),
-        sequence: u64_at(body, 30),
-    };
-    Frame::Batch { header, len: FRAME_HEADER + len }
+    match parse_header(buf) {
+        Some((_, header)) => Frame::Batch { header, len: FRAME_HEADER + len },
+        None => Frame::Bad("unreadable batch header".to_string()),
+    }
 }
 
 /// Calls `f(key, value)` for each record in a CRC-checked batch body.

@@ -38,6 +38,31 @@ pub struct AggregatePlan {
     pub spec: Arc<WindowAggregateSpec>,
 }
 
+impl AggregatePlan {
+    /// The aggregate over input prepared by `pre_exprs` (with `pre_fields`): the first `num_keys`
+    /// are the keys, then window start and end, then the aggregate arguments.
+    pub fn new(
+        pre_exprs: Vec<Arc<dyn PhysicalExpr>>,
+        pre_fields: Vec<Field>,
+        num_keys: usize,
+        aggregates: Vec<AggregateCall>,
+        group_output: Vec<GroupColumn>,
+        output_schema: SchemaRef,
+    ) -> Self {
+        let pre_schema = Arc::new(Schema::new(pre_fields));
+        let spec = WindowAggregateSpec {
+            input_schema: pre_schema.clone(),
+            num_keys,
+            window_start: num_keys,
+            window_end: num_keys + 1,
+            aggregates,
+            group_output,
+            output_schema,
+        };
+        AggregatePlan { pre_projection: (pre_exprs, pre_schema), spec: Arc::new(spec) }
+    }
+}
+
 /// One `INSERT INTO` planned down to operators.
 #[derive(Clone)]
 pub struct InsertPlan {
@@ -474,15 +499,5 @@ fn plan_aggregate(
         };
         fields.push(Field::new(name, t, nullable));
     }
-    let pre_schema = Arc::new(Schema::new(fields));
-    let spec = WindowAggregateSpec {
-        input_schema: pre_schema.clone(),
-        num_keys: nk,
-        window_start: nk,
-        window_end: nk + 1,
-        aggregates: calls,
-        group_output,
-        output_schema: Arc::new(a.schema.as_arrow().clone()),
-    };
-    Ok(AggregatePlan { pre_projection: (pre_exprs, pre_schema), spec: Arc::new(spec) })
+    Ok(AggregatePlan::new(pre_exprs, fields, nk, calls, group_output, Arc::new(a.schema.as_arrow().clone())))
 }
