@@ -77,7 +77,7 @@ pub struct InsertPlan {
     pub sink_kind: SinkKind,
 }
 
-pub(crate) fn table_schema(def: &TableDef) -> SchemaRef {
+pub fn table_schema(def: &TableDef) -> SchemaRef {
     Arc::new(Schema::new(
         def.columns.iter().map(|c| Field::new(&c.name, c.data_type.clone(), c.nullable)).collect::<Vec<_>>(),
     ))

@@ -55,6 +55,22 @@ pub struct WindowAggregateSpec {
     pub output_schema: SchemaRef,
 }
 
+/// Keys in Arrow's row format, or none at all (a window aggregate without GROUP BY keys: one
+/// empty key, so every row of a window is one group).
+enum KeyRows {
+    Rows(arrow::row::Rows),
+    Empty,
+}
+
+impl KeyRows {
+    fn key(&self, i: usize) -> &[u8] {
+        match self {
+            KeyRows::Rows(r) => r.row(i).data(),
+            KeyRows::Empty => &[],
+        }
+    }
+}
+
 struct Group {
     start: i64,
     end: i64,
@@ -112,6 +128,14 @@ impl WindowAggregate {
             key_groups: keel_types::DEFAULT_KEY_GROUPS,
             metrics: None,
         })
+    }
+
+    /// The row-format keys of a batch's key columns (none for an aggregate without keys).
+    fn key_rows(&self, cols: &[ArrayRef]) -> Result<KeyRows> {
+        if cols.is_empty() {
+            return Ok(KeyRows::Empty);
+        }
+        Ok(KeyRows::Rows(self.converter.convert_columns(cols).map_err(RuntimeError::arrow("group keys"))?))
     }
 
     /// The group id of (start, end, key), creating it if new.
@@ -228,13 +252,10 @@ impl Operator for WindowAggregate {
             let starts = batch.column(1).as_primitive::<arrow::datatypes::Int64Type>().clone();
             let ends = batch.column(2).as_primitive::<arrow::datatypes::Int64Type>().clone();
             let nk = self.spec.num_keys;
-            let rows = self
-                .converter
-                .convert_columns(&batch.columns()[3..3 + nk])
-                .map_err(RuntimeError::arrow("restore keys"))?;
+            let rows = self.key_rows(&batch.columns()[3..3 + nk])?;
             let mut gids = Vec::with_capacity(batch.num_rows());
             for i in 0..batch.num_rows() {
-                gids.push(self.group_of(starts.value(i), ends.value(i), rows.row(i).as_ref(), || kg.value(i)));
+                gids.push(self.group_of(starts.value(i), ends.value(i), rows.key(i), || kg.value(i)));
             }
             let mut at = 3 + nk;
             for a in &mut self.accs {
@@ -256,7 +277,7 @@ impl Operator for WindowAggregate {
         let starts = starts.as_primitive::<TimestampMillisecondType>();
         let ends = ends.as_primitive::<TimestampMillisecondType>();
         let nk = self.spec.num_keys;
-        let rows = self.converter.convert_columns(&batch.columns()[..nk]).map_err(RuntimeError::arrow("group keys"))?;
+        let rows = self.key_rows(&batch.columns()[..nk])?;
         let key_cols: Vec<usize> = (0..nk).collect();
         let key_groups = row_key_groups(&batch, &key_cols, self.key_groups)?;
         let mut gids = Vec::with_capacity(batch.num_rows());
@@ -269,7 +290,7 @@ impl Operator for WindowAggregate {
                 continue;
             }
             keep.push(i as u32);
-            gids.push(self.group_of(s, e, rows.row(i).as_ref(), || kg));
+            gids.push(self.group_of(s, e, rows.key(i), || kg));
         }
         let args: Vec<Option<ArrayRef>> = if late > 0 {
             if let Some(m) = &self.metrics {

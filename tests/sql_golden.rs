@@ -1,0 +1,237 @@
+//! Golden SQL cases: each `tests/golden/*.case` file holds an input (JSON lines), a pipeline,
+//! and the expected result, either written out (`-- expected`, derived by reasoning) or as an
+//! equivalent batch query (`-- batch`) that DataFusion runs over the whole finite input. Every
+//! case runs twice: straight through, and with the process killed (SIGKILL at seeded fault points
+//! while checkpointing and committing) and restarted until it finishes. Both runs must give the
+//! expected rows exactly (as a multiset; a streaming result has no order).
+//!
+//! Case file sections: `-- partitions: N` (optional, default 1), `-- input`, `-- pipeline`, and
+//! `-- batch` or `-- expected`. The pipeline reads topic `input` and writes topic `output`.
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::process::Stdio;
+
+struct Case {
+    name: String,
+    partitions: u32,
+    input: Vec<String>,
+    pipeline: String,
+    batch: Option<String>,
+    expected: Option<Vec<String>>,
+}
+
+fn parse_case(path: &Path) -> Case {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut case = Case {
+        name: path.file_stem().unwrap().to_string_lossy().to_string(),
+        partitions: 1,
+        input: vec![],
+        pipeline: String::new(),
+        batch: None,
+        expected: None,
+    };
+    let mut section = "";
+    for line in text.lines() {
+        if let Some(p) = line.strip_prefix("-- partitions:") {
+            case.partitions = p.trim().parse().unwrap();
+            continue;
+        }
+        match line.trim() {
+            "-- input" | "-- pipeline" | "-- batch" | "-- expected" => {
+                section = line.trim();
+                if section == "-- batch" {
+                    case.batch = Some(String::new());
+                }
+                if section == "-- expected" {
+                    case.expected = Some(vec![]);
+                }
+                continue;
+            }
+            _ => {}
+        }
+        match section {
+            "-- input" if !line.trim().is_empty() => case.input.push(line.to_string()),
+            "-- pipeline" => case.pipeline.push_str(&format!("{line}\n")),
+            "-- batch" => case.batch.as_mut().unwrap().push_str(&format!("{line}\n")),
+            "-- expected" if !line.trim().is_empty() => case.expected.as_mut().unwrap().push(line.to_string()),
+            _ => {}
+        }
+    }
+    assert!(!case.pipeline.is_empty(), "{}: no pipeline section", case.name);
+    assert!(
+        case.batch.is_some() != case.expected.is_some(),
+        "{}: give exactly one of -- batch or -- expected",
+        case.name
+    );
+    case
+}
+
+/// Canonical form of a row for comparison: JSON with keys sorted and numbers normalised.
+fn canon(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Object(m) => {
+            let mut keys: Vec<_> = m.keys().collect();
+            keys.sort();
+            let parts: Vec<String> = keys.iter().map(|k| format!("{k:?}:{}", canon(&m[*k]))).collect();
+            format!("{{{}}}", parts.join(","))
+        }
+        serde_json::Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() => format!("{}", (f * 1e9).round() / 1e9),
+            _ => n.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+fn canon_lines(lines: &[String]) -> Vec<String> {
+    let mut v: Vec<String> = lines.iter().map(|l| canon(&serde_json::from_str(l).expect("a JSON row"))).collect();
+    v.sort();
+    v
+}
+
+/// Runs the batch query with DataFusion over the whole input.
+fn batch_expected(case: &Case) -> Vec<String> {
+    let toks = keel::sql::script::tokenize(&case.pipeline).unwrap();
+    let input_def = keel::sql::script::split_statements(toks)
+        .into_iter()
+        .filter_map(|s| keel::sql::script::parse_create_table(&s).ok())
+        .find(|d| d.name == "input")
+        .expect("the pipeline creates table input");
+    let schema = keel::sql::planner::table_schema(&input_def);
+    let mut decoder = keel::connectors::json::JsonDecoder::new(schema.clone()).unwrap();
+    let values: Vec<&[u8]> = case.input.iter().map(|l| l.as_bytes()).collect();
+    let decoded = decoder.decode(&values).unwrap();
+    let ctx = datafusion::prelude::SessionContext::new_with_config(
+        datafusion::prelude::SessionConfig::new().with_target_partitions(1),
+    );
+    for f in keel::sql::functions::flink_aggregates() {
+        ctx.register_udaf(f);
+    }
+    let table = datafusion::catalog::MemTable::try_new(schema, vec![vec![decoded.batch]]).unwrap();
+    ctx.register_table("input", std::sync::Arc::new(table)).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let batches = rt
+        .block_on(async { ctx.sql(case.batch.as_deref().unwrap()).await?.collect().await })
+        .unwrap_or_else(|e| panic!("{}: batch query: {e}", case.name));
+    let mut out = vec![];
+    for b in &batches {
+        for r in 0..b.num_rows() {
+            let mut s = String::new();
+            keel::connectors::json::encode_row(b, r, &mut s);
+            out.push(s);
+        }
+    }
+    out
+}
+
+fn setup(case: &Case, data: &Path) -> std::path::PathBuf {
+    let log = keel::log::Log::open(data).unwrap();
+    let topic = log.create_topic("input", keel::log::TopicConfig::new(case.partitions)).unwrap();
+    // One record per producer batch: the watermark moves after each, so lateness is deterministic,
+    // and checkpoints can fall between any two records.
+    for (i, line) in case.input.iter().enumerate() {
+        let mut w = topic.writer(i as u32 % case.partitions, keel::log::Durability::OsBuffer).unwrap();
+        w.append(&[keel::log::Record::new(None, line.as_bytes().to_vec())]).unwrap();
+    }
+    let sql = data.join(format!("{}.sql", case.name));
+    std::fs::write(&sql, &case.pipeline).unwrap();
+    sql
+}
+
+fn output(data: &Path) -> Vec<String> {
+    topic_rows(data, "output").iter().map(|v| v.to_string()).collect()
+}
+
+fn run_straight(case: &Case) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let sql = setup(case, dir.path());
+    run_ok(keel(dir.path()).args([
+        "run",
+        sql.to_str().unwrap(),
+        "--bounded",
+        "--quiet",
+        "-p",
+        "2",
+        "--restart-attempts",
+        "0",
+    ]));
+    output(dir.path())
+}
+
+fn run_with_kills(case: &Case, rng: &mut Rng) -> (Vec<String>, u32) {
+    let dir = tempfile::tempdir().unwrap();
+    let sql = setup(case, dir.path());
+    let points = ["checkpoint.before-manifest", "checkpoint.after-manifest", "sink.commit"];
+    let mut kills = 0;
+    for attempt in 0.. {
+        assert!(attempt < 30, "{}: did not finish after 30 restarts", case.name);
+        let mut cmd = keel(dir.path());
+        cmd.args([
+            "run",
+            sql.to_str().unwrap(),
+            "--bounded",
+            "--quiet",
+            "--restart-attempts",
+            "0",
+            "--checkpoint-interval",
+            "10ms",
+            "-p",
+        ])
+        .arg(if rng.below(2) == 0 { "1" } else { "2" })
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+        if kills < 3 {
+            // The first kill fires at the first hit, which every case reaches (each checkpoints
+            // at least once and commits output); later ones may come a hit later.
+            let at = if kills == 0 { 1 } else { 1 + rng.below(2) };
+            cmd.env("KEEL_FAULTS", format!("{}=kill@{at}", points[rng.below(3) as usize]));
+        }
+        let out = cmd.output().unwrap();
+        if out.status.success() {
+            break;
+        }
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(out.status.signal(), Some(9), "{}: {}", case.name, String::from_utf8_lossy(&out.stderr));
+        kills += 1;
+    }
+    assert!(kills >= 1, "{}: no kill landed", case.name);
+    (output(dir.path()), kills)
+}
+
+#[test]
+fn golden_cases_match_straight_through_and_across_kills() {
+    let seed = seed("sql_golden");
+    let mut rng = Rng(seed);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let mut paths: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "case"))
+        .collect();
+    paths.sort();
+    assert!(paths.len() >= 10, "expected at least 10 golden cases, found {}", paths.len());
+    let mut failures = vec![];
+    for path in paths {
+        let case = parse_case(&path);
+        let expected = canon_lines(&match &case.expected {
+            Some(rows) => rows.clone(),
+            None => batch_expected(&case),
+        });
+        assert!(!expected.is_empty(), "{}: the expected result is empty, which proves nothing", case.name);
+        let straight = canon_lines(&run_straight(&case));
+        if straight != expected {
+            failures.push(format!("{} (straight):\n  expected {expected:?}\n  got      {straight:?}", case.name));
+            continue;
+        }
+        let (killed, kills) = run_with_kills(&case, &mut rng);
+        let killed = canon_lines(&killed);
+        if killed != expected {
+            failures
+                .push(format!("{} (after {kills} kills):\n  expected {expected:?}\n  got      {killed:?}", case.name));
+        }
+        println!("{}: ok ({} rows; straight, and with {kills} kill(s))", case.name, expected.len());
+    }
+    assert!(failures.is_empty(), "{} case(s) failed:\n{}", failures.len(), failures.join("\n"));
+}
