@@ -5,8 +5,10 @@
 //! while checkpointing and committing) and restarted until it finishes. Both runs must give the
 //! expected rows exactly (as a multiset; a streaming result has no order).
 //!
-//! Case file sections: `-- partitions: N` (optional, default 1), `-- input`, `-- pipeline`, and
-//! `-- batch` or `-- expected`. The pipeline reads topic `input` and writes topic `output`.
+//! Case file sections: `-- partitions: N` (optional, default 1), `-- parallelism: N` (optional:
+//! for results that depend on watermark timing across several inputs, such as which rows are
+//! late), `-- input`, `-- pipeline`, and `-- batch` or `-- expected`. The pipeline reads topic
+//! `input` and writes topic `output`.
 
 mod common;
 use common::*;
@@ -16,6 +18,8 @@ use std::process::Stdio;
 struct Case {
     name: String,
     partitions: u32,
+    /// `None`: the straight run uses 2 and the killed runs 1 or 2 at random.
+    parallelism: Option<u32>,
     input: Vec<String>,
     pipeline: String,
     batch: Option<String>,
@@ -27,6 +31,7 @@ fn parse_case(path: &Path) -> Case {
     let mut case = Case {
         name: path.file_stem().unwrap().to_string_lossy().to_string(),
         partitions: 1,
+        parallelism: None,
         input: vec![],
         pipeline: String::new(),
         batch: None,
@@ -36,6 +41,10 @@ fn parse_case(path: &Path) -> Case {
     for line in text.lines() {
         if let Some(p) = line.strip_prefix("-- partitions:") {
             case.partitions = p.trim().parse().unwrap();
+            continue;
+        }
+        if let Some(p) = line.strip_prefix("-- parallelism:") {
+            case.parallelism = Some(p.trim().parse().unwrap());
             continue;
         }
         match line.trim() {
@@ -147,13 +156,14 @@ fn output(data: &Path) -> Vec<String> {
 fn run_straight(case: &Case) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
     let sql = setup(case, dir.path());
+    let p = case.parallelism.unwrap_or(2).to_string();
     run_ok(keel(dir.path()).args([
         "run",
         sql.to_str().unwrap(),
         "--bounded",
         "--quiet",
         "-p",
-        "2",
+        &p,
         "--restart-attempts",
         "0",
     ]));
@@ -179,7 +189,7 @@ fn run_with_kills(case: &Case, rng: &mut Rng) -> (Vec<String>, u32) {
             "10ms",
             "-p",
         ])
-        .arg(if rng.below(2) == 0 { "1" } else { "2" })
+        .arg(case.parallelism.map(|p| p.to_string()).unwrap_or_else(|| (1 + rng.below(2)).to_string()))
         .stdin(Stdio::null())
         .stdout(Stdio::null());
         if kills < 3 {
