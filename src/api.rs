@@ -351,6 +351,7 @@ impl PipelineBuilder {
                 options: vec![],
             },
             sink_kind: kind,
+            logical_plan: self.description.join("\n"),
         };
         Ok(BuiltPipeline { name: self.name, data_dir: self.data_dir, insert, fingerprint })
     }

@@ -91,7 +91,7 @@ fn wrong_names_types_and_options_are_explained() {
     );
     refused(
         "CREATE TABLE o2 (a VARCHAR) WITH ('connector' = 'kafka');\nINSERT INTO o2 SELECT user_id FROM events;",
-        &["connector 'kafka' is not supported; use 'topic', 'filesystem' or 'print'"],
+        &["connector 'kafka' is not supported; use 'topic', 'filesystem', 'print' or 'blackhole'"],
     );
     refused(
         "CREATE TABLE e2 (user_id VARCHAR, ts TIMESTAMP(3)) WITH ('connector' = 'topic', 'topic' = 'events');\nINSERT INTO out_t SELECT user_id, window_start, window_end, COUNT(*), COUNT(*) FROM TABLE(TUMBLE(TABLE e2, DESCRIPTOR(ts), INTERVAL '10' SECOND)) GROUP BY user_id, window_start, window_end;",

@@ -174,3 +174,48 @@ FROM TABLE(TUMBLE(TABLE events, DESCRIPTOR(ts), INTERVAL '10' SECOND)) GROUP BY 
     got.sort();
     assert_eq!(got, want);
 }
+
+#[test]
+fn explain_prints_the_streaming_plan_without_running() {
+    let (dir, _) = events("explain");
+    let sql = dir.path().join("explain.sql");
+    std::fs::write(&sql, WINDOW_SQL.replace("INSERT INTO totals", "EXPLAIN PLAN FOR INSERT INTO totals")).unwrap();
+    let out = run_ok(keel(dir.path()).args(["run", sql.to_str().unwrap(), "-p", "3"]));
+    let plan = String::from_utf8_lossy(&out.stdout);
+    for part in [
+        "Streaming plan (parallelism 3)",
+        "source events: topic 'events'",
+        "window assigner Tumble { size: 10000",
+        "exchange: hash by the first 1 column(s)",
+        "window aggregate [CountStar, Sum]",
+        "sink totals",
+        "exactly-once",
+        "Aggregate: groupBy=",
+    ] {
+        assert!(plan.contains(part), "{part:?} missing from:\n{plan}");
+    }
+    assert!(!dir.path().join("jobs/explain").exists(), "EXPLAIN must not create job state");
+    assert!(
+        keel::log::Log::open(dir.path()).unwrap().topic("totals").is_err(),
+        "EXPLAIN must not create the sink topic"
+    );
+}
+
+#[test]
+fn the_blackhole_sink_discards_rows_and_counts_them() {
+    let (dir, seed) = events("blackhole");
+    let sql = dir.path().join("bh.sql");
+    std::fs::write(
+        &sql,
+        format!(
+            "{SOURCE}CREATE TABLE nowhere (user_id VARCHAR, amount BIGINT) WITH ('connector' = 'blackhole');
+INSERT INTO nowhere SELECT user_id, amount FROM events WHERE amount > 500;"
+        ),
+    )
+    .unwrap();
+    let out = run_ok(keel(dir.path()).args(["run", sql.to_str().unwrap(), "--bounded"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let kept = (0..N).filter(|&i| keel::sample::event(seed, i, USERS, STEP).1 > 500).count();
+    assert!(stderr.contains(&format!("read {N} events")) && stderr.contains(&format!("wrote {kept} rows")), "{stderr}");
+    assert!(stderr.contains("sink nowhere: none needed (discards every row)"), "{stderr}");
+}

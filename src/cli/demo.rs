@@ -94,7 +94,7 @@ pub fn demo(data_dir: &Path, args: DemoArgs) -> Result<()> {
     let secs = report.elapsed.as_secs_f64().max(1e-9);
     let read = Metrics::get(&report.metrics.records_in);
     eprintln!("read {read} events in {secs:.2}s ({:.0} events/s) in this run", read as f64 / secs);
-    if let JobOutcome::Stopped { checkpoint } = report.outcome {
+    if let Some(JobOutcome::Stopped { checkpoint }) = report.outcome {
         eprintln!("stopped after checkpoint {checkpoint}; run `keel demo` again to resume where it stopped");
         return Ok(());
     }

@@ -53,7 +53,8 @@ fn parse_dur(s: &str) -> Result<Duration> {
 
 /// What a finished run reports.
 pub struct RunReport {
-    pub outcome: JobOutcome,
+    /// `None` when the pipeline only asked for EXPLAIN.
+    pub outcome: Option<JobOutcome>,
     pub metrics: Arc<Metrics>,
     pub elapsed: Duration,
 }
@@ -72,10 +73,11 @@ pub fn run(data_dir: &Path, args: RunArgs) -> Result<()> {
     })
     .context("installing the Ctrl-C handler")?;
     let report = run_pipeline(data_dir, &args, stop)?;
+    let Some(outcome) = report.outcome else { return Ok(()) };
     let m = &report.metrics;
     let secs = report.elapsed.as_secs_f64().max(1e-9);
     let input = Metrics::get(&m.records_in);
-    match report.outcome {
+    match outcome {
         JobOutcome::Finished { checkpoint } => eprintln!(
             "finished: read {input} events in {:.1}s ({:.0}/s), wrote {} rows, committed in checkpoint {checkpoint}",
             secs,
@@ -118,6 +120,10 @@ pub fn run_pipeline(data_dir: &Path, args: &RunArgs, stop: Arc<AtomicBool>) -> R
     config.restart.max_attempts = args.restart_attempts;
     config.restart.window = parse_dur(&args.restart_window)?;
     let pipeline = keel_sql::plan(&sql, &opts).map_err(|e| anyhow::anyhow!("{}: {e}", args.pipeline.display()))?;
+    if pipeline.explain_only {
+        print!("{}", pipeline.explain());
+        return Ok(RunReport { outcome: None, metrics: Arc::new(Metrics::default()), elapsed: Duration::ZERO });
+    }
     pipeline.check_sources().map_err(|e| anyhow::anyhow!("{}: {e}", args.pipeline.display()))?;
     let mut job = JobDir::open(data_dir, &name, &pipeline.fingerprint, args.fresh)?;
     let graph = pipeline.build_graph(&mut job).map_err(|e| anyhow::anyhow!("{}: {e}", args.pipeline.display()))?;
@@ -147,7 +153,7 @@ pub fn run_pipeline(data_dir: &Path, args: &RunArgs, stop: Arc<AtomicBool>) -> R
         let _ = p.join();
     }
     let outcome = result?;
-    Ok(RunReport { outcome, metrics, elapsed: started.elapsed() })
+    Ok(RunReport { outcome: Some(outcome), metrics, elapsed: started.elapsed() })
 }
 
 /// Prints events/s, watermark and the last checkpoint once a second (in place on a terminal).

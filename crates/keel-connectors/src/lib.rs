@@ -13,5 +13,5 @@ pub mod staging;
 pub mod topic_source;
 
 pub use error::ConnectorError;
-pub use sinks::{FileFormat, FileSink, PrintSink, TopicSink};
+pub use sinks::{BlackholeSink, FileFormat, FileSink, PrintSink, TopicSink};
 pub use topic_source::{BadRecordPolicy, TopicSource, TopicSourceConfig};

@@ -286,3 +286,23 @@ impl Operator for PrintSink {
         Ok(())
     }
 }
+
+/// Discards rows, counting them as written (for benchmarks and tests).
+#[derive(Default)]
+pub struct BlackholeSink {
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl Operator for BlackholeSink {
+    fn open(&mut self, ctx: &TaskContext, _restored: RestoredState) -> Result<()> {
+        self.metrics = Some(ctx.metrics.clone());
+        Ok(())
+    }
+
+    fn process(&mut self, batch: RecordBatch, _out: &mut Vec<RecordBatch>) -> Result<()> {
+        if let Some(m) = &self.metrics {
+            Metrics::add(&m.records_out, batch.num_rows() as u64);
+        }
+        Ok(())
+    }
+}

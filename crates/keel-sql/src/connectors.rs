@@ -16,9 +16,16 @@ pub enum SourcePlan {
 /// How a table is written.
 #[derive(Debug, Clone)]
 pub enum SinkKind {
-    Topic { topic: String },
-    Filesystem { path: PathBuf, format: FileFormat },
+    Topic {
+        topic: String,
+    },
+    Filesystem {
+        path: PathBuf,
+        format: FileFormat,
+    },
     Print,
+    /// Discards every row (for benchmarks and tests).
+    Blackhole,
 }
 
 impl SinkKind {
@@ -27,6 +34,7 @@ impl SinkKind {
         match self {
             SinkKind::Topic { .. } => "exactly-once (transactional commit on each checkpoint)",
             SinkKind::Filesystem { .. } => "exactly-once (files published on each checkpoint)",
+            SinkKind::Blackhole => "none needed (discards every row)",
             SinkKind::Print => {
                 "at-least-once (rows printed after the last checkpoint are printed again after a restart)"
             }
@@ -47,6 +55,7 @@ const TOPIC_KEYS: &[&str] = &[
 ];
 const FS_KEYS: &[&str] = &["connector", "path", "format", "json.timestamp-format.standard"];
 const PRINT_KEYS: &[&str] = &["connector", "print-identifier"];
+const BLACKHOLE_KEYS: &[&str] = &["connector"];
 
 fn check_keys(def: &TableDef, connector: &str, allowed: &[&str]) -> Result<()> {
     for (k, _, pos) in &def.options {
@@ -72,7 +81,7 @@ fn connector(def: &TableDef) -> Result<&str> {
     def.option("connector").ok_or_else(|| {
         SqlError::invalid(
             def.pos,
-            format!("table {} has no 'connector' option; use 'topic', 'filesystem' or 'print'", def.name),
+            format!("table {} has no 'connector' option; use 'topic', 'filesystem', 'print' or 'blackhole'", def.name),
         )
     })
 }
@@ -167,7 +176,7 @@ fn unknown_connector(def: &TableDef, other: &str) -> SqlError {
     SqlError::unsupported(
         option_pos(def, "connector"),
         format!("connector '{other}'"),
-        Some("use 'topic', 'filesystem' or 'print'"),
+        Some("use 'topic', 'filesystem', 'print' or 'blackhole'"),
     )
 }
 
@@ -203,6 +212,10 @@ pub fn sink_kind(def: &TableDef) -> Result<SinkKind> {
         "print" => {
             check_keys(def, "print", PRINT_KEYS)?;
             Ok(SinkKind::Print)
+        }
+        "blackhole" => {
+            check_keys(def, "blackhole", BLACKHOLE_KEYS)?;
+            Ok(SinkKind::Blackhole)
         }
         other => Err(unknown_connector(def, other)),
     }

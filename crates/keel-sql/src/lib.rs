@@ -16,7 +16,7 @@ pub use error::{Pos, SqlError};
 use crate::error::Result;
 use crate::planner::{InsertPlan, Step};
 use datafusion::sql::sqlparser::tokenizer::Token;
-use keel_connectors::{FileSink, PrintSink, TopicSink, TopicSource, TopicSourceConfig};
+use keel_connectors::{BlackholeSink, FileSink, PrintSink, TopicSink, TopicSource, TopicSourceConfig};
 use keel_log::Log;
 use keel_runtime::ops::{Filter, Projection, WindowAggregate, WindowAssigner};
 use keel_runtime::{JobDir, JobGraph, Operator, OperatorSpec, Partitioning, StageInput, StageSpec};
@@ -39,6 +39,8 @@ pub struct Pipeline {
     pub fingerprint: String,
     pub insert: InsertPlan,
     opts: PipelineOptions,
+    /// The pipeline's INSERT was written `EXPLAIN INSERT ...`: print the plan, do not run.
+    pub explain_only: bool,
 }
 
 /// Reads, checks and plans a pipeline file's text.
@@ -56,6 +58,8 @@ pub fn plan(sql: &str, opts: &PipelineOptions) -> Result<Pipeline> {
         )
     );
     let mut tables: HashMap<String, script::TableDef> = HashMap::new();
+    let mut views: HashMap<String, Vec<script::Tok>> = HashMap::new();
+    let mut explain = false;
     let mut inserts = vec![];
     for stmt in script::split_statements(toks) {
         let mut c = script::Cursor::new(&stmt);
@@ -76,7 +80,11 @@ pub fn plan(sql: &str, opts: &PipelineOptions) -> Result<Pipeline> {
                     tables.insert(def.name.clone(), def);
                 }
                 Some("VIEW") => {
-                    return Err(SqlError::unsupported(pos, "CREATE VIEW", Some("write the query inside the INSERT")));
+                    let (name, vpos, query) = script::parse_create_view(&stmt)?;
+                    if tables.contains_key(&name) || views.contains_key(&name) {
+                        return Err(SqlError::invalid(vpos, format!("{name} is created twice")));
+                    }
+                    views.insert(name, query);
                 }
                 Some("FUNCTION") => {
                     return Err(SqlError::unsupported(
@@ -87,7 +95,14 @@ pub fn plan(sql: &str, opts: &PipelineOptions) -> Result<Pipeline> {
                 }
                 other => return Err(SqlError::unsupported(pos, format!("CREATE {}", other.unwrap_or_default()), None)),
             }
-        } else if c.eat_keyword("INSERT") {
+        } else if c.is_keyword("EXPLAIN") || c.is_keyword("INSERT") {
+            if c.eat_keyword("EXPLAIN") {
+                if c.eat_keyword("PLAN") {
+                    c.expect_keyword("FOR")?;
+                }
+                explain = true;
+            }
+            c.expect_keyword("INSERT")?;
             c.expect_keyword("INTO")?;
             let (sink, spos) = c.ident()?;
             if c.peek().is_some_and(|t| t.token == Token::LParen) {
@@ -97,7 +112,7 @@ pub fn plan(sql: &str, opts: &PipelineOptions) -> Result<Pipeline> {
                     Some("select the sink's columns in its order"),
                 ));
             }
-            let rest = stmt[c.index()..].to_vec();
+            let rest = script::inline_views(&stmt[c.index()..], &views, 0)?;
             inserts.push((sink, spos, rest));
         } else {
             let word = c.peek().map(|t| t.token.to_string().to_uppercase()).unwrap_or_default();
@@ -123,7 +138,16 @@ pub fn plan(sql: &str, opts: &PipelineOptions) -> Result<Pipeline> {
         ));
     }
     let insert = planner::plan_insert(&tables, (sink, *spos), query, &opts.job)?;
-    Ok(Pipeline { fingerprint, insert, opts: opts.clone() })
+    Ok(Pipeline { fingerprint, insert, opts: opts.clone(), explain_only: explain })
+}
+
+fn describe_step(s: &Step) -> String {
+    match s {
+        Step::Filter(p) => format!("filter {p}"),
+        Step::Project(exprs, _) => {
+            format!("project [{}]", exprs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", "))
+        }
+    }
 }
 
 fn op(uid: String, f: impl Fn() -> keel_runtime::Result<Box<dyn Operator>> + Send + Sync + 'static) -> OperatorSpec {
@@ -150,7 +174,54 @@ impl Pipeline {
     /// whenever the meaning of the pipeline changes, so that state is never restored into a
     /// different pipeline.
     pub fn from_plan(insert: InsertPlan, opts: &PipelineOptions, fingerprint: String) -> Pipeline {
-        Pipeline { fingerprint, insert, opts: opts.clone() }
+        Pipeline { fingerprint, insert, opts: opts.clone(), explain_only: false }
+    }
+
+    /// The streaming plan in words: stages, operators, exchanges, source and sink, then
+    /// DataFusion's logical plan of the query.
+    pub fn explain(&self) -> String {
+        use std::fmt::Write;
+        let ins = &self.insert;
+        let p = self.opts.parallelism;
+        let mut s = String::new();
+        let connectors::SourcePlan::Topic { topic, bad_records, .. } = &ins.source_plan;
+        let wm = ins
+            .source
+            .watermark
+            .as_ref()
+            .map(|w| format!("watermark {} - {} ms", w.column, w.delay_ms))
+            .unwrap_or_else(|| "no watermark".into());
+        let _ = writeln!(s, "Streaming plan (parallelism {p}):");
+        let _ = writeln!(s, "  source {}: topic '{topic}' (JSON, {wm}, bad records: {bad_records:?})", ins.source.name);
+        let mut stage0 = vec![];
+        if let Some((spec, _, _)) = &ins.window {
+            stage0.push(format!("window assigner {spec:?}"));
+        }
+        stage0.extend(ins.below.iter().map(describe_step));
+        let sink = format!("sink {}: {:?} ({})", ins.sink.name, ins.sink_kind, ins.sink_kind.guarantee());
+        match &ins.aggregate {
+            None => {
+                stage0.push(sink);
+                let _ = writeln!(s, "  stage 0 x{p}: {}", stage0.join(" -> "));
+            }
+            Some(agg) => {
+                stage0.push(format!("aggregate input ({} columns)", agg.pre_projection.0.len()));
+                let _ = writeln!(s, "  stage 0 x{p}: {}", stage0.join(" -> "));
+                let _ = writeln!(s, "    exchange: hash by the first {} column(s) over key groups", agg.spec.num_keys);
+                let mut stage1 = vec![format!(
+                    "window aggregate [{}] (keyed state, emits when the watermark passes window_end - 1)",
+                    agg.spec.aggregates.iter().map(|a| format!("{:?}", a.func)).collect::<Vec<_>>().join(", ")
+                )];
+                stage1.extend(ins.above.iter().map(describe_step));
+                stage1.push(sink);
+                let _ = writeln!(s, "  stage 1 x{p}: {}", stage1.join(" -> "));
+            }
+        }
+        let _ = writeln!(s, "DataFusion logical plan of the query:");
+        for line in ins.logical_plan.lines() {
+            let _ = writeln!(s, "  {line}");
+        }
+        s
     }
 
     /// The sink's name and its delivery guarantee.
@@ -284,6 +355,7 @@ impl Pipeline {
             }
             SinkKind::Filesystem { path, format } => op(uid, move || Ok(Box::new(FileSink::new(path.clone(), format)))),
             SinkKind::Print => op(uid, move || Ok(Box::new(PrintSink { table: name.clone() }))),
+            SinkKind::Blackhole => op(uid, || Ok(Box::new(BlackholeSink::default()))),
         }
     }
 }

@@ -75,6 +75,8 @@ pub struct InsertPlan {
     pub above: Vec<Step>,
     pub sink: TableDef,
     pub sink_kind: SinkKind,
+    /// DataFusion's optimized logical plan of the query, for EXPLAIN.
+    pub logical_plan: String,
 }
 
 pub fn table_schema(def: &TableDef) -> SchemaRef {
@@ -281,7 +283,19 @@ pub(crate) fn plan_insert(
     if aggregate.is_none() {
         below.append(&mut above);
     }
-    Ok(InsertPlan { source, source_plan, source_schema, window: window_info, below, aggregate, above, sink, sink_kind })
+    let logical_plan = plan.display_indent().to_string();
+    Ok(InsertPlan {
+        source,
+        source_plan,
+        source_schema,
+        window: window_info,
+        below,
+        aggregate,
+        above,
+        sink,
+        sink_kind,
+        logical_plan,
+    })
 }
 
 /// A DataFusion planning error, placed at the name it complains about when there is one.

@@ -525,6 +525,87 @@ pub fn rewrite_window_calls(toks: &[Tok]) -> Result<(Vec<Tok>, Vec<WindowCall>)>
     Ok((out, calls))
 }
 
+/// Parses `CREATE [TEMPORARY] VIEW name AS query`; returns the name, its position and the
+/// query's tokens.
+pub fn parse_create_view(toks: &[Tok]) -> Result<(String, Pos, Vec<Tok>)> {
+    let mut c = Cursor::new(toks);
+    c.expect_keyword("CREATE")?;
+    c.eat_keyword("TEMPORARY");
+    c.expect_keyword("VIEW")?;
+    if c.eat_keyword("IF") {
+        c.expect_keyword("NOT")?;
+        c.expect_keyword("EXISTS")?;
+    }
+    let (name, pos) = c.ident()?;
+    if c.peek().is_some_and(|t| t.token == Token::LParen) {
+        return Err(SqlError::unsupported(
+            c.pos(),
+            "a column list on a view",
+            Some("name the columns with AS in the view's SELECT"),
+        ));
+    }
+    c.expect_keyword("AS")?;
+    let start = c.index();
+    if c.at_end() {
+        return Err(SqlError::syntax(c.pos(), format!("view {name} has no query after AS")));
+    }
+    Ok((name, pos, toks[start..].to_vec()))
+}
+
+fn word(value: &str) -> Token {
+    Token::Word(datafusion::sql::sqlparser::tokenizer::Word {
+        value: value.to_string(),
+        quote_style: None,
+        keyword: datafusion::sql::sqlparser::keywords::Keyword::NoKeyword,
+    })
+}
+
+/// Replaces each reference to a view in a FROM or JOIN position by `(its query) AS name`,
+/// recursively (a view may use another view).
+pub fn inline_views(
+    toks: &[Tok],
+    views: &std::collections::HashMap<String, Vec<Tok>>,
+    depth: usize,
+) -> Result<Vec<Tok>> {
+    let mut out: Vec<Tok> = Vec::with_capacity(toks.len());
+    let mut prev: Option<Token> = None;
+    for t in toks {
+        let name = match &t.token {
+            Token::Word(w) if w.quote_style.is_some() => Some(w.value.clone()),
+            Token::Word(w) => Some(w.value.to_lowercase()),
+            _ => None,
+        };
+        let after_from = matches!(&prev, Some(Token::Word(w)) if w.value.eq_ignore_ascii_case("FROM") || w.value.eq_ignore_ascii_case("JOIN"))
+            || matches!(&prev, Some(Token::Comma));
+        match name.as_ref().and_then(|n| views.get(n).map(|q| (n, q))) {
+            Some((n, query)) if after_from => {
+                if depth > 16 {
+                    return Err(SqlError::invalid(t.pos, format!("view {n} refers to itself (through other views)")));
+                }
+                let inner = inline_views(query, views, depth + 1)?;
+                out.push(Tok { token: Token::LParen, pos: t.pos });
+                out.extend(inner);
+                out.push(Tok { token: Token::RParen, pos: t.pos });
+                out.push(Tok {
+                    token: Token::Whitespace(datafusion::sql::sqlparser::tokenizer::Whitespace::Space),
+                    pos: t.pos,
+                });
+                out.push(Tok { token: word("AS"), pos: t.pos });
+                out.push(Tok {
+                    token: Token::Whitespace(datafusion::sql::sqlparser::tokenizer::Whitespace::Space),
+                    pos: t.pos,
+                });
+                out.push(Tok { token: word(n), pos: t.pos });
+            }
+            _ => out.push(t.clone()),
+        }
+        if !is_ws(&t.token) {
+            prev = Some(t.token.clone());
+        }
+    }
+    Ok(out)
+}
+
 /// Finds the first occurrence of a keyword sequence (for positions of plan-level errors).
 pub fn find_keyword(toks: &[Tok], words: &[&str]) -> Option<Pos> {
     let sig: Vec<&Tok> = toks.iter().filter(|t| !is_ws(&t.token)).collect();
