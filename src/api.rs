@@ -148,6 +148,7 @@ impl PipelineBuilder {
             .fields()
             .iter()
             .map(|f| ColumnDef {
+                computed: None,
                 name: f.name().clone(),
                 data_type: f.data_type().clone(),
                 nullable: f.is_nullable(),
@@ -306,6 +307,7 @@ impl PipelineBuilder {
             .fields()
             .iter()
             .map(|f| ColumnDef {
+                computed: None,
                 name: f.name().clone(),
                 data_type: f.data_type().clone(),
                 nullable: true,
@@ -352,6 +354,7 @@ impl PipelineBuilder {
             },
             sink_kind: kind,
             logical_plan: self.description.join("\n"),
+            source_computed: None,
         };
         Ok(BuiltPipeline { name: self.name, data_dir: self.data_dir, insert, fingerprint })
     }

@@ -17,11 +17,13 @@ use crate::json::JsonDecoder;
 use crate::staging::StagedTopicWriter;
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, SchemaRef, TimeUnit, TimestampMillisecondType};
+use datafusion::physical_expr::PhysicalExpr;
 use keel_log::{Log, PartitionReader, Topic, TopicConfig};
 use keel_runtime::{Metrics, RestoredState, Result, RuntimeError, Source, SourcePoll, TaskContext, WatermarkStatus};
 use keel_types::time::MIN_WATERMARK;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// What to do with a record that does not decode or does not fit the schema.
@@ -42,8 +44,13 @@ pub struct TopicSourceConfig {
     /// Name of the table reading the topic (for messages and dead letters).
     pub table: String,
     pub topic: String,
+    /// The columns stored in records (decoded from JSON).
     pub schema: SchemaRef,
-    /// The event-time column and the watermark delay in milliseconds.
+    /// Expressions computing every table column from the decoded ones (computed columns), with
+    /// the table's schema; `None` when the table has no computed column.
+    pub computed: Option<(Vec<Arc<dyn PhysicalExpr>>, SchemaRef)>,
+    /// The event-time column (of the table, after computed columns) and the watermark delay in
+    /// milliseconds.
     pub event_time: Option<(usize, i64)>,
     /// Offsets to start from, per partition, when there is no checkpoint.
     pub start_offsets: Vec<u64>,
@@ -163,15 +170,27 @@ impl TopicSource {
             let (off, val) = (offsets[*i], values[*i]);
             self.handle_bad(partition, off, val, reason)?;
         }
+        let batch = match &self.cfg.computed {
+            None => decoded.batch,
+            Some((exprs, schema)) => {
+                let n = decoded.batch.num_rows();
+                let cols = exprs
+                    .iter()
+                    .map(|e| e.evaluate(&decoded.batch).and_then(|v| v.into_array(n)))
+                    .collect::<datafusion::error::Result<Vec<_>>>()
+                    .map_err(RuntimeError::expr(format!("computed columns of table {}", self.cfg.table)))?;
+                RecordBatch::try_new(schema.clone(), cols).map_err(RuntimeError::arrow("computed columns"))?
+            }
+        };
         let p = &mut self.parts[idx];
         p.state.offset = last + 1;
         p.empty_since = None;
         if let Some((col, _)) = self.cfg.event_time
-            && let Some(max) = max_millis(decoded.batch.column(col))?
+            && let Some(max) = max_millis(batch.column(col))?
         {
             p.state.max_ts = p.state.max_ts.max(max);
         }
-        Ok(Some(decoded.batch))
+        Ok(Some(batch))
     }
 }
 

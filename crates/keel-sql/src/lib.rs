@@ -273,7 +273,8 @@ impl Pipeline {
             data_dir: self.opts.data_dir.clone(),
             table: ins.source.name.clone(),
             topic: topic.clone(),
-            schema: ins.source_schema.clone(),
+            schema: ins.source_computed.as_ref().map(|c| c.base.clone()).unwrap_or_else(|| ins.source_schema.clone()),
+            computed: ins.source_computed.as_ref().map(|c| (c.exprs.clone(), c.schema.clone())),
             event_time: ins
                 .source
                 .watermark

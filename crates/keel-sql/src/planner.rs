@@ -10,7 +10,7 @@
 
 use crate::connectors::{SinkKind, SourcePlan, sink_kind, source_plan};
 use crate::error::{Pos, Result, SqlError};
-use crate::script::{self, TableDef, Tok, WindowCall};
+use crate::script::{self, ColumnDef, TableDef, Tok, WindowCall};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::MemTable;
 use datafusion::common::DFSchema;
@@ -63,6 +63,50 @@ impl AggregatePlan {
     }
 }
 
+/// A table's computed columns resolved: the columns stored in records (`base`), and one
+/// expression per table column computing it from them.
+#[derive(Clone)]
+pub struct Computed {
+    pub base: SchemaRef,
+    pub exprs: Vec<Arc<dyn PhysicalExpr>>,
+    pub schema: SchemaRef,
+}
+
+/// Types a table's computed columns (filling their `data_type`) and builds the expressions
+/// that add them to decoded records. `None` when the table has no computed column.
+pub fn resolve_computed(def: &mut TableDef) -> Result<Option<Computed>> {
+    if def.columns.iter().all(|c| c.computed.is_none()) {
+        return Ok(None);
+    }
+    let base_cols: Vec<&ColumnDef> = def.columns.iter().filter(|c| c.computed.is_none()).collect();
+    let base = Arc::new(Schema::new(
+        base_cols.iter().map(|c| Field::new(&c.name, c.data_type.clone(), c.nullable)).collect::<Vec<_>>(),
+    ));
+    let df = DFSchema::try_from(base.as_ref().clone()).map_err(planning("computed columns"))?;
+    let state = session().state();
+    let mut exprs: Vec<Arc<dyn PhysicalExpr>> = vec![];
+    for col in def.columns.iter_mut() {
+        match &col.computed {
+            None => {
+                let i = base
+                    .index_of(&col.name)
+                    .map_err(|e| SqlError::Planning { context: "computed columns".into(), message: e.to_string() })?;
+                exprs.push(Arc::new(datafusion::physical_expr::expressions::Column::new(&col.name, i)));
+            }
+            Some(sql) => {
+                let bad = |e: datafusion::error::DataFusionError| {
+                    SqlError::invalid(col.pos, format!("computed column {}: {}", col.name, e.strip_backtrace()))
+                };
+                let e = state.create_logical_expr(sql, &df).map_err(bad)?;
+                let (_, f) = e.to_field(&df).map_err(bad)?;
+                col.data_type = f.data_type().clone();
+                exprs.push(state.create_physical_expr(e, &df).map_err(bad)?);
+            }
+        }
+    }
+    Ok(Some(Computed { base, exprs, schema: table_schema(def) }))
+}
+
 /// One `INSERT INTO` planned down to operators.
 #[derive(Clone)]
 pub struct InsertPlan {
@@ -77,6 +121,8 @@ pub struct InsertPlan {
     pub sink_kind: SinkKind,
     /// DataFusion's optimized logical plan of the query, for EXPLAIN.
     pub logical_plan: String,
+    /// The source's computed columns, added right after decoding.
+    pub source_computed: Option<Computed>,
 }
 
 pub fn table_schema(def: &TableDef) -> SchemaRef {
@@ -93,9 +139,11 @@ fn planning(context: &str) -> impl Fn(datafusion::error::DataFusionError) -> Sql
     move |e| SqlError::Planning { context: context.to_string(), message: e.strip_backtrace() }
 }
 
-/// A session with Flink's aggregate typing.
-pub(crate) fn session() -> SessionContext {
-    let ctx = SessionContext::new();
+/// A session with Flink's identifier rules (case-sensitive, as written) and aggregate typing.
+pub fn session() -> SessionContext {
+    let mut config = datafusion::prelude::SessionConfig::new();
+    config.options_mut().sql_parser.enable_ident_normalization = false;
+    let ctx = SessionContext::new_with_config(config);
     for f in crate::functions::flink_aggregates() {
         ctx.register_udaf(f);
     }
@@ -119,6 +167,14 @@ pub(crate) fn plan_insert(
         })?
         .clone();
     let sink_kind = sink_kind(&sink)?;
+    let mut tables = tables.clone();
+    let mut computed = HashMap::new();
+    for (name, def) in tables.iter_mut() {
+        if let Some(c) = resolve_computed(def)? {
+            computed.insert(name.clone(), c);
+        }
+    }
+    let tables = &tables;
     let (rewritten, calls) = script::rewrite_window_calls(query)?;
     if calls.len() > 1 {
         return Err(SqlError::unsupported(calls[1].pos, "more than one window function in one query", None));
@@ -196,6 +252,7 @@ pub(crate) fn plan_insert(
         ));
     }
     let source_plan = source_plan(&source, job)?;
+    let source_computed = computed.get(&source_name).cloned();
     let source_schema = table_schema(&source);
     let scan_full_schema = match &window_info {
         Some((_, _, s)) => s.clone(),
@@ -295,6 +352,7 @@ pub(crate) fn plan_insert(
         sink,
         sink_kind,
         logical_plan,
+        source_computed,
     })
 }
 

@@ -150,12 +150,12 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    /// An identifier: unquoted ones are lower-cased, as DataFusion does.
+    /// An identifier, as written: identifiers are case-sensitive, as in Flink.
     pub fn ident(&mut self) -> Result<(String, Pos)> {
         let pos = self.pos();
         match self.advance().map(|t| &t.token) {
             Some(Token::Word(w)) if w.quote_style.is_some() => Ok((w.value.clone(), pos)),
-            Some(Token::Word(w)) => Ok((w.value.to_lowercase(), pos)),
+            Some(Token::Word(w)) => Ok((w.value.clone(), pos)),
             Some(other) => Err(SqlError::syntax(pos, format!("expected a name, found '{other}'"))),
             None => Err(SqlError::syntax(pos, "expected a name, found the end of the statement")),
         }
@@ -188,9 +188,12 @@ impl<'a> Cursor<'a> {
 #[derive(Debug, Clone)]
 pub struct ColumnDef {
     pub name: String,
+    /// For a computed column, `Null` until the planner resolves the expression's type.
     pub data_type: DataType,
     pub nullable: bool,
     pub pos: Pos,
+    /// `name AS expression`: computed from the other columns when the table is read.
+    pub computed: Option<String>,
 }
 
 /// `WATERMARK FOR column AS column - INTERVAL ...`.
@@ -222,6 +225,9 @@ impl TableDef {
 /// Parses a Flink SQL type name (after the column name).
 fn parse_type(c: &mut Cursor<'_>) -> Result<DataType> {
     let (name, pos) = c.ident()?;
+    if name.eq_ignore_ascii_case("ROW") {
+        return parse_row(c);
+    }
     let mut args = vec![];
     if c.eat(&Token::LParen) {
         loop {
@@ -282,6 +288,30 @@ fn parse_type(c: &mut Cursor<'_>) -> Result<DataType> {
         }
     };
     Ok(t)
+}
+
+/// Parses the fields of `ROW<name TYPE, ...>` or `ROW(name TYPE, ...)` into a struct type.
+fn parse_row(c: &mut Cursor<'_>) -> Result<DataType> {
+    let close = if c.eat(&Token::Lt) {
+        Token::Gt
+    } else {
+        c.expect(&Token::LParen)?;
+        Token::RParen
+    };
+    let mut fields = vec![];
+    loop {
+        let (name, _) = c.ident()?;
+        let t = parse_type(c)?;
+        if matches!(c.peek().map(|t| &t.token), Some(Token::ShiftRight)) {
+            return Err(SqlError::unsupported(c.pos(), "a ROW nested in a ROW", None));
+        }
+        fields.push(arrow::datatypes::Field::new(name, t, true));
+        if !c.eat(&Token::Comma) {
+            break;
+        }
+    }
+    c.expect(&close)?;
+    Ok(DataType::Struct(fields.into()))
 }
 
 /// Parses `INTERVAL 'n' UNIT` into milliseconds.
@@ -367,12 +397,40 @@ pub fn parse_create_table(toks: &[Tok]) -> Result<TableDef> {
             def.primary_key = Some(cols);
         } else {
             let (col, cpos) = c.ident()?;
-            if c.is_keyword("AS") {
-                return Err(SqlError::unsupported(
-                    cpos,
-                    format!("computed column {col}"),
-                    Some("compute it in the query instead"),
-                ));
+            if def.columns.iter().any(|x| x.name == col) {
+                return Err(SqlError::invalid(cpos, format!("column {col} is declared twice")));
+            }
+            if c.eat_keyword("AS") {
+                // A computed column: the expression runs to the next top-level comma or ')'.
+                let start = c.index();
+                let mut depth = 0i32;
+                while let Some(t) = c.peek() {
+                    match t.token {
+                        Token::LParen => depth += 1,
+                        Token::RParen if depth == 0 => break,
+                        Token::RParen => depth -= 1,
+                        Token::Comma if depth == 0 => break,
+                        _ => {}
+                    }
+                    c.advance();
+                }
+                let end = c.index();
+                let expr = render(&toks[start..end]);
+                if expr.trim().is_empty() {
+                    return Err(SqlError::syntax(cpos, format!("computed column {col} has no expression after AS")));
+                }
+                def.columns.push(ColumnDef {
+                    name: col,
+                    data_type: DataType::Null,
+                    nullable: true,
+                    pos: cpos,
+                    computed: Some(expr),
+                });
+                if c.eat(&Token::Comma) {
+                    continue;
+                }
+                c.expect(&Token::RParen)?;
+                break;
             }
             let data_type = parse_type(&mut c)?;
             let mut nullable = true;
@@ -385,10 +443,7 @@ pub fn parse_create_table(toks: &[Tok]) -> Result<TableDef> {
             if c.is_keyword("METADATA") {
                 return Err(SqlError::unsupported(c.pos(), "METADATA columns", None));
             }
-            if def.columns.iter().any(|x| x.name == col) {
-                return Err(SqlError::invalid(cpos, format!("column {col} is declared twice")));
-            }
-            def.columns.push(ColumnDef { name: col, data_type, nullable, pos: cpos });
+            def.columns.push(ColumnDef { name: col, data_type, nullable, pos: cpos, computed: None });
         }
         if c.eat(&Token::Comma) {
             continue;
@@ -569,14 +624,29 @@ pub fn inline_views(
 ) -> Result<Vec<Tok>> {
     let mut out: Vec<Tok> = Vec::with_capacity(toks.len());
     let mut prev: Option<Token> = None;
+    // Inside a FROM clause, a comma separates table references; elsewhere it does not.
+    let mut in_from = false;
     for t in toks {
+        if let Token::Word(w) = &t.token
+            && w.quote_style.is_none()
+        {
+            let kw = w.value.to_ascii_uppercase();
+            if kw == "FROM" {
+                in_from = true;
+            } else if matches!(
+                kw.as_str(),
+                "WHERE" | "GROUP" | "HAVING" | "ORDER" | "LIMIT" | "UNION" | "SELECT" | "ON" | "WINDOW"
+            ) {
+                in_from = false;
+            }
+        }
         let name = match &t.token {
             Token::Word(w) if w.quote_style.is_some() => Some(w.value.clone()),
-            Token::Word(w) => Some(w.value.to_lowercase()),
+            Token::Word(w) => Some(w.value.clone()),
             _ => None,
         };
         let after_from = matches!(&prev, Some(Token::Word(w)) if w.value.eq_ignore_ascii_case("FROM") || w.value.eq_ignore_ascii_case("JOIN"))
-            || matches!(&prev, Some(Token::Comma));
+            || (in_from && matches!(&prev, Some(Token::Comma)));
         match name.as_ref().and_then(|n| views.get(n).map(|q| (n, q))) {
             Some((n, query)) if after_from => {
                 if depth > 16 {
