@@ -125,6 +125,7 @@ pub fn run_pipeline(data_dir: &Path, args: &RunArgs, stop: Arc<AtomicBool>) -> R
         return Ok(RunReport { outcome: None, metrics: Arc::new(Metrics::default()), elapsed: Duration::ZERO });
     }
     pipeline.check_sources().map_err(|e| anyhow::anyhow!("{}: {e}", args.pipeline.display()))?;
+    config.bounded |= pipeline.sources_bounded();
     let mut job = JobDir::open(data_dir, &name, &pipeline.fingerprint, args.fresh)?;
     let graph = pipeline.build_graph(&mut job).map_err(|e| anyhow::anyhow!("{}: {e}", args.pipeline.display()))?;
     let (sink, guarantee) = pipeline.sink_guarantee();

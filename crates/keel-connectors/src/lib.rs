@@ -8,6 +8,7 @@
 
 pub mod error;
 pub mod json;
+pub mod nexmark;
 pub mod sinks;
 pub mod staging;
 pub mod topic_source;

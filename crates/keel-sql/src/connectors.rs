@@ -10,7 +10,14 @@ use std::time::Duration;
 /// How a table is read.
 #[derive(Debug, Clone)]
 pub enum SourcePlan {
-    Topic { topic: String, bad_records: BadRecordPolicy, startup_latest: bool, idle_timeout: Option<Duration> },
+    Topic {
+        topic: String,
+        bad_records: BadRecordPolicy,
+        startup_latest: bool,
+        idle_timeout: Option<Duration>,
+    },
+    /// The generator's settings; schema, computed columns and event time are filled in later.
+    Nexmark(keel_connectors::nexmark::NexmarkConfig),
 }
 
 /// How a table is written.
@@ -52,6 +59,16 @@ const TOPIC_KEYS: &[&str] = &[
     "scan.idle-timeout",
     "json.timestamp-format.standard",
     "json.ignore-parse-errors",
+];
+const NEXMARK_KEYS: &[&str] = &[
+    "connector",
+    "events.num",
+    "first-event.rate",
+    "next-event.rate",
+    "splits",
+    "out-of-order.group-size",
+    "seed",
+    "rows-per-batch",
 ];
 const FS_KEYS: &[&str] = &["connector", "path", "format", "json.timestamp-format.standard"];
 const PRINT_KEYS: &[&str] = &["connector", "print-identifier"];
@@ -158,6 +175,42 @@ pub fn source_plan(def: &TableDef, job: &str) -> Result<SourcePlan> {
                 ),
             };
             Ok(SourcePlan::Topic { topic, bad_records, startup_latest, idle_timeout })
+        }
+        "nexmark" => {
+            check_keys(def, "nexmark", NEXMARK_KEYS)?;
+            let num = |key: &str, default: Option<u64>| -> Result<Option<u64>> {
+                match def.option(key) {
+                    None => Ok(default),
+                    Some(v) => v.replace('_', "").parse::<u64>().map(Some).map_err(|_| {
+                        SqlError::invalid(option_pos(def, key), format!("'{key}' = '{v}' is not a whole number"))
+                    }),
+                }
+            };
+            let rate = num("first-event.rate", Some(10_000_000))?.unwrap_or(10_000_000).max(1);
+            if num("next-event.rate", Some(rate))? != Some(rate) {
+                return Err(SqlError::unsupported(
+                    option_pos(def, "next-event.rate"),
+                    "a 'next-event.rate' different from 'first-event.rate'",
+                    Some("use one rate"),
+                ));
+            }
+            let splits = num("splits", Some(8))?.unwrap_or(8);
+            if splits == 0 || splits > 4096 {
+                return Err(SqlError::invalid(option_pos(def, "splits"), "'splits' is between 1 and 4096"));
+            }
+            Ok(SourcePlan::Nexmark(keel_connectors::nexmark::NexmarkConfig {
+                table: def.name.clone(),
+                events: num("events.num", None)?,
+                rate,
+                splits: splits as u32,
+                out_of_order_group: num("out-of-order.group-size", Some(1))?.unwrap_or(1).max(1),
+                seed: num("seed", Some(0))?.unwrap_or(0),
+                base_time_ms: 1_704_067_200_000,
+                batch_size: num("rows-per-batch", Some(8192))?.unwrap_or(8192).max(1) as usize,
+                schema: std::sync::Arc::new(arrow::datatypes::Schema::empty()),
+                computed: None,
+                event_time: None,
+            }))
         }
         "filesystem" => Err(SqlError::unsupported(
             option_pos(def, "connector"),

@@ -8,6 +8,7 @@ pub mod connectors;
 pub mod error;
 pub mod functions;
 pub mod planner;
+pub mod scalar;
 pub mod script;
 
 pub use connectors::{SinkKind, SourcePlan};
@@ -16,6 +17,7 @@ pub use error::{Pos, SqlError};
 use crate::error::Result;
 use crate::planner::{InsertPlan, Step};
 use datafusion::sql::sqlparser::tokenizer::Token;
+use keel_connectors::nexmark::NexmarkSource;
 use keel_connectors::{BlackholeSink, FileSink, PrintSink, TopicSink, TopicSource, TopicSourceConfig};
 use keel_log::Log;
 use keel_runtime::ops::{Filter, Projection, WindowAggregate, WindowAssigner};
@@ -184,7 +186,17 @@ impl Pipeline {
         let ins = &self.insert;
         let p = self.opts.parallelism;
         let mut s = String::new();
-        let connectors::SourcePlan::Topic { topic, bad_records, .. } = &ins.source_plan;
+        let source_desc = match &ins.source_plan {
+            connectors::SourcePlan::Topic { topic, bad_records, .. } => {
+                format!("topic '{topic}' (JSON, bad records: {bad_records:?})")
+            }
+            connectors::SourcePlan::Nexmark(n) => format!(
+                "nexmark generator ({} events, {} per second of event time, {} splits)",
+                n.events.map(|e| e.to_string()).unwrap_or_else(|| "unbounded".into()),
+                n.rate,
+                n.splits
+            ),
+        };
         let wm = ins
             .source
             .watermark
@@ -192,7 +204,7 @@ impl Pipeline {
             .map(|w| format!("watermark {} - {} ms", w.column, w.delay_ms))
             .unwrap_or_else(|| "no watermark".into());
         let _ = writeln!(s, "Streaming plan (parallelism {p}):");
-        let _ = writeln!(s, "  source {}: topic '{topic}' (JSON, {wm}, bad records: {bad_records:?})", ins.source.name);
+        let _ = writeln!(s, "  source {}: {source_desc}, {wm}", ins.source.name);
         let mut stage0 = vec![];
         if let Some((spec, _, _)) = &ins.window {
             stage0.push(format!("window assigner {spec:?}"));
@@ -229,30 +241,77 @@ impl Pipeline {
         (self.insert.sink.name.clone(), self.insert.sink_kind.guarantee())
     }
 
-    /// Checks that the topics the pipeline reads exist (before any job state is created).
+    /// True when every source ends by itself (a nexmark table with 'events.num'), so the job
+    /// finishes like a `--bounded` one.
+    pub fn sources_bounded(&self) -> bool {
+        matches!(&self.insert.source_plan, connectors::SourcePlan::Nexmark(c) if c.events.is_some())
+    }
+
+    /// Checks that the sources can be read (topics exist, generator columns match) before any
+    /// job state is created.
     pub fn check_sources(&self) -> Result<()> {
-        let connectors::SourcePlan::Topic { topic, .. } = &self.insert.source_plan;
-        Log::open(&self.opts.data_dir)?.topic(topic)?;
+        match &self.insert.source_plan {
+            connectors::SourcePlan::Topic { topic, .. } => {
+                Log::open(&self.opts.data_dir)?.topic(topic)?;
+            }
+            connectors::SourcePlan::Nexmark(_) => {
+                let schema = self.stored_schema();
+                keel_connectors::nexmark::check_schema(&schema).map_err(|e| {
+                    SqlError::invalid(self.insert.source.pos, format!("table {}: {e}", self.insert.source.name))
+                })?;
+            }
+        }
         Ok(())
     }
 
-    /// Resolves sources (recording start and bounded end offsets at the first start) and builds
-    /// the job graph.
-    pub fn build_graph(&self, job: &mut JobDir) -> Result<JobGraph> {
+    /// The source's columns as stored or generated (without computed columns).
+    fn stored_schema(&self) -> arrow::datatypes::SchemaRef {
         let ins = &self.insert;
+        ins.source_computed.as_ref().map(|c| c.base.clone()).unwrap_or_else(|| ins.source_schema.clone())
+    }
+
+    /// The event-time column (in the table's schema) and the watermark delay.
+    fn event_time(&self) -> Option<(usize, i64)> {
+        let src = &self.insert.source;
+        src.watermark
+            .as_ref()
+            .and_then(|w| src.columns.iter().position(|c| c.name == w.column).map(|i| (i, w.delay_ms)))
+    }
+
+    /// The source stage's input: resolves topic offsets (recorded at the first start) or the
+    /// generator's settings.
+    fn source_input(&self, job: &mut JobDir) -> Result<StageInput> {
+        let ins = &self.insert;
+        let uid = format!("source-{}", ins.source.name);
+        let computed = ins.source_computed.as_ref().map(|c| (c.exprs.clone(), c.schema.clone()));
+        let (topic, bad_records, startup_latest, idle_timeout) = match &ins.source_plan {
+            connectors::SourcePlan::Topic { topic, bad_records, startup_latest, idle_timeout } => {
+                (topic, bad_records, startup_latest, idle_timeout)
+            }
+            connectors::SourcePlan::Nexmark(n) => {
+                let cfg = keel_connectors::nexmark::NexmarkConfig {
+                    table: ins.source.name.clone(),
+                    schema: self.stored_schema(),
+                    computed,
+                    event_time: self.event_time(),
+                    ..n.clone()
+                };
+                return Ok(StageInput::Source {
+                    uid,
+                    factory: Arc::new(move |_ctx| {
+                        Ok(Box::new(NexmarkSource::new(cfg.clone())) as Box<dyn keel_runtime::Source>)
+                    }),
+                });
+            }
+        };
         let log = Log::open(&self.opts.data_dir)?;
-        let connectors::SourcePlan::Topic { topic, bad_records, startup_latest, idle_timeout } = &ins.source_plan;
         let t = log.topic(topic)?;
         // Create the topics this job writes now, before tasks start.
         if let keel_connectors::BadRecordPolicy::DeadLetter { topic } = bad_records {
             log.topic_or_create(topic, keel_log::TopicConfig::new(1))?;
         }
-        if let SinkKind::Topic { topic } = &ins.sink_kind {
-            log.topic_or_create(topic, keel_log::TopicConfig::new(1))?;
-        }
         let infos = t.describe()?;
-        let key = format!("source-{}", ins.source.name);
-        let mut fact = job.file.sources.get(&key).cloned().unwrap_or_else(|| serde_json::json!({}));
+        let mut fact = job.file.sources.get(&uid).cloned().unwrap_or_else(|| serde_json::json!({}));
         let mut changed = false;
         if fact.get("start").is_none() {
             let start: Vec<u64> =
@@ -266,26 +325,40 @@ impl Pipeline {
             changed = true;
         }
         if changed {
-            job.set_source_fact(&key, fact.clone())?;
+            job.set_source_fact(&uid, fact.clone())?;
         }
         let offsets = |k: &str| -> Option<Vec<u64>> { serde_json::from_value(fact.get(k)?.clone()).ok() };
         let cfg = TopicSourceConfig {
             data_dir: self.opts.data_dir.clone(),
             table: ins.source.name.clone(),
             topic: topic.clone(),
-            schema: ins.source_computed.as_ref().map(|c| c.base.clone()).unwrap_or_else(|| ins.source_schema.clone()),
-            computed: ins.source_computed.as_ref().map(|c| (c.exprs.clone(), c.schema.clone())),
-            event_time: ins
-                .source
-                .watermark
-                .as_ref()
-                .and_then(|w| ins.source.columns.iter().position(|c| c.name == w.column).map(|i| (i, w.delay_ms))),
+            schema: self.stored_schema(),
+            computed,
+            event_time: self.event_time(),
             start_offsets: offsets("start").unwrap_or_default(),
             end_offsets: if self.opts.bounded { offsets("end") } else { None },
             bad_records: bad_records.clone(),
             idle_timeout: *idle_timeout,
             max_batch_bytes: 1 << 20,
         };
+        let src_uid = uid.clone();
+        Ok(StageInput::Source {
+            uid,
+            factory: Arc::new(move |_ctx| {
+                Ok(Box::new(TopicSource::new(cfg.clone(), &src_uid)?) as Box<dyn keel_runtime::Source>)
+            }),
+        })
+    }
+
+    /// Resolves sources (recording start and bounded end offsets at the first start) and builds
+    /// the job graph.
+    pub fn build_graph(&self, job: &mut JobDir) -> Result<JobGraph> {
+        let ins = &self.insert;
+        let log = Log::open(&self.opts.data_dir)?;
+        if let SinkKind::Topic { topic } = &ins.sink_kind {
+            log.topic_or_create(topic, keel_log::TopicConfig::new(1))?;
+        }
+        let source = self.source_input(job)?;
         let p = self.opts.parallelism;
         let mut chain0 = vec![];
         if let Some((spec, col, schema)) = &ins.window {
@@ -295,14 +368,6 @@ impl Pipeline {
             }));
         }
         chain0.extend(step_ops(&ins.below, "pre"));
-        let source_uid = key.clone();
-        let src_uid = source_uid.clone();
-        let source = StageInput::Source {
-            uid: source_uid,
-            factory: Arc::new(move |_ctx| {
-                Ok(Box::new(TopicSource::new(cfg.clone(), &src_uid)?) as Box<dyn keel_runtime::Source>)
-            }),
-        };
         let sink = self.sink_op();
         let mut stages = vec![];
         match &ins.aggregate {

@@ -147,6 +147,9 @@ pub fn session() -> SessionContext {
     for f in crate::functions::flink_aggregates() {
         ctx.register_udaf(f);
     }
+    for f in crate::scalar::flink_scalars() {
+        ctx.register_udf(f);
+    }
     ctx
 }
 

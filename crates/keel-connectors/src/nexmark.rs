@@ -1,0 +1,613 @@
+//! The Nexmark event generator as a source (`'connector' = 'nexmark'`): the online-auction
+//! stream of people, auctions and bids used by the Nexmark benchmark, with the columns of Flink's
+//! Nexmark DDL (`event_type`, and the `person`, `auction`, `bid` rows).
+//!
+//! Invariants: event `n` (a global event number) is a pure function of the seed and `n`: its kind
+//! (`n mod 50`: 0 person, 1–3 auction, 4–49 bid), its ids and its values; so the stream is the same
+//! whatever the parallelism. Events are spread over a fixed number of splits (event `n` belongs to
+//! split `n mod splits`); a split's position is how many of its events were emitted, and splits
+//! move whole between subtasks on a parallelism change. Event time advances by `1000 / rate` ms
+//! per event; with an out-of-order group size `g > 1`, times are permuted inside each group of `g`
+//! consecutive events.
+
+use crate::error::ConnectorError;
+use arrow::array::{
+    Array, ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, StructArray, TimestampMillisecondArray,
+};
+use arrow::buffer::NullBuffer;
+use arrow::datatypes::{DataType, Field, Fields, SchemaRef, TimeUnit};
+use datafusion::physical_expr::PhysicalExpr;
+use keel_runtime::{RestoredState, Result, RuntimeError, Source, SourcePoll, TaskContext, WatermarkStatus};
+use keel_types::time::MIN_WATERMARK;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+const PERSON_PROPORTION: u64 = 1;
+const AUCTION_PROPORTION: u64 = 3;
+const TOTAL_PROPORTION: u64 = 50;
+const FIRST_ID: i64 = 1000;
+const HOT_RATIO: u64 = 100;
+const ACTIVE_PEOPLE: u64 = 1000;
+const IN_FLIGHT_AUCTIONS: u64 = 100;
+const ID_LEAD: u64 = 10;
+const STATES: [&str; 6] = ["AZ", "CA", "ID", "OR", "WA", "WY"];
+const CITIES: [&str; 10] =
+    ["Phoenix", "Los Angeles", "San Francisco", "Boise", "Portland", "Bend", "Redmond", "Seattle", "Kent", "Cheyenne"];
+const FIRST_NAMES: [&str; 11] =
+    ["Peter", "Paul", "Luke", "John", "Saul", "Vicky", "Kate", "Julie", "Sarah", "Deiter", "Walter"];
+const LAST_NAMES: [&str; 9] = ["Shultz", "Abrams", "Spencer", "White", "Bartels", "Walton", "Smith", "Jones", "Noris"];
+const HOT_CHANNELS: [&str; 4] = ["Google", "Facebook", "Baidu", "Apple"];
+const HOT_URLS: [&str; 4] = [
+    "https://www.nexmark.com/googl/item.htm?query=1",
+    "https://www.nexmark.com/faceb/item.htm?query=1",
+    "https://www.nexmark.com/baidu/item.htm?query=1",
+    "https://www.nexmark.com/apple/item.htm?query=1",
+];
+
+/// The generator's settings (`WITH` options of a nexmark table).
+#[derive(Debug, Clone)]
+pub struct NexmarkConfig {
+    pub table: String,
+    /// Total events; `None` generates forever.
+    pub events: Option<u64>,
+    /// Events per second of event time.
+    pub rate: u64,
+    pub splits: u32,
+    pub out_of_order_group: u64,
+    pub seed: u64,
+    pub base_time_ms: i64,
+    pub batch_size: usize,
+    /// The table's stored columns (`event_type`, `person`, `auction`, `bid`).
+    pub schema: SchemaRef,
+    pub computed: Option<(Vec<Arc<dyn PhysicalExpr>>, SchemaRef)>,
+    pub event_time: Option<(usize, i64)>,
+}
+
+/// A small deterministic random stream for one event.
+struct Rand(u64);
+impl Rand {
+    fn new(seed: u64, n: u64) -> Self {
+        Rand(seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+    }
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next() % n }
+    }
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    /// Log-uniform price in cents: about 10^(6u) * 100.
+    fn price(&mut self) -> i64 {
+        (10f64.powf(self.unit() * 6.0) * 100.0).round() as i64
+    }
+    fn text(&mut self, len: usize) -> String {
+        (0..len).map(|_| (b'a' + self.below(26) as u8) as char).collect()
+    }
+}
+
+/// The 0-based id of the last person created at or before event `n`.
+fn last_person(n: u64) -> u64 {
+    let (epoch, offset) = (n / TOTAL_PROPORTION, n % TOTAL_PROPORTION);
+    epoch * PERSON_PROPORTION + offset.min(PERSON_PROPORTION - 1)
+}
+
+/// The 0-based id of the last auction created at or before event `n`.
+fn last_auction(n: u64) -> u64 {
+    let (epoch, offset) = (n / TOTAL_PROPORTION, n % TOTAL_PROPORTION);
+    if offset < PERSON_PROPORTION {
+        // Before this epoch's first auction: the previous epoch's last one.
+        (epoch * AUCTION_PROPORTION).saturating_sub(1)
+    } else {
+        epoch * AUCTION_PROPORTION + (offset - PERSON_PROPORTION).min(AUCTION_PROPORTION - 1)
+    }
+}
+
+/// A recent person (one of the last `ACTIVE_PEOPLE`, or a few about to be created).
+fn recent_person(n: u64, r: &mut Rand) -> u64 {
+    let people = last_person(n) + 1;
+    let active = people.min(ACTIVE_PEOPLE);
+    people - active + r.below(active + ID_LEAD)
+}
+
+/// A recent auction (one of the last `IN_FLIGHT_AUCTIONS`, or a few about to be created).
+fn recent_auction(n: u64, r: &mut Rand) -> u64 {
+    let max = last_auction(n);
+    let min = max.saturating_sub(IN_FLIGHT_AUCTIONS);
+    min + r.below(max - min + 1 + ID_LEAD)
+}
+
+/// Columns being built for one batch.
+#[derive(Default)]
+struct Columns {
+    kind: Vec<i32>,
+    p_id: Vec<i64>,
+    p_name: Vec<String>,
+    p_email: Vec<String>,
+    p_card: Vec<String>,
+    p_city: Vec<String>,
+    p_state: Vec<String>,
+    p_time: Vec<i64>,
+    p_extra: Vec<String>,
+    a_id: Vec<i64>,
+    a_item: Vec<String>,
+    a_desc: Vec<String>,
+    a_initial: Vec<i64>,
+    a_reserve: Vec<i64>,
+    a_time: Vec<i64>,
+    a_expires: Vec<i64>,
+    a_seller: Vec<i64>,
+    a_category: Vec<i64>,
+    a_extra: Vec<String>,
+    b_auction: Vec<i64>,
+    b_bidder: Vec<i64>,
+    b_price: Vec<i64>,
+    b_channel: Vec<String>,
+    b_url: Vec<String>,
+    b_time: Vec<i64>,
+    b_extra: Vec<String>,
+}
+
+fn pad(r: &mut Rand, current: usize, target: usize) -> String {
+    r.text(target.saturating_sub(current))
+}
+
+impl Columns {
+    /// Appends event `n` at event time `ts` (one slot in each of the three rows; two are null).
+    fn push(&mut self, seed: u64, n: u64, ts: i64) {
+        let mut r = Rand::new(seed, n);
+        let offset = n % TOTAL_PROPORTION;
+        let kind = if offset < PERSON_PROPORTION {
+            0
+        } else if offset < PERSON_PROPORTION + AUCTION_PROPORTION {
+            1
+        } else {
+            2
+        };
+        self.kind.push(kind);
+        let (mut pt, mut at, mut bt) = (0, 0, 0);
+        match kind {
+            0 => {
+                let name = format!("{} {}", FIRST_NAMES[r.below(11) as usize], LAST_NAMES[r.below(9) as usize]);
+                let email = format!("{}@{}.com", r.text(7), r.text(5));
+                let card = format!(
+                    "{:04} {:04} {:04} {:04}",
+                    r.below(10_000),
+                    r.below(10_000),
+                    r.below(10_000),
+                    r.below(10_000)
+                );
+                let city = CITIES[r.below(10) as usize].to_string();
+                let state = STATES[r.below(6) as usize].to_string();
+                let size = 8 + name.len() + email.len() + card.len() + city.len() + state.len() + 8;
+                self.p_extra.push(pad(&mut r, size, 200));
+                self.p_id.push(FIRST_ID + last_person(n) as i64);
+                self.p_name.push(name);
+                self.p_email.push(email);
+                self.p_card.push(card);
+                self.p_city.push(city);
+                self.p_state.push(state);
+                pt = ts;
+            }
+            1 => {
+                let seller =
+                    if r.below(4) > 0 { last_person(n) / HOT_RATIO * HOT_RATIO } else { recent_person(n, &mut r) };
+                let initial = r.price();
+                let item = r.text(20);
+                let desc = r.text(100);
+                self.a_extra.push(pad(&mut r, 8 + item.len() + desc.len() + 8 * 6, 500));
+                self.a_id.push(FIRST_ID + last_auction(n) as i64);
+                self.a_item.push(item);
+                self.a_desc.push(desc);
+                self.a_initial.push(initial);
+                self.a_reserve.push(initial + r.price());
+                self.a_expires.push(ts + 1_000 + r.below(20_000) as i64);
+                self.a_seller.push(FIRST_ID + seller as i64);
+                self.a_category.push(10 + r.below(5) as i64);
+                at = ts;
+            }
+            _ => {
+                let auction =
+                    if r.below(2) > 0 { last_auction(n) / HOT_RATIO * HOT_RATIO } else { recent_auction(n, &mut r) };
+                let bidder =
+                    if r.below(4) > 0 { last_person(n) / HOT_RATIO * HOT_RATIO + 1 } else { recent_person(n, &mut r) };
+                let (channel, url) = if r.below(2) > 0 {
+                    let i = r.below(4) as usize;
+                    (HOT_CHANNELS[i].to_string(), HOT_URLS[i].to_string())
+                } else {
+                    let id = r.below(10_000);
+                    (
+                        format!("channel-{id}"),
+                        format!(
+                            "https://www.nexmark.com/{}/{}/{}/item.htm?query=1&channel_id={id}",
+                            r.text(5),
+                            r.text(5),
+                            r.text(5)
+                        ),
+                    )
+                };
+                self.b_extra.push(pad(&mut r, 8 * 4 + channel.len() + url.len(), 100));
+                self.b_auction.push(FIRST_ID + auction as i64);
+                self.b_bidder.push(FIRST_ID + bidder as i64);
+                self.b_price.push(r.price());
+                self.b_channel.push(channel);
+                self.b_url.push(url);
+                bt = ts;
+            }
+        }
+        // Keep every child column aligned: fill the two rows this event is not.
+        if kind != 0 {
+            self.p_id.push(0);
+            for v in [
+                &mut self.p_name,
+                &mut self.p_email,
+                &mut self.p_card,
+                &mut self.p_city,
+                &mut self.p_state,
+                &mut self.p_extra,
+            ] {
+                v.push(String::new());
+            }
+        }
+        if kind != 1 {
+            for v in [
+                &mut self.a_id,
+                &mut self.a_initial,
+                &mut self.a_reserve,
+                &mut self.a_expires,
+                &mut self.a_seller,
+                &mut self.a_category,
+            ] {
+                v.push(0);
+            }
+            for v in [&mut self.a_item, &mut self.a_desc, &mut self.a_extra] {
+                v.push(String::new());
+            }
+        }
+        if kind != 2 {
+            for v in [&mut self.b_auction, &mut self.b_bidder, &mut self.b_price] {
+                v.push(0);
+            }
+            for v in [&mut self.b_channel, &mut self.b_url, &mut self.b_extra] {
+                v.push(String::new());
+            }
+        }
+        self.p_time.push(pt);
+        self.a_time.push(at);
+        self.b_time.push(bt);
+    }
+}
+
+fn s(v: Vec<String>) -> ArrayRef {
+    Arc::new(StringArray::from(v))
+}
+fn i(v: Vec<i64>) -> ArrayRef {
+    Arc::new(Int64Array::from(v))
+}
+fn t(v: Vec<i64>) -> ArrayRef {
+    Arc::new(TimestampMillisecondArray::from(v))
+}
+
+/// Builds a struct column of `declared` type from named children; the row is null where
+/// `valid` is false. Declared fields are matched to children by name, ignoring case.
+fn row(
+    declared: &DataType,
+    children: Vec<(&str, ArrayRef)>,
+    valid: NullBuffer,
+    column: &str,
+) -> std::result::Result<ArrayRef, String> {
+    let DataType::Struct(fields) = declared else {
+        return Err(format!("column {column} must be a ROW<...>, as in the Nexmark DDL"));
+    };
+    let mut arrays = vec![];
+    for f in fields.iter() {
+        let (_, a) = children.iter().find(|(n, _)| n.eq_ignore_ascii_case(f.name())).ok_or_else(|| {
+            format!(
+                "column {column} has a field {} the Nexmark generator does not produce; it produces {}",
+                f.name(),
+                children.iter().map(|c| c.0).collect::<Vec<_>>().join(", ")
+            )
+        })?;
+        let a = if a.data_type() == f.data_type() {
+            a.clone()
+        } else {
+            arrow::compute::cast(a, f.data_type()).map_err(|e| e.to_string())?
+        };
+        arrays.push(a);
+    }
+    let fields: Fields =
+        fields.iter().map(|f| Arc::new(f.as_ref().clone().with_nullable(true))).collect::<Vec<_>>().into();
+    StructArray::try_new(fields, arrays, Some(valid)).map(|a| Arc::new(a) as ArrayRef).map_err(|e| e.to_string())
+}
+
+impl Columns {
+    fn finish(self, schema: &SchemaRef) -> std::result::Result<RecordBatch, String> {
+        let valid = |k: i32| NullBuffer::from(self.kind.iter().map(|&x| x == k).collect::<Vec<_>>());
+        let (pv, av, bv) = (valid(0), valid(1), valid(2));
+        let kind: ArrayRef = Arc::new(Int32Array::from(self.kind));
+        let mut cols = vec![];
+        for f in schema.fields() {
+            let col = match f.name().to_ascii_lowercase().as_str() {
+                "event_type" => arrow::compute::cast(&kind, f.data_type()).map_err(|e| e.to_string())?,
+                "person" => row(
+                    f.data_type(),
+                    vec![
+                        ("id", i(self.p_id.clone())),
+                        ("name", s(self.p_name.clone())),
+                        ("emailAddress", s(self.p_email.clone())),
+                        ("creditCard", s(self.p_card.clone())),
+                        ("city", s(self.p_city.clone())),
+                        ("state", s(self.p_state.clone())),
+                        ("dateTime", t(self.p_time.clone())),
+                        ("extra", s(self.p_extra.clone())),
+                    ],
+                    pv.clone(),
+                    f.name(),
+                )?,
+                "auction" => row(
+                    f.data_type(),
+                    vec![
+                        ("id", i(self.a_id.clone())),
+                        ("itemName", s(self.a_item.clone())),
+                        ("description", s(self.a_desc.clone())),
+                        ("initialBid", i(self.a_initial.clone())),
+                        ("reserve", i(self.a_reserve.clone())),
+                        ("dateTime", t(self.a_time.clone())),
+                        ("expires", t(self.a_expires.clone())),
+                        ("seller", i(self.a_seller.clone())),
+                        ("category", i(self.a_category.clone())),
+                        ("extra", s(self.a_extra.clone())),
+                    ],
+                    av.clone(),
+                    f.name(),
+                )?,
+                "bid" => row(
+                    f.data_type(),
+                    vec![
+                        ("auction", i(self.b_auction.clone())),
+                        ("bidder", i(self.b_bidder.clone())),
+                        ("price", i(self.b_price.clone())),
+                        ("channel", s(self.b_channel.clone())),
+                        ("url", s(self.b_url.clone())),
+                        ("dateTime", t(self.b_time.clone())),
+                        ("extra", s(self.b_extra.clone())),
+                    ],
+                    bv.clone(),
+                    f.name(),
+                )?,
+                other => {
+                    return Err(format!(
+                        "the Nexmark generator has no column {other}; declare event_type, person, auction and bid"
+                    ));
+                }
+            };
+            cols.push(col);
+        }
+        RecordBatch::try_new(schema.clone(), cols).map_err(|e| e.to_string())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SplitState {
+    split: u32,
+    emitted: u64,
+    max_ts: i64,
+}
+
+/// The Nexmark source (see the module docs).
+pub struct NexmarkSource {
+    cfg: NexmarkConfig,
+    splits: Vec<SplitState>,
+    cursor: usize,
+}
+
+impl NexmarkSource {
+    pub fn new(cfg: NexmarkConfig) -> Self {
+        NexmarkSource { cfg, splits: vec![], cursor: 0 }
+    }
+
+    /// The event time of event `n`.
+    fn time_of(&self, n: u64) -> i64 {
+        let g = self.cfg.out_of_order_group.max(1);
+        let group = n / g * g;
+        // A fixed permutation inside the group: multiply by a step coprime with g.
+        let step = (2..).find(|k| gcd(*k, g) == 1).unwrap_or(1);
+        let slot = if g == 1 { n } else { group + ((n - group) * step) % g };
+        self.cfg.base_time_ms + (slot as u128 * 1000 / u128::from(self.cfg.rate.max(1))) as i64
+    }
+
+    fn finished(&self, s: &SplitState) -> bool {
+        self.cfg.events.is_some_and(|total| s.emitted * u64::from(self.cfg.splits) + u64::from(s.split) >= total)
+    }
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+impl Source for NexmarkSource {
+    fn open(&mut self, ctx: &TaskContext, restored: RestoredState) -> Result<()> {
+        let mut saved = std::collections::HashMap::new();
+        for part in restored.parts.iter().filter(|p| !p.is_empty()) {
+            let states: Vec<SplitState> = serde_json::from_slice(part).map_err(|e| {
+                RuntimeError::Internal(format!("nexmark source state of '{}' is unreadable: {e}", self.cfg.table))
+            })?;
+            for s in states {
+                saved.insert(s.split, s);
+            }
+        }
+        self.splits = (0..self.cfg.splits)
+            .filter(|s| s % ctx.parallelism == ctx.subtask)
+            .map(|s| saved.remove(&s).unwrap_or(SplitState { split: s, emitted: 0, max_ts: MIN_WATERMARK }))
+            .collect();
+        Ok(())
+    }
+
+    fn poll(&mut self) -> Result<SourcePoll> {
+        let n = self.splits.len();
+        for _ in 0..n {
+            let idx = self.cursor;
+            self.cursor = (self.cursor + 1) % n;
+            if self.finished(&self.splits[idx]) {
+                continue;
+            }
+            let splits = u64::from(self.cfg.splits);
+            let mut cols = Columns::default();
+            let mut max_ts = MIN_WATERMARK;
+            let mut count = 0;
+            while count < self.cfg.batch_size && !self.finished(&self.splits[idx]) {
+                let s = &self.splits[idx];
+                let event = s.emitted * splits + u64::from(s.split);
+                let ts = self.time_of(event);
+                cols.push(self.cfg.seed, event, ts);
+                max_ts = max_ts.max(ts);
+                self.splits[idx].emitted += 1;
+                count += 1;
+            }
+            let base = cols
+                .finish(&self.cfg.schema)
+                .map_err(|e| RuntimeError::User(format!("table {}: {e}", self.cfg.table)))?;
+            let batch = match &self.cfg.computed {
+                None => base,
+                Some((exprs, schema)) => {
+                    let rows = base.num_rows();
+                    let cols = exprs
+                        .iter()
+                        .map(|e| e.evaluate(&base).and_then(|v| v.into_array(rows)))
+                        .collect::<datafusion::error::Result<Vec<_>>>()
+                        .map_err(RuntimeError::expr(format!("computed columns of table {}", self.cfg.table)))?;
+                    RecordBatch::try_new(schema.clone(), cols).map_err(RuntimeError::arrow("computed columns"))?
+                }
+            };
+            let s = &mut self.splits[idx];
+            s.max_ts = s.max_ts.max(max_ts);
+            return Ok(SourcePoll::Batch(batch));
+        }
+        if self.cfg.events.is_some() {
+            return Ok(SourcePoll::Exhausted);
+        }
+        Ok(SourcePoll::Pending)
+    }
+
+    fn watermark(&self) -> WatermarkStatus {
+        let Some((_, delay)) = self.cfg.event_time else { return WatermarkStatus::Active(MIN_WATERMARK) };
+        if self.splits.is_empty() {
+            return WatermarkStatus::Idle(MIN_WATERMARK);
+        }
+        let active: Vec<&SplitState> = self.splits.iter().filter(|s| !self.finished(s)).collect();
+        let wm = if active.is_empty() {
+            self.splits.iter().map(|s| s.max_ts).max()
+        } else {
+            active.iter().map(|s| s.max_ts).min()
+        };
+        WatermarkStatus::Active(wm.unwrap_or(MIN_WATERMARK).saturating_sub(delay))
+    }
+
+    fn snapshot(&mut self, _checkpoint: u64) -> Result<Vec<u8>> {
+        serde_json::to_vec(&self.splits).map_err(|e| RuntimeError::Internal(format!("encoding nexmark state: {e}")))
+    }
+}
+
+/// Checks a nexmark table's stored columns against what the generator produces, before running.
+pub fn check_schema(schema: &SchemaRef) -> std::result::Result<(), ConnectorError> {
+    let mut cols = Columns::default();
+    cols.push(0, 0, 0);
+    cols.finish(schema).map(|_| ()).map_err(ConnectorError::Config)
+}
+
+/// The stored columns of Flink's Nexmark table, for tests and tools.
+pub fn flink_schema() -> SchemaRef {
+    let ts = || DataType::Timestamp(TimeUnit::Millisecond, None);
+    let st = |f: Vec<(&str, DataType)>| {
+        DataType::Struct(f.into_iter().map(|(n, t)| Field::new(n, t, true)).collect::<Vec<_>>().into())
+    };
+    Arc::new(arrow::datatypes::Schema::new(vec![
+        Field::new("event_type", DataType::Int32, true),
+        Field::new(
+            "person",
+            st(vec![
+                ("id", DataType::Int64),
+                ("name", DataType::Utf8),
+                ("emailAddress", DataType::Utf8),
+                ("creditCard", DataType::Utf8),
+                ("city", DataType::Utf8),
+                ("state", DataType::Utf8),
+                ("dateTime", ts()),
+                ("extra", DataType::Utf8),
+            ]),
+            true,
+        ),
+        Field::new(
+            "auction",
+            st(vec![
+                ("id", DataType::Int64),
+                ("itemName", DataType::Utf8),
+                ("description", DataType::Utf8),
+                ("initialBid", DataType::Int64),
+                ("reserve", DataType::Int64),
+                ("dateTime", ts()),
+                ("expires", ts()),
+                ("seller", DataType::Int64),
+                ("category", DataType::Int64),
+                ("extra", DataType::Utf8),
+            ]),
+            true,
+        ),
+        Field::new(
+            "bid",
+            st(vec![
+                ("auction", DataType::Int64),
+                ("bidder", DataType::Int64),
+                ("price", DataType::Int64),
+                ("channel", DataType::Utf8),
+                ("url", DataType::Utf8),
+                ("dateTime", ts()),
+                ("extra", DataType::Utf8),
+            ]),
+            true,
+        ),
+    ]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::AsArray;
+
+    #[test]
+    fn ids_and_proportions_follow_the_event_number() {
+        assert_eq!((last_person(0), last_person(49), last_person(50)), (0, 0, 1));
+        assert_eq!(
+            (last_auction(1), last_auction(3), last_auction(4), last_auction(50), last_auction(51)),
+            (0, 2, 2, 2, 3)
+        );
+        let mut cols = Columns::default();
+        for n in 0..5000 {
+            cols.push(7, n, n as i64);
+        }
+        let b = cols.finish(&flink_schema()).unwrap();
+        let kinds = b.column(0).as_primitive::<arrow::datatypes::Int32Type>();
+        let count = |k| kinds.iter().filter(|x| *x == Some(k)).count();
+        assert_eq!((count(0), count(1), count(2)), (100, 300, 4600));
+        let bids = b.column(3).as_struct();
+        assert!(bids.is_null(0) && bids.is_valid(4));
+        let prices = bids.column(2).as_primitive::<arrow::datatypes::Int64Type>();
+        assert!((4..5000).filter(|n| n % 50 >= 4).all(|n| prices.value(n) >= 100 && prices.value(n) <= 100_000_000));
+    }
+
+    #[test]
+    fn the_same_seed_and_number_give_the_same_event() {
+        let one = |n| {
+            let mut c = Columns::default();
+            c.push(3, n, 0);
+            c.finish(&flink_schema()).unwrap()
+        };
+        assert_eq!(one(1234), one(1234));
+        assert_ne!(one(1234), one(1284));
+    }
+}

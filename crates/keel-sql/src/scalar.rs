@@ -1,0 +1,163 @@
+//! Flink scalar functions that DataFusion does not have under Flink's name or semantics:
+//! `MOD(a, b)`, `SPLIT_INDEX(s, delimiter, index)` and `REGEXP_EXTRACT(s, pattern, group)`.
+//!
+//! Semantics (FLINK_SEMANTICS.md): `SPLIT_INDEX` and `REGEXP_EXTRACT` return NULL when the index
+//! or group is out of range, and NULL for NULL input; an invalid pattern is an error naming it.
+
+use arrow::array::{Array, ArrayRef, AsArray, Int64Array, StringArray};
+use arrow::datatypes::{DataType, Int64Type};
+use datafusion::common::{Result, ScalarValue, exec_err};
+use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility, create_udf};
+use std::sync::Arc;
+
+/// The functions to register in a session.
+pub fn flink_scalars() -> Vec<ScalarUDF> {
+    vec![
+        create_udf(
+            "MOD",
+            vec![DataType::Int64, DataType::Int64],
+            DataType::Int64,
+            Volatility::Immutable,
+            Arc::new(modulo),
+        ),
+        create_udf(
+            "mod",
+            vec![DataType::Int64, DataType::Int64],
+            DataType::Int64,
+            Volatility::Immutable,
+            Arc::new(modulo),
+        ),
+        create_udf(
+            "SPLIT_INDEX",
+            vec![DataType::Utf8, DataType::Utf8, DataType::Int64],
+            DataType::Utf8,
+            Volatility::Immutable,
+            Arc::new(split_index),
+        ),
+        create_udf(
+            "split_index",
+            vec![DataType::Utf8, DataType::Utf8, DataType::Int64],
+            DataType::Utf8,
+            Volatility::Immutable,
+            Arc::new(split_index),
+        ),
+        create_udf(
+            "REGEXP_EXTRACT",
+            vec![DataType::Utf8, DataType::Utf8, DataType::Int64],
+            DataType::Utf8,
+            Volatility::Immutable,
+            Arc::new(regexp_extract),
+        ),
+        create_udf(
+            "regexp_extract",
+            vec![DataType::Utf8, DataType::Utf8, DataType::Int64],
+            DataType::Utf8,
+            Volatility::Immutable,
+            Arc::new(regexp_extract),
+        ),
+    ]
+}
+
+fn arrays(args: &[ColumnarValue]) -> Result<(Vec<ArrayRef>, usize, bool)> {
+    let n = args.iter().find_map(|a| match a {
+        ColumnarValue::Array(a) => Some(a.len()),
+        ColumnarValue::Scalar(_) => None,
+    });
+    let all_scalar = n.is_none();
+    let n = n.unwrap_or(1);
+    Ok((args.iter().map(|a| a.clone().into_array(n)).collect::<Result<_>>()?, n, all_scalar))
+}
+
+fn done(a: ArrayRef, all_scalar: bool) -> Result<ColumnarValue> {
+    if all_scalar {
+        Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&a, 0)?))
+    } else {
+        Ok(ColumnarValue::Array(a))
+    }
+}
+
+/// `MOD(a, b)`: the remainder with the sign of `a` (Java's `%`); NULL when `b` is 0 or NULL.
+fn modulo(args: &[ColumnarValue]) -> Result<ColumnarValue> {
+    let (a, n, scalar) = arrays(args)?;
+    let (x, y) = (a[0].as_primitive::<Int64Type>(), a[1].as_primitive::<Int64Type>());
+    let out: Int64Array = (0..n)
+        .map(|i| (x.is_valid(i) && y.is_valid(i) && y.value(i) != 0).then(|| x.value(i).wrapping_rem(y.value(i))))
+        .collect();
+    done(Arc::new(out), scalar)
+}
+
+/// `SPLIT_INDEX(s, delimiter, index)`: the `index`-th (0-based) piece of `s`.
+fn split_index(args: &[ColumnarValue]) -> Result<ColumnarValue> {
+    let (a, n, scalar) = arrays(args)?;
+    let (s, d, k) = (a[0].as_string::<i32>(), a[1].as_string::<i32>(), a[2].as_primitive::<Int64Type>());
+    let out: StringArray = (0..n)
+        .map(|i| {
+            if s.is_null(i) || d.is_null(i) || k.is_null(i) || k.value(i) < 0 || d.value(i).is_empty() {
+                return None;
+            }
+            s.value(i).split(d.value(i)).nth(k.value(i) as usize).map(str::to_string)
+        })
+        .collect();
+    done(Arc::new(out), scalar)
+}
+
+/// `REGEXP_EXTRACT(s, pattern, group)`: the `group`-th capture of the first match.
+fn regexp_extract(args: &[ColumnarValue]) -> Result<ColumnarValue> {
+    let (a, n, scalar) = arrays(args)?;
+    let (s, p, g) = (a[0].as_string::<i32>(), a[1].as_string::<i32>(), a[2].as_primitive::<Int64Type>());
+    let mut cache: Option<(String, regex::Regex)> = None;
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        if s.is_null(i) || p.is_null(i) || g.is_null(i) || g.value(i) < 0 {
+            out.push(None);
+            continue;
+        }
+        let pattern = p.value(i);
+        if cache.as_ref().is_none_or(|(c, _)| c != pattern) {
+            match regex::Regex::new(pattern) {
+                Ok(r) => cache = Some((pattern.to_string(), r)),
+                Err(e) => return exec_err!("REGEXP_EXTRACT: invalid pattern '{pattern}': {e}"),
+            }
+        }
+        let re = &cache.as_ref().expect("invariant: cached above").1;
+        out.push(re.captures(s.value(i)).and_then(|c| c.get(g.value(i) as usize)).map(|m| m.as_str().to_string()));
+    }
+    done(Arc::new(StringArray::from(out)), scalar)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(f: fn(&[ColumnarValue]) -> Result<ColumnarValue>, args: Vec<ScalarValue>) -> ScalarValue {
+        let args: Vec<ColumnarValue> = args.into_iter().map(ColumnarValue::Scalar).collect();
+        match f(&args).unwrap() {
+            ColumnarValue::Scalar(v) => v,
+            ColumnarValue::Array(_) => panic!("scalar in, scalar out"),
+        }
+    }
+
+    #[test]
+    fn flink_semantics() {
+        assert_eq!(
+            call(modulo, vec![ScalarValue::Int64(Some(-7)), ScalarValue::Int64(Some(3))]),
+            ScalarValue::Int64(Some(-1))
+        );
+        assert_eq!(
+            call(modulo, vec![ScalarValue::Int64(Some(7)), ScalarValue::Int64(Some(0))]),
+            ScalarValue::Int64(None)
+        );
+        let s = |v: &str| ScalarValue::Utf8(Some(v.to_string()));
+        assert_eq!(call(split_index, vec![s("a/b/c"), s("/"), ScalarValue::Int64(Some(1))]), s("b"));
+        assert_eq!(call(split_index, vec![s("a/b/c"), s("/"), ScalarValue::Int64(Some(3))]), ScalarValue::Utf8(None));
+        let url = s("https://x.com/a/item.htm?query=1&channel_id=42");
+        assert_eq!(
+            call(regexp_extract, vec![url.clone(), s("(&|^)channel_id=([^&]*)"), ScalarValue::Int64(Some(2))]),
+            s("42")
+        );
+        assert_eq!(
+            call(regexp_extract, vec![url, s("(&|^)channel_id=([^&]*)"), ScalarValue::Int64(Some(5))]),
+            ScalarValue::Utf8(None)
+        );
+    }
+}

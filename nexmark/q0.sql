@@ -1,0 +1,5 @@
+-- q0, passthrough: every bid, unchanged (measures the pipeline's own cost).
+CREATE TABLE nexmark_q0 (auction BIGINT, bidder BIGINT, price BIGINT, dateTime TIMESTAMP(3), extra VARCHAR)
+WITH ('connector' = 'blackhole');
+
+INSERT INTO nexmark_q0 SELECT auction, bidder, price, dateTime, extra FROM bid;
