@@ -32,8 +32,8 @@ enum Command {
     Run(cli::run::RunArgs),
     /// Generate sample events and run a windowed SQL pipeline over them (start here).
     Demo(cli::demo::DemoArgs),
-    /// Measure throughput of the windowed SQL pipeline from a topic to a topic.
-    Bench(cli::demo::BenchArgs),
+    /// Measure throughput: the windowed SQL pipeline (`windows`) or the Nexmark queries (`nexmark`).
+    Bench(cli::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,7 +45,7 @@ fn main() -> ExitCode {
         Command::Consume(a) => cli::topic::consume(&cli.data_dir, a),
         Command::Run(a) => cli::run::run(&cli.data_dir, a),
         Command::Demo(a) => cli::demo::demo(&cli.data_dir, a),
-        Command::Bench(a) => cli::demo::bench(&cli.data_dir, a),
+        Command::Bench(a) => cli::bench::bench(&cli.data_dir, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,5 +1,6 @@
 //! The command implementations behind `keel`'s subcommands.
 
+pub mod bench;
 pub mod demo;
 pub mod run;
 pub mod topic;

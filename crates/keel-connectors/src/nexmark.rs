@@ -86,15 +86,31 @@ impl Rand {
     fn price(&mut self) -> i64 {
         (10f64.powf(self.unit() * 6.0) * 100.0).round() as i64
     }
+    /// `len` random lowercase letters: a slice at a random place of a fixed random text, so that
+    /// padding hundreds of bytes costs one draw, not one per character.
     fn text(&mut self, len: usize) -> String {
-        (0..len).map(|_| (b'a' + self.below(26) as u8) as char).collect()
+        let pool = letters();
+        let len = len.min(pool.len());
+        let at = self.below((pool.len() - len + 1) as u64) as usize;
+        pool[at..at + len].to_string()
     }
+}
+
+/// 64 KiB of random lowercase letters, the same in every process (fixed seed).
+fn letters() -> &'static str {
+    static POOL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        let mut r = Rand(0x006e_6578_6d61_726b);
+        (0..65_536).map(|_| (b'a' + r.below(26) as u8) as char).collect()
+    })
 }
 
 /// The 0-based id of the last person created at or before event `n`.
 fn last_person(n: u64) -> u64 {
     let (epoch, offset) = (n / TOTAL_PROPORTION, n % TOTAL_PROPORTION);
-    epoch * PERSON_PROPORTION + offset.min(PERSON_PROPORTION - 1)
+    // Within an epoch, the person events come first.
+    let within = if offset < PERSON_PROPORTION { offset } else { PERSON_PROPORTION - 1 };
+    epoch * PERSON_PROPORTION + within
 }
 
 /// The 0-based id of the last auction created at or before event `n`.
@@ -326,10 +342,10 @@ fn row(
 }
 
 impl Columns {
-    fn finish(self, schema: &SchemaRef) -> std::result::Result<RecordBatch, String> {
+    fn finish(mut self, schema: &SchemaRef) -> std::result::Result<RecordBatch, String> {
         let valid = |k: i32| NullBuffer::from(self.kind.iter().map(|&x| x == k).collect::<Vec<_>>());
         let (pv, av, bv) = (valid(0), valid(1), valid(2));
-        let kind: ArrayRef = Arc::new(Int32Array::from(self.kind));
+        let kind: ArrayRef = Arc::new(Int32Array::from(std::mem::take(&mut self.kind)));
         let mut cols = vec![];
         for f in schema.fields() {
             let col = match f.name().to_ascii_lowercase().as_str() {
@@ -337,14 +353,14 @@ impl Columns {
                 "person" => row(
                     f.data_type(),
                     vec![
-                        ("id", i(self.p_id.clone())),
-                        ("name", s(self.p_name.clone())),
-                        ("emailAddress", s(self.p_email.clone())),
-                        ("creditCard", s(self.p_card.clone())),
-                        ("city", s(self.p_city.clone())),
-                        ("state", s(self.p_state.clone())),
-                        ("dateTime", t(self.p_time.clone())),
-                        ("extra", s(self.p_extra.clone())),
+                        ("id", i(std::mem::take(&mut self.p_id))),
+                        ("name", s(std::mem::take(&mut self.p_name))),
+                        ("emailAddress", s(std::mem::take(&mut self.p_email))),
+                        ("creditCard", s(std::mem::take(&mut self.p_card))),
+                        ("city", s(std::mem::take(&mut self.p_city))),
+                        ("state", s(std::mem::take(&mut self.p_state))),
+                        ("dateTime", t(std::mem::take(&mut self.p_time))),
+                        ("extra", s(std::mem::take(&mut self.p_extra))),
                     ],
                     pv.clone(),
                     f.name(),
@@ -352,16 +368,16 @@ impl Columns {
                 "auction" => row(
                     f.data_type(),
                     vec![
-                        ("id", i(self.a_id.clone())),
-                        ("itemName", s(self.a_item.clone())),
-                        ("description", s(self.a_desc.clone())),
-                        ("initialBid", i(self.a_initial.clone())),
-                        ("reserve", i(self.a_reserve.clone())),
-                        ("dateTime", t(self.a_time.clone())),
-                        ("expires", t(self.a_expires.clone())),
-                        ("seller", i(self.a_seller.clone())),
-                        ("category", i(self.a_category.clone())),
-                        ("extra", s(self.a_extra.clone())),
+                        ("id", i(std::mem::take(&mut self.a_id))),
+                        ("itemName", s(std::mem::take(&mut self.a_item))),
+                        ("description", s(std::mem::take(&mut self.a_desc))),
+                        ("initialBid", i(std::mem::take(&mut self.a_initial))),
+                        ("reserve", i(std::mem::take(&mut self.a_reserve))),
+                        ("dateTime", t(std::mem::take(&mut self.a_time))),
+                        ("expires", t(std::mem::take(&mut self.a_expires))),
+                        ("seller", i(std::mem::take(&mut self.a_seller))),
+                        ("category", i(std::mem::take(&mut self.a_category))),
+                        ("extra", s(std::mem::take(&mut self.a_extra))),
                     ],
                     av.clone(),
                     f.name(),
@@ -369,13 +385,13 @@ impl Columns {
                 "bid" => row(
                     f.data_type(),
                     vec![
-                        ("auction", i(self.b_auction.clone())),
-                        ("bidder", i(self.b_bidder.clone())),
-                        ("price", i(self.b_price.clone())),
-                        ("channel", s(self.b_channel.clone())),
-                        ("url", s(self.b_url.clone())),
-                        ("dateTime", t(self.b_time.clone())),
-                        ("extra", s(self.b_extra.clone())),
+                        ("auction", i(std::mem::take(&mut self.b_auction))),
+                        ("bidder", i(std::mem::take(&mut self.b_bidder))),
+                        ("price", i(std::mem::take(&mut self.b_price))),
+                        ("channel", s(std::mem::take(&mut self.b_channel))),
+                        ("url", s(std::mem::take(&mut self.b_url))),
+                        ("dateTime", t(std::mem::take(&mut self.b_time))),
+                        ("extra", s(std::mem::take(&mut self.b_extra))),
                     ],
                     bv.clone(),
                     f.name(),
