@@ -12,7 +12,7 @@
 
 use crate::error::ConnectorError;
 use arrow::array::{
-    Array, ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, StructArray, TimestampMillisecondArray,
+    Array, ArrayRef, Int32Array, Int64Array, RecordBatch, StringBuilder, StructArray, TimestampMillisecondArray,
 };
 use arrow::buffer::NullBuffer;
 use arrow::datatypes::{DataType, Field, Fields, SchemaRef, TimeUnit};
@@ -88,11 +88,11 @@ impl Rand {
     }
     /// `len` random lowercase letters: a slice at a random place of a fixed random text, so that
     /// padding hundreds of bytes costs one draw, not one per character.
-    fn text(&mut self, len: usize) -> String {
+    fn text(&mut self, len: usize) -> &'static str {
         let pool = letters();
         let len = len.min(pool.len());
         let at = self.below((pool.len() - len + 1) as u64) as usize;
-        pool[at..at + len].to_string()
+        &pool[at..at + len]
     }
 }
 
@@ -138,44 +138,44 @@ fn recent_auction(n: u64, r: &mut Rand) -> u64 {
     min + r.below(max - min + 1 + ID_LEAD)
 }
 
-/// Columns being built for one batch.
+/// Columns being built for one batch. Every child column gets a value for every event (an empty
+/// one where the event is of another kind), so that the three rows stay aligned; the row's null
+/// buffer hides the filler.
 #[derive(Default)]
 struct Columns {
     kind: Vec<i32>,
     p_id: Vec<i64>,
-    p_name: Vec<String>,
-    p_email: Vec<String>,
-    p_card: Vec<String>,
-    p_city: Vec<String>,
-    p_state: Vec<String>,
+    p_name: StringBuilder,
+    p_email: StringBuilder,
+    p_card: StringBuilder,
+    p_city: StringBuilder,
+    p_state: StringBuilder,
     p_time: Vec<i64>,
-    p_extra: Vec<String>,
+    p_extra: StringBuilder,
     a_id: Vec<i64>,
-    a_item: Vec<String>,
-    a_desc: Vec<String>,
+    a_item: StringBuilder,
+    a_desc: StringBuilder,
     a_initial: Vec<i64>,
     a_reserve: Vec<i64>,
     a_time: Vec<i64>,
     a_expires: Vec<i64>,
     a_seller: Vec<i64>,
     a_category: Vec<i64>,
-    a_extra: Vec<String>,
+    a_extra: StringBuilder,
     b_auction: Vec<i64>,
     b_bidder: Vec<i64>,
     b_price: Vec<i64>,
-    b_channel: Vec<String>,
-    b_url: Vec<String>,
+    b_channel: StringBuilder,
+    b_url: StringBuilder,
     b_time: Vec<i64>,
-    b_extra: Vec<String>,
-}
-
-fn pad(r: &mut Rand, current: usize, target: usize) -> String {
-    r.text(target.saturating_sub(current))
+    b_extra: StringBuilder,
+    scratch: String,
 }
 
 impl Columns {
     /// Appends event `n` at event time `ts` (one slot in each of the three rows; two are null).
     fn push(&mut self, seed: u64, n: u64, ts: i64) {
+        use std::fmt::Write;
         let mut r = Rand::new(seed, n);
         let offset = n % TOTAL_PROPORTION;
         let kind = if offset < PERSON_PROPORTION {
@@ -189,37 +189,44 @@ impl Columns {
         let (mut pt, mut at, mut bt) = (0, 0, 0);
         match kind {
             0 => {
-                let name = format!("{} {}", FIRST_NAMES[r.below(11) as usize], LAST_NAMES[r.below(9) as usize]);
-                let email = format!("{}@{}.com", r.text(7), r.text(5));
-                let card = format!(
+                let mut size = 16;
+                self.scratch.clear();
+                let _ =
+                    write!(self.scratch, "{} {}", FIRST_NAMES[r.below(11) as usize], LAST_NAMES[r.below(9) as usize]);
+                size += self.scratch.len();
+                self.p_name.append_value(&self.scratch);
+                self.scratch.clear();
+                let _ = write!(self.scratch, "{}@{}.com", r.text(7), r.text(5));
+                size += self.scratch.len();
+                self.p_email.append_value(&self.scratch);
+                self.scratch.clear();
+                let _ = write!(
+                    self.scratch,
                     "{:04} {:04} {:04} {:04}",
                     r.below(10_000),
                     r.below(10_000),
                     r.below(10_000),
                     r.below(10_000)
                 );
-                let city = CITIES[r.below(10) as usize].to_string();
-                let state = STATES[r.below(6) as usize].to_string();
-                let size = 8 + name.len() + email.len() + card.len() + city.len() + state.len() + 8;
-                self.p_extra.push(pad(&mut r, size, 200));
+                size += self.scratch.len();
+                self.p_card.append_value(&self.scratch);
+                let city = CITIES[r.below(10) as usize];
+                let state = STATES[r.below(6) as usize];
+                self.p_city.append_value(city);
+                self.p_state.append_value(state);
+                size += city.len() + state.len();
+                self.p_extra.append_value(r.text(200usize.saturating_sub(size)));
                 self.p_id.push(FIRST_ID + last_person(n) as i64);
-                self.p_name.push(name);
-                self.p_email.push(email);
-                self.p_card.push(card);
-                self.p_city.push(city);
-                self.p_state.push(state);
                 pt = ts;
             }
             1 => {
                 let seller =
                     if r.below(4) > 0 { last_person(n) / HOT_RATIO * HOT_RATIO } else { recent_person(n, &mut r) };
                 let initial = r.price();
-                let item = r.text(20);
-                let desc = r.text(100);
-                self.a_extra.push(pad(&mut r, 8 + item.len() + desc.len() + 8 * 6, 500));
+                self.a_item.append_value(r.text(20));
+                self.a_desc.append_value(r.text(100));
+                self.a_extra.append_value(r.text(500 - 8 - 20 - 100 - 8 * 6));
                 self.a_id.push(FIRST_ID + last_auction(n) as i64);
-                self.a_item.push(item);
-                self.a_desc.push(desc);
                 self.a_initial.push(initial);
                 self.a_reserve.push(initial + r.price());
                 self.a_expires.push(ts + 1_000 + r.below(20_000) as i64);
@@ -232,34 +239,39 @@ impl Columns {
                     if r.below(2) > 0 { last_auction(n) / HOT_RATIO * HOT_RATIO } else { recent_auction(n, &mut r) };
                 let bidder =
                     if r.below(4) > 0 { last_person(n) / HOT_RATIO * HOT_RATIO + 1 } else { recent_person(n, &mut r) };
-                let (channel, url) = if r.below(2) > 0 {
+                let mut size = 8 * 4;
+                if r.below(2) > 0 {
                     let i = r.below(4) as usize;
-                    (HOT_CHANNELS[i].to_string(), HOT_URLS[i].to_string())
+                    self.b_channel.append_value(HOT_CHANNELS[i]);
+                    self.b_url.append_value(HOT_URLS[i]);
+                    size += HOT_CHANNELS[i].len() + HOT_URLS[i].len();
                 } else {
                     let id = r.below(10_000);
-                    (
-                        format!("channel-{id}"),
-                        format!(
-                            "https://www.nexmark.com/{}/{}/{}/item.htm?query=1&channel_id={id}",
-                            r.text(5),
-                            r.text(5),
-                            r.text(5)
-                        ),
-                    )
-                };
-                self.b_extra.push(pad(&mut r, 8 * 4 + channel.len() + url.len(), 100));
+                    self.scratch.clear();
+                    let _ = write!(self.scratch, "channel-{id}");
+                    size += self.scratch.len();
+                    self.b_channel.append_value(&self.scratch);
+                    self.scratch.clear();
+                    let _ = write!(
+                        self.scratch,
+                        "https://www.nexmark.com/{}/{}/{}/item.htm?query=1&channel_id={id}",
+                        r.text(5),
+                        r.text(5),
+                        r.text(5)
+                    );
+                    size += self.scratch.len();
+                    self.b_url.append_value(&self.scratch);
+                }
+                self.b_extra.append_value(r.text(100usize.saturating_sub(size)));
                 self.b_auction.push(FIRST_ID + auction as i64);
                 self.b_bidder.push(FIRST_ID + bidder as i64);
                 self.b_price.push(r.price());
-                self.b_channel.push(channel);
-                self.b_url.push(url);
                 bt = ts;
             }
         }
-        // Keep every child column aligned: fill the two rows this event is not.
         if kind != 0 {
             self.p_id.push(0);
-            for v in [
+            for b in [
                 &mut self.p_name,
                 &mut self.p_email,
                 &mut self.p_card,
@@ -267,7 +279,7 @@ impl Columns {
                 &mut self.p_state,
                 &mut self.p_extra,
             ] {
-                v.push(String::new());
+                b.append_value("");
             }
         }
         if kind != 1 {
@@ -281,16 +293,16 @@ impl Columns {
             ] {
                 v.push(0);
             }
-            for v in [&mut self.a_item, &mut self.a_desc, &mut self.a_extra] {
-                v.push(String::new());
+            for b in [&mut self.a_item, &mut self.a_desc, &mut self.a_extra] {
+                b.append_value("");
             }
         }
         if kind != 2 {
             for v in [&mut self.b_auction, &mut self.b_bidder, &mut self.b_price] {
                 v.push(0);
             }
-            for v in [&mut self.b_channel, &mut self.b_url, &mut self.b_extra] {
-                v.push(String::new());
+            for b in [&mut self.b_channel, &mut self.b_url, &mut self.b_extra] {
+                b.append_value("");
             }
         }
         self.p_time.push(pt);
@@ -299,8 +311,8 @@ impl Columns {
     }
 }
 
-fn s(v: Vec<String>) -> ArrayRef {
-    Arc::new(StringArray::from(v))
+fn s(b: &mut StringBuilder) -> ArrayRef {
+    Arc::new(b.finish())
 }
 fn i(v: Vec<i64>) -> ArrayRef {
     Arc::new(Int64Array::from(v))
@@ -354,13 +366,13 @@ impl Columns {
                     f.data_type(),
                     vec![
                         ("id", i(std::mem::take(&mut self.p_id))),
-                        ("name", s(std::mem::take(&mut self.p_name))),
-                        ("emailAddress", s(std::mem::take(&mut self.p_email))),
-                        ("creditCard", s(std::mem::take(&mut self.p_card))),
-                        ("city", s(std::mem::take(&mut self.p_city))),
-                        ("state", s(std::mem::take(&mut self.p_state))),
+                        ("name", s(&mut self.p_name)),
+                        ("emailAddress", s(&mut self.p_email)),
+                        ("creditCard", s(&mut self.p_card)),
+                        ("city", s(&mut self.p_city)),
+                        ("state", s(&mut self.p_state)),
                         ("dateTime", t(std::mem::take(&mut self.p_time))),
-                        ("extra", s(std::mem::take(&mut self.p_extra))),
+                        ("extra", s(&mut self.p_extra)),
                     ],
                     pv.clone(),
                     f.name(),
@@ -369,15 +381,15 @@ impl Columns {
                     f.data_type(),
                     vec![
                         ("id", i(std::mem::take(&mut self.a_id))),
-                        ("itemName", s(std::mem::take(&mut self.a_item))),
-                        ("description", s(std::mem::take(&mut self.a_desc))),
+                        ("itemName", s(&mut self.a_item)),
+                        ("description", s(&mut self.a_desc)),
                         ("initialBid", i(std::mem::take(&mut self.a_initial))),
                         ("reserve", i(std::mem::take(&mut self.a_reserve))),
                         ("dateTime", t(std::mem::take(&mut self.a_time))),
                         ("expires", t(std::mem::take(&mut self.a_expires))),
                         ("seller", i(std::mem::take(&mut self.a_seller))),
                         ("category", i(std::mem::take(&mut self.a_category))),
-                        ("extra", s(std::mem::take(&mut self.a_extra))),
+                        ("extra", s(&mut self.a_extra)),
                     ],
                     av.clone(),
                     f.name(),
@@ -388,10 +400,10 @@ impl Columns {
                         ("auction", i(std::mem::take(&mut self.b_auction))),
                         ("bidder", i(std::mem::take(&mut self.b_bidder))),
                         ("price", i(std::mem::take(&mut self.b_price))),
-                        ("channel", s(std::mem::take(&mut self.b_channel))),
-                        ("url", s(std::mem::take(&mut self.b_url))),
+                        ("channel", s(&mut self.b_channel)),
+                        ("url", s(&mut self.b_url)),
                         ("dateTime", t(std::mem::take(&mut self.b_time))),
-                        ("extra", s(std::mem::take(&mut self.b_extra))),
+                        ("extra", s(&mut self.b_extra)),
                     ],
                     bv.clone(),
                     f.name(),
