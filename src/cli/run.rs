@@ -128,10 +128,10 @@ pub fn run_pipeline(data_dir: &Path, args: &RunArgs, stop: Arc<AtomicBool>) -> R
     config.bounded |= pipeline.sources_bounded();
     let mut job = JobDir::open(data_dir, &name, &pipeline.fingerprint, args.fresh)?;
     let graph = pipeline.build_graph(&mut job).map_err(|e| anyhow::anyhow!("{}: {e}", args.pipeline.display()))?;
-    let (sink, guarantee) = pipeline.sink_guarantee();
+    let sinks: Vec<String> = pipeline.sink_guarantees().into_iter().map(|(s, g)| format!("sink {s}: {g}")).collect();
     let resume = job.checkpoint_store(config.retained_checkpoints)?.latest()?.map(|c| c.id);
     eprintln!(
-        "job '{name}': parallelism {parallelism}, {}, {}; sink {sink}: {guarantee}",
+        "job '{name}': parallelism {parallelism}, {}, {}; {}",
         match config.checkpoint_interval {
             Some(i) => format!("checkpoint every {i:?}"),
             None => "periodic checkpoints off".into(),
@@ -139,7 +139,8 @@ pub fn run_pipeline(data_dir: &Path, args: &RunArgs, stop: Arc<AtomicBool>) -> R
         match resume {
             Some(id) => format!("resuming from checkpoint {id}"),
             None => "starting from the beginning".into(),
-        }
+        },
+        sinks.join("; ")
     );
     let metrics = Arc::new(Metrics::default());
     let done = Arc::new(AtomicBool::new(false));
