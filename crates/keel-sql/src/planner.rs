@@ -462,6 +462,15 @@ fn unsupported_node(node: &LogicalPlan, query: &[Tok]) -> SqlError {
     SqlError::unsupported(script::find_keyword(query, words).unwrap_or_default(), construct, alt)
 }
 
+/// `CASE WHEN cond THEN value END`.
+fn when(cond: &Expr, value: Expr) -> Expr {
+    Expr::Case(datafusion::logical_expr::Case {
+        expr: None,
+        when_then_expr: vec![(Box::new(cond.clone()), Box::new(value))],
+        else_expr: None,
+    })
+}
+
 fn strip_alias(e: &Expr) -> &Expr {
     match e {
         Expr::Alias(a) => strip_alias(&a.expr),
@@ -524,13 +533,6 @@ fn plan_aggregate(
         if f.params.distinct {
             return Err(SqlError::unsupported(pos, format!("{}(DISTINCT ...)", name.to_uppercase()), None));
         }
-        if f.params.filter.is_some() {
-            return Err(SqlError::unsupported(
-                pos,
-                "FILTER (WHERE ...) on an aggregate",
-                Some("use CASE WHEN inside the aggregate"),
-            ));
-        }
         let arg = f.params.args.first();
         let literal_arg = matches!(arg, Some(Expr::Literal(v, _)) if !v.is_null());
         let func = match (name.as_str(), literal_arg || arg.is_none()) {
@@ -551,10 +553,19 @@ fn plan_aggregate(
         if f.params.args.len() > 1 {
             return Err(SqlError::unsupported(pos, format!("{} with several arguments", name.to_uppercase()), None));
         }
+        // `agg(x) FILTER (WHERE c)` aggregates `CASE WHEN c THEN x END`: rows failing the filter
+        // become NULL, which every aggregate but COUNT(*) skips; COUNT(*) becomes COUNT of that.
+        let (func, arg) = match (&f.params.filter, func) {
+            (None, _) => (func, arg.cloned()),
+            (Some(cond), AggregateFunction::CountStar) => {
+                (AggregateFunction::Count, Some(when(cond, datafusion::prelude::lit(1i64))))
+            }
+            (Some(cond), _) => (func, arg.map(|a| when(cond, a.clone()))),
+        };
         let arg_col = match (func, arg) {
             (AggregateFunction::CountStar, _) | (_, None) => None,
             (_, Some(arg)) => {
-                pre.push(arg.clone());
+                pre.push(arg);
                 Some(pre.len() - 1)
             }
         };
