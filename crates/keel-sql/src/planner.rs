@@ -143,7 +143,19 @@ fn planning(context: &str) -> impl Fn(datafusion::error::DataFusionError) -> Sql
 pub fn session() -> SessionContext {
     let mut config = datafusion::prelude::SessionConfig::new();
     config.options_mut().sql_parser.enable_ident_normalization = false;
-    let ctx = SessionContext::new_with_config(config);
+    // COUNT(DISTINCT x) stays one aggregate: the streaming window aggregate keeps the distinct
+    // values itself, so the rewrite into two nested aggregates is not wanted.
+    let rules = datafusion::optimizer::Optimizer::new()
+        .rules
+        .into_iter()
+        .filter(|r| r.name() != "single_distinct_aggregation_to_group_by")
+        .collect();
+    let state = datafusion::execution::SessionStateBuilder::new()
+        .with_config(config)
+        .with_default_features()
+        .with_optimizer_rules(rules)
+        .build();
+    let ctx = SessionContext::new_with_state(state);
     for f in crate::functions::flink_aggregates() {
         ctx.register_udaf(f);
     }
@@ -215,10 +227,15 @@ pub(crate) fn plan_insert(
             for e in &a.aggr_expr {
                 if let Expr::AggregateFunction(f) = strip_alias(e)
                     && f.params.distinct
+                    && !f.func.name().eq_ignore_ascii_case("count")
                 {
                     let name = f.func.name().to_uppercase();
                     let pos = script::find_keyword(query, &["DISTINCT"]).unwrap_or_default();
-                    refusal = Some(SqlError::unsupported(pos, format!("{name}(DISTINCT ...)"), None));
+                    refusal = Some(SqlError::unsupported(
+                        pos,
+                        format!("{name}(DISTINCT ...)"),
+                        Some("COUNT(DISTINCT ...) is supported"),
+                    ));
                 }
             }
         }
@@ -530,12 +547,17 @@ fn plan_aggregate(
         };
         let name = f.func.name().to_ascii_lowercase();
         let pos = script::find_keyword(query, &[&name]).unwrap_or_default();
-        if f.params.distinct {
-            return Err(SqlError::unsupported(pos, format!("{}(DISTINCT ...)", name.to_uppercase()), None));
+        if f.params.distinct && name != "count" {
+            return Err(SqlError::unsupported(
+                pos,
+                format!("{}(DISTINCT ...)", name.to_uppercase()),
+                Some("COUNT(DISTINCT ...) is supported"),
+            ));
         }
         let arg = f.params.args.first();
         let literal_arg = matches!(arg, Some(Expr::Literal(v, _)) if !v.is_null());
         let func = match (name.as_str(), literal_arg || arg.is_none()) {
+            ("count", _) if f.params.distinct => AggregateFunction::CountDistinct,
             ("count", true) => AggregateFunction::CountStar,
             ("count", false) => AggregateFunction::Count,
             ("sum", _) => AggregateFunction::Sum,

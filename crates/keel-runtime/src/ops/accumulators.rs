@@ -17,6 +17,8 @@ use std::sync::Arc;
 pub enum AggregateFunction {
     CountStar,
     Count,
+    /// COUNT(DISTINCT x): the number of different non-NULL values.
+    CountDistinct,
     Sum,
     Avg,
     Min,
@@ -25,6 +27,8 @@ pub enum AggregateFunction {
 
 #[derive(Debug)]
 enum Values {
+    /// The distinct values seen per group, in Arrow's row format.
+    Distinct(Vec<std::collections::HashSet<Box<[u8]>>>, Box<arrow::row::RowConverter>),
     Int(Vec<i64>),
     Float(Vec<f64>),
     Decimal(Vec<i128>, u8, i8),
@@ -77,6 +81,13 @@ impl Accumulator {
     pub fn new(func: AggregateFunction, input: Option<&DataType>) -> Result<Self> {
         use DataType::*;
         let values = match (func, input) {
+            (AggregateFunction::CountDistinct, Some(t)) => Values::Distinct(
+                vec![],
+                Box::new(
+                    arrow::row::RowConverter::new(vec![arrow::row::SortField::new(t.clone())])
+                        .map_err(RuntimeError::arrow("COUNT(DISTINCT) values"))?,
+                ),
+            ),
             (AggregateFunction::CountStar | AggregateFunction::Count, _) | (_, None) => Values::Int(vec![]),
             (_, Some(Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | Timestamp(_, _) | Date32 | Date64)) => {
                 Values::Int(vec![])
@@ -96,6 +107,7 @@ impl Accumulator {
         }
         self.counts.resize(n, 0);
         match &mut self.values {
+            Values::Distinct(v, _) => v.resize_with(n, Default::default),
             Values::Int(v) => v.resize(n, 0),
             Values::Float(v) => v.resize(n, 0.0),
             Values::Decimal(v, _, _) => v.resize(n, 0),
@@ -107,6 +119,7 @@ impl Accumulator {
     pub fn reset(&mut self, g: usize) {
         self.counts[g] = 0;
         match &mut self.values {
+            Values::Distinct(v, _) => v[g] = Default::default(),
             Values::Int(v) => v[g] = 0,
             Values::Float(v) => v[g] = 0.0,
             Values::Decimal(v, _, _) => v[g] = 0,
@@ -134,6 +147,16 @@ impl Accumulator {
         }
         let cast = |t: &DataType| arrow::compute::cast(arg, t).map_err(RuntimeError::arrow("aggregate argument"));
         match &mut self.values {
+            Values::Distinct(sets, conv) => {
+                let rows = conv
+                    .convert_columns(std::slice::from_ref(arg))
+                    .map_err(RuntimeError::arrow("COUNT(DISTINCT) values"))?;
+                for (i, &g) in groups.iter().enumerate() {
+                    if arg.is_valid(i) && sets[g as usize].insert(rows.row(i).data().into()) {
+                        self.counts[g as usize] += 1;
+                    }
+                }
+            }
             Values::Int(vals) => {
                 let a = cast(&DataType::Int64)?;
                 fold(func, vals, &mut self.counts, groups, a.as_primitive::<Int64Type>(), i64::wrapping_add);
@@ -174,7 +197,7 @@ impl Accumulator {
     pub fn evaluate(&self, groups: &[u32], output: &DataType) -> Result<ArrayRef> {
         let present = |g: u32| self.counts[g as usize] > 0;
         let arr: ArrayRef = match (&self.values, self.func) {
-            (_, AggregateFunction::CountStar | AggregateFunction::Count) => {
+            (_, AggregateFunction::CountStar | AggregateFunction::Count | AggregateFunction::CountDistinct) => {
                 Arc::new(Int64Array::from_iter_values(groups.iter().map(|&g| self.counts[g as usize])))
             }
             (Values::Int(v), f) => Arc::new(Int64Array::from_iter(groups.iter().map(|&g| {
@@ -195,6 +218,11 @@ impl Accumulator {
                 .map_err(RuntimeError::arrow("decimal aggregate"))?,
             ),
             (Values::Str(v), _) => Arc::new(StringArray::from_iter(groups.iter().map(|&g| v[g as usize].clone()))),
+            (Values::Distinct(..), f) => {
+                return Err(RuntimeError::Internal(format!(
+                    "distinct values kept for {f:?}, which is not COUNT(DISTINCT)"
+                )));
+            }
         };
         if arr.data_type() == output {
             Ok(arr)
@@ -208,6 +236,17 @@ impl Accumulator {
         let counts: ArrayRef = Arc::new(Int64Array::from_iter_values(groups.iter().map(|&g| self.counts[g as usize])));
         let mut out = vec![(Field::new(format!("{prefix}_count"), DataType::Int64, false), counts)];
         let vals: Option<ArrayRef> = match &self.values {
+            Values::Distinct(sets, _) => {
+                Some(Arc::new(arrow::array::BinaryArray::from_iter_values(groups.iter().map(|&g| {
+                    // Length-prefixed row-format values.
+                    let mut blob = Vec::new();
+                    for v in &sets[g as usize] {
+                        blob.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                        blob.extend_from_slice(v);
+                    }
+                    blob
+                }))))
+            }
             _ if matches!(self.func, AggregateFunction::CountStar | AggregateFunction::Count) => None,
             Values::Int(v) => Some(Arc::new(Int64Array::from_iter_values(groups.iter().map(|&g| v[g as usize])))),
             Values::Float(v) => Some(Arc::new(Float64Array::from_iter_values(groups.iter().map(|&g| v[g as usize])))),
@@ -236,6 +275,21 @@ impl Accumulator {
         }
         let vals = cols.get(1).ok_or_else(bad)?;
         match &mut self.values {
+            Values::Distinct(sets, _) => {
+                let a = vals.as_binary_opt::<i32>().ok_or_else(bad)?;
+                for (i, &g) in groups.iter().enumerate() {
+                    let mut blob = a.value(i);
+                    let set = &mut sets[g as usize];
+                    while blob.len() >= 4 {
+                        let n = u32::from_le_bytes([blob[0], blob[1], blob[2], blob[3]]) as usize;
+                        if blob.len() < 4 + n {
+                            return Err(bad());
+                        }
+                        set.insert(blob[4..4 + n].into());
+                        blob = &blob[4 + n..];
+                    }
+                }
+            }
             Values::Int(v) => {
                 let a = vals.as_primitive_opt::<Int64Type>().ok_or_else(bad)?;
                 groups.iter().enumerate().for_each(|(i, &g)| v[g as usize] = a.value(i));
@@ -288,6 +342,23 @@ mod tests {
         let mut empty = Accumulator::new(AggregateFunction::Sum, Some(&DataType::Int64)).unwrap();
         empty.ensure(1);
         assert!(empty.evaluate(&[0], &DataType::Int64).unwrap().is_null(0), "SUM of nothing is NULL");
+    }
+
+    #[test]
+    fn count_distinct_survives_a_snapshot() {
+        let arg: ArrayRef = Arc::new(StringArray::from(vec![Some("a"), Some("b"), Some("a"), None, Some("c")]));
+        let mut a = Accumulator::new(AggregateFunction::CountDistinct, Some(&DataType::Utf8)).unwrap();
+        a.ensure(2);
+        a.update(&[0, 0, 0, 0, 1], Some(&arg)).unwrap();
+        let cols: Vec<ArrayRef> = a.state(&[0, 1], "d").into_iter().map(|c| c.1).collect();
+        let mut b = Accumulator::new(AggregateFunction::CountDistinct, Some(&DataType::Utf8)).unwrap();
+        b.ensure(2);
+        b.restore(&[0, 1], &cols).unwrap();
+        // "a" again must not count twice after the restore; "d" is new.
+        let more: ArrayRef = Arc::new(StringArray::from(vec!["a", "d"]));
+        b.update(&[0, 0], Some(&more)).unwrap();
+        let n = b.evaluate(&[0, 1], &DataType::Int64).unwrap();
+        assert_eq!(n.as_primitive::<Int64Type>().values(), &[3, 1]);
     }
 
     #[test]
