@@ -6,6 +6,7 @@
 //! exactly-once (two-phase commit through staged transactions); filesystem sink → exactly-once
 //! (files published on checkpoint completion); print sink → at-least-once.
 
+pub mod datagen;
 pub mod error;
 pub mod json;
 pub mod nexmark;

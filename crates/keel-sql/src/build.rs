@@ -69,6 +69,13 @@ impl InsertBuilder<'_> {
                 n.rate,
                 n.splits
             ),
+            connectors::SourcePlan::Datagen(d) => format!(
+                "datagen ({} rows, {} per second, {} splits, seed {})",
+                d.rows.map(|e| e.to_string()).unwrap_or_else(|| "unbounded".into()),
+                d.rate,
+                d.splits,
+                d.seed
+            ),
         };
         let wm = ins
             .source
@@ -117,7 +124,11 @@ impl InsertBuilder<'_> {
     /// True when every source ends by itself (a nexmark table with 'events.num'), so the job
     /// finishes like a `--bounded` one.
     pub(crate) fn sources_bounded(&self) -> bool {
-        matches!(&self.ins.source_plan, connectors::SourcePlan::Nexmark(c) if c.events.is_some())
+        match &self.ins.source_plan {
+            connectors::SourcePlan::Nexmark(c) => c.events.is_some(),
+            connectors::SourcePlan::Datagen(d) => d.rows.is_some(),
+            connectors::SourcePlan::Topic { .. } => false,
+        }
     }
 
     /// Checks that the sources can be read (topics exist, generator columns match) before any
@@ -130,6 +141,18 @@ impl InsertBuilder<'_> {
             connectors::SourcePlan::Nexmark(_) => {
                 let schema = self.stored_schema();
                 keel_connectors::nexmark::check_schema(&schema).map_err(|e| {
+                    SqlError::invalid(self.ins.source.pos, format!("table {}: {e}", self.ins.source.name))
+                })?;
+            }
+            connectors::SourcePlan::Datagen(_) => {
+                if self.ins.source_computed.is_some() {
+                    return Err(SqlError::unsupported(
+                        self.ins.source.pos,
+                        "computed columns on a datagen table",
+                        None,
+                    ));
+                }
+                keel_connectors::datagen::check_schema(&self.stored_schema()).map_err(|e| {
                     SqlError::invalid(self.ins.source.pos, format!("table {}: {e}", self.ins.source.name))
                 })?;
             }
@@ -173,6 +196,21 @@ impl InsertBuilder<'_> {
                     uid,
                     factory: Arc::new(move |_ctx| {
                         Ok(Box::new(NexmarkSource::new(cfg.clone())) as Box<dyn keel_runtime::Source>)
+                    }),
+                });
+            }
+            connectors::SourcePlan::Datagen(d) => {
+                let cfg = keel_connectors::datagen::DatagenConfig {
+                    table: ins.source.name.clone(),
+                    schema: self.stored_schema(),
+                    event_time: self.event_time(),
+                    ..d.clone()
+                };
+                return Ok(StageInput::Source {
+                    uid,
+                    factory: Arc::new(move |_ctx| {
+                        Ok(Box::new(keel_connectors::datagen::DatagenSource::new(cfg.clone()))
+                            as Box<dyn keel_runtime::Source>)
                     }),
                 });
             }

@@ -18,6 +18,8 @@ pub enum SourcePlan {
     },
     /// The generator's settings; schema, computed columns and event time are filled in later.
     Nexmark(keel_connectors::nexmark::NexmarkConfig),
+    /// Random rows; schema and event time are filled in later.
+    Datagen(keel_connectors::datagen::DatagenConfig),
 }
 
 /// How a table is written.
@@ -212,6 +214,7 @@ pub fn source_plan(def: &TableDef, job: &str) -> Result<SourcePlan> {
                 event_time: None,
             }))
         }
+        "datagen" => datagen_plan(def),
         "filesystem" => Err(SqlError::unsupported(
             option_pos(def, "connector"),
             format!("reading table {} from the filesystem connector", def.name),
@@ -223,6 +226,78 @@ pub fn source_plan(def: &TableDef, job: &str) -> Result<SourcePlan> {
         )),
         other => Err(unknown_connector(def, other)),
     }
+}
+
+fn datagen_plan(def: &TableDef) -> Result<SourcePlan> {
+    const KEYS: &[&str] =
+        &["connector", "rows-per-second", "number-of-rows", "seed", "splits", "rows-per-batch", "start-time"];
+    let mut fields = vec![keel_connectors::datagen::FieldOptions::default(); def.columns.len()];
+    for (k, v, pos) in &def.options {
+        if let Some(rest) = k.strip_prefix("fields.") {
+            let (col, opt) = rest.rsplit_once('.').ok_or_else(|| {
+                SqlError::invalid(*pos, format!("option '{k}': write fields.COLUMN.min|max|length|kind"))
+            })?;
+            let i = def.columns.iter().position(|c| c.name == col).ok_or_else(|| {
+                SqlError::invalid(*pos, format!("option '{k}': table {} has no column {col}", def.name))
+            })?;
+            let num = || {
+                v.parse::<f64>().map_err(|_| SqlError::invalid(*pos, format!("option '{k}' = '{v}' is not a number")))
+            };
+            match opt {
+                "min" => fields[i].min = Some(num()?),
+                "max" => fields[i].max = Some(num()?),
+                "length" => fields[i].length = Some(num()? as usize),
+                "kind" if v == "random" => {}
+                "kind" => {
+                    return Err(SqlError::unsupported(
+                        *pos,
+                        format!("'{k}' = '{v}'"),
+                        Some("datagen generates 'random' values"),
+                    ));
+                }
+                _ => {
+                    return Err(SqlError::invalid(
+                        *pos,
+                        format!("unknown option '{k}'; per column: min, max, length, kind"),
+                    ));
+                }
+            }
+        } else if !KEYS.contains(&k.as_str()) {
+            return Err(SqlError::invalid(
+                *pos,
+                format!(
+                    "table {}: unknown option '{k}' for connector 'datagen'; accepted: {}, fields.COLUMN.min|max|length",
+                    def.name,
+                    KEYS.join(", ")
+                ),
+            ));
+        }
+    }
+    let num = |key: &str, default: u64| -> Result<u64> {
+        match def.option(key) {
+            None => Ok(default),
+            Some(v) => v
+                .replace('_', "")
+                .parse::<u64>()
+                .map_err(|_| SqlError::invalid(option_pos(def, key), format!("'{key}' = '{v}' is not a whole number"))),
+        }
+    };
+    let rows = match def.option("number-of-rows") {
+        None => None,
+        Some(_) => Some(num("number-of-rows", 0)?),
+    };
+    Ok(SourcePlan::Datagen(keel_connectors::datagen::DatagenConfig {
+        table: def.name.clone(),
+        schema: std::sync::Arc::new(arrow::datatypes::Schema::empty()),
+        fields,
+        rows,
+        rate: num("rows-per-second", 10_000)?,
+        seed: num("seed", 0)?,
+        splits: num("splits", 4)?.clamp(1, 4096) as u32,
+        start_ms: 1_704_067_200_000,
+        event_time: None,
+        batch_size: num("rows-per-batch", 8192)?.max(1) as usize,
+    }))
 }
 
 fn unknown_connector(def: &TableDef, other: &str) -> SqlError {

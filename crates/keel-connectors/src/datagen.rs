@@ -1,0 +1,250 @@
+//! The `datagen` source: rows of random values for any schema, seeded and so repeatable, bounded
+//! (`'number-of-rows'`) or not, and paced to `'rows-per-second'` in real time.
+//!
+//! Invariants: row `n` is a pure function of the seed, `n` and the column (its position), so the
+//! rows are the same at any parallelism and after any restore; rows are spread over a fixed number
+//! of splits (row `n` in split `n mod splits`) whose positions are checkpointed. A TIMESTAMP column
+//! holds `start + n * 1000 / rows-per-second` ms (event time advances at the configured rate),
+//! unlike Flink's datagen, which uses the wall clock and so cannot repeat.
+
+use arrow::array::{
+    ArrayRef, BooleanArray, Float32Array, Float64Array, Int8Array, Int16Array, Int32Array, Int64Array, RecordBatch,
+    StringBuilder, TimestampMillisecondArray,
+};
+use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use keel_runtime::{RestoredState, Result, RuntimeError, Source, SourcePoll, TaskContext, WatermarkStatus};
+use keel_types::time::MIN_WATERMARK;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// One column's generator settings.
+#[derive(Debug, Clone, Default)]
+pub struct FieldOptions {
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    /// String length.
+    pub length: Option<usize>,
+}
+
+/// The generator's settings.
+#[derive(Debug, Clone)]
+pub struct DatagenConfig {
+    pub table: String,
+    pub schema: SchemaRef,
+    pub fields: Vec<FieldOptions>,
+    pub rows: Option<u64>,
+    /// Rows per second, for pacing and for the spacing of timestamps; 0 = as fast as possible
+    /// (timestamps then advance 1 ms per row).
+    pub rate: u64,
+    pub seed: u64,
+    pub splits: u32,
+    pub start_ms: i64,
+    pub event_time: Option<(usize, i64)>,
+    pub batch_size: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SplitState {
+    split: u32,
+    emitted: u64,
+    max_ts: i64,
+}
+
+pub struct DatagenSource {
+    cfg: DatagenConfig,
+    splits: Vec<SplitState>,
+    cursor: usize,
+    started: Instant,
+    emitted_here: u64,
+    parallelism: u32,
+}
+
+fn mix(seed: u64, n: u64, col: u64) -> u64 {
+    let mut z = seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ col.wrapping_mul(0xd1b5_4a32_d192_ed03);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl DatagenSource {
+    pub fn new(cfg: DatagenConfig) -> Self {
+        DatagenSource { cfg, splits: vec![], cursor: 0, started: Instant::now(), emitted_here: 0, parallelism: 1 }
+    }
+
+    fn finished(&self, s: &SplitState) -> bool {
+        self.cfg.rows.is_some_and(|total| s.emitted * u64::from(self.cfg.splits) + u64::from(s.split) >= total)
+    }
+
+    fn timestamp(&self, n: u64) -> i64 {
+        let step = if self.cfg.rate == 0 { 1.0 } else { 1000.0 / self.cfg.rate as f64 };
+        self.cfg.start_ms + (n as f64 * step) as i64
+    }
+
+    fn column(&self, col: usize, t: &DataType, rows: &[u64]) -> std::result::Result<ArrayRef, String> {
+        let f = self.cfg.fields.get(col).cloned().unwrap_or_default();
+        let seed = self.cfg.seed;
+        let unit = |n: u64| (mix(seed, n, col as u64) >> 11) as f64 / (1u64 << 53) as f64;
+        let int = |n: u64, lo: f64, hi: f64| {
+            let (lo, hi) = (f.min.unwrap_or(lo), f.max.unwrap_or(hi));
+            (lo + (unit(n) * (hi - lo + 1.0)).floor()).min(hi) as i64
+        };
+        Ok(match t {
+            DataType::Int8 => Arc::new(Int8Array::from_iter_values(rows.iter().map(|&n| int(n, -128.0, 127.0) as i8))),
+            DataType::Int16 => {
+                Arc::new(Int16Array::from_iter_values(rows.iter().map(|&n| int(n, -32768.0, 32767.0) as i16)))
+            }
+            DataType::Int32 => Arc::new(Int32Array::from_iter_values(rows.iter().map(|&n| int(n, -1e9, 1e9) as i32))),
+            DataType::Int64 => Arc::new(Int64Array::from_iter_values(rows.iter().map(|&n| int(n, -1e15, 1e15)))),
+            DataType::Float32 => {
+                let (lo, hi) = (f.min.unwrap_or(0.0), f.max.unwrap_or(1.0));
+                Arc::new(Float32Array::from_iter_values(rows.iter().map(|&n| (lo + unit(n) * (hi - lo)) as f32)))
+            }
+            DataType::Float64 => {
+                let (lo, hi) = (f.min.unwrap_or(0.0), f.max.unwrap_or(1.0));
+                Arc::new(Float64Array::from_iter_values(rows.iter().map(|&n| lo + unit(n) * (hi - lo))))
+            }
+            DataType::Boolean => {
+                Arc::new(BooleanArray::from_iter(rows.iter().map(|&n| Some(mix(seed, n, col as u64) & 1 == 1))))
+            }
+            DataType::Utf8 => {
+                let len = f.length.unwrap_or(16);
+                let mut b = StringBuilder::with_capacity(rows.len(), rows.len() * len);
+                let mut s = String::with_capacity(len);
+                for &n in rows {
+                    s.clear();
+                    let mut z = mix(seed, n, col as u64);
+                    for i in 0..len {
+                        if i % 10 == 0 && i > 0 {
+                            z = mix(z, n, i as u64);
+                        }
+                        s.push((b'a' + (z % 26) as u8) as char);
+                        z /= 26;
+                    }
+                    b.append_value(&s);
+                }
+                Arc::new(b.finish())
+            }
+            DataType::Timestamp(TimeUnit::Millisecond, None) => {
+                Arc::new(TimestampMillisecondArray::from_iter_values(rows.iter().map(|&n| self.timestamp(n))))
+            }
+            other => {
+                return Err(format!(
+                    "datagen cannot generate a {other} column; use integers, floats, BOOLEAN, VARCHAR or TIMESTAMP(3)"
+                ));
+            }
+        })
+    }
+}
+
+/// Checks that every column of `schema` can be generated.
+pub fn check_schema(schema: &SchemaRef) -> std::result::Result<(), String> {
+    let cfg = DatagenConfig {
+        table: String::new(),
+        schema: schema.clone(),
+        fields: vec![],
+        rows: Some(1),
+        rate: 0,
+        seed: 0,
+        splits: 1,
+        start_ms: 0,
+        event_time: None,
+        batch_size: 1,
+    };
+    let src = DatagenSource::new(cfg);
+    for (i, f) in schema.fields().iter().enumerate() {
+        src.column(i, f.data_type(), &[0]).map_err(|e| format!("column {}: {e}", f.name()))?;
+    }
+    Ok(())
+}
+
+impl Source for DatagenSource {
+    fn open(&mut self, ctx: &TaskContext, restored: RestoredState) -> Result<()> {
+        let mut saved = std::collections::HashMap::new();
+        for part in restored.parts.iter().filter(|p| !p.is_empty()) {
+            let states: Vec<SplitState> = serde_json::from_slice(part).map_err(|e| {
+                RuntimeError::Internal(format!("datagen state of '{}' is unreadable: {e}", self.cfg.table))
+            })?;
+            for s in states {
+                saved.insert(s.split, s);
+            }
+        }
+        self.splits = (0..self.cfg.splits)
+            .filter(|s| s % ctx.parallelism == ctx.subtask)
+            .map(|s| saved.remove(&s).unwrap_or(SplitState { split: s, emitted: 0, max_ts: MIN_WATERMARK }))
+            .collect();
+        self.parallelism = ctx.parallelism;
+        self.started = Instant::now();
+        self.emitted_here = 0;
+        Ok(())
+    }
+
+    fn poll(&mut self) -> Result<SourcePoll> {
+        if self.cfg.rate > 0 {
+            // Pace this subtask to its share of the rate.
+            let allowed = self.started.elapsed().as_secs_f64() * self.cfg.rate as f64 / f64::from(self.parallelism);
+            if self.emitted_here as f64 >= allowed {
+                return Ok(SourcePoll::Pending);
+            }
+        }
+        let n = self.splits.len();
+        for _ in 0..n {
+            let idx = self.cursor;
+            self.cursor = (self.cursor + 1) % n;
+            if self.finished(&self.splits[idx]) {
+                continue;
+            }
+            let splits = u64::from(self.cfg.splits);
+            let mut rows = vec![];
+            let limit = if self.cfg.rate > 0 {
+                self.cfg.batch_size.min((self.cfg.rate / 10).max(1) as usize)
+            } else {
+                self.cfg.batch_size
+            };
+            while rows.len() < limit && !self.finished(&self.splits[idx]) {
+                let s = &mut self.splits[idx];
+                rows.push(s.emitted * splits + u64::from(s.split));
+                s.emitted += 1;
+            }
+            let cols = self
+                .cfg
+                .schema
+                .fields()
+                .iter()
+                .enumerate()
+                .map(|(i, f)| self.column(i, f.data_type(), &rows))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| RuntimeError::User(format!("table {}: {e}", self.cfg.table)))?;
+            let batch = RecordBatch::try_new(self.cfg.schema.clone(), cols).map_err(RuntimeError::arrow("datagen"))?;
+            if let Some(&last) = rows.last() {
+                let ts = self.timestamp(last);
+                let s = &mut self.splits[idx];
+                s.max_ts = s.max_ts.max(ts);
+            }
+            self.emitted_here += rows.len() as u64;
+            return Ok(SourcePoll::Batch(batch));
+        }
+        if self.cfg.rows.is_some() {
+            return Ok(SourcePoll::Exhausted);
+        }
+        Ok(SourcePoll::Pending)
+    }
+
+    fn watermark(&self) -> WatermarkStatus {
+        let Some((_, delay)) = self.cfg.event_time else { return WatermarkStatus::Active(MIN_WATERMARK) };
+        if self.splits.is_empty() {
+            return WatermarkStatus::Idle(MIN_WATERMARK);
+        }
+        let active: Vec<&SplitState> = self.splits.iter().filter(|s| !self.finished(s)).collect();
+        let wm = if active.is_empty() {
+            self.splits.iter().map(|s| s.max_ts).max()
+        } else {
+            active.iter().map(|s| s.max_ts).min()
+        };
+        WatermarkStatus::Active(wm.unwrap_or(MIN_WATERMARK).saturating_sub(delay))
+    }
+
+    fn snapshot(&mut self, _checkpoint: u64) -> Result<Vec<u8>> {
+        serde_json::to_vec(&self.splits).map_err(|e| RuntimeError::Internal(format!("encoding datagen state: {e}")))
+    }
+}
