@@ -117,3 +117,18 @@ fn a_damaged_newest_checkpoint_is_skipped_for_the_one_before() {
     assert!(stderr.contains(&format!("skipping checkpoint {id}")), "{stderr}");
     check(dir.path(), seed);
 }
+
+#[test]
+fn a_commit_that_fails_after_the_final_checkpoint_is_not_reported_as_finished() {
+    let (dir, sql, seed) = setup("final_commit_fails");
+    // With periodic checkpoints off, the only commit is the final one; make it panic once.
+    let out = run_ok(
+        keel(dir.path())
+            .args(["run", sql.to_str().unwrap(), "--bounded", "--quiet", "--checkpoint-interval", "off"])
+            .env("KEEL_LOG", "info")
+            .env("KEEL_FAULTS", "sink.commit=panic@1"),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("injected panic at sink.commit") && stderr.contains("restart 1"), "{stderr}");
+    check(dir.path(), seed);
+}

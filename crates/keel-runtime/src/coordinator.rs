@@ -85,6 +85,9 @@ impl Coordinator {
                         self.complete(&done)?;
                         if let Some(drain) = done.final_drain {
                             self.send_all(Control::Shutdown, false);
+                            // The last commits happen as tasks receive CheckpointComplete: the job
+                            // is done only if every task then exits cleanly.
+                            self.await_clean_exit()?;
                             return Ok(if drain {
                                 JobOutcome::Finished { checkpoint: done.id }
                             } else {
@@ -141,6 +144,22 @@ impl Coordinator {
                 self.send_all(Control::Trigger(id), true);
             }
         }
+    }
+
+    /// Waits until every task has exited (their event senders are gone); the first real failure
+    /// among them (a commit that failed, say) fails the attempt.
+    fn await_clean_exit(&self) -> Result<()> {
+        let mut failure = None;
+        while let Ok(event) = self.events.recv() {
+            if let Event::TaskFailed { task, error } = event
+                && !matches!(error, RuntimeError::Cancelled(_))
+                && failure.is_none()
+            {
+                tracing::debug!("task {} failed after the final checkpoint: {error}", self.tasks[task].name);
+                failure = Some(error);
+            }
+        }
+        failure.map_or(Ok(()), Err)
     }
 
     fn take_id(&mut self) -> u64 {
