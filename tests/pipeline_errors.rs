@@ -226,6 +226,24 @@ fn late_records_are_counted_and_kept_out_of_closed_windows() {
         .collect();
     rows.sort();
     assert_eq!(rows, vec![("2024-01-01T00:00:00.000Z".into(), 1, 1), ("2024-01-01T00:00:20.000Z".into(), 2, 1010)]);
+    assert!(
+        keel::log::Log::open(dir.path())
+            .unwrap()
+            .topic("job-dead-letter")
+            .map(|_| topic_rows(dir.path(), "job-dead-letter"))
+            .unwrap_or_default()
+            .is_empty(),
+        "late rows are dropped by default"
+    );
+
+    // With 'late-records' = 'dead-letter' the late row goes to the dead-letter topic, once.
+    std::fs::write(&sql, window_sql(", 'late-records' = 'dead-letter'")).unwrap();
+    run_ok(keel(dir.path()).args(["run", sql.to_str().unwrap(), "--bounded", "--quiet", "-p", "1", "--fresh"]));
+    let letters = topic_rows(dir.path(), "job-dead-letter");
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert!(letters[0]["error"].as_str().unwrap().starts_with("late: its window had already closed"), "{}", letters[0]);
+    assert_eq!(letters[0]["record"]["amount"].as_i64(), Some(100), "{}", letters[0]);
+    assert_eq!(letters[0]["record"]["window_start"].as_str(), Some("2024-01-01T00:00:00.000Z"));
 }
 
 #[test]

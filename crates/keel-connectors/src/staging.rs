@@ -253,3 +253,36 @@ fn read_staged(r: &mut impl std::io::Read) -> std::result::Result<Option<Record>
     r.read_exact(&mut v).map_err(|e| format!("truncated value: {e}"))?;
     Ok(Some(Record::new(key, v)))
 }
+
+/// Late rows (or other rows an operator cannot use) written to a dead-letter topic exactly once,
+/// as JSON: `{"table": ..., "error": reason, "record": {the row's columns}}`.
+pub struct DeadLetterOutput {
+    pub table: String,
+    pub writer: StagedTopicWriter,
+}
+
+impl keel_runtime::SideOutput for DeadLetterOutput {
+    fn emit(&mut self, rows: &arrow::array::RecordBatch, reason: &str) -> keel_runtime::Result<()> {
+        let mut record = String::new();
+        for r in 0..rows.num_rows() {
+            record.clear();
+            crate::json::encode_row(rows, r, &mut record);
+            let letter = format!(
+                "{{\"table\":{},\"error\":{},\"record\":{record}}}",
+                serde_json::Value::from(self.table.as_str()),
+                serde_json::Value::from(reason)
+            );
+            self.writer.write(0, None, letter.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    fn pre_commit(&mut self, checkpoint: u64) -> keel_runtime::Result<()> {
+        Ok(self.writer.pre_commit(checkpoint)?)
+    }
+
+    fn commit(&mut self, checkpoint: u64) -> keel_runtime::Result<()> {
+        self.writer.commit_upto(checkpoint)?;
+        Ok(())
+    }
+}

@@ -27,5 +27,6 @@ pub use graph::{JobGraph, OperatorSpec, StageInput, StageSpec};
 pub use job::{JobConfig, JobDir, RestartStrategy, run_job};
 pub use metrics::Metrics;
 pub use operator::{
-    Operator, OperatorFactory, RestoredState, Source, SourceFactory, SourcePoll, TaskContext, WatermarkStatus,
+    Operator, OperatorFactory, RestoredState, SideOutput, SideOutputFactory, Source, SourceFactory, SourcePoll,
+    TaskContext, WatermarkStatus,
 };

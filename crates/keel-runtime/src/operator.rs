@@ -111,5 +111,24 @@ pub trait Source: Send {
     }
 }
 
+/// Where an operator sends rows it cannot use (late rows), committed exactly once with the
+/// checkpoints like a sink: written as they come, pre-committed at the barrier, committed when
+/// the checkpoint completes.
+pub trait SideOutput: Send {
+    fn emit(&mut self, rows: &RecordBatch, reason: &str) -> Result<()>;
+    fn pre_commit(&mut self, checkpoint: u64) -> Result<()>;
+    fn commit(&mut self, checkpoint: u64) -> Result<()>;
+}
+
+/// Creates a subtask's side output, given the checkpoint it restores from.
+#[derive(Clone)]
+pub struct SideOutputFactory(pub Arc<dyn Fn(&TaskContext, Option<u64>) -> Result<Box<dyn SideOutput>> + Send + Sync>);
+
+impl std::fmt::Debug for SideOutputFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SideOutputFactory")
+    }
+}
+
 pub type OperatorFactory = Arc<dyn Fn(&TaskContext) -> Result<Box<dyn Operator>> + Send + Sync>;
 pub type SourceFactory = Arc<dyn Fn(&TaskContext) -> Result<Box<dyn Source>> + Send + Sync>;

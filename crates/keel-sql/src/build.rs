@@ -302,7 +302,33 @@ impl InsertBuilder<'_> {
                     input: source,
                     chain: chain0,
                 });
-                let spec = agg.spec.clone();
+                let mut spec = agg.spec.as_ref().clone();
+                if let Some(topic) = connectors::late_records(&ins.source, &self.opts.job)? {
+                    let log = Log::open(&self.opts.data_dir)?;
+                    log.topic_or_create(&topic, keel_log::TopicConfig::new(1))?;
+                    let (data_dir, table, uid) = (
+                        self.opts.data_dir.clone(),
+                        ins.source.name.clone(),
+                        format!("{}window-aggregate-late", self.prefix),
+                    );
+                    spec.late_output = Some(keel_runtime::SideOutputFactory(Arc::new(move |ctx, restored| {
+                        let t = Log::open(&data_dir)
+                            .and_then(|l| l.topic(&topic))
+                            .map_err(keel_connectors::ConnectorError::from)?;
+                        let writer = keel_connectors::staging::StagedTopicWriter::open(
+                            t,
+                            &ctx.job_dir,
+                            &uid,
+                            &ctx.run_id,
+                            ctx.subtask,
+                            ctx.parallelism,
+                            restored,
+                        )?;
+                        Ok(Box::new(keel_connectors::staging::DeadLetterOutput { table: table.clone(), writer })
+                            as Box<dyn keel_runtime::SideOutput>)
+                    })));
+                }
+                let spec = Arc::new(spec);
                 let mut chain1 = vec![op(format!("{}window-aggregate", self.prefix), move || {
                     Ok(Box::new(WindowAggregate::new(spec.clone())?))
                 })];

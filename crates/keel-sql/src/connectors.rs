@@ -53,6 +53,7 @@ impl SinkKind {
 
 const TOPIC_KEYS: &[&str] = &[
     "connector",
+    "late-records",
     "topic",
     "format",
     "bad-records",
@@ -298,6 +299,21 @@ fn datagen_plan(def: &TableDef) -> Result<SourcePlan> {
         event_time: None,
         batch_size: num("rows-per-batch", 8192)?.max(1) as usize,
     }))
+}
+
+/// Where late rows of windows over this table go: `None` to be dropped ('drop', the default),
+/// or the dead-letter topic ('dead-letter').
+pub fn late_records(def: &TableDef, job: &str) -> Result<Option<String>> {
+    match def.option("late-records") {
+        None | Some("drop") => Ok(None),
+        Some("dead-letter") => Ok(Some(
+            def.option("dead-letter.topic").map(str::to_string).unwrap_or_else(|| format!("{job}-dead-letter")),
+        )),
+        Some(other) => Err(SqlError::invalid(
+            option_pos(def, "late-records"),
+            format!("'late-records' = '{other}' is not one of 'drop', 'dead-letter'"),
+        )),
+    }
 }
 
 fn unknown_connector(def: &TableDef, other: &str) -> SqlError {

@@ -58,6 +58,7 @@ impl AggregatePlan {
             aggregates,
             group_output,
             output_schema,
+            late_output: None,
         };
         AggregatePlan { pre_projection: (pre_exprs, pre_schema), spec: Arc::new(spec) }
     }
@@ -599,12 +600,21 @@ fn plan_aggregate(
     for (i, e) in pre.iter().enumerate() {
         let (_, field) = e.to_field(input_schema).map_err(planning("aggregate input"))?;
         let (t, nullable) = (field.data_type().clone(), field.is_nullable());
-        let name = match i {
+        // Column names where the expression is a plain column (they show in dead-lettered late
+        // rows), made unique; positions are what the operator relies on.
+        let base = match (i, strip_alias(e)) {
+            (_, _) if i == nk => "window_start".to_string(),
+            (_, _) if i == nk + 1 => "window_end".to_string(),
+            (_, Expr::Column(c)) => c.name.clone(),
             _ if i < nk => format!("key_{i}"),
-            _ if i == nk => "window_start".to_string(),
-            _ if i == nk + 1 => "window_end".to_string(),
             _ => format!("arg_{i}"),
         };
+        let mut name = base.clone();
+        let mut k = 1;
+        while fields.iter().any(|f: &Field| f.name() == &name) {
+            k += 1;
+            name = format!("{base}_{k}");
+        }
         fields.push(Field::new(name, t, nullable));
     }
     Ok(AggregatePlan::new(pre_exprs, fields, nk, calls, group_output, Arc::new(a.schema.as_arrow().clone())))

@@ -12,7 +12,7 @@
 use crate::error::{Result, RuntimeError};
 use crate::exchange::row_key_groups;
 use crate::metrics::Metrics;
-use crate::operator::{Operator, RestoredState, TaskContext};
+use crate::operator::{Operator, RestoredState, SideOutput, SideOutputFactory, TaskContext};
 use crate::ops::accumulators::Accumulator;
 pub use crate::ops::accumulators::AggregateFunction;
 use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, TimestampMillisecondArray, UInt32Array};
@@ -53,6 +53,8 @@ pub struct WindowAggregateSpec {
     /// The group columns of the output, in order; the aggregates follow them.
     pub group_output: Vec<GroupColumn>,
     pub output_schema: SchemaRef,
+    /// Where late rows go (with their reason); `None` drops them (they are counted either way).
+    pub late_output: Option<SideOutputFactory>,
 }
 
 /// Keys in Arrow's row format, or none at all (a window aggregate without GROUP BY keys: one
@@ -91,6 +93,7 @@ pub struct WindowAggregate {
     watermark: i64,
     key_groups: u32,
     metrics: Option<Arc<Metrics>>,
+    late: Option<Box<dyn SideOutput>>,
 }
 
 fn group_hash(start: i64, end: i64, key: &[u8]) -> u64 {
@@ -127,6 +130,7 @@ impl WindowAggregate {
             watermark: MIN_WATERMARK,
             key_groups: keel_types::DEFAULT_KEY_GROUPS,
             metrics: None,
+            late: None,
         })
     }
 
@@ -233,6 +237,9 @@ impl Operator for WindowAggregate {
     fn open(&mut self, ctx: &TaskContext, restored: RestoredState) -> Result<()> {
         self.key_groups = ctx.key_groups;
         self.metrics = Some(ctx.metrics.clone());
+        if let Some(f) = &self.spec.late_output {
+            self.late = Some((f.0)(ctx, restored.checkpoint)?);
+        }
         let range = KeyGroupRange::of_subtask(ctx.subtask, ctx.key_groups, ctx.parallelism);
         let mut wm: Option<i64> = None;
         for part in restored.parts.iter().filter(|p| !p.is_empty()) {
@@ -296,6 +303,20 @@ impl Operator for WindowAggregate {
             if let Some(m) = &self.metrics {
                 Metrics::add(&m.late_records, late);
             }
+            if let Some(out) = &mut self.late {
+                let mut is_late_row = vec![true; batch.num_rows()];
+                for &k in &keep {
+                    is_late_row[k as usize] = false;
+                }
+                let late_rows: Vec<u32> = (0..batch.num_rows() as u32).filter(|&i| is_late_row[i as usize]).collect();
+                let rows = arrow::compute::take_record_batch(&batch, &UInt32Array::from(late_rows))
+                    .map_err(RuntimeError::arrow("late rows"))?;
+                let reason = format!(
+                    "late: its window had already closed (watermark {})",
+                    keel_types::time::format_watermark(self.watermark)
+                );
+                out.emit(&rows, &reason)?;
+            }
             let idx = UInt32Array::from(keep);
             self.spec
                 .aggregates
@@ -333,7 +354,17 @@ impl Operator for WindowAggregate {
         Ok(())
     }
 
-    fn snapshot(&mut self, _checkpoint: u64) -> Result<Option<Vec<u8>>> {
+    fn checkpoint_complete(&mut self, checkpoint: u64) -> Result<()> {
+        if let Some(out) = &mut self.late {
+            out.commit(checkpoint)?;
+        }
+        Ok(())
+    }
+
+    fn snapshot(&mut self, checkpoint: u64) -> Result<Option<Vec<u8>>> {
+        if let Some(out) = &mut self.late {
+            out.pre_commit(checkpoint)?;
+        }
         let gids: Vec<u32> = self.by_window.values().flatten().copied().collect();
         let parser = self.converter.parser();
         let keys = self
