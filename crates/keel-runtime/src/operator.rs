@@ -120,9 +120,12 @@ pub trait SideOutput: Send {
     fn commit(&mut self, checkpoint: u64) -> Result<()>;
 }
 
+/// The function behind a `SideOutputFactory`.
+pub type MakeSideOutput = dyn Fn(&TaskContext, Option<u64>) -> Result<Box<dyn SideOutput>> + Send + Sync;
+
 /// Creates a subtask's side output, given the checkpoint it restores from.
 #[derive(Clone)]
-pub struct SideOutputFactory(pub Arc<dyn Fn(&TaskContext, Option<u64>) -> Result<Box<dyn SideOutput>> + Send + Sync>);
+pub struct SideOutputFactory(pub Arc<MakeSideOutput>);
 
 impl std::fmt::Debug for SideOutputFactory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
