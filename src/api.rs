@@ -380,6 +380,7 @@ impl BuiltPipeline {
             data_dir: self.data_dir.clone(),
             parallelism: options.parallelism,
             bounded: options.bounded,
+            udfs: vec![],
         };
         let pipeline = keel_sql::Pipeline::from_plan(self.insert.clone(), &opts, self.fingerprint.clone());
         let mut job = JobDir::open(&self.data_dir, &self.name, &pipeline.fingerprint, options.fresh)?;
@@ -396,4 +397,30 @@ impl BuiltPipeline {
     pub fn run(&self, options: &RunOptions) -> Result<JobOutcome, ApiError> {
         Ok(self.run_until(options, Arc::new(AtomicBool::new(false)))?.0)
     }
+}
+
+/// Plans and runs a SQL pipeline from Rust, with user-defined scalar functions (Rust code) the
+/// SQL may call: `udfs` are registered in the planner under their names.
+pub fn run_sql(
+    sql: &str,
+    name: &str,
+    data_dir: &Path,
+    udfs: Vec<datafusion::logical_expr::ScalarUDF>,
+    options: &RunOptions,
+) -> Result<JobOutcome, ApiError> {
+    let opts = keel_sql::PipelineOptions {
+        job: name.into(),
+        data_dir: data_dir.into(),
+        parallelism: options.parallelism,
+        bounded: options.bounded,
+        udfs,
+    };
+    let pipeline = keel_sql::plan(sql, &opts)?;
+    pipeline.check_sources()?;
+    let mut job = JobDir::open(data_dir, name, &pipeline.fingerprint, options.fresh)?;
+    let graph = pipeline.build_graph(&mut job)?;
+    let mut config = JobConfig::new(name, data_dir);
+    config.bounded = options.bounded || pipeline.sources_bounded();
+    config.checkpoint_interval = options.checkpoint_interval;
+    Ok(keel_runtime::run_job(&graph, &config, &job, Arc::new(Metrics::default()), Arc::new(AtomicBool::new(false)))?)
 }

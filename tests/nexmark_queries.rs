@@ -116,6 +116,39 @@ fn nexmark_queries_give_the_results_computed_from_every_bid() {
     }
     assert_eq!(got, want);
 
+    // q14: converted price in (1,000,000, 50,000,000), time of day, 'c's in extra.
+    let mut want: Vec<String> = bids
+        .iter()
+        .filter_map(|b| {
+            let cents = b["price"].as_i64().unwrap() * 908; // price * 0.908, in thousandths
+            if cents <= 1_000_000_000 || cents >= 50_000_000_000 {
+                return None;
+            }
+            let t = b["dateTime"].as_str().unwrap();
+            let hour: i64 = t[11..13].parse().unwrap();
+            let kind = if (8..=18).contains(&hour) {
+                "dayTime"
+            } else if hour <= 6 || hour >= 20 {
+                "nightTime"
+            } else {
+                "otherTime"
+            };
+            let c = b["extra"].as_str().unwrap().chars().filter(|&x| x == 'c').count();
+            Some(format!("{}|{}|{cents}|{kind}|{c}", b["auction"], b["bidder"]))
+        })
+        .collect();
+    let mut got: Vec<String> = run_query("q14", "2")
+        .iter()
+        .map(|r| {
+            let cents = (r["price"].as_f64().unwrap() * 1000.0).round() as i64;
+            format!("{}|{}|{cents}|{}|{}", r["auction"], r["bidder"], r["bidTimeType"].as_str().unwrap(), r["c_counts"])
+        })
+        .collect();
+    want.sort();
+    got.sort();
+    assert!(!want.is_empty());
+    assert_eq!(got, want);
+
     // q22: url directories.
     let dirs = |url: &str, i: usize| url.split('/').nth(i).map(str::to_string);
     let mut want: Vec<String> = bids

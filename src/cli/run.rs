@@ -110,6 +110,7 @@ pub fn run_pipeline(data_dir: &Path, args: &RunArgs, stop: Arc<AtomicBool>) -> R
         data_dir: data_dir.to_path_buf(),
         parallelism,
         bounded: args.bounded,
+        udfs: vec![],
     };
     let mut config = JobConfig::new(&name, data_dir);
     config.checkpoint_interval =

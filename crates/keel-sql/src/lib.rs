@@ -30,6 +30,8 @@ pub struct PipelineOptions {
     pub data_dir: PathBuf,
     pub parallelism: u32,
     pub bounded: bool,
+    /// User-defined scalar functions (Rust code) the SQL may call, registered through the API.
+    pub udfs: Vec<datafusion::logical_expr::ScalarUDF>,
 }
 
 /// A checked, planned pipeline.
@@ -133,7 +135,7 @@ pub fn plan(sql: &str, opts: &PipelineOptions) -> Result<Pipeline> {
     // Several INSERTs form a statement set: one job, planned statement by statement.
     let inserts = inserts
         .iter()
-        .map(|(sink, spos, query)| planner::plan_insert(&tables, (sink, *spos), query, &opts.job))
+        .map(|(sink, spos, query)| planner::plan_insert(&tables, (sink, *spos), query, opts))
         .collect::<Result<Vec<_>>>()?;
     Ok(Pipeline { fingerprint, inserts, opts: opts.clone(), explain_only: explain })
 }

@@ -171,8 +171,9 @@ pub(crate) fn plan_insert(
     tables: &HashMap<String, TableDef>,
     sink_name: (&str, Pos),
     query: &[Tok],
-    job: &str,
+    opts: &crate::PipelineOptions,
 ) -> Result<InsertPlan> {
+    let job = opts.job.as_str();
     let sink = tables
         .get(sink_name.0)
         .ok_or_else(|| {
@@ -196,6 +197,9 @@ pub(crate) fn plan_insert(
         return Err(SqlError::unsupported(calls[1].pos, "more than one window function in one query", None));
     }
     let ctx = session();
+    for f in &opts.udfs {
+        ctx.register_udf(f.clone());
+    }
     for (name, def) in tables {
         let mem = MemTable::try_new(table_schema(def), vec![vec![]]).map_err(planning("registering tables"))?;
         ctx.register_table(name.as_str(), Arc::new(mem)).map_err(planning("registering tables"))?;

@@ -1,5 +1,6 @@
 //! Flink scalar functions that DataFusion does not have under Flink's name or semantics:
-//! `MOD(a, b)`, `SPLIT_INDEX(s, delimiter, index)` and `REGEXP_EXTRACT(s, pattern, group)`.
+//! `MOD(a, b)`, `SPLIT_INDEX(s, delimiter, index)`, `REGEXP_EXTRACT(s, pattern, group)`, `HOUR(ts)`,
+//! and `count_char(s, c)` (the Nexmark suite's user function).
 //!
 //! Semantics (FLINK_SEMANTICS.md): `SPLIT_INDEX` and `REGEXP_EXTRACT` return NULL when the index
 //! or group is out of range, and NULL for NULL input; an invalid pattern is an error naming it.
@@ -12,50 +13,50 @@ use std::sync::Arc;
 
 /// The functions to register in a session.
 pub fn flink_scalars() -> Vec<ScalarUDF> {
-    vec![
-        create_udf(
-            "MOD",
-            vec![DataType::Int64, DataType::Int64],
-            DataType::Int64,
-            Volatility::Immutable,
-            Arc::new(modulo),
-        ),
-        create_udf(
-            "mod",
-            vec![DataType::Int64, DataType::Int64],
-            DataType::Int64,
-            Volatility::Immutable,
-            Arc::new(modulo),
-        ),
-        create_udf(
-            "SPLIT_INDEX",
-            vec![DataType::Utf8, DataType::Utf8, DataType::Int64],
-            DataType::Utf8,
-            Volatility::Immutable,
-            Arc::new(split_index),
-        ),
-        create_udf(
-            "split_index",
-            vec![DataType::Utf8, DataType::Utf8, DataType::Int64],
-            DataType::Utf8,
-            Volatility::Immutable,
-            Arc::new(split_index),
-        ),
-        create_udf(
-            "REGEXP_EXTRACT",
-            vec![DataType::Utf8, DataType::Utf8, DataType::Int64],
-            DataType::Utf8,
-            Volatility::Immutable,
-            Arc::new(regexp_extract),
-        ),
-        create_udf(
-            "regexp_extract",
-            vec![DataType::Utf8, DataType::Utf8, DataType::Int64],
-            DataType::Utf8,
-            Volatility::Immutable,
-            Arc::new(regexp_extract),
-        ),
-    ]
+    type Body = fn(&[ColumnarValue]) -> Result<ColumnarValue>;
+    let (int, text) = (DataType::Int64, DataType::Utf8);
+    let table: Vec<(&str, Vec<DataType>, DataType, Body)> = vec![
+        ("MOD", vec![int.clone(), int.clone()], int.clone(), modulo),
+        ("SPLIT_INDEX", vec![text.clone(), text.clone(), int.clone()], text.clone(), split_index),
+        ("REGEXP_EXTRACT", vec![text.clone(), text.clone(), int.clone()], text.clone(), regexp_extract),
+        ("HOUR", vec![ts()], int.clone(), hour),
+        // The Nexmark suite's user function (q14), built in so that `keel run` can run q14.
+        ("COUNT_CHAR", vec![text.clone(), text.clone()], int.clone(), count_char),
+    ];
+    // Identifiers are case-sensitive: register the upper- and lower-case spellings.
+    let mut out = vec![];
+    for (name, inputs, output, body) in table {
+        for n in [name.to_string(), name.to_lowercase()] {
+            out.push(create_udf(&n, inputs.clone(), output.clone(), Volatility::Immutable, Arc::new(body)));
+        }
+    }
+    out
+}
+
+fn ts() -> DataType {
+    DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, None)
+}
+
+/// `HOUR(ts)`: the hour of the day, 0–23 (UTC).
+fn hour(args: &[ColumnarValue]) -> Result<ColumnarValue> {
+    let (a, n, scalar) = arrays(args)?;
+    let t = a[0].as_primitive::<arrow::datatypes::TimestampMillisecondType>();
+    let out: Int64Array =
+        (0..n).map(|i| t.is_valid(i).then(|| t.value(i).rem_euclid(86_400_000) / 3_600_000)).collect();
+    done(Arc::new(out), scalar)
+}
+
+/// `count_char(s, c)`: how many times the character `c` occurs in `s`.
+fn count_char(args: &[ColumnarValue]) -> Result<ColumnarValue> {
+    let (a, n, scalar) = arrays(args)?;
+    let (s, c) = (a[0].as_string::<i32>(), a[1].as_string::<i32>());
+    let out: Int64Array = (0..n)
+        .map(|i| {
+            let ch = c.is_valid(i).then(|| c.value(i).chars().next()).flatten()?;
+            s.is_valid(i).then(|| s.value(i).chars().filter(|x| *x == ch).count() as i64)
+        })
+        .collect();
+    done(Arc::new(out), scalar)
 }
 
 fn arrays(args: &[ColumnarValue]) -> Result<(Vec<ArrayRef>, usize, bool)> {
