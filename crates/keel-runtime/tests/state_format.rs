@@ -38,6 +38,7 @@ fn spec() -> Arc<WindowAggregateSpec> {
         group_output: vec![GroupColumn::Key(0), GroupColumn::WindowStart, GroupColumn::WindowEnd],
         output_schema: output,
         late_output: None,
+        merge_sessions: false,
     })
 }
 

@@ -59,6 +59,7 @@ impl AggregatePlan {
             group_output,
             output_schema,
             late_output: None,
+            merge_sessions: false,
         };
         AggregatePlan { pre_projection: (pre_exprs, pre_schema), spec: Arc::new(spec) }
     }
@@ -323,7 +324,16 @@ pub(crate) fn plan_insert(
                 if window_info.is_none() {
                     return Err(unwindowed(query));
                 }
-                aggregate = Some(plan_aggregate(&state, a, query)?);
+                let mut plan = plan_aggregate(&state, a, query)?;
+                if let Some(call) = calls.first()
+                    && let keel_types::WindowSpec::Session { .. } = call.spec
+                {
+                    session_keys_check(a, call, query)?;
+                    let mut spec = plan.spec.as_ref().clone();
+                    spec.merge_sessions = true;
+                    plan.spec = Arc::new(spec);
+                }
+                aggregate = Some(plan);
             }
             other => return Err(unsupported_node(other, query)),
         }
@@ -453,6 +463,20 @@ fn linearize<'a>(plan: &'a LogicalPlan, query: &[Tok]) -> Result<Vec<&'a Logical
             _ => return Err(unsupported_node(node, query)),
         }
     }
+}
+
+/// A SESSION window aggregate must group by the PARTITION BY columns (sessions are per key).
+fn session_keys_check(a: &datafusion::logical_expr::Aggregate, call: &WindowCall, query: &[Tok]) -> Result<()> {
+    for p in &call.partition_by {
+        let grouped = a.group_expr.iter().any(|g| matches!(strip_alias(g), Expr::Column(c) if &c.name == p));
+        if !grouped {
+            return Err(SqlError::invalid(
+                script::find_keyword(query, &["GROUP", "BY"]).unwrap_or(call.pos),
+                format!("a SESSION window partitioned by {p} must GROUP BY {p} (with window_start and window_end)"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn unwindowed(query: &[Tok]) -> SqlError {

@@ -488,6 +488,8 @@ pub struct WindowCall {
     pub time_column: String,
     pub spec: WindowSpec,
     pub pos: Pos,
+    /// SESSION's `PARTITION BY` columns: sessions are per value of these.
+    pub partition_by: Vec<String>,
 }
 
 /// Replaces every `TABLE(TUMBLE|HOP|CUMULATE(TABLE t, DESCRIPTOR(c), ...))` in a query by a
@@ -512,14 +514,11 @@ pub fn rewrite_window_calls(toks: &[Tok]) -> Result<(Vec<Tok>, Vec<WindowCall>)>
         let (func, fpos) = c.ident()?;
         let func = func.to_ascii_uppercase();
         c.expect(&Token::LParen)?;
-        if func == "SESSION" {
-            return Err(SqlError::unsupported(fpos, "the SESSION window", Some("use TUMBLE, HOP or CUMULATE")));
-        }
-        if !matches!(func.as_str(), "TUMBLE" | "HOP" | "CUMULATE") {
+        if !matches!(func.as_str(), "TUMBLE" | "HOP" | "CUMULATE" | "SESSION") {
             return Err(SqlError::unsupported(
                 fpos,
                 format!("table function {func}"),
-                Some("use TUMBLE, HOP or CUMULATE"),
+                Some("use TUMBLE, HOP, CUMULATE or SESSION"),
             ));
         }
         if matches!(c.peek_nth(1).map(|t| &t.token), Some(Token::RArrow)) {
@@ -531,6 +530,18 @@ pub fn rewrite_window_calls(toks: &[Tok]) -> Result<(Vec<Tok>, Vec<WindowCall>)>
         }
         c.expect_keyword("TABLE")?;
         let (table, _) = c.ident()?;
+        let mut partition_by = vec![];
+        if c.eat_keyword("PARTITION") {
+            c.expect_keyword("BY")?;
+            partition_by.push(c.ident()?.0);
+            // More columns until the comma before DESCRIPTOR.
+            while matches!(c.peek().map(|t| &t.token), Some(Token::Comma))
+                && !matches!(c.peek_nth(1).map(|t| &t.token), Some(Token::Word(w)) if w.value.eq_ignore_ascii_case("DESCRIPTOR"))
+            {
+                c.advance();
+                partition_by.push(c.ident()?.0);
+            }
+        }
         c.expect(&Token::Comma)?;
         c.expect_keyword("DESCRIPTOR")?;
         c.expect(&Token::LParen)?;
@@ -559,6 +570,10 @@ pub fn rewrite_window_calls(toks: &[Tok]) -> Result<(Vec<Tok>, Vec<WindowCall>)>
                 arity(2, 3, "(TABLE t, DESCRIPTOR(ts), slide, size [, offset])")?;
                 WindowSpec::Hop { slide: iv(0), size: iv(1), offset: iv(2) }
             }
+            "SESSION" => {
+                arity(1, 1, "(TABLE t PARTITION BY key, DESCRIPTOR(ts), gap)")?;
+                WindowSpec::Session { gap: iv(0) }
+            }
             _ => {
                 arity(2, 3, "(TABLE t, DESCRIPTOR(ts), step, max size [, offset])")?;
                 WindowSpec::Cumulate { step: iv(0), max: iv(1), offset: iv(2) }
@@ -574,7 +589,7 @@ pub fn rewrite_window_calls(toks: &[Tok]) -> Result<(Vec<Tok>, Vec<WindowCall>)>
             }),
             pos,
         });
-        calls.push(WindowCall { alias, table, time_column, spec, pos });
+        calls.push(WindowCall { alias, table, time_column, spec, pos, partition_by });
         i += c.i;
     }
     Ok((out, calls))
@@ -720,12 +735,11 @@ mod tests {
         assert_eq!(render(&toks), "SELECT * FROM __keel_window_0 WHERE x > 1");
         assert_eq!(calls[0].spec, WindowSpec::Hop { slide: 2000, size: 10_000, offset: 0 });
         assert_eq!(calls[0].table, "events");
-        let bad = "SELECT * FROM TABLE(SESSION(TABLE e PARTITION BY k, DESCRIPTOR(ts), INTERVAL '5' SECOND))";
-        assert!(
-            rewrite_window_calls(&tokenize(bad).unwrap())
-                .unwrap_err()
-                .to_string()
-                .contains("SESSION window is not supported")
+        let s = "SELECT * FROM TABLE(SESSION(TABLE e PARTITION BY k, DESCRIPTOR(ts), INTERVAL '5' SECOND))";
+        let (_, calls) = rewrite_window_calls(&tokenize(s).unwrap()).unwrap();
+        assert_eq!(
+            (calls[0].spec, calls[0].partition_by.clone()),
+            (WindowSpec::Session { gap: 5000 }, vec!["k".to_string()])
         );
     }
 }

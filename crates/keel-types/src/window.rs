@@ -11,9 +11,25 @@ use serde::{Deserialize, Serialize};
 /// A window table-valued function's shape, all values in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WindowSpec {
-    Tumble { size: i64, offset: i64 },
-    Hop { size: i64, slide: i64, offset: i64 },
-    Cumulate { step: i64, max: i64, offset: i64 },
+    Tumble {
+        size: i64,
+        offset: i64,
+    },
+    Hop {
+        size: i64,
+        slide: i64,
+        offset: i64,
+    },
+    Cumulate {
+        step: i64,
+        max: i64,
+        offset: i64,
+    },
+    /// Rows of one key closer than `gap` form one session. Assignment gives each row its own
+    /// window `[ts, ts + gap)`; the session aggregate merges overlapping ones.
+    Session {
+        gap: i64,
+    },
 }
 
 /// Start of the window of length `size` (aligned to `offset`) that contains `ts`.
@@ -33,6 +49,7 @@ impl WindowSpec {
             WindowSpec::Hop { size, slide, .. } if size % slide != 0 => {
                 Err(format!("HOP size ({size} ms) must be a whole multiple of the slide ({slide} ms), as in Flink"))
             }
+            WindowSpec::Session { gap } if gap <= 0 => Err(format!("SESSION gap must be positive, got {gap} ms")),
             WindowSpec::Cumulate { step, max, .. } if step <= 0 || max <= 0 || max % step != 0 => {
                 Err(format!("CUMULATE max size ({max} ms) must be a positive whole multiple of the step ({step} ms)"))
             }
@@ -46,6 +63,7 @@ impl WindowSpec {
             WindowSpec::Tumble { .. } => 1,
             WindowSpec::Hop { size, slide, .. } => (size / slide) as usize,
             WindowSpec::Cumulate { step, max, .. } => (max / step) as usize,
+            WindowSpec::Session { .. } => 1,
         }
     }
 
@@ -67,6 +85,7 @@ impl WindowSpec {
                     start += slide;
                 }
             }
+            WindowSpec::Session { gap } => f(ts, ts + gap),
             WindowSpec::Cumulate { step, max, offset } => {
                 let s = window_start(ts, offset, max);
                 let mut end = window_start(ts, offset, step) + step;

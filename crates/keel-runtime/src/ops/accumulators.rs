@@ -127,6 +127,61 @@ impl Accumulator {
         }
     }
 
+    /// Folds slot `from` into slot `into` (merging two session windows); `from` is left as is.
+    pub fn merge(&mut self, into: usize, from: usize) {
+        let (ci, cf) = (self.counts[into], self.counts[from]);
+        let func = self.func;
+        fn pick<T: PartialOrd + Copy>(
+            func: AggregateFunction,
+            a: T,
+            b: T,
+            ca: i64,
+            cb: i64,
+            add: impl Fn(T, T) -> T,
+        ) -> T {
+            match func {
+                _ if cb == 0 => a,
+                _ if ca == 0 => b,
+                AggregateFunction::Min => {
+                    if b < a {
+                        b
+                    } else {
+                        a
+                    }
+                }
+                AggregateFunction::Max => {
+                    if b > a {
+                        b
+                    } else {
+                        a
+                    }
+                }
+                _ => add(a, b),
+            }
+        }
+        match &mut self.values {
+            Values::Distinct(v, _) => {
+                let other = std::mem::take(&mut v[from]);
+                v[into].extend(other.iter().cloned());
+                v[from] = other;
+                self.counts[into] = v[into].len() as i64;
+                return;
+            }
+            Values::Int(v) => v[into] = pick(func, v[into], v[from], ci, cf, i64::wrapping_add),
+            Values::Float(v) => v[into] = pick(func, v[into], v[from], ci, cf, |a, b| a + b),
+            Values::Decimal(v, _, _) => v[into] = pick(func, v[into], v[from], ci, cf, i128::wrapping_add),
+            Values::Str(v) => {
+                let (a, b) = (v[into].clone(), v[from].clone());
+                v[into] = match (a, b) {
+                    (None, b) => b,
+                    (a, None) => a,
+                    (Some(a), Some(b)) => Some(if (func == AggregateFunction::Min) == (b < a) { b } else { a }),
+                };
+            }
+        }
+        self.counts[into] = ci + cf;
+    }
+
     /// Adds row `i` of `arg` to group `groups[i]`, for every row.
     pub fn update(&mut self, groups: &[u32], arg: Option<&ArrayRef>) -> Result<()> {
         let func = self.func;

@@ -55,6 +55,8 @@ pub struct WindowAggregateSpec {
     pub output_schema: SchemaRef,
     /// Where late rows go (with their reason); `None` drops them (they are counted either way).
     pub late_output: Option<SideOutputFactory>,
+    /// Session windows: overlapping windows of a key merge (see `session.rs`).
+    pub merge_sessions: bool,
 }
 
 /// Keys in Arrow's row format, or none at all (a window aggregate without GROUP BY keys: one
@@ -73,11 +75,11 @@ impl KeyRows {
     }
 }
 
-struct Group {
-    start: i64,
-    end: i64,
+pub(super) struct Group {
+    pub(super) start: i64,
+    pub(super) end: i64,
     hash: u64,
-    key: Box<[u8]>,
+    pub(super) key: Box<[u8]>,
     key_group: u32,
 }
 
@@ -86,10 +88,12 @@ pub struct WindowAggregate {
     spec: Arc<WindowAggregateSpec>,
     converter: RowConverter,
     table: HashTable<u32>,
-    groups: Vec<Group>,
+    pub(super) groups: Vec<Group>,
     free: Vec<u32>,
-    by_window: BTreeMap<(i64, i64), Vec<u32>>,
-    accs: Vec<Accumulator>,
+    pub(super) by_window: BTreeMap<(i64, i64), Vec<u32>>,
+    pub(super) accs: Vec<Accumulator>,
+    /// Session windows only: the open sessions of each key.
+    pub(super) sessions: std::collections::HashMap<Box<[u8]>, Vec<u32>>,
     watermark: i64,
     key_groups: u32,
     metrics: Option<Arc<Metrics>>,
@@ -131,6 +135,7 @@ impl WindowAggregate {
             key_groups: keel_types::DEFAULT_KEY_GROUPS,
             metrics: None,
             late: None,
+            sessions: Default::default(),
         })
     }
 
@@ -152,7 +157,16 @@ impl WindowAggregate {
         }) {
             return g;
         }
-        let group = Group { start, end, hash: h, key: key.into(), key_group: key_group() };
+        let g = self.add_group(start, end, key, key_group());
+        let groups = &self.groups;
+        self.table.insert_unique(h, g, |&x| groups[x as usize].hash);
+        g
+    }
+
+    /// Allocates a group slot for (start, end, key) and lists it under its window.
+    pub(super) fn add_group(&mut self, start: i64, end: i64, key: &[u8], key_group: u32) -> u32 {
+        let h = group_hash(start, end, key);
+        let group = Group { start, end, hash: h, key: key.into(), key_group };
         let g = match self.free.pop() {
             Some(g) => {
                 self.groups[g as usize] = group;
@@ -163,8 +177,6 @@ impl WindowAggregate {
                 (self.groups.len() - 1) as u32
             }
         };
-        let groups = &self.groups;
-        self.table.insert_unique(h, g, |&x| groups[x as usize].hash);
         self.by_window.entry((end, start)).or_default().push(g);
         for a in &mut self.accs {
             a.ensure(self.groups.len());
@@ -206,6 +218,9 @@ impl WindowAggregate {
     }
 
     fn forget(&mut self, g: u32) {
+        if self.spec.merge_sessions {
+            self.drop_session(g);
+        }
         let h = self.groups[g as usize].hash;
         if let Ok(entry) = self.table.find_entry(h, |&x| x == g) {
             entry.remove();
@@ -274,6 +289,9 @@ impl Operator for WindowAggregate {
         if let Some(w) = wm {
             self.watermark = w;
         }
+        if self.spec.merge_sessions {
+            self.index_sessions();
+        }
         Ok(())
     }
 
@@ -290,6 +308,7 @@ impl Operator for WindowAggregate {
         let mut gids = Vec::with_capacity(batch.num_rows());
         let mut keep = Vec::new();
         let mut late = 0u64;
+        let (mut redirect, mut retired) = (std::collections::HashMap::new(), Vec::new());
         for (i, &kg) in key_groups.iter().enumerate() {
             let (s, e) = (starts.value(i), ends.value(i));
             if is_late(e, self.watermark) {
@@ -297,7 +316,17 @@ impl Operator for WindowAggregate {
                 continue;
             }
             keep.push(i as u32);
-            gids.push(self.group_of(s, e, rows.key(i), || kg));
+            let g = if self.spec.merge_sessions {
+                self.session_of(s, e, rows.key(i), kg, &mut redirect, &mut retired)
+            } else {
+                self.group_of(s, e, rows.key(i), || kg)
+            };
+            gids.push(g);
+        }
+        if !redirect.is_empty() {
+            for g in &mut gids {
+                *g = super::session::resolve(&redirect, *g);
+            }
         }
         let args: Vec<Option<ArrayRef>> = if late > 0 {
             if let Some(m) = &self.metrics {
@@ -335,6 +364,11 @@ impl Operator for WindowAggregate {
         };
         for (acc, arg) in self.accs.iter_mut().zip(&args) {
             acc.update(&gids, arg.as_ref())?;
+        }
+        // Slots merged away in this batch may be reused from now on.
+        for g in retired {
+            self.groups[g as usize].key = Box::new([]);
+            self.free.push(g);
         }
         Ok(())
     }

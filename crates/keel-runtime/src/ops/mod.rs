@@ -5,6 +5,7 @@
 pub mod accumulators;
 pub mod aggregate;
 pub mod expr;
+mod session;
 pub mod window;
 
 pub use aggregate::{AggregateCall, AggregateFunction, GroupColumn, WindowAggregate, WindowAggregateSpec};
