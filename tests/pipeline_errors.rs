@@ -58,8 +58,12 @@ fn unsupported_sql_is_refused_with_construct_and_position() {
         &["line 7, column 83: GROUP BY without a window", "group by window_start and window_end"],
     );
     refused(
-        "INSERT INTO out_t SELECT user_id, window_start, window_end, COUNT(*), SUM(amount)\nFROM TABLE(SESSION(TABLE events PARTITION BY user_id, DESCRIPTOR(ts), INTERVAL '5' SECOND))\nGROUP BY user_id, window_start, window_end;",
-        &["line 8, column 12: the SESSION window is not supported; use TUMBLE, HOP or CUMULATE"],
+        "INSERT INTO out_t SELECT user_id, window_start, window_end, COUNT(*), SUM(amount)\nFROM TABLE(SLIDE(TABLE events, DESCRIPTOR(ts), INTERVAL '5' SECOND))\nGROUP BY user_id, window_start, window_end;",
+        &["line 8, column 12: table function SLIDE is not supported; use TUMBLE, HOP, CUMULATE or SESSION"],
+    );
+    refused(
+        "INSERT INTO out_t SELECT 'x', window_start, window_end, COUNT(*), SUM(amount)\nFROM TABLE(SESSION(TABLE events PARTITION BY user_id, DESCRIPTOR(ts), INTERVAL '5' SECOND))\nGROUP BY window_start, window_end;",
+        &["line 9, column 1: a SESSION window partitioned by user_id must GROUP BY user_id"],
     );
     refused(
         "INSERT INTO out_t SELECT user_id, window_start, window_end, COUNT(*), SUM(DISTINCT amount) FROM TABLE(TUMBLE(TABLE events, DESCRIPTOR(ts), INTERVAL '10' SECOND)) GROUP BY user_id, window_start, window_end;",
