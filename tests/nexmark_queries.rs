@@ -12,7 +12,11 @@ const EVENTS: u64 = 20_000;
 /// The query file with its blackhole sink replaced by a topic named `out`.
 fn query(name: &str, data: &Path) -> std::path::PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("nexmark");
-    let ddl = std::fs::read_to_string(root.join("ddl.sql")).unwrap().replace("${EVENTS}", &EVENTS.to_string());
+    // 500 events per second of event time: 40 s of events, so sessions and windows have gaps.
+    let ddl = std::fs::read_to_string(root.join("ddl.sql"))
+        .unwrap()
+        .replace("${EVENTS}", &EVENTS.to_string())
+        .replace("'first-event.rate' = '10000000'", "'first-event.rate' = '500'");
     let q = if name == "all_bids" {
         "CREATE TABLE all_bids (auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, url VARCHAR, dateTime TIMESTAMP(3), extra VARCHAR)
          WITH ('connector' = 'blackhole');
@@ -149,6 +153,40 @@ fn nexmark_queries_give_the_results_computed_from_every_bid() {
     assert!(!want.is_empty());
     assert_eq!(got, want);
 
+    // q11: sessions per bidder with a 10 s gap (windows that touch merge, as in Flink).
+    let mut times: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    for b in &bids {
+        let t = b["dateTime"].as_str().unwrap();
+        let ms = chrono_ms(t);
+        times.entry(b["bidder"].as_i64().unwrap()).or_default().push(ms);
+    }
+    let mut want = vec![];
+    for (bidder, mut ts) in times {
+        ts.sort_unstable();
+        let (mut start, mut last, mut n) = (ts[0], ts[0], 0);
+        for t in ts {
+            if t - last > 10_000 {
+                want.push((bidder, start, last + 10_000, n));
+                start = t;
+                n = 0;
+            }
+            last = t;
+            n += 1;
+        }
+        want.push((bidder, start, last + 10_000, n));
+    }
+    let mut got: Vec<(i64, i64, i64, i64)> = run_query("q11", "2")
+        .iter()
+        .map(|r| {
+            let s = |k: &str| chrono_ms(r[k].as_str().unwrap());
+            (r["bidder"].as_i64().unwrap(), s("starttime"), s("endtime"), r["bid_count"].as_i64().unwrap())
+        })
+        .collect();
+    want.sort();
+    got.sort();
+    assert!(want.len() > 100, "expected many sessions, got {}", want.len());
+    assert_eq!(got, want);
+
     // q22: url directories.
     let dirs = |url: &str, i: usize| url.split('/').nth(i).map(str::to_string);
     let mut want: Vec<String> = bids
@@ -168,4 +206,19 @@ fn nexmark_queries_give_the_results_computed_from_every_bid() {
     want.sort();
     got.sort();
     assert_eq!(got, want);
+}
+
+/// Epoch milliseconds of an ISO-8601 UTC timestamp as Keel writes it (`YYYY-MM-DDTHH:MM:SS.mmmZ`).
+fn chrono_ms(t: &str) -> i64 {
+    let p = |a: usize, b: usize| t[a..b].parse::<i64>().unwrap();
+    let (y, m, d) = (p(0, 4), p(5, 7), p(8, 10));
+    // Days from the civil date (the inverse of the usual days-to-civil algorithm).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    days * 86_400_000 + p(11, 13) * 3_600_000 + p(14, 16) * 60_000 + p(17, 19) * 1000 + p(20, 23)
 }

@@ -33,7 +33,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 4)]
     partitions: u32,
     /// Nexmark queries to run, comma-separated.
-    #[arg(long, default_value = "q0,q1,q2,q14,q21,q22")]
+    #[arg(long, default_value = "q0,q1,q2,q11,q14,q21,q22")]
     queries: String,
 }
 
@@ -61,6 +61,7 @@ const NEXMARK_QUERIES: &[(&str, &str)] = &[
     ("q0", include_str!("../../nexmark/q0.sql")),
     ("q1", include_str!("../../nexmark/q1.sql")),
     ("q2", include_str!("../../nexmark/q2.sql")),
+    ("q11", include_str!("../../nexmark/q11.sql")),
     ("q14", include_str!("../../nexmark/q14.sql")),
     ("q21", include_str!("../../nexmark/q21.sql")),
     ("q22", include_str!("../../nexmark/q22.sql")),

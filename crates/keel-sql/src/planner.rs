@@ -419,9 +419,15 @@ fn register_window(
     tables: &HashMap<String, TableDef>,
     call: &WindowCall,
 ) -> Result<(WindowSpec, usize, SchemaRef)> {
-    let def = tables
-        .get(&call.table)
-        .ok_or_else(|| SqlError::invalid(call.pos, format!("window function over unknown table {}", call.table)))?;
+    let def = tables.get(&call.table).ok_or_else(|| {
+        SqlError::invalid(
+            call.pos,
+            format!(
+                "window function over {}, which is not a table created above (a window over a view is not supported yet: apply it to the table the view reads)",
+                call.table
+            ),
+        )
+    })?;
     let col = def.columns.iter().position(|c| c.name == call.time_column).ok_or_else(|| {
         SqlError::invalid(
             call.pos,
