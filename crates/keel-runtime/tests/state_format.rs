@@ -116,3 +116,61 @@ fn window_state_written_by_version_1_restores_at_any_parallelism() {
         assert_eq!(rows, expected, "parallelism {parallelism}");
     }
 }
+
+/// Session windows: rows merge into sessions across batches and across a snapshot and restore
+/// (at another parallelism), and touching sessions merge.
+#[test]
+fn sessions_merge_across_batches_and_a_restore() {
+    let mut spec = spec().as_ref().clone();
+    spec.merge_sessions = true;
+    let spec = Arc::new(spec);
+    let gap = 5_000;
+    let batch = |rows: &[(&str, i64, i64)]| {
+        RecordBatch::try_new(
+            spec.input_schema.clone(),
+            vec![
+                Arc::new(StringArray::from(rows.iter().map(|r| r.0).collect::<Vec<_>>())),
+                Arc::new(TimestampMillisecondArray::from(rows.iter().map(|r| r.1).collect::<Vec<_>>())),
+                Arc::new(TimestampMillisecondArray::from(rows.iter().map(|r| r.1 + gap).collect::<Vec<_>>())),
+                Arc::new(Int64Array::from(rows.iter().map(|r| r.2).collect::<Vec<_>>())),
+            ],
+        )
+        .unwrap()
+    };
+    let mut a = WindowAggregate::new(spec.clone()).unwrap();
+    a.open(&ctx(0, 1), RestoredState::default()).unwrap();
+    // ann: 0 and 20 000 are far apart; 10 000 later joins neither; bob: 1 000.
+    a.process(batch(&[("ann", 0, 1), ("ann", 20_000, 2), ("bob", 1_000, 10)]), &mut vec![]).unwrap();
+    a.process(batch(&[("ann", 10_000, 4)]), &mut vec![]).unwrap();
+    let state = a.snapshot(1).unwrap().unwrap();
+    // Restore at parallelism 2 and bridge ann's sessions: 5 000 touches [0, 5 000) and
+    // [10 000, 15 000); 15 000 touches that and [20 000, 25 000).
+    let mut rows = vec![];
+    for sub in 0..2 {
+        let mut b = WindowAggregate::new(spec.clone()).unwrap();
+        b.open(&ctx(sub, 2), RestoredState { parts: vec![state.clone()], inherited: vec![0], checkpoint: Some(1) })
+            .unwrap();
+        let mut out = vec![];
+        let mine = |k: &str| {
+            let h = keel_runtime::exchange::row_key_groups(&batch(&[(k, 0, 0)]), &[0], 128).unwrap()[0];
+            keel_types::KeyGroupRange::of_subtask(sub, 128, 2).contains(h)
+        };
+        if mine("ann") {
+            b.process(batch(&[("ann", 5_000, 8), ("ann", 15_000, 16)]), &mut out).unwrap();
+        }
+        b.on_watermark(i64::MAX, &mut out).unwrap();
+        for o in out {
+            for r in 0..o.num_rows() {
+                rows.push((
+                    o.column(0).as_string::<i32>().value(r).to_string(),
+                    o.column(1).as_primitive::<arrow::datatypes::TimestampMillisecondType>().value(r),
+                    o.column(2).as_primitive::<arrow::datatypes::TimestampMillisecondType>().value(r),
+                    o.column(3).as_primitive::<Int64Type>().value(r),
+                    o.column(4).as_primitive::<Int64Type>().value(r),
+                ));
+            }
+        }
+    }
+    rows.sort();
+    assert_eq!(rows, vec![("ann".to_string(), 0, 25_000, 5, 31), ("bob".to_string(), 1_000, 6_000, 1, 10)]);
+}
