@@ -7,6 +7,7 @@
 //! holds `start + n * 1000 / rows-per-second` ms (event time advances at the configured rate),
 //! unlike Flink's datagen, which uses the wall clock and so cannot repeat.
 
+use crate::splits::Splits;
 use arrow::array::{
     ArrayRef, BooleanArray, Float32Array, Float64Array, Int8Array, Int16Array, Int32Array, Int64Array, RecordBatch,
     StringBuilder, TimestampMillisecondArray,
@@ -14,7 +15,6 @@ use arrow::array::{
 use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use keel_runtime::{RestoredState, Result, RuntimeError, Source, SourcePoll, TaskContext, WatermarkStatus};
 use keel_types::time::MIN_WATERMARK;
-use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -44,16 +44,9 @@ pub struct DatagenConfig {
     pub batch_size: usize,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct SplitState {
-    split: u32,
-    emitted: u64,
-    max_ts: i64,
-}
-
 pub struct DatagenSource {
     cfg: DatagenConfig,
-    splits: Vec<SplitState>,
+    splits: Option<Splits>,
     cursor: usize,
     started: Instant,
     emitted_here: u64,
@@ -69,11 +62,7 @@ fn mix(seed: u64, n: u64, col: u64) -> u64 {
 
 impl DatagenSource {
     pub fn new(cfg: DatagenConfig) -> Self {
-        DatagenSource { cfg, splits: vec![], cursor: 0, started: Instant::now(), emitted_here: 0, parallelism: 1 }
-    }
-
-    fn finished(&self, s: &SplitState) -> bool {
-        self.cfg.rows.is_some_and(|total| s.emitted * u64::from(self.cfg.splits) + u64::from(s.split) >= total)
+        DatagenSource { cfg, splits: None, cursor: 0, started: Instant::now(), emitted_here: 0, parallelism: 1 }
     }
 
     fn timestamp(&self, n: u64) -> i64 {
@@ -160,19 +149,7 @@ pub fn check_schema(schema: &SchemaRef) -> std::result::Result<(), String> {
 
 impl Source for DatagenSource {
     fn open(&mut self, ctx: &TaskContext, restored: RestoredState) -> Result<()> {
-        let mut saved = std::collections::HashMap::new();
-        for part in restored.parts.iter().filter(|p| !p.is_empty()) {
-            let states: Vec<SplitState> = serde_json::from_slice(part).map_err(|e| {
-                RuntimeError::Internal(format!("datagen state of '{}' is unreadable: {e}", self.cfg.table))
-            })?;
-            for s in states {
-                saved.insert(s.split, s);
-            }
-        }
-        self.splits = (0..self.cfg.splits)
-            .filter(|s| s % ctx.parallelism == ctx.subtask)
-            .map(|s| saved.remove(&s).unwrap_or(SplitState { split: s, emitted: 0, max_ts: MIN_WATERMARK }))
-            .collect();
+        self.splits = Some(Splits::restore(&self.cfg.table, self.cfg.splits, self.cfg.rows, ctx, &restored)?);
         self.parallelism = ctx.parallelism;
         self.started = Instant::now();
         self.emitted_here = 0;
@@ -187,24 +164,41 @@ impl Source for DatagenSource {
                 return Ok(SourcePoll::Pending);
             }
         }
-        let n = self.splits.len();
+        let mut splits =
+            self.splits.take().ok_or_else(|| RuntimeError::Internal("datagen source used before open".into()))?;
+        let result = self.poll_splits(&mut splits);
+        self.splits = Some(splits);
+        result
+    }
+
+    fn watermark(&self) -> WatermarkStatus {
+        self.splits.as_ref().map_or(WatermarkStatus::Idle(MIN_WATERMARK), |s| s.watermark(self.cfg.event_time))
+    }
+
+    fn snapshot(&mut self, _checkpoint: u64) -> Result<Vec<u8>> {
+        self.splits.as_ref().map_or(Ok(Vec::new()), Splits::snapshot)
+    }
+}
+
+impl DatagenSource {
+    fn poll_splits(&mut self, splits: &mut Splits) -> Result<SourcePoll> {
+        let n = splits.len();
         for _ in 0..n {
             let idx = self.cursor;
             self.cursor = (self.cursor + 1) % n;
-            if self.finished(&self.splits[idx]) {
+            if splits.finished(idx) {
                 continue;
             }
-            let splits = u64::from(self.cfg.splits);
             let mut rows = vec![];
             let limit = if self.cfg.rate > 0 {
                 self.cfg.batch_size.min((self.cfg.rate / 10).max(1) as usize)
             } else {
                 self.cfg.batch_size
             };
-            while rows.len() < limit && !self.finished(&self.splits[idx]) {
-                let s = &mut self.splits[idx];
-                rows.push(s.emitted * splits + u64::from(s.split));
-                s.emitted += 1;
+            while rows.len() < limit && !splits.finished(idx) {
+                let row = splits.next_number(idx);
+                rows.push(row);
+                splits.advance(idx, 1, self.timestamp(row));
             }
             let cols = self
                 .cfg
@@ -216,11 +210,6 @@ impl Source for DatagenSource {
                 .collect::<std::result::Result<Vec<_>, _>>()
                 .map_err(|e| RuntimeError::User(format!("table {}: {e}", self.cfg.table)))?;
             let batch = RecordBatch::try_new(self.cfg.schema.clone(), cols).map_err(RuntimeError::arrow("datagen"))?;
-            if let Some(&last) = rows.last() {
-                let ts = self.timestamp(last);
-                let s = &mut self.splits[idx];
-                s.max_ts = s.max_ts.max(ts);
-            }
             self.emitted_here += rows.len() as u64;
             return Ok(SourcePoll::Batch(batch));
         }
@@ -228,23 +217,5 @@ impl Source for DatagenSource {
             return Ok(SourcePoll::Exhausted);
         }
         Ok(SourcePoll::Pending)
-    }
-
-    fn watermark(&self) -> WatermarkStatus {
-        let Some((_, delay)) = self.cfg.event_time else { return WatermarkStatus::Active(MIN_WATERMARK) };
-        if self.splits.is_empty() {
-            return WatermarkStatus::Idle(MIN_WATERMARK);
-        }
-        let active: Vec<&SplitState> = self.splits.iter().filter(|s| !self.finished(s)).collect();
-        let wm = if active.is_empty() {
-            self.splits.iter().map(|s| s.max_ts).max()
-        } else {
-            active.iter().map(|s| s.max_ts).min()
-        };
-        WatermarkStatus::Active(wm.unwrap_or(MIN_WATERMARK).saturating_sub(delay))
-    }
-
-    fn snapshot(&mut self, _checkpoint: u64) -> Result<Vec<u8>> {
-        serde_json::to_vec(&self.splits).map_err(|e| RuntimeError::Internal(format!("encoding datagen state: {e}")))
     }
 }

@@ -11,6 +11,7 @@ pub mod error;
 pub mod json;
 pub mod nexmark;
 pub mod sinks;
+mod splits;
 pub mod staging;
 pub mod topic_source;
 

@@ -11,6 +11,7 @@
 //! consecutive events.
 
 use crate::error::ConnectorError;
+use crate::splits::Splits;
 use arrow::array::{
     Array, ArrayRef, Int32Array, Int64Array, RecordBatch, StringBuilder, StructArray, TimestampMillisecondArray,
 };
@@ -19,7 +20,6 @@ use arrow::datatypes::{DataType, Field, Fields, SchemaRef, TimeUnit};
 use datafusion::physical_expr::PhysicalExpr;
 use keel_runtime::{RestoredState, Result, RuntimeError, Source, SourcePoll, TaskContext, WatermarkStatus};
 use keel_types::time::MIN_WATERMARK;
-use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 const PERSON_PROPORTION: u64 = 1;
@@ -420,23 +420,16 @@ impl Columns {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct SplitState {
-    split: u32,
-    emitted: u64,
-    max_ts: i64,
-}
-
 /// The Nexmark source (see the module docs).
 pub struct NexmarkSource {
     cfg: NexmarkConfig,
-    splits: Vec<SplitState>,
+    splits: Option<Splits>,
     cursor: usize,
 }
 
 impl NexmarkSource {
     pub fn new(cfg: NexmarkConfig) -> Self {
-        NexmarkSource { cfg, splits: vec![], cursor: 0 }
+        NexmarkSource { cfg, splits: None, cursor: 0 }
     }
 
     /// The event time of event `n`.
@@ -448,10 +441,6 @@ impl NexmarkSource {
         let slot = if g == 1 { n } else { group + ((n - group) * step) % g };
         self.cfg.base_time_ms + (slot as u128 * 1000 / u128::from(self.cfg.rate.max(1))) as i64
     }
-
-    fn finished(&self, s: &SplitState) -> bool {
-        self.cfg.events.is_some_and(|total| s.emitted * u64::from(self.cfg.splits) + u64::from(s.split) >= total)
-    }
 }
 
 fn gcd(a: u64, b: u64) -> u64 {
@@ -460,41 +449,43 @@ fn gcd(a: u64, b: u64) -> u64 {
 
 impl Source for NexmarkSource {
     fn open(&mut self, ctx: &TaskContext, restored: RestoredState) -> Result<()> {
-        let mut saved = std::collections::HashMap::new();
-        for part in restored.parts.iter().filter(|p| !p.is_empty()) {
-            let states: Vec<SplitState> = serde_json::from_slice(part).map_err(|e| {
-                RuntimeError::Internal(format!("nexmark source state of '{}' is unreadable: {e}", self.cfg.table))
-            })?;
-            for s in states {
-                saved.insert(s.split, s);
-            }
-        }
-        self.splits = (0..self.cfg.splits)
-            .filter(|s| s % ctx.parallelism == ctx.subtask)
-            .map(|s| saved.remove(&s).unwrap_or(SplitState { split: s, emitted: 0, max_ts: MIN_WATERMARK }))
-            .collect();
+        self.splits = Some(Splits::restore(&self.cfg.table, self.cfg.splits, self.cfg.events, ctx, &restored)?);
         Ok(())
     }
 
     fn poll(&mut self) -> Result<SourcePoll> {
-        let n = self.splits.len();
+        let mut splits =
+            self.splits.take().ok_or_else(|| RuntimeError::Internal("nexmark source used before open".into()))?;
+        let result = self.poll_splits(&mut splits);
+        self.splits = Some(splits);
+        result
+    }
+
+    fn watermark(&self) -> WatermarkStatus {
+        self.splits.as_ref().map_or(WatermarkStatus::Idle(MIN_WATERMARK), |s| s.watermark(self.cfg.event_time))
+    }
+
+    fn snapshot(&mut self, _checkpoint: u64) -> Result<Vec<u8>> {
+        self.splits.as_ref().map_or(Ok(Vec::new()), Splits::snapshot)
+    }
+}
+
+impl NexmarkSource {
+    fn poll_splits(&mut self, splits: &mut Splits) -> Result<SourcePoll> {
+        let n = splits.len();
         for _ in 0..n {
             let idx = self.cursor;
             self.cursor = (self.cursor + 1) % n;
-            if self.finished(&self.splits[idx]) {
+            if splits.finished(idx) {
                 continue;
             }
-            let splits = u64::from(self.cfg.splits);
             let mut cols = Columns::default();
-            let mut max_ts = MIN_WATERMARK;
             let mut count = 0;
-            while count < self.cfg.batch_size && !self.finished(&self.splits[idx]) {
-                let s = &self.splits[idx];
-                let event = s.emitted * splits + u64::from(s.split);
+            while count < self.cfg.batch_size && !splits.finished(idx) {
+                let event = splits.next_number(idx);
                 let ts = self.time_of(event);
                 cols.push(self.cfg.seed, event, ts);
-                max_ts = max_ts.max(ts);
-                self.splits[idx].emitted += 1;
+                splits.advance(idx, 1, ts);
                 count += 1;
             }
             let base = cols
@@ -512,32 +503,12 @@ impl Source for NexmarkSource {
                     RecordBatch::try_new(schema.clone(), cols).map_err(RuntimeError::arrow("computed columns"))?
                 }
             };
-            let s = &mut self.splits[idx];
-            s.max_ts = s.max_ts.max(max_ts);
             return Ok(SourcePoll::Batch(batch));
         }
         if self.cfg.events.is_some() {
             return Ok(SourcePoll::Exhausted);
         }
         Ok(SourcePoll::Pending)
-    }
-
-    fn watermark(&self) -> WatermarkStatus {
-        let Some((_, delay)) = self.cfg.event_time else { return WatermarkStatus::Active(MIN_WATERMARK) };
-        if self.splits.is_empty() {
-            return WatermarkStatus::Idle(MIN_WATERMARK);
-        }
-        let active: Vec<&SplitState> = self.splits.iter().filter(|s| !self.finished(s)).collect();
-        let wm = if active.is_empty() {
-            self.splits.iter().map(|s| s.max_ts).max()
-        } else {
-            active.iter().map(|s| s.max_ts).min()
-        };
-        WatermarkStatus::Active(wm.unwrap_or(MIN_WATERMARK).saturating_sub(delay))
-    }
-
-    fn snapshot(&mut self, _checkpoint: u64) -> Result<Vec<u8>> {
-        serde_json::to_vec(&self.splits).map_err(|e| RuntimeError::Internal(format!("encoding nexmark state: {e}")))
     }
 }
 
