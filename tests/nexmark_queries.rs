@@ -11,7 +11,7 @@ const EVENTS: u64 = 20_000;
 
 /// The query file with its blackhole sink replaced by a topic named `out`.
 fn query(name: &str, data: &Path) -> std::path::PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("nexmark");
+    let root = manifest_dir().join("nexmark");
     // 500 events per second of event time: 40 s of events, so sessions and windows have gaps.
     let ddl = std::fs::read_to_string(root.join("ddl.sql"))
         .unwrap()

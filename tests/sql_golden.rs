@@ -217,7 +217,7 @@ fn run_with_kills(case: &Case, rng: &mut Rng) -> (Vec<String>, u32) {
 fn golden_cases_match_straight_through_and_across_kills() {
     let seed = seed("sql_golden");
     let mut rng = Rng(seed);
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let dir = manifest_dir().join("tests/golden");
     let mut paths: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())

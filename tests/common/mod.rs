@@ -145,3 +145,11 @@ pub fn assert_same<K: std::fmt::Debug + Ord, V: std::fmt::Debug + PartialEq>(
         actual.len()
     );
 }
+
+/// This package's directory: the value cargo sets when it runs the test (the compile-time value
+/// can name another checkout that shared the build cache).
+pub fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
+}

@@ -57,7 +57,17 @@ fn ctx(subtask: u32, parallelism: u32) -> TaskContext {
     }
 }
 
-const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/window-aggregate-v1.arrow");
+fn fixture() -> std::path::PathBuf {
+    manifest_dir().join("tests/fixtures/window-aggregate-v1.arrow")
+}
+
+/// This package's directory: the value cargo sets when it runs the test (the compile-time value
+/// can name another checkout that shared the build cache).
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
+}
 
 #[test]
 fn window_state_written_by_version_1_restores_at_any_parallelism() {
@@ -80,9 +90,9 @@ fn window_state_written_by_version_1_restores_at_any_parallelism() {
         )
         .unwrap();
         agg.process(batch, &mut vec![]).unwrap();
-        std::fs::write(FIXTURE, agg.snapshot(1).unwrap().unwrap()).unwrap();
+        std::fs::write(fixture(), agg.snapshot(1).unwrap().unwrap()).unwrap();
     }
-    let bytes = std::fs::read(FIXTURE).unwrap();
+    let bytes = std::fs::read(fixture()).unwrap();
     for parallelism in [1u32, 3] {
         let mut rows = vec![];
         for sub in 0..parallelism {
