@@ -8,6 +8,7 @@
 
 pub mod datagen;
 pub mod error;
+pub mod file_source;
 pub mod json;
 pub mod nexmark;
 pub mod sinks;

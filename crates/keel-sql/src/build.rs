@@ -69,6 +69,15 @@ impl InsertBuilder<'_> {
                 n.rate,
                 n.splits
             ),
+            connectors::SourcePlan::Files(f) => format!(
+                "files under {} ({:?}, {})",
+                f.path.display(),
+                f.format,
+                match f.monitor_interval {
+                    Some(i) => format!("watching for new files every {i:?}"),
+                    None => "the files present at the first start".to_string(),
+                }
+            ),
             connectors::SourcePlan::Datagen(d) => format!(
                 "datagen ({} rows, {} per second, {} splits, seed {})",
                 d.rows.map(|e| e.to_string()).unwrap_or_else(|| "unbounded".into()),
@@ -127,6 +136,7 @@ impl InsertBuilder<'_> {
         match &self.ins.source_plan {
             connectors::SourcePlan::Nexmark(c) => c.events.is_some(),
             connectors::SourcePlan::Datagen(d) => d.rows.is_some(),
+            connectors::SourcePlan::Files(f) => f.monitor_interval.is_none(),
             connectors::SourcePlan::Topic { .. } => false,
         }
     }
@@ -143,6 +153,21 @@ impl InsertBuilder<'_> {
                 keel_connectors::nexmark::check_schema(&schema).map_err(|e| {
                     SqlError::invalid(self.ins.source.pos, format!("table {}: {e}", self.ins.source.name))
                 })?;
+            }
+            connectors::SourcePlan::Files(f) => {
+                if self.ins.source_computed.is_some() {
+                    return Err(SqlError::unsupported(
+                        self.ins.source.pos,
+                        "computed columns on a filesystem table",
+                        None,
+                    ));
+                }
+                if !f.path.exists() {
+                    return Err(SqlError::invalid(
+                        self.ins.source.pos,
+                        format!("table {}: path {} does not exist", self.ins.source.name, f.path.display()),
+                    ));
+                }
             }
             connectors::SourcePlan::Datagen(_) => {
                 if self.ins.source_computed.is_some() {
@@ -196,6 +221,36 @@ impl InsertBuilder<'_> {
                     uid,
                     factory: Arc::new(move |_ctx| {
                         Ok(Box::new(NexmarkSource::new(cfg.clone())) as Box<dyn keel_runtime::Source>)
+                    }),
+                });
+            }
+            connectors::SourcePlan::Files(f) => {
+                let mut files = None;
+                if f.monitor_interval.is_none() {
+                    // Bounded: the files present at the first start, recorded for every restart.
+                    let recorded = job.file.sources.get(&uid).and_then(|v| v.get("files")).cloned();
+                    let list: Vec<String> = match recorded.and_then(|v| serde_json::from_value(v).ok()) {
+                        Some(l) => l,
+                        None => {
+                            let l = keel_connectors::file_source::list_files(&f.path)
+                                .map_err(keel_runtime::RuntimeError::from)?;
+                            job.set_source_fact(&uid, serde_json::json!({ "files": l }))?;
+                            l
+                        }
+                    };
+                    files = Some(list);
+                }
+                let cfg = keel_connectors::file_source::FileSourceConfig {
+                    schema: self.stored_schema(),
+                    event_time: self.event_time(),
+                    files,
+                    ..f.clone()
+                };
+                return Ok(StageInput::Source {
+                    uid,
+                    factory: Arc::new(move |_ctx| {
+                        Ok(Box::new(keel_connectors::file_source::FileSource::new(cfg.clone()))
+                            as Box<dyn keel_runtime::Source>)
                     }),
                 });
             }

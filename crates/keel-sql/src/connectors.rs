@@ -20,6 +20,8 @@ pub enum SourcePlan {
     Nexmark(keel_connectors::nexmark::NexmarkConfig),
     /// Random rows; schema and event time are filled in later.
     Datagen(keel_connectors::datagen::DatagenConfig),
+    /// Files under a path; schema, event time and the bounded file list are filled in later.
+    Files(keel_connectors::file_source::FileSourceConfig),
 }
 
 /// How a table is written.
@@ -216,11 +218,66 @@ pub fn source_plan(def: &TableDef, job: &str) -> Result<SourcePlan> {
             }))
         }
         "datagen" => datagen_plan(def),
-        "filesystem" => Err(SqlError::unsupported(
-            option_pos(def, "connector"),
-            format!("reading table {} from the filesystem connector", def.name),
-            Some("ingest the files into a topic with `keel produce`, and read the topic"),
-        )),
+        "filesystem" => {
+            const KEYS: &[&str] = &[
+                "connector",
+                "path",
+                "format",
+                "source.monitor-interval",
+                "csv.field-delimiter",
+                "bad-records",
+                "json.timestamp-format.standard",
+            ];
+            check_keys(def, "filesystem", KEYS)?;
+            let path = def.option("path").ok_or_else(|| {
+                SqlError::invalid(
+                    def.pos,
+                    format!("table {} needs a 'path' option: the directory (or file) to read", def.name),
+                )
+            })?;
+            let path = PathBuf::from(path.strip_prefix("file://").unwrap_or(path));
+            let format = match json_format(def, "the filesystem connector", &["json", "csv"])?.as_str() {
+                "csv" => {
+                    let d = def.option("csv.field-delimiter").unwrap_or(",");
+                    if d.len() != 1 {
+                        return Err(SqlError::invalid(
+                            option_pos(def, "csv.field-delimiter"),
+                            "'csv.field-delimiter' is one character",
+                        ));
+                    }
+                    keel_connectors::file_source::FileSourceFormat::Csv { delimiter: d.as_bytes()[0] }
+                }
+                _ => keel_connectors::file_source::FileSourceFormat::JsonLines,
+            };
+            let monitor_interval = match def.option("source.monitor-interval") {
+                None => None,
+                Some(d) => Some(
+                    keel_types::time::parse_duration(d)
+                        .map_err(|e| SqlError::invalid(option_pos(def, "source.monitor-interval"), e.to_string()))?,
+                ),
+            };
+            let bad_records = match def.option("bad-records").unwrap_or("fail") {
+                "fail" => BadRecordPolicy::Fail,
+                "skip" => BadRecordPolicy::Skip,
+                other => {
+                    return Err(SqlError::unsupported(
+                        option_pos(def, "bad-records"),
+                        format!("'bad-records' = '{other}' for files"),
+                        Some("use 'fail' (the default for files) or 'skip'"),
+                    ));
+                }
+            };
+            Ok(SourcePlan::Files(keel_connectors::file_source::FileSourceConfig {
+                table: def.name.clone(),
+                path,
+                format,
+                schema: std::sync::Arc::new(arrow::datatypes::Schema::empty()),
+                event_time: None,
+                files: None,
+                monitor_interval,
+                bad_records,
+            }))
+        }
         "print" => Err(SqlError::invalid(
             option_pos(def, "connector"),
             format!("table {} uses the print connector, which can only be written", def.name),
