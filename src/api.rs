@@ -355,6 +355,8 @@ impl PipelineBuilder {
             sink_kind: kind,
             logical_plan: self.description.join("\n"),
             source_computed: None,
+            top_n: None,
+            after_top_n: vec![],
         };
         Ok(BuiltPipeline { name: self.name, data_dir: self.data_dir, insert, fingerprint })
     }

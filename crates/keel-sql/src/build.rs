@@ -13,7 +13,7 @@ use crate::planner::{InsertPlan, Step};
 use keel_connectors::nexmark::NexmarkSource;
 use keel_connectors::{BlackholeSink, FileSink, PrintSink, TopicSink, TopicSource, TopicSourceConfig};
 use keel_log::Log;
-use keel_runtime::ops::{Filter, Projection, WindowAggregate, WindowAssigner};
+use keel_runtime::ops::{Filter, Projection, WindowAggregate, WindowAssigner, WindowTopN};
 use keel_runtime::{JobDir, Operator, OperatorSpec, Partitioning, StageInput, StageSpec};
 use std::sync::Arc;
 
@@ -102,7 +102,9 @@ impl InsertBuilder<'_> {
         let sink = format!("sink {}: {:?} ({})", ins.sink.name, ins.sink_kind, ins.sink_kind.guarantee());
         match &ins.aggregate {
             None => {
-                stage0.push(sink);
+                if ins.top_n.is_none() {
+                    stage0.push(sink.clone());
+                }
                 let _ = writeln!(s, "  stage 0 x{p}: {}", stage0.join(" -> "));
             }
             Some(agg) => {
@@ -114,9 +116,18 @@ impl InsertBuilder<'_> {
                     agg.spec.aggregates.iter().map(|a| format!("{:?}", a.func)).collect::<Vec<_>>().join(", ")
                 )];
                 stage1.extend(ins.above.iter().map(describe_step));
-                stage1.push(sink);
+                if ins.top_n.is_none() {
+                    stage1.push(sink.clone());
+                }
                 let _ = writeln!(s, "  stage 1 x{p}: {}", stage1.join(" -> "));
             }
+        }
+        if let Some(t) = &ins.top_n {
+            let _ = writeln!(s, "    exchange: hash by the ROW_NUMBER() partition columns {:?}", t.partition_cols);
+            let mut last = vec!["window top-n (numbers each window partition when the window closes)".to_string()];
+            last.extend(ins.after_top_n.iter().map(describe_step));
+            last.push(sink);
+            let _ = writeln!(s, "  last stage x{p}: {}", last.join(" -> "));
         }
         let _ = writeln!(s, "DataFusion logical plan of the query:");
         for line in ins.logical_plan.lines() {
@@ -334,11 +345,18 @@ impl InsertBuilder<'_> {
             }));
         }
         chain0.extend(step_ops(&ins.below, &format!("{}pre", self.prefix)));
-        let sink = self.sink_op();
+        // The sink ends the last stage: the Top-N stage when there is one.
+        let mut sink = Some(self.sink_op());
+        let mut last_sink = |chain: &mut Vec<OperatorSpec>, here: bool| {
+            if here && let Some(s) = sink.take() {
+                chain.push(s);
+            }
+        };
+        let no_top_n = ins.top_n.is_none();
         let mut stages = vec![];
         match &ins.aggregate {
             None => {
-                chain0.push(sink);
+                last_sink(&mut chain0, no_top_n);
                 stages.push(StageSpec {
                     name: format!("{} -> {}", ins.source.name, ins.sink.name),
                     parallelism: p,
@@ -388,7 +406,7 @@ impl InsertBuilder<'_> {
                     Ok(Box::new(WindowAggregate::new(spec.clone())?))
                 })];
                 chain1.extend(step_ops(&ins.above, &format!("{}post", self.prefix)));
-                chain1.push(sink);
+                last_sink(&mut chain1, no_top_n);
                 stages.push(StageSpec {
                     name: format!("window aggregate -> {}", ins.sink.name),
                     parallelism: p,
@@ -399,6 +417,23 @@ impl InsertBuilder<'_> {
                     chain: chain1,
                 });
             }
+        }
+        if let Some(topn) = &ins.top_n {
+            let upstream = first_stage + stages.len() - 1;
+            let spec = topn.clone();
+            let mut chain =
+                vec![op(format!("{}window-top-n", self.prefix), move || Ok(Box::new(WindowTopN::new(spec.clone()))))];
+            chain.extend(step_ops(&ins.after_top_n, &format!("{}top-n", self.prefix)));
+            last_sink(&mut chain, true);
+            stages.push(StageSpec {
+                name: format!("window top-n -> {}", ins.sink.name),
+                parallelism: p,
+                input: StageInput::Upstream {
+                    stage: upstream,
+                    partitioning: Partitioning::Hash(topn.partition_cols.clone()),
+                },
+                chain,
+            });
         }
         Ok(stages)
     }

@@ -19,7 +19,7 @@ use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::{Expr, ExprSchemable, LogicalPlan};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::SessionContext;
-use keel_runtime::ops::{AggregateCall, AggregateFunction, GroupColumn, WindowAggregateSpec};
+use keel_runtime::ops::{AggregateCall, AggregateFunction, GroupColumn, TopNSpec, WindowAggregateSpec};
 use keel_types::WindowSpec;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -125,6 +125,10 @@ pub struct InsertPlan {
     pub logical_plan: String,
     /// The source's computed columns, added right after decoding.
     pub source_computed: Option<Computed>,
+    /// A window Top-N (`ROW_NUMBER() OVER (PARTITION BY window_start, window_end ...)`) after the
+    /// steps above, in a stage of its own; then `after_top_n` (usually the `rownum <= N` filter).
+    pub top_n: Option<Arc<TopNSpec>>,
+    pub after_top_n: Vec<Step>,
 }
 
 pub fn table_schema(def: &TableDef) -> SchemaRef {
@@ -215,15 +219,15 @@ pub(crate) fn plan_insert(
     // Refuse what the optimizer might otherwise quietly drop (an ORDER BY, for one).
     let mut refusal = None;
     let _ = plan.apply(|node| {
-        if matches!(
+        if (matches!(
             node,
             LogicalPlan::Sort(_)
                 | LogicalPlan::Limit(_)
                 | LogicalPlan::Join(_)
                 | LogicalPlan::Union(_)
-                | LogicalPlan::Window(_)
                 | LogicalPlan::Distinct(_)
-        ) && refusal.is_none()
+        ) || matches!(node, LogicalPlan::Window(w) if !is_window_row_number(w)))
+            && refusal.is_none()
         {
             refusal = Some(unsupported_node(node, query));
         }
@@ -301,8 +305,16 @@ pub(crate) fn plan_insert(
     }
     let mut aggregate = None;
     let mut above = vec![];
+    let mut top_n = None;
+    let mut after_top_n = vec![];
     for node in chain.iter().rev().skip(1) {
-        let steps = if aggregate.is_some() { &mut above } else { &mut below };
+        let steps = if top_n.is_some() {
+            &mut after_top_n
+        } else if aggregate.is_some() {
+            &mut above
+        } else {
+            &mut below
+        };
         match node {
             LogicalPlan::Filter(f) => {
                 steps.push(Step::Filter(physical(&state, f.predicate.clone(), f.input.schema())?))
@@ -334,6 +346,9 @@ pub(crate) fn plan_insert(
                     plan.spec = Arc::new(spec);
                 }
                 aggregate = Some(plan);
+            }
+            LogicalPlan::Window(w) if top_n.is_none() && is_window_row_number(w) => {
+                top_n = Some(plan_top_n(&state, w, query)?);
             }
             other => return Err(unsupported_node(other, query)),
         }
@@ -371,9 +386,13 @@ pub(crate) fn plan_insert(
         }
         casts.push(Arc::new(datafusion::physical_expr::expressions::Column::new(from.name(), i)));
     }
-    above.push(Step::Project(casts, sink_schema));
-    if aggregate.is_none() {
-        below.append(&mut above);
+    if top_n.is_some() {
+        after_top_n.push(Step::Project(casts, sink_schema));
+    } else {
+        above.push(Step::Project(casts, sink_schema));
+        if aggregate.is_none() {
+            below.append(&mut above);
+        }
     }
     let logical_plan = plan.display_indent().to_string();
     Ok(InsertPlan {
@@ -388,6 +407,8 @@ pub(crate) fn plan_insert(
         sink_kind,
         logical_plan,
         source_computed,
+        top_n,
+        after_top_n,
     })
 }
 
@@ -521,6 +542,54 @@ fn when(cond: &Expr, value: Expr) -> Expr {
         when_then_expr: vec![(Box::new(cond.clone()), Box::new(value))],
         else_expr: None,
     })
+}
+
+/// A window node Keel runs as a window Top-N: one `ROW_NUMBER()` partitioned by (at least)
+/// window_start and window_end.
+fn is_window_row_number(w: &datafusion::logical_expr::Window) -> bool {
+    let [e] = w.window_expr.as_slice() else { return false };
+    let Expr::WindowFunction(f) = strip_alias(e) else { return false };
+    let names: Vec<&str> = f
+        .params
+        .partition_by
+        .iter()
+        .filter_map(|p| if let Expr::Column(c) = strip_alias(p) { Some(c.name.as_str()) } else { None })
+        .collect();
+    f.fun.name().eq_ignore_ascii_case("row_number") && names.contains(&"window_start") && names.contains(&"window_end")
+}
+
+fn plan_top_n(state: &SessionState, w: &datafusion::logical_expr::Window, query: &[Tok]) -> Result<Arc<TopNSpec>> {
+    let input = w.input.schema();
+    let Some(Expr::WindowFunction(f)) = w.window_expr.first().map(strip_alias) else {
+        return Err(SqlError::Planning { context: "Top-N".into(), message: "expected ROW_NUMBER()".into() });
+    };
+    let mut partition_cols = vec![];
+    for p in &f.params.partition_by {
+        let Expr::Column(c) = strip_alias(p) else {
+            return Err(SqlError::unsupported(
+                script::find_keyword(query, &["PARTITION"]).unwrap_or_default(),
+                "a ROW_NUMBER() partition by an expression",
+                Some("partition by columns"),
+            ));
+        };
+        partition_cols.push(input.index_of_column(c).map_err(planning("Top-N partition"))?);
+    }
+    let window_end = input
+        .index_of_column_by_name(None, "window_end")
+        .or_else(|| input.columns().iter().position(|c| c.name == "window_end"))
+        .ok_or_else(|| SqlError::Planning { context: "Top-N".into(), message: "no window_end column".into() })?;
+    let mut order = vec![];
+    for s in &f.params.order_by {
+        let opts = arrow::compute::SortOptions { descending: !s.asc, nulls_first: s.nulls_first };
+        order.push((physical(state, s.expr.clone(), input)?, opts));
+    }
+    Ok(Arc::new(TopNSpec {
+        input_schema: Arc::new(input.as_arrow().clone()),
+        partition_cols,
+        window_end,
+        order,
+        output_schema: Arc::new(w.schema.as_arrow().clone()),
+    }))
 }
 
 fn strip_alias(e: &Expr) -> &Expr {

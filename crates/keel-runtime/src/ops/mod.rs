@@ -6,8 +6,10 @@ pub mod accumulators;
 pub mod aggregate;
 pub mod expr;
 mod session;
+pub mod topn;
 pub mod window;
 
 pub use aggregate::{AggregateCall, AggregateFunction, GroupColumn, WindowAggregate, WindowAggregateSpec};
 pub use expr::{Filter, Projection};
+pub use topn::{TopNSpec, WindowTopN};
 pub use window::WindowAssigner;

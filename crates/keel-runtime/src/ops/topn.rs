@@ -1,0 +1,180 @@
+//! Window Top-N: numbers the rows of each window partition by an ordering
+//! (`ROW_NUMBER() OVER (PARTITION BY window_start, window_end, ... ORDER BY ...)`) once the
+//! window has closed; a filter after it keeps the first N.
+//!
+//! Invariants: rows are held per window until the watermark reaches the window's end − 1, then
+//! numbered and emitted once, and forgotten; a row of an already closed window is late (counted,
+//! dropped); the held rows are checkpointed with the key group of their partition, so a restore at
+//! any parallelism gives each subtask the partitions it owns.
+
+use crate::error::{Result, RuntimeError};
+use crate::exchange::row_key_groups;
+use crate::metrics::Metrics;
+use crate::operator::{Operator, RestoredState, TaskContext};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array, UInt64Array};
+use arrow::compute::{SortColumn, SortOptions};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit, TimestampMillisecondType, UInt32Type};
+use arrow::row::{RowConverter, SortField};
+use datafusion::physical_expr::PhysicalExpr;
+use keel_types::KeyGroupRange;
+use keel_types::time::MIN_WATERMARK;
+use keel_types::window::is_late;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// What defines a window Top-N.
+#[derive(Debug, Clone)]
+pub struct TopNSpec {
+    pub input_schema: SchemaRef,
+    /// The PARTITION BY columns (they include window_start and window_end).
+    pub partition_cols: Vec<usize>,
+    pub window_end: usize,
+    pub order: Vec<(Arc<dyn PhysicalExpr>, SortOptions)>,
+    /// The input's columns plus the row number (UInt64).
+    pub output_schema: SchemaRef,
+}
+
+pub struct WindowTopN {
+    spec: Arc<TopNSpec>,
+    held: BTreeMap<i64, Vec<RecordBatch>>,
+    watermark: i64,
+    key_groups: u32,
+    metrics: Option<Arc<Metrics>>,
+}
+
+fn window_ends(batch: &RecordBatch, col: usize) -> Result<ArrayRef> {
+    arrow::compute::cast(batch.column(col), &DataType::Timestamp(TimeUnit::Millisecond, None))
+        .map_err(RuntimeError::arrow("window end"))
+}
+
+impl WindowTopN {
+    pub fn new(spec: Arc<TopNSpec>) -> Self {
+        WindowTopN {
+            spec,
+            held: BTreeMap::new(),
+            watermark: MIN_WATERMARK,
+            key_groups: keel_types::DEFAULT_KEY_GROUPS,
+            metrics: None,
+        }
+    }
+
+    fn hold(&mut self, batch: &RecordBatch) -> Result<u64> {
+        let ends = window_ends(batch, self.spec.window_end)?;
+        let ends = ends.as_primitive::<TimestampMillisecondType>();
+        let mut by_end: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+        let mut late = 0;
+        for i in 0..batch.num_rows() {
+            let e = ends.value(i);
+            if is_late(e, self.watermark) {
+                late += 1;
+            } else {
+                by_end.entry(e).or_default().push(i as u32);
+            }
+        }
+        for (e, idx) in by_end {
+            let part = arrow::compute::take_record_batch(batch, &UInt32Array::from(idx))
+                .map_err(RuntimeError::arrow("top-n"))?;
+            self.held.entry(e).or_default().push(part);
+        }
+        Ok(late)
+    }
+
+    /// Numbers the rows of one closed window within their partitions.
+    fn number(&self, rows: &RecordBatch) -> Result<RecordBatch> {
+        let n = rows.num_rows();
+        let mut sort_cols: Vec<SortColumn> = self
+            .spec
+            .partition_cols
+            .iter()
+            .map(|&c| SortColumn { values: rows.column(c).clone(), options: None })
+            .collect();
+        for (e, opts) in &self.spec.order {
+            let values =
+                e.evaluate(rows).and_then(|v| v.into_array(n)).map_err(RuntimeError::expr("Top-N ORDER BY"))?;
+            sort_cols.push(SortColumn { values, options: Some(*opts) });
+        }
+        let order = arrow::compute::lexsort_to_indices(&sort_cols, None).map_err(RuntimeError::arrow("Top-N sort"))?;
+        let sorted = arrow::compute::take_record_batch(rows, &order).map_err(RuntimeError::arrow("Top-N sort"))?;
+        let keys: Vec<ArrayRef> = self.spec.partition_cols.iter().map(|&c| sorted.column(c).clone()).collect();
+        let conv = RowConverter::new(keys.iter().map(|k| SortField::new(k.data_type().clone())).collect())
+            .map_err(RuntimeError::arrow("Top-N partitions"))?;
+        let key_rows = conv.convert_columns(&keys).map_err(RuntimeError::arrow("Top-N partitions"))?;
+        let mut numbers = Vec::with_capacity(n);
+        let mut k = 0u64;
+        for i in 0..n {
+            k = if i > 0 && key_rows.row(i) == key_rows.row(i - 1) { k + 1 } else { 1 };
+            numbers.push(k);
+        }
+        let mut cols = sorted.columns().to_vec();
+        cols.push(Arc::new(UInt64Array::from(numbers)));
+        RecordBatch::try_new(self.spec.output_schema.clone(), cols).map_err(RuntimeError::arrow("Top-N output"))
+    }
+}
+
+impl Operator for WindowTopN {
+    fn open(&mut self, ctx: &TaskContext, restored: RestoredState) -> Result<()> {
+        self.key_groups = ctx.key_groups;
+        self.metrics = Some(ctx.metrics.clone());
+        let range = KeyGroupRange::of_subtask(ctx.subtask, ctx.key_groups, ctx.parallelism);
+        let mut wm: Option<i64> = None;
+        for part in restored.parts.iter().filter(|p| !p.is_empty()) {
+            let batch = keel_state::batch_from_ipc(part, "Top-N state")?;
+            if let Some(w) = batch.schema().metadata().get("watermark").and_then(|w| w.parse::<i64>().ok()) {
+                wm = Some(wm.map_or(w, |m| m.min(w)));
+            }
+            let kg = batch.column(0).as_primitive::<UInt32Type>();
+            let keep: Vec<u32> =
+                (0..batch.num_rows() as u32).filter(|&i| range.contains(kg.value(i as usize))).collect();
+            let rows = arrow::compute::take_record_batch(&batch, &UInt32Array::from(keep))
+                .map_err(RuntimeError::arrow("restore"))?;
+            let rows = RecordBatch::try_new(self.spec.input_schema.clone(), rows.columns()[1..].to_vec())
+                .map_err(RuntimeError::arrow("Top-N state"))?;
+            self.hold(&rows)?;
+        }
+        if let Some(w) = wm {
+            self.watermark = w;
+        }
+        Ok(())
+    }
+
+    fn process(&mut self, batch: RecordBatch, _out: &mut Vec<RecordBatch>) -> Result<()> {
+        let late = self.hold(&batch)?;
+        if late > 0
+            && let Some(m) = &self.metrics
+        {
+            Metrics::add(&m.late_records, late);
+        }
+        Ok(())
+    }
+
+    fn on_watermark(&mut self, watermark: i64, out: &mut Vec<RecordBatch>) -> Result<()> {
+        self.watermark = self.watermark.max(watermark);
+        while let Some((&end, _)) = self.held.first_key_value() {
+            if !is_late(end, self.watermark) {
+                break;
+            }
+            let batches = self.held.remove(&end).unwrap_or_default();
+            let rows = arrow::compute::concat_batches(&self.spec.input_schema, &batches)
+                .map_err(RuntimeError::arrow("Top-N"))?;
+            if rows.num_rows() > 0 {
+                out.push(self.number(&rows)?);
+            }
+        }
+        Ok(())
+    }
+
+    fn snapshot(&mut self, _checkpoint: u64) -> Result<Option<Vec<u8>>> {
+        let batches: Vec<RecordBatch> = self.held.values().flatten().cloned().collect();
+        let rows = arrow::compute::concat_batches(&self.spec.input_schema, &batches)
+            .map_err(RuntimeError::arrow("Top-N snapshot"))?;
+        let groups = row_key_groups(&rows, &self.spec.partition_cols, self.key_groups)?;
+        let mut fields = vec![Field::new("key_group", DataType::UInt32, false)];
+        fields.extend(self.spec.input_schema.fields().iter().map(|f| f.as_ref().clone()));
+        let schema =
+            Arc::new(Schema::new(fields).with_metadata([("watermark".to_string(), self.watermark.to_string())].into()));
+        let mut cols: Vec<ArrayRef> = vec![Arc::new(UInt32Array::from(groups))];
+        cols.extend(rows.columns().iter().cloned());
+        let batch = RecordBatch::try_new(schema, cols).map_err(RuntimeError::arrow("Top-N snapshot"))?;
+        Ok(Some(keel_state::batch_to_ipc(&batch)?))
+    }
+}
