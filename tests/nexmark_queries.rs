@@ -187,6 +187,30 @@ fn nexmark_queries_give_the_results_computed_from_every_bid() {
     assert!(want.len() > 100, "expected many sessions, got {}", want.len());
     assert_eq!(got, want);
 
+    // q7: the highest-priced bid(s) of each 10 s window.
+    let mut best: BTreeMap<i64, i64> = BTreeMap::new();
+    for b in &bids {
+        let w = chrono_ms(b["dateTime"].as_str().unwrap()).div_euclid(10_000);
+        let p = b["price"].as_i64().unwrap();
+        let e = best.entry(w).or_insert(p);
+        *e = (*e).max(p);
+    }
+    let mut want: Vec<String> = bids
+        .iter()
+        .filter(|b| {
+            best[&chrono_ms(b["dateTime"].as_str().unwrap()).div_euclid(10_000)] == b["price"].as_i64().unwrap()
+        })
+        .map(|b| format!("{}|{}|{}|{}", b["auction"], b["price"], b["bidder"], b["dateTime"]))
+        .collect();
+    let mut got: Vec<String> = run_query("q7", "2")
+        .iter()
+        .map(|r| format!("{}|{}|{}|{}", r["auction"], r["price"], r["bidder"], r["dateTime"]))
+        .collect();
+    want.sort();
+    got.sort();
+    assert!(want.len() >= best.len());
+    assert_eq!(got, want);
+
     // q22: url directories.
     let dirs = |url: &str, i: usize| url.split('/').nth(i).map(str::to_string);
     let mut want: Vec<String> = bids

@@ -61,6 +61,7 @@ const NEXMARK_QUERIES: &[(&str, &str)] = &[
     ("q0", include_str!("../../nexmark/q0.sql")),
     ("q1", include_str!("../../nexmark/q1.sql")),
     ("q2", include_str!("../../nexmark/q2.sql")),
+    ("q7", include_str!("../../nexmark/q7.sql")),
     ("q11", include_str!("../../nexmark/q11.sql")),
     ("q14", include_str!("../../nexmark/q14.sql")),
     ("q21", include_str!("../../nexmark/q21.sql")),

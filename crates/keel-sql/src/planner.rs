@@ -555,7 +555,18 @@ fn is_window_row_number(w: &datafusion::logical_expr::Window) -> bool {
         .iter()
         .filter_map(|p| if let Expr::Column(c) = strip_alias(p) { Some(c.name.as_str()) } else { None })
         .collect();
-    f.fun.name().eq_ignore_ascii_case("row_number") && names.contains(&"window_start") && names.contains(&"window_end")
+    numbering(f.fun.name()).is_some() && names.contains(&"window_start") && names.contains(&"window_end")
+}
+
+/// The numbering a window function gives, if Keel runs it as a window Top-N.
+fn numbering(name: &str) -> Option<keel_runtime::ops::Numbering> {
+    use keel_runtime::ops::Numbering;
+    match name.to_ascii_lowercase().as_str() {
+        "row_number" => Some(Numbering::RowNumber),
+        "rank" => Some(Numbering::Rank),
+        "dense_rank" => Some(Numbering::DenseRank),
+        _ => None,
+    }
 }
 
 fn plan_top_n(state: &SessionState, w: &datafusion::logical_expr::Window, query: &[Tok]) -> Result<Arc<TopNSpec>> {
@@ -588,6 +599,7 @@ fn plan_top_n(state: &SessionState, w: &datafusion::logical_expr::Window, query:
         partition_cols,
         window_end,
         order,
+        numbering: numbering(f.fun.name()).unwrap_or(keel_runtime::ops::Numbering::RowNumber),
         output_schema: Arc::new(w.schema.as_arrow().clone()),
     }))
 }

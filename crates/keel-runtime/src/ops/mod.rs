@@ -11,5 +11,5 @@ pub mod window;
 
 pub use aggregate::{AggregateCall, AggregateFunction, GroupColumn, WindowAggregate, WindowAggregateSpec};
 pub use expr::{Filter, Projection};
-pub use topn::{TopNSpec, WindowTopN};
+pub use topn::{Numbering, TopNSpec, WindowTopN};
 pub use window::WindowAssigner;

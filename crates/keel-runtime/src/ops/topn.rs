@@ -22,6 +22,17 @@ use keel_types::window::is_late;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// ROW_NUMBER, RANK or DENSE_RANK.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Numbering {
+    /// 1, 2, 3, ... whatever the ties (which of tied rows comes first is unspecified, as in Flink).
+    RowNumber,
+    /// Tied rows share a number; the next number skips (1, 1, 3).
+    Rank,
+    /// Tied rows share a number; the next does not skip (1, 1, 2).
+    DenseRank,
+}
+
 /// What defines a window Top-N.
 #[derive(Debug, Clone)]
 pub struct TopNSpec {
@@ -30,6 +41,8 @@ pub struct TopNSpec {
     pub partition_cols: Vec<usize>,
     pub window_end: usize,
     pub order: Vec<(Arc<dyn PhysicalExpr>, SortOptions)>,
+    /// How rows that tie on the ordering are numbered.
+    pub numbering: Numbering,
     /// The input's columns plus the row number (UInt64).
     pub output_schema: SchemaRef,
 }
@@ -88,9 +101,11 @@ impl WindowTopN {
             .iter()
             .map(|&c| SortColumn { values: rows.column(c).clone(), options: None })
             .collect();
+        let mut order_values = vec![];
         for (e, opts) in &self.spec.order {
             let values =
                 e.evaluate(rows).and_then(|v| v.into_array(n)).map_err(RuntimeError::expr("Top-N ORDER BY"))?;
+            order_values.push((values.clone(), *opts));
             sort_cols.push(SortColumn { values, options: Some(*opts) });
         }
         let order = arrow::compute::lexsort_to_indices(&sort_cols, None).map_err(RuntimeError::arrow("Top-N sort"))?;
@@ -99,11 +114,31 @@ impl WindowTopN {
         let conv = RowConverter::new(keys.iter().map(|k| SortField::new(k.data_type().clone())).collect())
             .map_err(RuntimeError::arrow("Top-N partitions"))?;
         let key_rows = conv.convert_columns(&keys).map_err(RuntimeError::arrow("Top-N partitions"))?;
+        // The ordering values in sorted order, comparable as rows (to find ties).
+        let ord: Vec<ArrayRef> = order_values
+            .iter()
+            .map(|(v, _)| arrow::compute::take(v, &order, None))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(RuntimeError::arrow("Top-N ties"))?;
+        let ord_conv = RowConverter::new(
+            order_values.iter().map(|(v, o)| SortField::new_with_options(v.data_type().clone(), *o)).collect(),
+        )
+        .map_err(RuntimeError::arrow("Top-N ties"))?;
+        let ord_rows = ord_conv.convert_columns(&ord).map_err(RuntimeError::arrow("Top-N ties"))?;
         let mut numbers = Vec::with_capacity(n);
-        let mut k = 0u64;
+        let (mut position, mut number) = (0u64, 0u64);
         for i in 0..n {
-            k = if i > 0 && key_rows.row(i) == key_rows.row(i - 1) { k + 1 } else { 1 };
-            numbers.push(k);
+            let same_partition = i > 0 && key_rows.row(i) == key_rows.row(i - 1);
+            let tie = same_partition && !ord.is_empty() && ord_rows.row(i) == ord_rows.row(i - 1);
+            position = if same_partition { position + 1 } else { 1 };
+            number = match self.spec.numbering {
+                Numbering::RowNumber => position,
+                Numbering::Rank | Numbering::DenseRank if tie => number,
+                Numbering::Rank => position,
+                Numbering::DenseRank if same_partition => number + 1,
+                Numbering::DenseRank => 1,
+            };
+            numbers.push(number);
         }
         let mut cols = sorted.columns().to_vec();
         cols.push(Arc::new(UInt64Array::from(numbers)));
