@@ -116,20 +116,7 @@ fn a_watched_directory_picks_up_new_files() {
     f.write_all(json_lines(&evs).as_bytes()).unwrap();
     drop(f);
     std::fs::rename(input.join(".new.tmp"), input.join("new.jsonl")).unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let rows = loop {
-        let rows = keel::log::Log::open(dir.path())
-            .unwrap()
-            .topic("totals")
-            .map(|_| topic_rows(dir.path(), "totals"))
-            .unwrap_or_default();
-        if rows.len() >= 2 {
-            break rows;
-        }
-        assert!(std::time::Instant::now() < deadline, "the new file was not picked up within 60 s");
-        assert!(child.try_wait().unwrap().is_none(), "keel exited");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let rows = wait_for_rows(dir.path(), "totals", 2, &mut child, "the new file was not picked up");
     child.kill().unwrap();
     child.wait().unwrap();
     let mut n: Vec<i64> = rows.iter().map(|r| r["n"].as_i64().unwrap()).collect();

@@ -153,3 +153,25 @@ pub fn manifest_dir() -> std::path::PathBuf {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
 }
+
+/// Waits (up to 60 s) until topic `topic` holds at least `n` committed rows while `child` keeps
+/// running; returns them. Fails if the child exits or time runs out.
+pub fn wait_for_rows(
+    data: &Path,
+    topic: &str,
+    n: usize,
+    child: &mut std::process::Child,
+    what: &str,
+) -> Vec<serde_json::Value> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let rows =
+            keel::log::Log::open(data).unwrap().topic(topic).map(|_| topic_rows(data, topic)).unwrap_or_default();
+        if rows.len() >= n {
+            return rows;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: no {n} rows within 60 s");
+        assert!(child.try_wait().unwrap().is_none(), "{what}: keel exited");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

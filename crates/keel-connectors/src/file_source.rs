@@ -10,8 +10,8 @@
 use crate::error::ConnectorError;
 use crate::json::JsonDecoder;
 use crate::topic_source::BadRecordPolicy;
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{DataType, SchemaRef, TimeUnit, TimestampMillisecondType};
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
 use keel_runtime::{Metrics, RestoredState, Result, RuntimeError, Source, SourcePoll, TaskContext, WatermarkStatus};
 use keel_types::time::MIN_WATERMARK;
 use serde::{Deserialize, Serialize};
@@ -179,19 +179,6 @@ impl FileSource {
     }
 }
 
-fn max_millis(col: &dyn Array) -> Result<Option<i64>> {
-    let t = DataType::Timestamp(TimeUnit::Millisecond, None);
-    let owned;
-    let col = if col.data_type() == &t {
-        col
-    } else {
-        owned = arrow::compute::cast(&arrow::array::make_array(col.to_data()), &t)
-            .map_err(RuntimeError::arrow("event time"))?;
-        owned.as_ref()
-    };
-    Ok(arrow::compute::max(col.as_primitive::<TimestampMillisecondType>()))
-}
-
 impl Source for FileSource {
     fn open(&mut self, ctx: &TaskContext, restored: RestoredState) -> Result<()> {
         self.parallelism = ctx.parallelism;
@@ -243,7 +230,7 @@ impl Source for FileSource {
             f.offset = start + buf.len() as u64;
             if let Some((col, _)) = self.cfg.event_time
                 && batch.num_rows() > 0
-                && let Some(m) = max_millis(batch.column(col))?
+                && let Some(m) = crate::topic_source::max_millis(batch.column(col))?
             {
                 f.max_ts = f.max_ts.max(m);
             }

@@ -194,7 +194,8 @@ impl TopicSource {
     }
 }
 
-fn max_millis(col: &dyn Array) -> Result<Option<i64>> {
+/// The largest value of a time column, in epoch milliseconds.
+pub(crate) fn max_millis(col: &dyn Array) -> Result<Option<i64>> {
     let t = DataType::Timestamp(TimeUnit::Millisecond, None);
     let owned;
     let col = if col.data_type() == &t {
