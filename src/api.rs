@@ -113,6 +113,17 @@ pub struct PipelineBuilder {
     description: Vec<String>,
 }
 
+/// A table column for an Arrow field.
+fn column_def(f: &Field, nullable: bool) -> ColumnDef {
+    ColumnDef {
+        name: f.name().clone(),
+        data_type: f.data_type().clone(),
+        nullable,
+        pos: Pos::default(),
+        computed: None,
+    }
+}
+
 fn df_schema(s: &SchemaRef) -> Result<Arc<DFSchema>, ApiError> {
     DFSchema::try_from(s.as_ref().clone()).map(Arc::new).map_err(|e| ApiError::Invalid(e.to_string()))
 }
@@ -144,17 +155,7 @@ impl PipelineBuilder {
         if schema.index_of(time_column).is_err() {
             return Err(ApiError::Invalid(format!("the source schema has no time column {time_column}")));
         }
-        let columns = schema
-            .fields()
-            .iter()
-            .map(|f| ColumnDef {
-                computed: None,
-                name: f.name().clone(),
-                data_type: f.data_type().clone(),
-                nullable: f.is_nullable(),
-                pos: Pos::default(),
-            })
-            .collect();
+        let columns = schema.fields().iter().map(|f| column_def(f, f.is_nullable())).collect();
         let source = TableDef {
             name: topic.to_string(),
             pos: Pos::default(),
@@ -303,17 +304,7 @@ impl PipelineBuilder {
 
     fn finish(mut self, sink_name: &str, kind: SinkKind) -> Result<BuiltPipeline, ApiError> {
         let arrow_schema = Arc::new(self.schema.as_arrow().clone());
-        let cols: Vec<ColumnDef> = arrow_schema
-            .fields()
-            .iter()
-            .map(|f| ColumnDef {
-                computed: None,
-                name: f.name().clone(),
-                data_type: f.data_type().clone(),
-                nullable: true,
-                pos: Pos::default(),
-            })
-            .collect();
+        let cols: Vec<ColumnDef> = arrow_schema.fields().iter().map(|f| column_def(f, true)).collect();
         let sink_schema = Arc::new(Schema::new(
             cols.iter().map(|c| Field::new(&c.name, c.data_type.clone(), true)).collect::<Vec<_>>(),
         ));

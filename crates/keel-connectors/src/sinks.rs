@@ -45,15 +45,7 @@ impl Operator for TopicSink {
         self.partitions = topic.partitions();
         self.next = ctx.subtask % self.partitions;
         self.metrics = Some(ctx.metrics.clone());
-        self.writer = Some(StagedTopicWriter::open(
-            topic,
-            &ctx.job_dir,
-            &self.uid,
-            &ctx.run_id,
-            ctx.subtask,
-            ctx.parallelism,
-            restored.checkpoint,
-        )?);
+        self.writer = Some(StagedTopicWriter::for_task(topic, ctx, &self.uid, restored.checkpoint)?);
         Ok(())
     }
 

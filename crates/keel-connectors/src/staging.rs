@@ -113,6 +113,11 @@ impl StagedTopicWriter {
         Ok(())
     }
 
+    /// `open` for the subtask described by `ctx`, restoring from checkpoint `restored`.
+    pub fn for_task(topic: Topic, ctx: &keel_runtime::TaskContext, uid: &str, restored: Option<u64>) -> Result<Self> {
+        Self::open(topic, &ctx.job_dir, uid, &ctx.run_id, ctx.subtask, ctx.parallelism, restored)
+    }
+
     /// Stages one record for `partition` in the current transaction.
     pub fn write(&mut self, partition: u32, key: Option<&[u8]>, value: &[u8]) -> Result<()> {
         let f = match self.current.get_mut(&partition) {

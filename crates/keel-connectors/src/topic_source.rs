@@ -237,15 +237,7 @@ impl Source for TopicSource {
         if let BadRecordPolicy::DeadLetter { topic } = &self.cfg.bad_records {
             let dl = log.topic_or_create(topic, TopicConfig::new(1)).map_err(ConnectorError::from)?;
             let uid = format!("{}-dead-letters", self.uid);
-            self.dead_letters = Some(StagedTopicWriter::open(
-                dl,
-                &ctx.job_dir,
-                &uid,
-                &ctx.run_id,
-                ctx.subtask,
-                ctx.parallelism,
-                restored.checkpoint,
-            )?);
+            self.dead_letters = Some(StagedTopicWriter::for_task(dl, ctx, &uid, restored.checkpoint)?);
         }
         Ok(())
     }

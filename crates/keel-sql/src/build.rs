@@ -388,15 +388,7 @@ impl InsertBuilder<'_> {
                         let t = Log::open(&data_dir)
                             .and_then(|l| l.topic(&topic))
                             .map_err(keel_connectors::ConnectorError::from)?;
-                        let writer = keel_connectors::staging::StagedTopicWriter::open(
-                            t,
-                            &ctx.job_dir,
-                            &uid,
-                            &ctx.run_id,
-                            ctx.subtask,
-                            ctx.parallelism,
-                            restored,
-                        )?;
+                        let writer = keel_connectors::staging::StagedTopicWriter::for_task(t, ctx, &uid, restored)?;
                         Ok(Box::new(keel_connectors::staging::DeadLetterOutput { table: table.clone(), writer })
                             as Box<dyn keel_runtime::SideOutput>)
                     })));
