@@ -9,6 +9,7 @@
 //! channel (`Message` on data edges, `Control` and `Event` with the coordinator), the seam a
 //! network transport would implement.
 
+pub mod changelog;
 pub mod coordinator;
 pub mod error;
 pub mod exchange;
@@ -20,6 +21,7 @@ pub mod operator;
 pub mod ops;
 mod task;
 
+pub use changelog::RowKind;
 pub use coordinator::JobOutcome;
 pub use error::{Result, RuntimeError};
 pub use exchange::Partitioning;
