@@ -2,7 +2,8 @@
 //! source or by the previous stage through a partitioning. The SQL planner and the Rust API both
 //! build this; the job runner turns it into tasks.
 //!
-//! Invariants: stage 0 has a source; every other stage reads exactly one earlier stage; operator
+//! Invariants: stage 0 has a source; every other stage has a source or reads one or two (a join)
+//! earlier stages; operator
 //! uids are unique within the graph (they name state in checkpoints).
 
 use crate::error::{Result, RuntimeError};
@@ -22,6 +23,20 @@ pub struct OperatorSpec {
 pub enum StageInput {
     Source { uid: String, factory: SourceFactory },
     Upstream { stage: usize, partitioning: Partitioning },
+    /// Two earlier stages (a join): the first operator of the chain gets each batch with the
+    /// side it came from (0 = left, 1 = right) through `Operator::process_side`.
+    TwoInputs { left: (usize, Partitioning), right: (usize, Partitioning) },
+}
+
+impl StageInput {
+    /// The stages this input reads, with their partitioning, in side order.
+    pub fn upstreams(&self) -> Vec<(usize, &Partitioning)> {
+        match self {
+            StageInput::Source { .. } => vec![],
+            StageInput::Upstream { stage, partitioning } => vec![(*stage, partitioning)],
+            StageInput::TwoInputs { left, right } => vec![(left.0, &left.1), (right.0, &right.1)],
+        }
+    }
 }
 
 /// A set of identical subtasks running one chain.
@@ -53,14 +68,18 @@ impl JobGraph {
                         return Err(RuntimeError::Internal(format!("operator uid '{uid}' is used twice")));
                     }
                 }
-                StageInput::Upstream { stage: up, partitioning } => {
-                    if *up >= i {
-                        return Err(RuntimeError::Internal(format!(
-                            "stage {i} reads stage {up}, which is not before it"
-                        )));
-                    }
-                    if *partitioning == Partitioning::Forward && self.stages[*up].parallelism != stage.parallelism {
-                        return Err(RuntimeError::Internal(format!("forward edge into stage {i} changes parallelism")));
+                input => {
+                    for (up, partitioning) in input.upstreams() {
+                        if up >= i {
+                            return Err(RuntimeError::Internal(format!(
+                                "stage {i} reads stage {up}, which is not before it"
+                            )));
+                        }
+                        if *partitioning == Partitioning::Forward && self.stages[up].parallelism != stage.parallelism {
+                            return Err(RuntimeError::Internal(format!(
+                                "forward edge into stage {i} changes parallelism"
+                            )));
+                        }
                     }
                 }
             }

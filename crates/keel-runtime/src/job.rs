@@ -247,23 +247,23 @@ fn run_attempt(
 
     // Edges: receivers[stage][subtask] = inputs of that subtask; senders per upstream subtask.
     let n = graph.stages.len();
-    let mut inputs: Vec<Vec<Vec<Receiver<Message>>>> =
+    let mut inputs: Vec<Vec<Vec<(usize, Receiver<Message>)>>> =
         graph.stages.iter().map(|s| (0..s.parallelism).map(|_| Vec::new()).collect()).collect();
     let mut outputs: Vec<Vec<Vec<OutputEdge>>> =
         graph.stages.iter().map(|s| (0..s.parallelism).map(|_| Vec::new()).collect()).collect();
     for (si, stage) in graph.stages.iter().enumerate() {
-        if let StageInput::Upstream { stage: up, partitioning } = &stage.input {
-            let up_p = graph.stages[*up].parallelism as usize;
+        for (side, (up, partitioning)) in stage.input.upstreams().into_iter().enumerate() {
+            let up_p = graph.stages[up].parallelism as usize;
             let mut senders: Vec<Vec<Sender<Message>>> = vec![Vec::new(); up_p];
             for subtask_inputs in inputs[si].iter_mut() {
                 for s in senders.iter_mut() {
                     let (tx, rx) = bounded(config.channel_capacity);
                     s.push(tx);
-                    subtask_inputs.push(rx);
+                    subtask_inputs.push((side, rx));
                 }
             }
             for (i, s) in senders.into_iter().enumerate() {
-                outputs[*up][i].push(OutputEdge { partitioning: partitioning.clone(), senders: s, next: i });
+                outputs[up][i].push(OutputEdge { partitioning: partitioning.clone(), senders: s, next: i });
             }
         }
     }
@@ -315,7 +315,9 @@ fn run_attempt(
                         src.open(&ctx, restored_for(chk.as_ref(), uid, ctx.subtask, ctx.parallelism)?)?;
                         run_source_task(uid, src, chain, link)
                     }
-                    StageInput::Upstream { .. } => run_input_task(my_inputs, chain, link),
+                    StageInput::Upstream { .. } | StageInput::TwoInputs { .. } => {
+                        run_input_task(my_inputs, chain, link)
+                    }
                 }
             };
             let events = events_tx.clone();

@@ -61,6 +61,17 @@ pub trait Operator: Send {
     }
     /// Processes one batch, appending results to `out`.
     fn process(&mut self, batch: RecordBatch, out: &mut Vec<RecordBatch>) -> Result<()>;
+    /// Processes one batch from input `side` of a two-input stage (0 = left, 1 = right; the
+    /// left side also arrives through `process`). Only the first operator of a join stage gets
+    /// side 1; for any other operator it is an internal error.
+    fn process_side(&mut self, side: usize, batch: RecordBatch, out: &mut Vec<RecordBatch>) -> Result<()> {
+        match side {
+            0 => self.process(batch, out),
+            _ => Err(crate::error::RuntimeError::Internal(format!(
+                "operator got a batch on input side {side} but has one input"
+            ))),
+        }
+    }
     /// The task's watermark advanced to `watermark`; emit what it completes.
     fn on_watermark(&mut self, _watermark: i64, _out: &mut Vec<RecordBatch>) -> Result<()> {
         Ok(())

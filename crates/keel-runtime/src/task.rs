@@ -43,6 +43,22 @@ fn disconnected() -> RuntimeError {
 }
 
 impl Chain {
+    /// A batch from input `side` of a two-input stage into the first operator.
+    fn push_side(&mut self, side: usize, batch: RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        if side == 0 || self.ops.is_empty() {
+            return self.push(0, batch);
+        }
+        let mut out = Vec::new();
+        self.ops[0].1.process_side(side, batch, &mut out)?;
+        for b in out {
+            self.push(1, b)?;
+        }
+        Ok(())
+    }
+
     fn push(&mut self, from: usize, batch: RecordBatch) -> Result<()> {
         if batch.num_rows() == 0 {
             return Ok(());
@@ -245,7 +261,7 @@ struct InputState {
 }
 
 /// Runs a subtask that reads input edges, until shutdown.
-pub(crate) fn run_input_task(inputs: Vec<Receiver<Message>>, mut chain: Chain, link: TaskLink) -> Result<()> {
+pub(crate) fn run_input_task(inputs: Vec<(usize, Receiver<Message>)>, mut chain: Chain, link: TaskLink) -> Result<()> {
     let mut st = vec![InputState { wm: MIN_WATERMARK, idle: false, ended: false, blocked: false }; inputs.len()];
     let mut current_wm = MIN_WATERMARK;
     let mut sent_idle = false;
@@ -257,7 +273,7 @@ pub(crate) fn run_input_task(inputs: Vec<Receiver<Message>>, mut chain: Chain, l
         for (i, input) in inputs.iter().enumerate() {
             if !st[i].ended && !st[i].blocked {
                 map.push(i);
-                sel.recv(input);
+                sel.recv(&input.1);
             }
         }
         let oper = sel.select();
@@ -271,9 +287,9 @@ pub(crate) fn run_input_task(inputs: Vec<Receiver<Message>>, mut chain: Chain, l
             continue;
         }
         let i = map[oper.index() - 1];
-        let msg = oper.recv(&inputs[i]).map_err(|_| RuntimeError::Cancelled("an upstream task stopped".into()))?;
+        let msg = oper.recv(&inputs[i].1).map_err(|_| RuntimeError::Cancelled("an upstream task stopped".into()))?;
         match msg {
-            Message::Data(batch) => chain.push(0, batch)?,
+            Message::Data(batch) => chain.push_side(inputs[i].0, batch)?,
             Message::Watermark(wm) => {
                 st[i].wm = st[i].wm.max(wm);
                 st[i].idle = false;
@@ -416,7 +432,7 @@ mod tests {
             is_last_stage: false,
         };
         let handle = std::thread::spawn(move || {
-            run_input_task(vec![ra, rb], chain, TaskLink { task: 0, control: ctl_rx, events: ev_tx })
+            run_input_task(vec![(0, ra), (0, rb)], chain, TaskLink { task: 0, control: ctl_rx, events: ev_tx })
         });
         let mut events = vec![];
         // The task reports TaskEnded once every input ended; then it waits for shutdown.

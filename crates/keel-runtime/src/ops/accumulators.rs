@@ -3,13 +3,17 @@
 //! MAX keep the input's type; SUM, AVG, MIN and MAX of no non-NULL values are NULL.
 //!
 //! Each accumulator holds one slot per group (indexed by group id); slots are reused after a
-//! group is emitted (`reset`). Integer-like inputs (all integer widths, timestamps, dates) are
+//! group is emitted (`reset`). A retractable accumulator (`new_retractable`, for aggregates over
+//! a changelog) also takes rows back (`retract`): COUNT, SUM and AVG subtract; MIN, MAX and
+//! COUNT(DISTINCT) keep a multiset of values (value → multiplicity) so the next value is known
+//! when the current one is retracted. Integer-like inputs (all integer widths, timestamps, dates) are
 //! accumulated as i64, floats as f64, decimals as i128 at the input's scale, strings as `String`.
 
 use crate::error::{Result, RuntimeError};
 use arrow::array::{Array, ArrayRef, AsArray, Decimal128Array, Float64Array, Int64Array, PrimitiveArray, StringArray};
 use arrow::datatypes::{ArrowPrimitiveType, DataType, Decimal128Type, Field, Float64Type, Int64Type};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// The aggregate functions the window aggregate supports.
@@ -33,6 +37,8 @@ enum Values {
     Float(Vec<f64>),
     Decimal(Vec<i128>, u8, i8),
     Str(Vec<Option<String>>),
+    /// Values with their multiplicities per group, in Arrow's row format (ordered as the values).
+    Multiset(Vec<BTreeMap<Box<[u8]>, i64>>, Box<arrow::row::RowConverter>),
 }
 
 /// One aggregate's slots for all groups.
@@ -100,6 +106,96 @@ impl Accumulator {
         Ok(Accumulator { func, values, counts: vec![] })
     }
 
+    /// An accumulator that can also take rows back (`retract`).
+    pub fn new_retractable(func: AggregateFunction, input: Option<&DataType>) -> Result<Self> {
+        match (func, input) {
+            (AggregateFunction::Min | AggregateFunction::Max | AggregateFunction::CountDistinct, Some(t)) => {
+                let conv = arrow::row::RowConverter::new(vec![arrow::row::SortField::new(t.clone())])
+                    .map_err(RuntimeError::arrow("aggregate values"))?;
+                Ok(Accumulator { func, values: Values::Multiset(vec![], Box::new(conv)), counts: vec![] })
+            }
+            _ => Self::new(func, input),
+        }
+    }
+
+    /// Takes row `i` of `arg` back out of group `groups[i]`, for every row (the inverse of
+    /// `update`). Only for COUNT, SUM, AVG and retractable accumulators.
+    pub fn retract(&mut self, groups: &[u32], arg: Option<&ArrayRef>) -> Result<()> {
+        let func = self.func;
+        let Some(arg) = arg.filter(|_| func != AggregateFunction::CountStar) else {
+            for &g in groups {
+                self.counts[g as usize] -= 1;
+            }
+            return Ok(());
+        };
+        if func == AggregateFunction::Count {
+            for (i, &g) in groups.iter().enumerate() {
+                if arg.is_valid(i) {
+                    self.counts[g as usize] -= 1;
+                }
+            }
+            return Ok(());
+        }
+        let cast = |t: &DataType| arrow::compute::cast(arg, t).map_err(RuntimeError::arrow("aggregate argument"));
+        fn sub<T: ArrowPrimitiveType>(
+            vals: &mut [T::Native],
+            counts: &mut [i64],
+            groups: &[u32],
+            a: &PrimitiveArray<T>,
+            minus: impl Fn(T::Native, T::Native) -> T::Native,
+        ) {
+            for (i, &g) in groups.iter().enumerate() {
+                if a.is_valid(i) {
+                    vals[g as usize] = minus(vals[g as usize], a.value(i));
+                    counts[g as usize] -= 1;
+                }
+            }
+        }
+        match &mut self.values {
+            Values::Multiset(sets, conv) => {
+                let rows =
+                    conv.convert_columns(std::slice::from_ref(arg)).map_err(RuntimeError::arrow("aggregate values"))?;
+                for (i, &g) in groups.iter().enumerate() {
+                    if !arg.is_valid(i) {
+                        continue;
+                    }
+                    let set = &mut sets[g as usize];
+                    let key = rows.row(i).data();
+                    if let Some(n) = set.get_mut(key) {
+                        *n -= 1;
+                        if *n <= 0 {
+                            set.remove(key);
+                        }
+                        if func != AggregateFunction::CountDistinct {
+                            self.counts[g as usize] -= 1;
+                        }
+                    }
+                    if func == AggregateFunction::CountDistinct {
+                        self.counts[g as usize] = set.len() as i64;
+                    }
+                }
+            }
+            Values::Int(vals) if matches!(func, AggregateFunction::Sum | AggregateFunction::Avg) => {
+                let a = cast(&DataType::Int64)?;
+                sub(vals, &mut self.counts, groups, a.as_primitive::<Int64Type>(), i64::wrapping_sub);
+            }
+            Values::Float(vals) if matches!(func, AggregateFunction::Sum | AggregateFunction::Avg) => {
+                let a = cast(&DataType::Float64)?;
+                sub(vals, &mut self.counts, groups, a.as_primitive::<Float64Type>(), |x, y| x - y);
+            }
+            Values::Decimal(vals, p, s) if matches!(func, AggregateFunction::Sum | AggregateFunction::Avg) => {
+                let a = cast(&DataType::Decimal128(*p, *s))?;
+                sub(vals, &mut self.counts, groups, a.as_primitive::<Decimal128Type>(), i128::wrapping_sub);
+            }
+            _ => {
+                return Err(RuntimeError::Internal(format!(
+                    "{func:?} accumulator is not retractable (create it with new_retractable)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Makes slots `0..n` exist.
     pub fn ensure(&mut self, n: usize) {
         if self.counts.len() >= n {
@@ -112,6 +208,7 @@ impl Accumulator {
             Values::Float(v) => v.resize(n, 0.0),
             Values::Decimal(v, _, _) => v.resize(n, 0),
             Values::Str(v) => v.resize(n, None),
+            Values::Multiset(v, _) => v.resize_with(n, Default::default),
         }
     }
 
@@ -124,6 +221,7 @@ impl Accumulator {
             Values::Float(v) => v[g] = 0.0,
             Values::Decimal(v, _, _) => v[g] = 0,
             Values::Str(v) => v[g] = None,
+            Values::Multiset(v, _) => v[g] = Default::default(),
         }
     }
 
@@ -167,6 +265,16 @@ impl Accumulator {
                 self.counts[into] = v[into].len() as i64;
                 return;
             }
+            Values::Multiset(v, _) => {
+                let other = v[from].clone();
+                for (k, n) in other {
+                    *v[into].entry(k).or_insert(0) += n;
+                }
+                if func == AggregateFunction::CountDistinct {
+                    self.counts[into] = v[into].len() as i64;
+                    return;
+                }
+            }
             Values::Int(v) => v[into] = pick(func, v[into], v[from], ci, cf, i64::wrapping_add),
             Values::Float(v) => v[into] = pick(func, v[into], v[from], ci, cf, |a, b| a + b),
             Values::Decimal(v, _, _) => v[into] = pick(func, v[into], v[from], ci, cf, i128::wrapping_add),
@@ -209,6 +317,18 @@ impl Accumulator {
                 for (i, &g) in groups.iter().enumerate() {
                     if arg.is_valid(i) && sets[g as usize].insert(rows.row(i).data().into()) {
                         self.counts[g as usize] += 1;
+                    }
+                }
+            }
+            Values::Multiset(sets, conv) => {
+                let rows =
+                    conv.convert_columns(std::slice::from_ref(arg)).map_err(RuntimeError::arrow("aggregate values"))?;
+                for (i, &g) in groups.iter().enumerate() {
+                    if arg.is_valid(i) {
+                        let set = &mut sets[g as usize];
+                        *set.entry(rows.row(i).data().into()).or_insert(0) += 1;
+                        self.counts[g as usize] =
+                            if func == AggregateFunction::CountDistinct { set.len() as i64 } else { self.counts[g as usize] + 1 };
                     }
                 }
             }
@@ -273,6 +393,33 @@ impl Accumulator {
                 .map_err(RuntimeError::arrow("decimal aggregate"))?,
             ),
             (Values::Str(v), _) => Arc::new(StringArray::from_iter(groups.iter().map(|&g| v[g as usize].clone()))),
+            (Values::Multiset(sets, conv), f) => {
+                // One value per group (the smallest or largest), NULL for an empty group.
+                let parser = conv.parser();
+                let picked: Vec<Option<&[u8]>> = groups
+                    .iter()
+                    .map(|&g| {
+                        let set = &sets[g as usize];
+                        let e = if f == AggregateFunction::Max { set.keys().next_back() } else { set.keys().next() };
+                        e.map(|k| k.as_ref())
+                    })
+                    .collect();
+                let present: Vec<arrow::row::Row<'_>> = picked.iter().flatten().map(|k| parser.parse(k)).collect();
+                let values = conv.convert_rows(present).map_err(RuntimeError::arrow("aggregate values"))?;
+                let values = &values[0];
+                let mut at = 0;
+                let idx: Vec<Option<u32>> = picked
+                    .iter()
+                    .map(|p| {
+                        p.map(|_| {
+                            at += 1;
+                            at as u32 - 1
+                        })
+                    })
+                    .collect();
+                arrow::compute::take(values.as_ref(), &arrow::array::UInt32Array::from(idx), None)
+                    .map_err(RuntimeError::arrow("aggregate values"))?
+            }
             (Values::Distinct(..), f) => {
                 return Err(RuntimeError::Internal(format!(
                     "distinct values kept for {f:?}, which is not COUNT(DISTINCT)"
@@ -298,6 +445,18 @@ impl Accumulator {
                     for v in &sets[g as usize] {
                         blob.extend_from_slice(&(v.len() as u32).to_le_bytes());
                         blob.extend_from_slice(v);
+                    }
+                    blob
+                }))))
+            }
+            Values::Multiset(sets, _) => {
+                Some(Arc::new(arrow::array::BinaryArray::from_iter_values(groups.iter().map(|&g| {
+                    // Length-prefixed row-format values, each followed by its multiplicity.
+                    let mut blob = Vec::new();
+                    for (v, n) in &sets[g as usize] {
+                        blob.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                        blob.extend_from_slice(v);
+                        blob.extend_from_slice(&n.to_le_bytes());
                     }
                     blob
                 }))))
@@ -342,6 +501,23 @@ impl Accumulator {
                         }
                         set.insert(blob[4..4 + n].into());
                         blob = &blob[4 + n..];
+                    }
+                }
+            }
+            Values::Multiset(sets, _) => {
+                let a = vals.as_binary_opt::<i32>().ok_or_else(bad)?;
+                for (i, &g) in groups.iter().enumerate() {
+                    let mut blob = a.value(i);
+                    let set = &mut sets[g as usize];
+                    while blob.len() >= 4 {
+                        let n = u32::from_le_bytes([blob[0], blob[1], blob[2], blob[3]]) as usize;
+                        if blob.len() < 4 + n + 8 {
+                            return Err(bad());
+                        }
+                        let mut m = [0u8; 8];
+                        m.copy_from_slice(&blob[4 + n..12 + n]);
+                        set.insert(blob[4..4 + n].into(), i64::from_le_bytes(m));
+                        blob = &blob[12 + n..];
                     }
                 }
             }
@@ -414,6 +590,40 @@ mod tests {
         b.update(&[0, 0], Some(&more)).unwrap();
         let n = b.evaluate(&[0, 1], &DataType::Int64).unwrap();
         assert_eq!(n.as_primitive::<Int64Type>().values(), &[3, 1]);
+    }
+
+    #[test]
+    fn retraction_gives_back_the_previous_results() {
+        let arg: ArrayRef = Arc::new(Int32Array::from(vec![Some(5), Some(3), Some(9), None, Some(3)]));
+        let groups = [0u32, 0, 0, 0, 0];
+        let gone: ArrayRef = Arc::new(Int32Array::from(vec![Some(3), Some(9)]));
+        let result = |f, t: &DataType| {
+            let mut a = Accumulator::new_retractable(f, Some(&DataType::Int32)).unwrap();
+            a.ensure(1);
+            a.update(&groups, Some(&arg)).unwrap();
+            a.retract(&[0, 0], Some(&gone)).unwrap();
+            let cols: Vec<ArrayRef> = a.state(&[0], "r").into_iter().map(|c| c.1).collect();
+            let mut b = Accumulator::new_retractable(f, Some(&DataType::Int32)).unwrap();
+            b.ensure(1);
+            b.restore(&[0], &cols).unwrap();
+            arrow::compute::cast(&b.evaluate(&[0], t).unwrap(), &DataType::Int64).unwrap()
+        };
+        let v = |f| result(f, &DataType::Int32).as_primitive::<Int64Type>().value(0);
+        // Left: 5 and one 3 (the other 3 and the 9 were retracted).
+        assert_eq!(v(AggregateFunction::Max), 5, "MAX falls back to 5 once 9 is retracted");
+        assert_eq!(v(AggregateFunction::Min), 3, "one 3 is still there");
+        assert_eq!(v(AggregateFunction::Sum), 8);
+        assert_eq!(v(AggregateFunction::Avg), 4);
+        assert_eq!(result(AggregateFunction::Count, &DataType::Int64).as_primitive::<Int64Type>().value(0), 2);
+        assert_eq!(result(AggregateFunction::CountDistinct, &DataType::Int64).as_primitive::<Int64Type>().value(0), 2);
+        let mut a = Accumulator::new_retractable(AggregateFunction::Max, Some(&DataType::Int32)).unwrap();
+        a.ensure(1);
+        a.update(&[0], Some(&gone)).unwrap();
+        a.retract(&[0], Some(&gone)).unwrap();
+        assert!(a.evaluate(&[0], &DataType::Int32).unwrap().is_null(0), "MAX of nothing left is NULL");
+        let mut plain = Accumulator::new(AggregateFunction::Max, Some(&DataType::Int32)).unwrap();
+        plain.ensure(1);
+        assert!(plain.retract(&[0], Some(&gone)).is_err(), "a plain MAX cannot retract");
     }
 
     #[test]

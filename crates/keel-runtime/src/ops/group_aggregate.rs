@@ -1,0 +1,547 @@
+//! The unwindowed (regular) GROUP BY aggregate: an updating result, emitted as a changelog.
+//!
+//! For each batch, every group the batch touches is emitted once: `+I new` for a group seen for
+//! the first time, `-U old` then `+U new` for a group whose result changed, `-D old` for a group
+//! whose last row was retracted (its state is then dropped). Over a changelog input, `+I`/`+U`
+//! rows accumulate and `-U`/`-D` rows retract (MIN, MAX and COUNT DISTINCT then keep value
+//! multisets). Replaying the output gives one row per live group holding its current result;
+//! Flink emits per row rather than per batch, which yields the same table.
+//!
+//! Invariants: a group's state lives on the subtask owning its key group (the input is hash
+//! partitioned by the GROUP BY keys); snapshots carry each group's key group, so a restore at any
+//! parallelism keeps exactly the groups this subtask owns. With a state TTL, a group not updated
+//! for that long (processing time) is forgotten without output, as Flink's
+//! `table.exec.state.ttl` does; a later row for it starts it afresh with `+I`.
+
+use crate::changelog::{RowKind, changelog_batch, row_kinds};
+use crate::error::{Result, RuntimeError};
+use crate::exchange::row_key_groups;
+use crate::operator::{Operator, RestoredState, TaskContext};
+use crate::ops::accumulators::Accumulator;
+use crate::ops::aggregate::AggregateCall;
+use arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, UInt32Type};
+use arrow::row::{RowConverter, SortField};
+use keel_types::KeyGroupRange;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Everything that defines a group aggregate.
+#[derive(Debug, Clone)]
+pub struct GroupAggregateSpec {
+    /// The prepared input's data columns: the `num_keys` GROUP BY keys, then the arguments.
+    pub input_schema: SchemaRef,
+    /// The input is a changelog (its batches end with `_op`).
+    pub input_updating: bool,
+    pub num_keys: usize,
+    pub aggregates: Vec<AggregateCall>,
+    /// Keys, then one column per aggregate, then `_op`.
+    pub output_schema: SchemaRef,
+    /// Forget groups not updated for this long (processing time).
+    pub state_ttl: Option<Duration>,
+}
+
+struct Slot {
+    key: Box<[u8]>,
+    key_group: u32,
+    /// Rows accumulated minus rows retracted.
+    rows: i64,
+    touched: Instant,
+}
+
+pub struct GroupAggregate {
+    spec: Arc<GroupAggregateSpec>,
+    keys: Option<RowConverter>,
+    index: HashMap<Box<[u8]>, u32>,
+    slots: Vec<Option<Slot>>,
+    free: Vec<u32>,
+    accs: Vec<Accumulator>,
+    key_groups: u32,
+    last_expiry: Instant,
+}
+
+impl GroupAggregate {
+    pub fn new(spec: Arc<GroupAggregateSpec>) -> Result<Self> {
+        let keys = if spec.num_keys == 0 {
+            None
+        } else {
+            let fields = spec.input_schema.fields()[..spec.num_keys]
+                .iter()
+                .map(|f| SortField::new(f.data_type().clone()))
+                .collect();
+            Some(RowConverter::new(fields).map_err(RuntimeError::arrow("group keys"))?)
+        };
+        let mut accs = vec![];
+        for a in &spec.aggregates {
+            let t = a.arg.map(|i| spec.input_schema.field(i).data_type().clone());
+            accs.push(if spec.input_updating {
+                Accumulator::new_retractable(a.func, t.as_ref())?
+            } else {
+                Accumulator::new(a.func, t.as_ref())?
+            });
+        }
+        Ok(GroupAggregate {
+            spec,
+            keys,
+            index: HashMap::new(),
+            slots: vec![],
+            free: vec![],
+            accs,
+            key_groups: keel_types::DEFAULT_KEY_GROUPS,
+            last_expiry: Instant::now(),
+        })
+    }
+
+    /// The key of each row in row format (empty keys without GROUP BY columns).
+    fn key_bytes(&self, cols: &[ArrayRef], n: usize) -> Result<Vec<Box<[u8]>>> {
+        match &self.keys {
+            None => Ok(vec![Box::from(&[][..]); n]),
+            Some(conv) => {
+                let rows = conv.convert_columns(cols).map_err(RuntimeError::arrow("group keys"))?;
+                Ok(rows.iter().map(|r| r.data().into()).collect())
+            }
+        }
+    }
+
+    fn slot_of(&mut self, key: &[u8], key_group: impl FnOnce() -> u32, now: Instant) -> (u32, bool) {
+        if let Some(&s) = self.index.get(key) {
+            return (s, false);
+        }
+        let slot = Slot { key: key.into(), key_group: key_group(), rows: 0, touched: now };
+        let s = match self.free.pop() {
+            Some(s) => {
+                self.slots[s as usize] = Some(slot);
+                s
+            }
+            None => {
+                self.slots.push(Some(slot));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        for a in &mut self.accs {
+            a.ensure(self.slots.len());
+            a.reset(s as usize);
+        }
+        self.index.insert(key.into(), s);
+        (s, true)
+    }
+
+    fn forget(&mut self, s: u32) {
+        if let Some(slot) = self.slots[s as usize].take() {
+            self.index.remove(&slot.key);
+            self.free.push(s);
+        }
+    }
+
+    /// The key columns of `slots`, decoded from the row format.
+    fn key_columns(&self, slots: &[u32]) -> Result<Vec<ArrayRef>> {
+        let Some(conv) = &self.keys else { return Ok(vec![]) };
+        let parser = conv.parser();
+        let rows = slots.iter().map(|&s| match &self.slots[s as usize] {
+            Some(slot) => Ok(parser.parse(&slot.key)),
+            None => Err(RuntimeError::Internal(format!("group slot {s} is empty but was asked for"))),
+        });
+        let rows = rows.collect::<Result<Vec<_>>>()?;
+        conv.convert_rows(rows).map_err(RuntimeError::arrow("group keys"))
+    }
+
+    /// Result rows (keys, then aggregates) of `slots`.
+    fn results(&self, slots: &[u32]) -> Result<Vec<ArrayRef>> {
+        let mut cols = self.key_columns(slots)?;
+        for (a, call) in self.accs.iter().zip(&self.spec.aggregates) {
+            cols.push(a.evaluate(slots, &call.output_type)?);
+        }
+        Ok(cols)
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let Some(ttl) = self.spec.state_ttl else { return };
+        if now.duration_since(self.last_expiry) < Duration::from_secs(1).min(ttl) {
+            return;
+        }
+        self.last_expiry = now;
+        let old: Vec<u32> = (0..self.slots.len() as u32)
+            .filter(|&s| self.slots[s as usize].as_ref().is_some_and(|slot| now.duration_since(slot.touched) >= ttl))
+            .collect();
+        for s in old {
+            self.forget(s);
+        }
+    }
+
+    fn apply(&mut self, batch: &RecordBatch, now: Instant) -> Result<Option<RecordBatch>> {
+        self.expire(now);
+        let n = batch.num_rows();
+        let nk = self.spec.num_keys;
+        let kinds: Option<Vec<bool>> = if self.spec.input_updating {
+            let ops = row_kinds(batch)?;
+            Some(ops.values().iter().map(|&c| RowKind::from_code(c).map(RowKind::is_addition)).collect::<Result<_>>()?)
+        } else {
+            None
+        };
+        let keys = self.key_bytes(&batch.columns()[..nk], n)?;
+        let mut key_groups: Option<Vec<u32>> = None;
+        let mut groups = Vec::with_capacity(n);
+        // Touched slots in first-touch order, and whether each existed with rows before.
+        let mut touched: Vec<(u32, bool)> = vec![];
+        let mut seen: HashMap<u32, ()> = HashMap::new();
+        for (i, key) in keys.iter().enumerate() {
+            let (s, new) = {
+                let kg = &mut key_groups;
+                let spec_keys: Vec<usize> = (0..nk).collect();
+                let kgs = self.key_groups;
+                self.slot_of(
+                    key,
+                    || {
+                        let all = kg.get_or_insert_with(|| row_key_groups(batch, &spec_keys, kgs).unwrap_or_default());
+                        all.get(i).copied().unwrap_or(0)
+                    },
+                    now,
+                )
+            };
+            groups.push(s);
+            if seen.insert(s, ()).is_none() {
+                let existed = !new && self.slots[s as usize].as_ref().is_some_and(|slot| slot.rows > 0);
+                touched.push((s, existed));
+            }
+        }
+        let before_slots: Vec<u32> = touched.iter().filter(|t| t.1).map(|t| t.0).collect();
+        let before = self.results(&before_slots)?;
+        // Accumulate additions and retract retractions.
+        let (add, sub): (Vec<usize>, Vec<usize>) = match &kinds {
+            None => ((0..n).collect(), vec![]),
+            Some(k) => (0..n).partition(|&i| k[i]),
+        };
+        for (rows, adding) in [(add, true), (sub, false)] {
+            if rows.is_empty() {
+                continue;
+            }
+            let all = rows.len() == n;
+            let idx = UInt32Array::from_iter_values(rows.iter().map(|&i| i as u32));
+            let g: Vec<u32> = rows.iter().map(|&i| groups[i]).collect();
+            for (a, call) in self.accs.iter_mut().zip(&self.spec.aggregates) {
+                let arg = match call.arg {
+                    None => None,
+                    Some(c) if all => Some(batch.column(c).clone()),
+                    Some(c) => Some(
+                        arrow::compute::take(batch.column(c).as_ref(), &idx, None)
+                            .map_err(RuntimeError::arrow("aggregate input"))?,
+                    ),
+                };
+                if adding { a.update(&g, arg.as_ref())? } else { a.retract(&g, arg.as_ref())? }
+            }
+            for &s in &g {
+                if let Some(slot) = self.slots[s as usize].as_mut() {
+                    slot.rows += if adding { 1 } else { -1 };
+                    slot.touched = now;
+                }
+            }
+        }
+        let after_slots: Vec<u32> = touched
+            .iter()
+            .map(|t| t.0)
+            .filter(|&s| self.slots[s as usize].as_ref().is_some_and(|slot| slot.rows > 0))
+            .collect();
+        let after = self.results(&after_slots)?;
+        // Interleave: per touched slot, (-U old, +U new) | +I new | -D old.
+        let mut picks: Vec<(usize, usize)> = vec![];
+        let mut kinds_out = vec![];
+        let (mut bi, mut ai) = (0usize, 0usize);
+        for &(s, existed) in &touched {
+            let alive = self.slots[s as usize].as_ref().is_some_and(|slot| slot.rows > 0);
+            match (existed, alive) {
+                (true, true) => {
+                    picks.push((0, bi));
+                    picks.push((1, ai));
+                    kinds_out.extend([RowKind::UpdateBefore, RowKind::UpdateAfter]);
+                    bi += 1;
+                    ai += 1;
+                }
+                (false, true) => {
+                    picks.push((1, ai));
+                    kinds_out.push(RowKind::Insert);
+                    ai += 1;
+                }
+                (true, false) => {
+                    picks.push((0, bi));
+                    kinds_out.push(RowKind::Delete);
+                    bi += 1;
+                }
+                (false, false) => {}
+            }
+            if !alive {
+                self.forget(s);
+            }
+        }
+        if picks.is_empty() {
+            return Ok(None);
+        }
+        let mut cols = Vec::with_capacity(before.len());
+        for (b, a) in before.iter().zip(&after) {
+            cols.push(
+                arrow::compute::interleave(&[b.as_ref(), a.as_ref()], &picks)
+                    .map_err(RuntimeError::arrow("group aggregate output"))?,
+            );
+        }
+        if cols.is_empty() {
+            // No keys and no aggregates cannot happen (an aggregate has at least one of them).
+            return Err(RuntimeError::Internal("a group aggregate with no output columns".into()));
+        }
+        changelog_batch(self.spec.output_schema.clone(), cols, &kinds_out).map(Some)
+    }
+
+    fn state_schema(&self, acc_fields: &[Field]) -> SchemaRef {
+        let mut fields = vec![Field::new("key_group", DataType::UInt32, false), Field::new("rows", DataType::Int64, false)];
+        fields.extend(
+            self.spec.input_schema.fields()[..self.spec.num_keys].iter().map(|f| f.as_ref().clone().with_nullable(true)),
+        );
+        fields.extend(acc_fields.iter().cloned());
+        Arc::new(Schema::new(fields))
+    }
+}
+
+impl Operator for GroupAggregate {
+    fn open(&mut self, ctx: &TaskContext, restored: RestoredState) -> Result<()> {
+        self.key_groups = ctx.key_groups;
+        let range = KeyGroupRange::of_subtask(ctx.subtask, ctx.key_groups, ctx.parallelism);
+        let now = Instant::now();
+        let nk = self.spec.num_keys;
+        for part in restored.parts.iter().filter(|p| !p.is_empty()) {
+            let batch = keel_state::batch_from_ipc(part, "group aggregate state")?;
+            let kg = batch.column(0).as_primitive::<UInt32Type>();
+            let keep: Vec<u32> =
+                (0..batch.num_rows() as u32).filter(|&i| range.contains(kg.value(i as usize))).collect();
+            if keep.is_empty() {
+                continue;
+            }
+            let batch = arrow::compute::take_record_batch(&batch, &UInt32Array::from(keep))
+                .map_err(RuntimeError::arrow("restoring group aggregate state"))?;
+            let kg = batch.column(0).as_primitive::<UInt32Type>().clone();
+            let rows = batch.column(1).as_primitive::<Int64Type>().clone();
+            let keys = self.key_bytes(&batch.columns()[2..2 + nk], batch.num_rows())?;
+            let mut slots = Vec::with_capacity(keys.len());
+            for (i, key) in keys.iter().enumerate() {
+                let (s, _) = self.slot_of(key, || kg.value(i), now);
+                if let Some(slot) = self.slots[s as usize].as_mut() {
+                    slot.rows = rows.value(i);
+                }
+                slots.push(s);
+            }
+            let mut at = 2 + nk;
+            for a in &mut self.accs {
+                let w = a.state(&[], "x").len();
+                a.restore(&slots, &batch.columns()[at..at + w])?;
+                at += w;
+            }
+        }
+        Ok(())
+    }
+
+    fn process(&mut self, batch: RecordBatch, out: &mut Vec<RecordBatch>) -> Result<()> {
+        keel_types::faults::hit("aggregate.process");
+        if let Some(b) = self.apply(&batch, Instant::now())? {
+            out.push(b);
+        }
+        Ok(())
+    }
+
+    fn snapshot(&mut self, _checkpoint: u64) -> Result<Option<Vec<u8>>> {
+        let live: Vec<u32> = (0..self.slots.len() as u32).filter(|&s| self.slots[s as usize].is_some()).collect();
+        if live.is_empty() {
+            return Ok(None);
+        }
+        let slot = |s: u32| self.slots[s as usize].as_ref();
+        let mut cols: Vec<ArrayRef> = vec![
+            Arc::new(UInt32Array::from_iter_values(live.iter().map(|&s| slot(s).map_or(0, |x| x.key_group)))),
+            Arc::new(Int64Array::from_iter_values(live.iter().map(|&s| slot(s).map_or(0, |x| x.rows)))),
+        ];
+        cols.extend(self.key_columns(&live)?);
+        let mut acc_fields = vec![];
+        for (i, a) in self.accs.iter().enumerate() {
+            for (f, c) in a.state(&live, &format!("agg{i}")) {
+                acc_fields.push(f);
+                cols.push(c);
+            }
+        }
+        let batch = RecordBatch::try_new(self.state_schema(&acc_fields), cols)
+            .map_err(RuntimeError::arrow("group aggregate snapshot"))?;
+        Ok(Some(keel_state::batch_to_ipc(&batch)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::changelog::{all_inserts, with_op_field};
+    use crate::metrics::Metrics;
+    use crate::ops::accumulators::AggregateFunction;
+    use arrow::array::{Int8Array, StringArray};
+    use std::collections::BTreeMap;
+
+    fn spec(updating: bool, ttl: Option<Duration>) -> Arc<GroupAggregateSpec> {
+        let input = Arc::new(Schema::new(vec![Field::new("k", DataType::Utf8, true), Field::new("v", DataType::Int64, true)]));
+        let out = Schema::new(vec![
+            Field::new("k", DataType::Utf8, true),
+            Field::new("n", DataType::Int64, false),
+            Field::new("mx", DataType::Int64, true),
+        ]);
+        Arc::new(GroupAggregateSpec {
+            input_schema: input,
+            input_updating: updating,
+            num_keys: 1,
+            aggregates: vec![
+                AggregateCall { func: AggregateFunction::CountStar, arg: None, output_type: DataType::Int64 },
+                AggregateCall { func: AggregateFunction::Max, arg: Some(1), output_type: DataType::Int64 },
+            ],
+            output_schema: with_op_field(&out),
+            state_ttl: ttl,
+        })
+    }
+
+    fn rows(k: &[&str], v: &[i64]) -> RecordBatch {
+        RecordBatch::try_from_iter(vec![
+            ("k", Arc::new(StringArray::from(k.to_vec())) as ArrayRef),
+            ("v", Arc::new(Int64Array::from(v.to_vec())) as ArrayRef),
+        ])
+        .unwrap()
+    }
+
+    fn ctx(subtask: u32, parallelism: u32) -> TaskContext {
+        TaskContext {
+            job: "t".into(),
+            stage: "s".into(),
+            subtask,
+            parallelism,
+            key_groups: 128,
+            data_dir: ".".into(),
+            job_dir: ".".into(),
+            run_id: "r".into(),
+            attempt: 0,
+            metrics: Arc::new(Metrics::default()),
+        }
+    }
+
+    /// Each output row as "KIND k n mx".
+    fn show(b: &RecordBatch) -> Vec<String> {
+        let k = b.column(0).as_string::<i32>();
+        let n = b.column(1).as_primitive::<Int64Type>();
+        let m = b.column(2).as_primitive::<Int64Type>();
+        let ops = row_kinds(b).unwrap();
+        (0..b.num_rows())
+            .map(|i| {
+                let kind = RowKind::from_code(ops.value(i)).unwrap().short();
+                format!("{kind} {} {} {}", k.value(i), n.value(i), m.value(i))
+            })
+            .collect()
+    }
+
+    /// Replays a changelog into {row text: multiplicity}.
+    fn replay(table: &mut BTreeMap<String, i64>, b: &RecordBatch) {
+        for line in show(b) {
+            let (kind, row) = line.split_once(' ').unwrap();
+            *table.entry(row.to_string()).or_default() += if kind.starts_with('+') { 1 } else { -1 };
+        }
+        table.retain(|_, n| *n != 0);
+    }
+
+    #[test]
+    fn first_row_inserts_later_rows_update() {
+        let mut op = GroupAggregate::new(spec(false, None)).unwrap();
+        op.open(&ctx(0, 1), RestoredState::default()).unwrap();
+        let mut out = vec![];
+        op.process(rows(&["a", "b", "a"], &[5, 1, 7]), &mut out).unwrap();
+        op.process(rows(&["a"], &[2]), &mut out).unwrap();
+        assert_eq!(show(&out[0]), ["+I a 2 7", "+I b 1 1"]);
+        assert_eq!(show(&out[1]), ["-U a 2 7", "+U a 3 7"]);
+    }
+
+    #[test]
+    fn retractions_update_and_delete_groups() {
+        let mut op = GroupAggregate::new(spec(true, None)).unwrap();
+        op.open(&ctx(0, 1), RestoredState::default()).unwrap();
+        let mut out = vec![];
+        op.process(all_inserts(&rows(&["a", "a", "b"], &[5, 9, 1])).unwrap(), &mut out).unwrap();
+        let retract = |k: &[&str], v: &[i64], kind: RowKind| {
+            let b = rows(k, v);
+            let mut cols = b.columns().to_vec();
+            cols.push(Arc::new(Int8Array::from(vec![kind.code(); k.len()])));
+            RecordBatch::try_new(with_op_field(&b.schema()), cols).unwrap()
+        };
+        op.process(retract(&["a"], &[9], RowKind::Delete), &mut out).unwrap();
+        op.process(retract(&["b"], &[1], RowKind::UpdateBefore), &mut out).unwrap();
+        assert_eq!(show(&out[1]), ["-U a 2 9", "+U a 1 5"], "MAX falls back to 5 when 9 is retracted");
+        assert_eq!(show(&out[2]), ["-D b 1 1"], "the group's last row retracted deletes it");
+        let mut table = BTreeMap::new();
+        out.iter().for_each(|b| replay(&mut table, b));
+        assert_eq!(table.into_iter().collect::<Vec<_>>(), [("a 1 5".to_string(), 1)]);
+    }
+
+    #[test]
+    fn snapshot_restores_at_another_parallelism() {
+        let seed = 0x5eed_u64;
+        println!("seed {seed}");
+        let mut x = seed;
+        let mut next = || {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (x >> 33) as i64
+        };
+        let keys: Vec<String> = (0..40).map(|i| format!("k{i}")).collect();
+        let mut batches = vec![];
+        for _ in 0..20 {
+            let ks: Vec<&str> = (0..10).map(|_| keys[(next() % 40) as usize].as_str()).collect();
+            let vs: Vec<i64> = (0..10).map(|_| next() % 1000).collect();
+            batches.push(rows(&ks, &vs));
+        }
+        // Straight through on one subtask.
+        let mut whole = GroupAggregate::new(spec(false, None)).unwrap();
+        whole.open(&ctx(0, 1), RestoredState::default()).unwrap();
+        let mut expected = BTreeMap::new();
+        for b in &batches {
+            let mut out = vec![];
+            whole.process(b.clone(), &mut out).unwrap();
+            out.iter().for_each(|b| replay(&mut expected, b));
+        }
+        // Half on one subtask, snapshot, the rest on two subtasks fed by key group.
+        let mut first = GroupAggregate::new(spec(false, None)).unwrap();
+        first.open(&ctx(0, 1), RestoredState::default()).unwrap();
+        let mut table = BTreeMap::new();
+        for b in &batches[..10] {
+            let mut out = vec![];
+            first.process(b.clone(), &mut out).unwrap();
+            out.iter().for_each(|b| replay(&mut table, b));
+        }
+        let snap = first.snapshot(1).unwrap().unwrap();
+        let restored = RestoredState { parts: vec![snap], inherited: vec![0], checkpoint: Some(1) };
+        let mut two: Vec<GroupAggregate> = (0..2)
+            .map(|s| {
+                let mut op = GroupAggregate::new(spec(false, None)).unwrap();
+                op.open(&ctx(s, 2), restored.clone()).unwrap();
+                op
+            })
+            .collect();
+        for b in &batches[10..] {
+            for (s, part) in crate::exchange::split_by_key(b, &[0], 128, 2).unwrap().into_iter().enumerate() {
+                if let Some(part) = part {
+                    let mut out = vec![];
+                    two[s].process(part, &mut out).unwrap();
+                    out.iter().for_each(|b| replay(&mut table, b));
+                }
+            }
+        }
+        assert_eq!(table, expected);
+    }
+
+    #[test]
+    fn ttl_forgets_idle_groups() {
+        let mut op = GroupAggregate::new(spec(false, Some(Duration::from_secs(10)))).unwrap();
+        op.open(&ctx(0, 1), RestoredState::default()).unwrap();
+        let t0 = Instant::now();
+        let first = op.apply(&rows(&["a"], &[1]), t0).unwrap().unwrap();
+        assert_eq!(show(&first), ["+I a 1 1"]);
+        let later = op.apply(&rows(&["b"], &[1]), t0 + Duration::from_secs(5)).unwrap().unwrap();
+        assert_eq!(show(&later), ["+I b 1 1"]);
+        // 11 s after "a" was last updated (6 s after "b"): "a" is gone, "b" is kept.
+        let out = op.apply(&rows(&["a", "b"], &[3, 3]), t0 + Duration::from_secs(11)).unwrap().unwrap();
+        assert_eq!(show(&out), ["+I a 1 3", "-U b 1 1", "+U b 2 3"]);
+    }
+}

@@ -1,0 +1,208 @@
+//! Tests of the join operator: inner and outer results, changelog inputs, the non-equi
+//! condition, time-bounded expiry and restore by key group.
+
+use super::*;
+use crate::changelog::with_op_field;
+use arrow::array::{Int8Array, StringArray};
+use datafusion::physical_expr::expressions::{BinaryExpr, Column};
+use datafusion::logical_expr::Operator as BinOp;
+
+fn side_schema(prefix: &str) -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new(format!("{prefix}k"), DataType::Int64, true),
+        Field::new(format!("{prefix}v"), DataType::Utf8, true),
+        Field::new(format!("{prefix}t"), DataType::Int64, false),
+    ]))
+}
+
+fn spec(join_type: JoinType, updating: [bool; 2], filter: Option<Arc<dyn PhysicalExpr>>) -> Arc<JoinSpec> {
+    let side = |p: &str, u: bool| JoinSide { schema: side_schema(p), updating: u, keys: vec![0], expiry: None };
+    let mut fields: Vec<Field> =
+        side_schema("l").fields().iter().chain(side_schema("r").fields().iter()).map(|f| f.as_ref().clone().with_nullable(true)).collect();
+    let output_updating = updating.iter().any(|u| *u) || join_type != JoinType::Inner;
+    if output_updating {
+        fields.push(crate::changelog::op_field());
+    }
+    Arc::new(JoinSpec {
+        left: side("l", updating[0]),
+        right: side("r", updating[1]),
+        join_type,
+        filter,
+        output_schema: Arc::new(Schema::new(fields)),
+        output_updating,
+        state_ttl: None,
+    })
+}
+
+fn rows(k: &[Option<i64>], v: &[&str], t: &[i64], kind: Option<RowKind>) -> RecordBatch {
+    let b = RecordBatch::try_from_iter(vec![
+        ("k", Arc::new(Int64Array::from(k.to_vec())) as ArrayRef),
+        ("v", Arc::new(StringArray::from(v.to_vec())) as ArrayRef),
+        ("t", Arc::new(Int64Array::from(t.to_vec())) as ArrayRef),
+    ])
+    .unwrap();
+    match kind {
+        None => b,
+        Some(kind) => {
+            let mut cols = b.columns().to_vec();
+            cols.push(Arc::new(Int8Array::from(vec![kind.code(); k.len()])));
+            RecordBatch::try_new(with_op_field(&b.schema()), cols).unwrap()
+        }
+    }
+}
+
+fn ctx(subtask: u32, parallelism: u32) -> TaskContext {
+    TaskContext {
+        job: "t".into(),
+        stage: "s".into(),
+        subtask,
+        parallelism,
+        key_groups: 128,
+        data_dir: ".".into(),
+        job_dir: ".".into(),
+        run_id: "r".into(),
+        attempt: 0,
+        metrics: Arc::new(Metrics::default()),
+    }
+}
+
+/// Output rows as "KIND lv rv" (NULL as "-").
+fn show(b: &RecordBatch) -> Vec<String> {
+    let lv = b.column(1).as_string::<i32>();
+    let rv = b.column(4).as_string::<i32>();
+    let s = |a: &arrow::array::StringArray, i: usize| if a.is_null(i) { "-".to_string() } else { a.value(i).to_string() };
+    let kinds = crate::changelog::is_changelog(&b.schema());
+    (0..b.num_rows())
+        .map(|i| {
+            let k = if kinds { RowKind::from_code(row_kinds(b).unwrap().value(i)).unwrap().short() } else { "+I" };
+            format!("{k} {} {}", s(lv, i), s(rv, i))
+        })
+        .collect()
+}
+
+fn feed(op: &mut Join, side: usize, b: RecordBatch) -> Vec<String> {
+    let mut out = vec![];
+    op.process_side(side, b, &mut out).unwrap();
+    out.iter().flat_map(show).collect()
+}
+
+#[test]
+fn inner_join_matches_equal_keys_with_multiplicity() {
+    let mut op = Join::new(spec(JoinType::Inner, [false, false], None)).unwrap();
+    op.open(&ctx(0, 1), RestoredState::default()).unwrap();
+    assert!(feed(&mut op, 0, rows(&[Some(1), Some(2), Some(1)], &["a", "b", "a"], &[0, 0, 0], None)).is_empty());
+    let out = feed(&mut op, 1, rows(&[Some(1), Some(3), None], &["x", "y", "z"], &[0, 0, 0], None));
+    assert_eq!(out, ["+I a x", "+I a x"], "two equal left rows give two results; NULL keys never match");
+    let out = feed(&mut op, 0, rows(&[Some(3), None], &["c", "n"], &[0, 0], None));
+    assert_eq!(out, ["+I c y"]);
+}
+
+#[test]
+fn left_join_pads_then_retracts_the_padding() {
+    let mut op = Join::new(spec(JoinType::Left, [false, true], None)).unwrap();
+    op.open(&ctx(0, 1), RestoredState::default()).unwrap();
+    assert_eq!(feed(&mut op, 0, rows(&[Some(1), None], &["a", "n"], &[0, 0], None)), ["+I a -", "+I n -"]);
+    assert_eq!(feed(&mut op, 1, rows(&[Some(1)], &["x"], &[0], Some(RowKind::Insert))), ["-D a -", "+I a x"]);
+    assert_eq!(feed(&mut op, 1, rows(&[Some(1)], &["y"], &[0], Some(RowKind::Insert))), ["+I a y"]);
+    assert_eq!(feed(&mut op, 1, rows(&[Some(1)], &["x"], &[0], Some(RowKind::Delete))), ["-D a x"]);
+    assert_eq!(
+        feed(&mut op, 1, rows(&[Some(1)], &["y"], &[0], Some(RowKind::UpdateBefore))),
+        ["-D a y", "+I a -"],
+        "the last partner gone: the left row is padded again"
+    );
+    assert!(feed(&mut op, 1, rows(&[Some(9)], &["q"], &[0], Some(RowKind::Delete))).is_empty(), "unknown row ignored");
+}
+
+#[test]
+fn full_join_pads_both_sides() {
+    let mut op = Join::new(spec(JoinType::Full, [false, false], None)).unwrap();
+    op.open(&ctx(0, 1), RestoredState::default()).unwrap();
+    assert_eq!(feed(&mut op, 1, rows(&[Some(1)], &["x"], &[0], None)), ["+I - x"]);
+    assert_eq!(feed(&mut op, 0, rows(&[Some(1), Some(2)], &["a", "b"], &[0, 0], None)), ["-D - x", "+I a x", "+I b -"]);
+}
+
+#[test]
+fn the_non_equi_condition_filters_pairs() {
+    // l.t < r.t (columns 2 and 5 of the joined row).
+    let cond: Arc<dyn PhysicalExpr> =
+        Arc::new(BinaryExpr::new(Arc::new(Column::new("lt", 2)), BinOp::Lt, Arc::new(Column::new("rt", 5))));
+    let mut op = Join::new(spec(JoinType::Left, [false, false], Some(cond))).unwrap();
+    op.open(&ctx(0, 1), RestoredState::default()).unwrap();
+    assert_eq!(feed(&mut op, 0, rows(&[Some(1), Some(1)], &["a", "b"], &[10, 30], None)), ["+I a -", "+I b -"]);
+    assert_eq!(feed(&mut op, 1, rows(&[Some(1)], &["x"], &[20], None)), ["-D a -", "+I a x"], "only a has t < 20");
+}
+
+#[test]
+fn time_bounded_rows_expire_and_late_rows_are_dropped() {
+    let mut s = spec(JoinType::Inner, [false, false], None).as_ref().clone();
+    s.left.expiry = Some((2, 10));
+    s.right.expiry = Some((2, 0));
+    let mut op = Join::new(Arc::new(s)).unwrap();
+    let c = ctx(0, 1);
+    op.open(&c, RestoredState::default()).unwrap();
+    feed(&mut op, 0, rows(&[Some(1)], &["a"], &[100], None));
+    op.on_watermark(105, &mut vec![]).unwrap();
+    assert_eq!(feed(&mut op, 1, rows(&[Some(1)], &["x"], &[107], None)), ["+I a x"], "a lives until 110");
+    op.on_watermark(110, &mut vec![]).unwrap();
+    assert!(feed(&mut op, 1, rows(&[Some(1)], &["y"], &[111], None)).is_empty(), "a expired at 110");
+    assert!(feed(&mut op, 0, rows(&[Some(1)], &["b"], &[99], None)).is_empty(), "b (99 + 10 <= 110) is late");
+    assert_eq!(c.metrics.late_records.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(op.state[0].rows.len(), 0);
+    assert_eq!(op.state[1].rows.values().flatten().count(), 1, "only y (111) is still held");
+}
+
+#[test]
+fn restore_at_another_parallelism_gives_the_same_results() {
+    let seed = 0x10_1a_u64;
+    println!("seed {seed}");
+    let mut x = seed;
+    let mut next = move || {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (x >> 33) as i64
+    };
+    let names: Vec<String> = (0..50).map(|i| format!("v{i}")).collect();
+    let mut batches = vec![];
+    for _ in 0..30 {
+        let side = (next() % 2) as usize;
+        let k: Vec<Option<i64>> = (0..6).map(|_| Some(next() % 12)).collect();
+        let v: Vec<&str> = (0..6).map(|_| names[(next() % 50) as usize].as_str()).collect();
+        batches.push((side, rows(&k, &v, &[0; 6], None)));
+    }
+    let replay = |table: &mut BTreeMap<String, i64>, lines: Vec<String>| {
+        for l in lines {
+            let (kind, row) = l.split_once(' ').unwrap();
+            *table.entry(row.to_string()).or_default() += if kind.starts_with('+') { 1 } else { -1 };
+        }
+        table.retain(|_, n| *n != 0);
+    };
+    let mut whole = Join::new(spec(JoinType::Left, [false, false], None)).unwrap();
+    whole.open(&ctx(0, 1), RestoredState::default()).unwrap();
+    let mut expected = BTreeMap::new();
+    for (s, b) in &batches {
+        replay(&mut expected, feed(&mut whole, *s, b.clone()));
+    }
+    let mut first = Join::new(spec(JoinType::Left, [false, false], None)).unwrap();
+    first.open(&ctx(0, 1), RestoredState::default()).unwrap();
+    let mut table = BTreeMap::new();
+    for (s, b) in &batches[..15] {
+        replay(&mut table, feed(&mut first, *s, b.clone()));
+    }
+    let snap = first.snapshot(1).unwrap().unwrap();
+    let restored = RestoredState { parts: vec![snap], inherited: vec![0], checkpoint: Some(1) };
+    let mut two: Vec<Join> = (0..2)
+        .map(|i| {
+            let mut op = Join::new(spec(JoinType::Left, [false, false], None)).unwrap();
+            op.open(&ctx(i, 2), restored.clone()).unwrap();
+            op
+        })
+        .collect();
+    for (s, b) in &batches[15..] {
+        for (t, part) in crate::exchange::split_by_key(b, &[0], 128, 2).unwrap().into_iter().enumerate() {
+            if let Some(part) = part {
+                replay(&mut table, feed(&mut two[t], *s, part));
+            }
+        }
+    }
+    assert_eq!(table, expected);
+    assert!(!expected.is_empty());
+}
