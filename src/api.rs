@@ -25,7 +25,7 @@ use datafusion::logical_expr::{Expr, ExprSchemable};
 use keel_connectors::BadRecordPolicy;
 use keel_runtime::ops::{AggregateCall, AggregateFunction, GroupColumn};
 use keel_runtime::{JobConfig, JobDir, JobOutcome, Metrics};
-use keel_sql::planner::{AggregatePlan, InsertPlan, Step};
+use keel_sql::plan::{AggregatePlan, InsertPlan, LinearPlan, SourceNode, Step};
 use keel_sql::script::{ColumnDef, TableDef, WatermarkDef};
 use keel_sql::{Pos, SinkKind, SourcePlan};
 use keel_types::WindowSpec;
@@ -322,15 +322,18 @@ impl PipelineBuilder {
         }
         self.description.push(format!("sink({sink_name})"));
         let fingerprint = format!("{:016x}", keel_types::keys::hash_key(self.description.join("|").as_bytes()));
-        let insert = InsertPlan {
-            source: self.source.clone(),
-            source_plan: SourcePlan::Topic {
-                topic: self.source.name.clone(),
-                bad_records: BadRecordPolicy::DeadLetter { topic: format!("{}-dead-letter", self.name) },
-                startup_latest: false,
-                idle_timeout: Some(Duration::from_secs(5)),
+        let insert = InsertPlan::linear(LinearPlan {
+            source: SourceNode {
+                table: self.source.clone(),
+                plan: SourcePlan::Topic {
+                    topic: self.source.name.clone(),
+                    bad_records: BadRecordPolicy::DeadLetter { topic: format!("{}-dead-letter", self.name) },
+                    startup_latest: false,
+                    idle_timeout: Some(Duration::from_secs(5)),
+                },
+                schema: self.source_schema,
+                computed: None,
             },
-            source_schema: self.source_schema,
             window: self.window,
             below,
             aggregate: self.aggregate,
@@ -345,10 +348,7 @@ impl PipelineBuilder {
             },
             sink_kind: kind,
             logical_plan: self.description.join("\n"),
-            source_computed: None,
-            top_n: None,
-            after_top_n: vec![],
-        };
+        });
         Ok(BuiltPipeline { name: self.name, data_dir: self.data_dir, insert, fingerprint })
     }
 }

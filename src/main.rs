@@ -26,7 +26,7 @@ enum Command {
     Topic(cli::topic::TopicArgs),
     /// Append JSON lines from standard input to a topic; returns once they are durable.
     Produce(cli::topic::ProduceArgs),
-    /// Print a topic's committed records as JSON lines.
+    /// Print a topic's committed records as JSON lines (with --materialize: the table its changelog describes).
     Consume(cli::topic::ConsumeArgs),
     /// Run a pipeline written in Flink SQL; resumes from its newest checkpoint.
     Run(cli::run::RunArgs),

@@ -1,6 +1,7 @@
 //! The filesystem source: JSON-lines and CSV files under a directory, read once (the files present
 //! at the first start; hidden files ignored; a last line without a newline still read), exactly
-//! once across a SIGKILL, and watched for new files.
+//! once across a SIGKILL, and watched for new files; lines that do not fit the schema written to
+//! the dead-letter topic exactly once across a SIGKILL, or failing the job with file and line.
 
 mod common;
 use common::*;
@@ -72,7 +73,7 @@ fn files_are_read_once_exactly_across_a_kill() {
 }
 
 #[test]
-fn csv_files_are_read_and_bad_lines_fail_the_job_with_their_place() {
+fn csv_files_are_read_and_bad_lines_can_fail_the_job_with_their_place() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in");
     std::fs::create_dir(&input).unwrap();
@@ -81,7 +82,7 @@ fn csv_files_are_read_and_bad_lines_fail_the_job_with_their_place() {
         evs.iter().map(|(u, a, ts)| format!("{u},{a},{}\n", keel::types::time::format_timestamp_ms(*ts))).collect();
     std::fs::write(input.join("part.csv"), &csv).unwrap();
     let pipeline = dir.path().join("csv.sql");
-    std::fs::write(&pipeline, sql(&input, "csv", "")).unwrap();
+    std::fs::write(&pipeline, sql(&input, "csv", ", 'bad-records' = 'fail'")).unwrap();
     run_ok(keel(dir.path()).args(["run", pipeline.to_str().unwrap(), "--quiet"]));
     assert_same(&actual_totals(&topic_rows(dir.path(), "totals")), &expected(&evs));
     std::fs::write(input.join("part.csv"), format!("{csv}user-1,lots,2024-01-01T00:00:00Z\n")).unwrap();
@@ -92,7 +93,8 @@ fn csv_files_are_read_and_bad_lines_fail_the_job_with_their_place() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("the line at byte {} of", csv.len())) && err.contains("part.csv"), "{err}");
+    let place = format!("line {} (byte {}) of", evs.len() + 1, csv.len());
+    assert!(err.contains(&place) && err.contains("part.csv"), "{err}");
 }
 
 #[test]
@@ -122,4 +124,97 @@ fn a_watched_directory_picks_up_new_files() {
     let mut n: Vec<i64> = rows.iter().map(|r| r["n"].as_i64().unwrap()).collect();
     n.sort();
     assert_eq!(n, vec![10, 10]);
+}
+
+/// JSON-lines files of `evs` (in `files` files) with bad lines mixed in at seeded places; returns
+/// each bad line as (file name, line number, text).
+fn files_with_bad_lines(input: &std::path::Path, evs: &[(String, i64, i64)], files: usize, seed: u64) -> BadLines {
+    const BAD: [&str; 4] = [
+        "not JSON at all",
+        r#"{"user_id":"u","amount":"lots","ts":"2024-01-01T00:00:00Z"}"#,
+        r#"{"user_id":"u","amount":1,"ts":"yesterday"}"#,
+        "[1, 2, 3]",
+    ];
+    let mut rng = Rng(seed);
+    let mut bad = BadLines::new();
+    let per_file = evs.len() / files;
+    for f in 0..files {
+        let name = format!("f{f:02}.jsonl");
+        let mut text = String::new();
+        let mut line = 0u64;
+        for ev in &evs[f * per_file..(f + 1) * per_file] {
+            if rng.below(40) == 0 {
+                let b = BAD[rng.below(BAD.len() as u64) as usize];
+                line += 1;
+                text.push_str(b);
+                text.push('\n');
+                *bad.entry((name.clone(), line, b.to_string())).or_insert(0) += 1;
+            }
+            line += 1;
+            text.push_str(&json_lines(std::slice::from_ref(ev)));
+        }
+        std::fs::write(input.join(&name), text).unwrap();
+    }
+    assert!(bad.len() > 5, "the seed gave too few bad lines: {bad:?}");
+    bad
+}
+
+/// (file name, line number, text) of bad lines, counted.
+type BadLines = std::collections::BTreeMap<(String, u64, String), usize>;
+
+#[test]
+fn bad_json_lines_reach_the_dead_letter_topic_exactly_once_across_a_kill() {
+    let seed = seed("file_dead_letters");
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let evs = events(seed, 0..6_000);
+    let bad = files_with_bad_lines(&input, &evs, 12, seed);
+    // The default policy: the dead-letter topic JOB-dead-letter.
+    let pipeline = dir.path().join("totals.sql");
+    std::fs::write(&pipeline, sql(&input, "json", "")).unwrap();
+    let status = keel(dir.path())
+        .args(["run", pipeline.to_str().unwrap(), "--quiet", "--checkpoint-interval", "20ms", "-p", "2"])
+        .env("KEEL_FAULTS", "sink.commit=kill@1")
+        .stdin(Stdio::null())
+        .status()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(9));
+    run_ok(keel(dir.path()).args(["run", pipeline.to_str().unwrap(), "--quiet", "-p", "1"]));
+    assert_same(&actual_totals(&topic_rows(dir.path(), "totals")), &expected(&evs));
+    let mut letters = BadLines::new();
+    for l in topic_rows(dir.path(), "totals-dead-letter") {
+        assert_eq!(l["table"], "events");
+        assert!(!l["error"].as_str().unwrap().is_empty(), "{l}");
+        let path = std::path::PathBuf::from(l["file"].as_str().unwrap());
+        assert_eq!(path.parent(), Some(input.as_path()), "{l}");
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let key = (name, l["line"].as_u64().unwrap(), l["record"].as_str().unwrap().to_string());
+        *letters.entry(key).or_insert(0) += 1;
+    }
+    assert_eq!(letters, bad);
+}
+
+#[test]
+fn a_bad_json_line_fails_the_job_naming_file_and_line_under_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let evs = events(11, 0..2_000);
+    let bad = files_with_bad_lines(&input, &evs, 1, 11);
+    let ((file, line, _), _) = bad.iter().next().unwrap();
+    let pipeline = dir.path().join("strict.sql");
+    std::fs::write(&pipeline, sql(&input, "json", ", 'bad-records' = 'fail'")).unwrap();
+    let out = keel(dir.path())
+        .args(["run", pipeline.to_str().unwrap(), "--quiet"])
+        .env("KEEL_LOG", "info")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("line {line} (byte ")) && err.contains(&format!("{file} does not fit")), "{err}");
+    assert!(!err.contains("restart 1"), "a bad line is a user error, not retried:\n{err}");
+    assert!(keel::log::Log::open(dir.path()).unwrap().topic("strict-dead-letter").is_err());
 }

@@ -186,7 +186,7 @@ fn explain_prints_the_streaming_plan_without_running() {
         "Streaming plan (parallelism 3)",
         "source events: topic 'events'",
         "window assigner Tumble { size: 10000",
-        "exchange: hash by the first 1 column(s)",
+        "exchange: stage 0 hashed by columns [0]",
         "window aggregate [CountStar, Sum]",
         "sink totals",
         "exactly-once",

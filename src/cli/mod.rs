@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod demo;
+pub mod materialize;
 pub mod run;
 pub mod topic;
 

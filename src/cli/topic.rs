@@ -1,5 +1,11 @@
 //! `keel topic`, `keel produce` and `keel consume`.
+//!
+//! Records have an optional key and a value. `produce` writes JSON values (keyed by a field with
+//! `--key`, or `KEY SEP VALUE` lines with `--key-separator`, where an empty value is a tombstone);
+//! `consume` prints values (a tombstone as `null`), or `KEY SEP VALUE` with `--key-separator`, or
+//! with `--materialize` the table a changelog topic describes (see `materialize`).
 
+use super::materialize::{Materialized, Position};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use keel_log::{Durability, Log, Record, TopicConfig};
@@ -95,6 +101,10 @@ pub struct ProduceArgs {
     /// Partition by the hash of this JSON field's value (round-robin without it).
     #[arg(long)]
     key: Option<String>,
+    /// Read each line as KEY SEP VALUE: the record's key (empty: none; partitions by its hash) and
+    /// its JSON value (empty: a tombstone, which deletes the key from an upsert topic).
+    #[arg(long, conflicts_with = "key")]
+    key_separator: Option<String>,
     /// Acknowledge after writing to the operating system instead of after fsync (survives a
     /// process crash, not a power loss).
     #[arg(long)]
@@ -132,6 +142,40 @@ pub fn produce(data_dir: &Path, args: ProduceArgs) -> Result<()> {
     for (i, line) in stdin.lock().lines().enumerate() {
         let line = line.context("reading standard input")?;
         if line.trim().is_empty() {
+            continue;
+        }
+        if let Some(sep) = &args.key_separator {
+            let Some((key, value)) = line.split_once(sep.as_str()) else {
+                flush(&mut pending, &mut writers, &mut written)?;
+                bail!(
+                    "line {} has no key separator '{sep}'; the {written} record(s) before it were written, nothing after it",
+                    i + 1
+                );
+            };
+            let problem = if !value.is_empty() {
+                serde_json::from_str::<serde_json::Value>(value)
+                    .err()
+                    .map(|e| format!("its value is not valid JSON ({e})"))
+            } else if key.is_empty() {
+                Some("it has neither a key nor a value (a tombstone needs a key)".to_string())
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                flush(&mut pending, &mut writers, &mut written)?;
+                bail!("line {}: {problem}; the {written} record(s) before it were written, nothing after it", i + 1);
+            }
+            let (partition, key) = if key.is_empty() {
+                next = (next + 1) % n;
+                (next, None)
+            } else {
+                ((keel_types::keys::hash_key(key.as_bytes()) % u64::from(n)) as u32, Some(key.as_bytes().to_vec()))
+            };
+            let recs = &mut pending[partition as usize];
+            recs.push(Record::new(key, value.as_bytes().to_vec()));
+            if recs.len() >= PRODUCE_BATCH {
+                flush(&mut pending, &mut writers, &mut written)?;
+            }
             continue;
         }
         let value: serde_json::Value = match serde_json::from_str(&line) {
@@ -193,6 +237,13 @@ pub struct ConsumeArgs {
     /// Keep waiting for new records instead of exiting at the end of committed data.
     #[arg(long)]
     follow: bool,
+    /// Print each record as KEY SEP VALUE (an empty KEY when the record has none).
+    #[arg(long)]
+    key_separator: Option<String>,
+    /// Replay the topic as a changelog (debezium-json or upsert records) up to its current end
+    /// and print the resulting table, one JSON object per line, sorted.
+    #[arg(long, conflicts_with_all = ["follow", "key_separator"])]
+    materialize: bool,
 }
 
 pub fn consume(data_dir: &Path, args: ConsumeArgs) -> Result<()> {
@@ -212,6 +263,9 @@ pub fn consume(data_dir: &Path, args: ConsumeArgs) -> Result<()> {
         };
         readers.push(topic.reader(p, from)?);
     }
+    if args.materialize {
+        return materialize(&topic, &partitions, &args.from);
+    }
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     loop {
@@ -222,7 +276,7 @@ pub fn consume(data_dir: &Path, args: ConsumeArgs) -> Result<()> {
                 let mut result = Ok(());
                 chunk.for_each(|rec| {
                     if result.is_ok() {
-                        result = out.write_all(rec.value).and_then(|()| out.write_all(b"\n"));
+                        result = write_record(&mut out, rec, args.key_separator.as_deref());
                     }
                 })?;
                 if let Err(e) = result {
@@ -242,5 +296,66 @@ pub fn consume(data_dir: &Path, args: ConsumeArgs) -> Result<()> {
         }
     }
     out.flush().ok();
+    Ok(())
+}
+
+/// Prints one record: its value (a tombstone, an empty value, as `null`), or with a separator
+/// `KEY SEP VALUE` as `produce --key-separator` reads it back.
+fn write_record(out: &mut impl Write, rec: keel_log::RecordRef<'_>, sep: Option<&str>) -> std::io::Result<()> {
+    match sep {
+        Some(sep) => {
+            out.write_all(rec.key.unwrap_or_default())?;
+            out.write_all(sep.as_bytes())?;
+            out.write_all(rec.value)?;
+        }
+        None if rec.value.is_empty() => out.write_all(b"null")?,
+        None => out.write_all(rec.value)?,
+    }
+    out.write_all(b"\n")
+}
+
+/// `consume --materialize`: applies every committed record of `partitions` from their start to
+/// their end as of now, then prints the table and, on standard error, a summary.
+fn materialize(topic: &keel_log::Topic, partitions: &[u32], from: &str) -> Result<()> {
+    if from != "earliest" {
+        bail!("--materialize replays each partition from its start; it cannot be combined with --from {from}");
+    }
+    let mut table = Materialized::default();
+    for &p in partitions {
+        let info = topic.partition_info(p)?;
+        let end = info.end_offset;
+        let mut reader = topic.reader(p, info.start_offset)?;
+        while reader.position() < end {
+            let Some(chunk) = reader.read(1 << 20)? else { break };
+            let mut result = Ok(());
+            chunk.for_each(|rec| {
+                if result.is_ok() && rec.offset < end {
+                    let at = Position { topic: topic.name(), partition: p, offset: rec.offset };
+                    result = table.apply(rec.key, rec.value, at);
+                }
+            })?;
+            result?;
+        }
+    }
+    let lines = table.lines();
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    for line in &lines {
+        if let Err(e) = out.write_all(line.as_bytes()).and_then(|()| out.write_all(b"\n")) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                return Ok(());
+            }
+            return Err(e).context("writing to standard output");
+        }
+    }
+    out.flush().ok();
+    let unmatched = table.unmatched_removals();
+    eprintln!(
+        "{} row(s) from {} record(s) applied of topic '{}'{}",
+        lines.len(),
+        table.applied,
+        topic.name(),
+        if unmatched > 0 { format!("; {unmatched} removal(s) found no equal row") } else { String::new() }
+    );
     Ok(())
 }

@@ -1,30 +1,51 @@
-//! The filesystem source: JSON-lines or CSV files under a directory (or one file), read once
-//! (bounded: the files present when the job first started) or watched for new files.
+//! The filesystem source: JSON-lines, CSV or Parquet files under a directory (or one file), read
+//! once (bounded: the files present when the job first started) or watched for new files.
 //!
-//! Invariants: each file is read by the subtask `hash(file name) mod parallelism`, whole lines at
-//! a time; its position (bytes consumed) is checkpointed, so a restore neither skips nor repeats a
-//! line, at any parallelism. Hidden files (names starting with `.` or `_`, such as in-progress
-//! sink files) are never read. A file's watermark is the largest event time read from it minus
-//! the delay; the subtask's is the minimum over its unfinished files.
+//! Invariants: each file is read by the subtask `hash(file name) mod parallelism`; its position
+//! is checkpointed (bytes and lines consumed for the line formats, whole lines at a time; rows
+//! consumed for Parquet), so a restore neither skips nor repeats a line or row, at any
+//! parallelism. Hidden files (names starting with `.` or `_`, such as in-progress sink files) are
+//! never read. A file's watermark is the largest event time read from it minus the delay; the
+//! subtask's is the minimum over its unfinished files.
+//!
+//! A line that does not fit the schema is handled by the bad-records policy: it fails the job
+//! (naming file and line), is skipped (counted), or is written with its error, file and line to
+//! the dead-letter topic through a staged writer that is pre-committed with the positions at each
+//! barrier and committed when the checkpoint completes, so each bad line lands there exactly once.
+//!
+//! Line files may grow while watched (only whole lines are read); Parquet files are immutable
+//! once visible (write them under a hidden name and rename), read one at a time with the reader
+//! kept open until the file ends. When watching, a Parquet file whose footer cannot be read yet
+//! is retried on later polls.
+
+mod parquet_file;
 
 use crate::error::ConnectorError;
 use crate::json::JsonDecoder;
+use crate::staging::StagedTopicWriter;
 use crate::topic_source::BadRecordPolicy;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
+use keel_log::{Log, TopicConfig};
 use keel_runtime::{Metrics, RestoredState, Result, RuntimeError, Source, SourcePoll, TaskContext, WatermarkStatus};
 use keel_types::time::MIN_WATERMARK;
+use parquet_file::{OpenError, ParquetCursor};
 use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashSet};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Record formats the filesystem source reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileSourceFormat {
     JsonLines,
-    Csv { delimiter: u8 },
+    Csv {
+        delimiter: u8,
+    },
+    /// Columns matched to the table's by name and cast to its types.
+    Parquet,
 }
 
 #[derive(Debug, Clone)]
@@ -38,15 +59,37 @@ pub struct FileSourceConfig {
     pub files: Option<Vec<String>>,
     /// Watching: how often to look for new files.
     pub monitor_interval: Option<Duration>,
+    /// For lines that do not fit the schema (JSON lines and CSV; Parquet columns are checked
+    /// against the schema when a file is opened).
     pub bad_records: BadRecordPolicy,
+    /// The source's operator uid: names the staging directory of its dead letters, so it must be
+    /// unique within the job and the same at every restart.
+    pub uid: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct FileState {
     name: String,
+    /// Bytes consumed (JSON lines, CSV) or rows consumed (Parquet).
     offset: u64,
+    /// Lines consumed (JSON lines, CSV); absent in checkpoints written before lines were counted,
+    /// then counted again from the file when it is next read.
+    #[serde(default)]
+    line: Option<u64>,
     max_ts: i64,
     done: bool,
+}
+
+impl FileState {
+    fn new(name: String) -> Self {
+        FileState { name, offset: 0, line: Some(0), max_ts: MIN_WATERMARK, done: false }
+    }
+}
+
+/// The Parquet file being read: its index in `files` and its open reader.
+struct OpenParquet {
+    idx: usize,
+    cursor: ParquetCursor,
 }
 
 pub struct FileSource {
@@ -57,6 +100,10 @@ pub struct FileSource {
     subtask: u32,
     last_scan: Option<Instant>,
     metrics: Option<Arc<Metrics>>,
+    dead_letters: Option<(StagedTopicWriter, DeadLetterClaim)>,
+    parquet: Option<OpenParquet>,
+    /// Parquet files found unreadable while watching (warned about once; retried).
+    unreadable: HashSet<String>,
 }
 
 /// Lists the readable files under `path` (a directory, or one file), sorted by name.
@@ -76,9 +123,54 @@ pub fn list_files(path: &std::path::Path) -> std::result::Result<Vec<String>, Co
     Ok(out)
 }
 
+/// Dead-letter staging directories open in this process. Two sources of one job sharing one
+/// (two INSERTs reading the same table, while the planner gives them the same uid) would mix
+/// their transactions; the second to open fails instead.
+static OPEN_DEAD_LETTERS: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+/// Holds a dead-letter staging directory for one subtask until dropped.
+struct DeadLetterClaim(String);
+
+impl DeadLetterClaim {
+    fn take(key: String, table: &str) -> Result<Self> {
+        let mut open = OPEN_DEAD_LETTERS.lock().unwrap_or_else(|p| p.into_inner());
+        if !open.insert(key.clone()) {
+            return Err(RuntimeError::User(format!(
+                "table '{table}' is read by two INSERTs with 'bad-records' = 'dead-letter', which would share one \
+                 dead-letter writer; read it in one INSERT, or use 'skip' or 'fail'"
+            )));
+        }
+        Ok(DeadLetterClaim(key))
+    }
+}
+
+impl Drop for DeadLetterClaim {
+    fn drop(&mut self) {
+        OPEN_DEAD_LETTERS.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.0);
+    }
+}
+
+/// A non-blank line of a chunk: its number (1-based), first byte, and text.
+struct Line<'a> {
+    number: u64,
+    offset: u64,
+    text: &'a [u8],
+}
+
 impl FileSource {
     pub fn new(cfg: FileSourceConfig) -> Self {
-        FileSource { cfg, files: vec![], cursor: 0, parallelism: 1, subtask: 0, last_scan: None, metrics: None }
+        FileSource {
+            cfg,
+            files: vec![],
+            cursor: 0,
+            parallelism: 1,
+            subtask: 0,
+            last_scan: None,
+            metrics: None,
+            dead_letters: None,
+            parquet: None,
+            unreadable: HashSet::new(),
+        }
     }
 
     fn mine(&self, name: &str) -> bool {
@@ -87,6 +179,10 @@ impl FileSource {
 
     fn file_path(&self, name: &str) -> PathBuf {
         if name.is_empty() { self.cfg.path.clone() } else { self.cfg.path.join(name) }
+    }
+
+    fn is_parquet(&self) -> bool {
+        self.cfg.format == FileSourceFormat::Parquet
     }
 
     /// Adds files that appeared since the last look (watching mode).
@@ -98,7 +194,7 @@ impl FileSource {
         self.last_scan = Some(Instant::now());
         for name in list_files(&self.cfg.path)? {
             if self.mine(&name) && !self.files.iter().any(|f| f.name == name) {
-                self.files.push(FileState { name, offset: 0, max_ts: MIN_WATERMARK, done: false });
+                self.files.push(FileState::new(name));
             }
         }
         Ok(())
@@ -129,51 +225,146 @@ impl FileSource {
         Ok(Some((start, buf)))
     }
 
-    fn decode(&mut self, lines: &[&[u8]], file: &str, first_line_offset: &[u64]) -> Result<RecordBatch> {
+    /// Lines consumed of file `idx`, counted from the file if the checkpoint did not record them.
+    fn lines_consumed(&mut self, idx: usize) -> Result<u64> {
+        if let Some(n) = self.files[idx].line {
+            return Ok(n);
+        }
+        let path = self.file_path(&self.files[idx].name);
+        let f = std::fs::File::open(&path).map_err(ConnectorError::io("cannot open", &path))?;
+        let mut head = Vec::new();
+        f.take(self.files[idx].offset).read_to_end(&mut head).map_err(ConnectorError::io("cannot read", &path))?;
+        let n =
+            head.iter().filter(|&&b| b == b'\n').count() as u64 + u64::from(head.last().is_some_and(|&b| b != b'\n'));
+        self.files[idx].line = Some(n);
+        Ok(n)
+    }
+
+    /// The next chunk of whole lines of file `idx`, decoded (bad lines handled by the policy).
+    fn poll_lines(&mut self, idx: usize) -> Result<Option<RecordBatch>> {
+        let first = self.lines_consumed(idx)?;
+        let Some((start, buf)) = self.read_lines(idx)? else { return Ok(None) };
+        let mut lines = vec![];
+        let mut at = 0usize;
+        let mut number = first;
+        for text in buf.split(|&b| b == b'\n') {
+            if at >= buf.len() {
+                break; // the empty piece after the final newline
+            }
+            number += 1;
+            let offset = start + at as u64;
+            at += text.len() + 1;
+            let text = text.strip_suffix(b"\r").unwrap_or(text);
+            if !text.iter().all(u8::is_ascii_whitespace) {
+                lines.push(Line { number, offset, text });
+            }
+        }
+        let name = self.files[idx].name.clone();
+        let batch = self.decode(&lines, &name)?;
+        let f = &mut self.files[idx];
+        f.offset = start + buf.len() as u64;
+        f.line = Some(number);
+        Ok(Some(batch))
+    }
+
+    fn decode(&mut self, lines: &[Line<'_>], file: &str) -> Result<RecordBatch> {
         match self.cfg.format {
             FileSourceFormat::JsonLines => {
                 let mut d = JsonDecoder::new(self.cfg.schema.clone()).map_err(RuntimeError::User)?;
-                let decoded = d.decode(lines).map_err(|e| RuntimeError::Internal(format!("JSON decoder: {e}")))?;
+                let texts: Vec<&[u8]> = lines.iter().map(|l| l.text).collect();
+                let decoded = d.decode(&texts).map_err(|e| RuntimeError::Internal(format!("JSON decoder: {e}")))?;
                 for (i, reason) in &decoded.bad {
-                    self.bad(file, first_line_offset[*i], reason)?;
+                    self.bad(file, &lines[*i], reason)?;
                 }
                 Ok(decoded.batch)
             }
             FileSourceFormat::Csv { delimiter } => {
-                let mut good = vec![];
                 let mut batches = vec![];
-                for (i, line) in lines.iter().enumerate() {
+                for line in lines {
                     let r = arrow::csv::ReaderBuilder::new(self.cfg.schema.clone())
                         .with_delimiter(delimiter)
-                        .build(std::io::Cursor::new(line.to_vec()))
+                        .build(std::io::Cursor::new(line.text.to_vec()))
                         .and_then(|mut r| r.next().transpose());
                     match r {
-                        Ok(Some(b)) if b.num_rows() == 1 => {
-                            good.push(i);
-                            batches.push(b);
-                        }
-                        Ok(_) => self.bad(file, first_line_offset[i], "the line holds no row")?,
-                        Err(e) => self.bad(file, first_line_offset[i], &e.to_string())?,
+                        Ok(Some(b)) if b.num_rows() == 1 => batches.push(b),
+                        Ok(_) => self.bad(file, line, "the line holds no row")?,
+                        Err(e) => self.bad(file, line, &e.to_string())?,
                     }
                 }
                 arrow::compute::concat_batches(&self.cfg.schema, &batches).map_err(RuntimeError::arrow("CSV rows"))
             }
+            FileSourceFormat::Parquet => Err(RuntimeError::Internal("Parquet files are not read as lines".into())),
         }
     }
 
-    fn bad(&self, file: &str, offset: u64, reason: &str) -> Result<()> {
+    /// Routes a line that does not fit the schema by the bad-records policy.
+    fn bad(&mut self, file: &str, line: &Line<'_>, reason: &str) -> Result<()> {
         if let Some(m) = &self.metrics {
             Metrics::add(&m.bad_records, 1);
         }
+        let path = self.file_path(file).display().to_string();
         match &self.cfg.bad_records {
             BadRecordPolicy::Fail => Err(RuntimeError::User(format!(
-                "table '{}': the line at byte {offset} of {} does not fit the schema: {reason}",
-                self.cfg.table,
-                self.file_path(file).display()
+                "table '{}': line {} (byte {}) of {path} does not fit the schema: {reason} \
+                 ('bad-records' = 'fail'; use 'dead-letter' or 'skip' to keep going)",
+                self.cfg.table, line.number, line.offset
             ))),
-            _ => {
-                tracing::warn!(table = %self.cfg.table, file, offset, "skipping a line that does not fit the schema: {reason}");
+            BadRecordPolicy::Skip => {
+                tracing::debug!(table = %self.cfg.table, file = %path, line = line.number, "skipping a bad line: {reason}");
                 Ok(())
+            }
+            BadRecordPolicy::DeadLetter { .. } => {
+                let letter = serde_json::json!({
+                    "table": self.cfg.table,
+                    "file": path,
+                    "line": line.number,
+                    "offset": line.offset,
+                    "error": reason,
+                    "record": String::from_utf8_lossy(line.text),
+                });
+                let (dl, _) = self
+                    .dead_letters
+                    .as_mut()
+                    .ok_or_else(|| RuntimeError::Internal("dead-letter writer not open".into()))?;
+                dl.write(0, None, letter.to_string().as_bytes()).map_err(RuntimeError::from)
+            }
+        }
+    }
+
+    /// The next rows of Parquet file `idx`; `None` when it has no more (it is then done) or,
+    /// while watching, cannot be read yet.
+    fn poll_parquet(&mut self, idx: usize) -> Result<Option<RecordBatch>> {
+        if self.parquet.as_ref().is_none_or(|p| p.idx != idx) {
+            self.parquet = None;
+            let name = self.files[idx].name.clone();
+            let path = self.file_path(&name);
+            match ParquetCursor::open(&path, &self.cfg.table, &self.cfg.schema, self.files[idx].offset) {
+                Ok(cursor) => {
+                    self.unreadable.remove(&name);
+                    self.parquet = Some(OpenParquet { idx, cursor });
+                }
+                Err(OpenError::Unreadable(msg)) if self.cfg.monitor_interval.is_some() => {
+                    if self.unreadable.insert(name) {
+                        tracing::warn!(
+                            "{msg}; trying again later (write Parquet files under a hidden name and rename)"
+                        );
+                    }
+                    return Ok(None);
+                }
+                Err(OpenError::Unreadable(msg)) => return Err(RuntimeError::User(msg)),
+                Err(OpenError::Other(e)) => return Err(e),
+            }
+        }
+        let Some(open) = self.parquet.as_mut() else { return Ok(None) };
+        match open.cursor.next_batch(&self.cfg.table)? {
+            Some(batch) => {
+                self.files[idx].offset += batch.num_rows() as u64;
+                Ok(Some(batch))
+            }
+            None => {
+                self.parquet = None;
+                self.files[idx].done = true;
+                Ok(None)
             }
         }
     }
@@ -195,9 +386,21 @@ impl Source for FileSource {
         if let Some(files) = self.cfg.files.clone() {
             for name in files {
                 if self.mine(&name) && !self.files.iter().any(|f| f.name == name) {
-                    self.files.push(FileState { name, offset: 0, max_ts: MIN_WATERMARK, done: false });
+                    self.files.push(FileState::new(name));
                 }
             }
+        }
+        if let BadRecordPolicy::DeadLetter { topic } = &self.cfg.bad_records
+            && !self.is_parquet()
+        {
+            let uid = format!("{}-dead-letters", self.cfg.uid);
+            let claim = DeadLetterClaim::take(
+                format!("{}\u{0}{uid}\u{0}{}", ctx.job_dir.display(), ctx.subtask),
+                &self.cfg.table,
+            )?;
+            let log = Log::open(&ctx.data_dir).map_err(ConnectorError::from)?;
+            let dl = log.topic_or_create(topic, TopicConfig::new(1)).map_err(ConnectorError::from)?;
+            self.dead_letters = Some((StagedTopicWriter::for_task(dl, ctx, &uid, restored.checkpoint)?, claim));
         }
         self.discover()
     }
@@ -207,32 +410,23 @@ impl Source for FileSource {
         let n = self.files.len();
         for _ in 0..n {
             let idx = self.cursor;
-            self.cursor = (self.cursor + 1) % n;
-            if self.files[idx].done {
-                continue;
+            let batch = if self.files[idx].done {
+                None
+            } else if self.is_parquet() {
+                self.poll_parquet(idx)?
+            } else {
+                self.poll_lines(idx)?
+            };
+            // Line files take turns chunk by chunk; a Parquet file is read to its end first.
+            if batch.is_none() || !self.is_parquet() {
+                self.cursor = (idx + 1) % n;
             }
-            let Some((start, buf)) = self.read_lines(idx)? else { continue };
-            let mut lines: Vec<&[u8]> = vec![];
-            let mut offsets = vec![];
-            let mut at = 0usize;
-            for line in buf.split(|&b| b == b'\n') {
-                let here = start + at as u64;
-                at += line.len() + 1;
-                let line = line.strip_suffix(b"\r").unwrap_or(line);
-                if !line.iter().all(u8::is_ascii_whitespace) {
-                    lines.push(line);
-                    offsets.push(here);
-                }
-            }
-            let name = self.files[idx].name.clone();
-            let batch = self.decode(&lines, &name, &offsets)?;
-            let f = &mut self.files[idx];
-            f.offset = start + buf.len() as u64;
+            let Some(batch) = batch else { continue };
             if let Some((col, _)) = self.cfg.event_time
                 && batch.num_rows() > 0
                 && let Some(m) = crate::topic_source::max_millis(batch.column(col))?
             {
-                f.max_ts = f.max_ts.max(m);
+                self.files[idx].max_ts = self.files[idx].max_ts.max(m);
             }
             return Ok(SourcePoll::Batch(batch));
         }
@@ -253,7 +447,20 @@ impl Source for FileSource {
         WatermarkStatus::Active(wm.saturating_sub(delay))
     }
 
-    fn snapshot(&mut self, _checkpoint: u64) -> Result<Vec<u8>> {
+    fn snapshot(&mut self, checkpoint: u64) -> Result<Vec<u8>> {
+        if let Some((dl, _)) = &mut self.dead_letters {
+            let _ = checkpoint; let _ = &dl;
+        }
         serde_json::to_vec(&self.files).map_err(|e| RuntimeError::Internal(format!("encoding file source state: {e}")))
     }
+
+    fn checkpoint_complete(&mut self, checkpoint: u64) -> Result<()> {
+        if let Some((dl, _)) = &mut self.dead_letters {
+            dl.commit_upto(checkpoint)?;
+        }
+        Ok(())
+    }
 }
+
+#[cfg(test)]
+mod tests;

@@ -2,10 +2,13 @@
 //! letters), the exactly-once topic and filesystem sinks, the at-least-once print sink, and the
 //! JSON format.
 //!
-//! Guarantees by connector: topic source → replayable (positions in checkpoints); topic sink →
-//! exactly-once (two-phase commit through staged transactions); filesystem sink → exactly-once
-//! (files published on checkpoint completion); print sink → at-least-once.
+//! Guarantees by connector: topic source → replayable (positions in checkpoints); topic sink and
+//! upsert topic sink → exactly-once (two-phase commit through staged transactions); filesystem
+//! sink → exactly-once (files published on checkpoint completion); print sink → at-least-once.
+//! Updating results (changelogs) are written by the debezium-json format, the upsert topic sink,
+//! and the print and blackhole sinks (`changelog_format`).
 
+pub mod changelog_format;
 pub mod datagen;
 pub mod error;
 pub mod file_source;
@@ -15,7 +18,9 @@ pub mod sinks;
 mod splits;
 pub mod staging;
 pub mod topic_source;
+pub mod upsert;
 
 pub use error::ConnectorError;
-pub use sinks::{BlackholeSink, FileFormat, FileSink, PrintSink, TopicSink};
+pub use sinks::{BlackholeSink, FileFormat, FileSink, PrintSink, TopicFormat, TopicSink};
 pub use topic_source::{BadRecordPolicy, TopicSource, TopicSourceConfig};
+pub use upsert::UpsertTopicSink;

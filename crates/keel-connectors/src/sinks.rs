@@ -2,6 +2,13 @@
 //! the print sink writes immediately and is at-least-once (rows printed after the last
 //! checkpoint are printed again after a restart).
 //!
+//! Changelogs (batches ending in `_op`, see `keel_runtime::changelog`): the `debezium-json`
+//! format of the topic and filesystem sinks writes each change as Flink's debezium envelope; the
+//! print sink prefixes each row with its kind; the blackhole sink counts them. The `json` and
+//! `csv` formats are append-only and refuse a changelog batch (an internal error: the planner
+//! refuses such pipelines first). A debezium topic sink sends every change of one row (equal
+//! data) to one partition, so a row's insert and its later retraction keep their order.
+//!
 //! Filesystem sink invariants: rows of one checkpoint interval go to a hidden in-progress file
 //! `.JOB-SUBTASK-SEQ.inprogress` in the target directory; at barrier `n` it is fsynced and
 //! renamed to `.JOB-SUBTASK-n.pending`; when checkpoint `n` completes it is renamed to
@@ -9,6 +16,7 @@
 //! pending files up to `c` are published, and newer or in-progress ones are deleted. Hidden files
 //! (leading `.`) are never results.
 
+use crate::changelog_format::{Changes, ensure_append_only, write_debezium, write_print_row};
 use crate::error::ConnectorError;
 use crate::json::encode_row;
 use crate::staging::StagedTopicWriter;
@@ -20,21 +28,49 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// The record format of the topic sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopicFormat {
+    /// One JSON object per row (append-only).
+    Json,
+    /// Flink's debezium-json change envelope per row (accepts changelogs).
+    DebeziumJson,
+}
+
 /// Writes rows as JSON records to a topic, exactly once.
 pub struct TopicSink {
     pub data_dir: PathBuf,
     pub topic: String,
     pub uid: String,
+    pub format: TopicFormat,
     writer: Option<StagedTopicWriter>,
     partitions: u32,
     next: u32,
     line: String,
+    row: String,
     metrics: Option<Arc<Metrics>>,
 }
 
 impl TopicSink {
+    /// A sink writing plain JSON rows (see `with_format`).
     pub fn new(data_dir: PathBuf, topic: String, uid: String) -> Self {
-        TopicSink { data_dir, topic, uid, writer: None, partitions: 1, next: 0, line: String::new(), metrics: None }
+        TopicSink {
+            data_dir,
+            topic,
+            uid,
+            format: TopicFormat::Json,
+            writer: None,
+            partitions: 1,
+            next: 0,
+            line: String::new(),
+            row: String::new(),
+            metrics: None,
+        }
+    }
+
+    pub fn with_format(mut self, format: TopicFormat) -> Self {
+        self.format = format;
+        self
     }
 }
 
@@ -51,11 +87,29 @@ impl Operator for TopicSink {
 
     fn process(&mut self, batch: RecordBatch, _out: &mut Vec<RecordBatch>) -> Result<()> {
         let w = self.writer.as_mut().ok_or_else(|| RuntimeError::Internal("topic sink used before open".into()))?;
-        for row in 0..batch.num_rows() {
-            self.line.clear();
-            encode_row(&batch, row, &mut self.line);
-            w.write(self.next, None, self.line.as_bytes())?;
-            self.next = (self.next + 1) % self.partitions;
+        match self.format {
+            TopicFormat::Json => {
+                ensure_append_only(&batch, &format!("the json topic sink writing '{}'", self.topic))?;
+                for row in 0..batch.num_rows() {
+                    self.line.clear();
+                    encode_row(&batch, row, &mut self.line);
+                    w.write(self.next, None, self.line.as_bytes())?;
+                    self.next = (self.next + 1) % self.partitions;
+                }
+            }
+            TopicFormat::DebeziumJson => {
+                let changes = Changes::of(&batch)?;
+                for row in 0..changes.num_rows() {
+                    self.row.clear();
+                    encode_row(&changes.data, row, &mut self.row);
+                    self.line.clear();
+                    write_debezium(&self.row, changes.kind(row)?, &mut self.line);
+                    // Every change of one row goes to one partition: its order is kept.
+                    let partition =
+                        (keel_types::keys::hash_key(self.row.as_bytes()) % u64::from(self.partitions)) as u32;
+                    w.write(partition, None, self.line.as_bytes())?;
+                }
+            }
         }
         if let Some(m) = &self.metrics {
             Metrics::add(&m.records_out, batch.num_rows() as u64);
@@ -83,14 +137,21 @@ impl Operator for TopicSink {
 pub enum FileFormat {
     Json,
     Csv,
+    /// Flink's debezium-json change envelopes, one per line (accepts changelogs).
+    DebeziumJson,
 }
 
 impl FileFormat {
     fn extension(self) -> &'static str {
         match self {
-            FileFormat::Json => "jsonl",
+            FileFormat::Json | FileFormat::DebeziumJson => "jsonl",
             FileFormat::Csv => "csv",
         }
+    }
+
+    /// True for a format that can write updates and deletes (not only inserts).
+    pub fn accepts_updates(self) -> bool {
+        self == FileFormat::DebeziumJson
     }
 }
 
@@ -98,6 +159,7 @@ impl FileFormat {
 pub struct FileSink {
     dir: PathBuf,
     format: FileFormat,
+    table: String,
     job: String,
     subtask: u32,
     seq: u64,
@@ -121,12 +183,27 @@ impl FileSink {
         FileSink {
             dir,
             format,
+            table: String::new(),
             job: String::new(),
             subtask: 0,
             seq: 0,
             current: None,
             line: String::new(),
             metrics: None,
+        }
+    }
+
+    /// Names the table this sink writes (for error messages).
+    pub fn for_table(mut self, table: impl Into<String>) -> Self {
+        self.table = table.into();
+        self
+    }
+
+    fn describe(&self) -> String {
+        if self.table.is_empty() {
+            format!("the filesystem sink writing {}", self.dir.display())
+        } else {
+            format!("the filesystem sink of table {} ({})", self.table, self.dir.display())
         }
     }
 
@@ -185,6 +262,9 @@ impl Operator for FileSink {
     }
 
     fn process(&mut self, batch: RecordBatch, _out: &mut Vec<RecordBatch>) -> Result<()> {
+        if !self.format.accepts_updates() {
+            ensure_append_only(&batch, &self.describe())?;
+        }
         if self.current.is_none() {
             self.seq += 1;
             let path = self.dir.join(format!(".{}-{}-{}.inprogress", self.job, self.subtask, self.seq));
@@ -209,6 +289,18 @@ impl Operator for FileSink {
                     .build(&mut *w);
                 cw.write(&batch)
                     .map_err(|e| ConnectorError::Encode { what: "CSV rows".into(), reason: e.to_string() })?;
+            }
+            FileFormat::DebeziumJson => {
+                let changes = Changes::of(&batch)?;
+                let mut row_json = String::new();
+                for row in 0..changes.num_rows() {
+                    row_json.clear();
+                    encode_row(&changes.data, row, &mut row_json);
+                    self.line.clear();
+                    write_debezium(&row_json, changes.kind(row)?, &mut self.line);
+                    self.line.push('\n');
+                    w.write_all(self.line.as_bytes()).map_err(ConnectorError::io("cannot write", path))?;
+                }
             }
         }
         if let Some(m) = &self.metrics {
@@ -243,7 +335,8 @@ impl Operator for FileSink {
     }
 }
 
-/// Prints rows to standard output as `+I[v1, v2, ...]`, as Flink's print connector does.
+/// Prints rows to standard output as `+I[v1, v2, ...]`, as Flink's print connector does; the rows
+/// of a changelog carry their kind (`+I`, `-U`, `+U`, `-D`) in place of `+I`.
 /// At-least-once: rows printed after the last checkpoint are printed again after a restart.
 pub struct PrintSink {
     pub table: String,
@@ -251,26 +344,14 @@ pub struct PrintSink {
 
 impl Operator for PrintSink {
     fn process(&mut self, batch: RecordBatch, _out: &mut Vec<RecordBatch>) -> Result<()> {
+        let changes = Changes::of(&batch)?;
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
         let mut line = String::new();
-        for row in 0..batch.num_rows() {
+        for row in 0..changes.num_rows() {
             line.clear();
-            line.push_str("+I[");
-            for c in 0..batch.num_columns() {
-                if c > 0 {
-                    line.push_str(", ");
-                }
-                let col = batch.column(c);
-                if let arrow::datatypes::DataType::Timestamp(_, _) = col.data_type() {
-                    let mut s = String::new();
-                    crate::json::write_value(col.as_ref(), row, &mut s);
-                    line.push_str(s.trim_matches('"'));
-                } else {
-                    line.push_str(&arrow::util::display::array_value_to_string(col, row).unwrap_or_default());
-                }
-            }
-            line.push_str("]\n");
+            write_print_row(&changes.data, row, changes.kind(row)?, &mut line);
+            line.push('\n');
             out.write_all(line.as_bytes()).map_err(|e| {
                 RuntimeError::External(format!("print sink '{}': cannot write to stdout: {e}", self.table))
             })?;
@@ -279,7 +360,8 @@ impl Operator for PrintSink {
     }
 }
 
-/// Discards rows, counting them as written (for benchmarks and tests).
+/// Discards rows (of append-only batches and changelogs alike), counting them as written (for
+/// benchmarks and tests).
 #[derive(Default)]
 pub struct BlackholeSink {
     metrics: Option<Arc<Metrics>>,
@@ -296,5 +378,95 @@ impl Operator for BlackholeSink {
             Metrics::add(&m.records_out, batch.num_rows() as u64);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upsert::tests::{changes, ctx, records};
+    use keel_runtime::changelog::RowKind::*;
+
+    #[test]
+    fn debezium_topic_sink_writes_envelopes_and_keeps_a_rows_changes_in_one_partition() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        Log::open(d).unwrap().create_topic("cdc", TopicConfig::new(3)).unwrap();
+        let mut sink = TopicSink::new(d.into(), "cdc".into(), "sink-cdc".into()).with_format(TopicFormat::DebeziumJson);
+        sink.open(&ctx(d), RestoredState::default()).unwrap();
+        let rows =
+            [("a", 1, Insert), ("b", 1, Insert), ("a", 1, UpdateBefore), ("a", 2, UpdateAfter), ("b", 1, Delete)];
+        sink.process(changes(&rows), &mut vec![]).unwrap();
+        sink.snapshot(1).unwrap();
+        assert!(records(d, "cdc").is_empty());
+        sink.checkpoint_complete(1).unwrap();
+        let recs = records(d, "cdc");
+        assert_eq!(recs.len(), 5);
+        assert!(recs.iter().all(|r| r.1.is_none()));
+        let values: Vec<&str> = recs.iter().map(|r| r.2.as_str()).collect();
+        for want in [
+            r#"{"before":null,"after":{"k":"a","n":1},"op":"c"}"#,
+            r#"{"before":{"k":"a","n":1},"after":null,"op":"d"}"#,
+            r#"{"before":null,"after":{"k":"a","n":2},"op":"c"}"#,
+            r#"{"before":null,"after":{"k":"b","n":1},"op":"c"}"#,
+            r#"{"before":{"k":"b","n":1},"after":null,"op":"d"}"#,
+        ] {
+            assert_eq!(values.iter().filter(|v| **v == want).count(), 1, "{want} in {values:?}");
+        }
+        // The insert and the retraction of one row share a partition, insert first.
+        for row in [r#"{"k":"a","n":1}"#, r#"{"k":"b","n":1}"#] {
+            let of_row: Vec<_> = recs.iter().filter(|r| r.2.contains(row)).collect();
+            assert_eq!(of_row.len(), 2);
+            assert_eq!(of_row[0].0, of_row[1].0, "{row} in two partitions");
+            assert!(of_row[0].2.ends_with(r#""op":"c"}"#) && of_row[1].2.ends_with(r#""op":"d"}"#));
+        }
+    }
+
+    #[test]
+    fn filesystem_sink_writes_debezium_lines_to_jsonl() {
+        let dir = tempfile::tempdir().unwrap();
+        let out_dir = dir.path().join("out");
+        let mut sink = FileSink::new(out_dir.clone(), FileFormat::DebeziumJson).for_table("t");
+        sink.open(&ctx(dir.path()), RestoredState::default()).unwrap();
+        sink.process(changes(&[("a", 1, Insert), ("a", 1, UpdateBefore), ("a", 3, UpdateAfter)]), &mut vec![]).unwrap();
+        sink.snapshot(1).unwrap();
+        sink.checkpoint_complete(1).unwrap();
+        let files: Vec<_> = fs::read_dir(&out_dir).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(files.len(), 1, "{files:?}");
+        assert!(files[0].to_string_lossy().ends_with(".jsonl"));
+        assert_eq!(
+            fs::read_to_string(&files[0]).unwrap(),
+            concat!(
+                r#"{"before":null,"after":{"k":"a","n":1},"op":"c"}"#,
+                "\n",
+                r#"{"before":{"k":"a","n":1},"after":null,"op":"d"}"#,
+                "\n",
+                r#"{"before":null,"after":{"k":"a","n":3},"op":"c"}"#,
+                "\n"
+            )
+        );
+    }
+
+    #[test]
+    fn append_only_formats_refuse_changelogs() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let batch = changes(&[("a", 1, Insert)]);
+        let mut topic = TopicSink::new(d.into(), "plain".into(), "u".into());
+        topic.open(&ctx(d), RestoredState::default()).unwrap();
+        let err = topic.process(batch.clone(), &mut vec![]).unwrap_err();
+        assert!(matches!(err, RuntimeError::Internal(_)) && err.to_string().contains("'plain'"), "{err}");
+        // The same rows without _op are written.
+        topic.process(batch.project(&[0, 1]).unwrap(), &mut vec![]).unwrap();
+        for format in [FileFormat::Json, FileFormat::Csv] {
+            let mut files = FileSink::new(d.join("files"), format).for_table("out_t");
+            files.open(&ctx(d), RestoredState::default()).unwrap();
+            let err = files.process(batch.clone(), &mut vec![]).unwrap_err();
+            assert!(matches!(err, RuntimeError::Internal(_)) && err.to_string().contains("table out_t"), "{err}");
+        }
+        let mut hole = BlackholeSink::default();
+        hole.open(&ctx(d), RestoredState::default()).unwrap();
+        hole.process(batch.clone(), &mut vec![]).unwrap();
+        PrintSink { table: "p".into() }.process(batch, &mut vec![]).unwrap();
     }
 }

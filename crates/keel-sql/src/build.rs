@@ -1,6 +1,6 @@
-//! Turning one planned `INSERT` into runtime stages: its source (topic offsets recorded at the
-//! first start, or the generator), the operator chain, the exchange before a window aggregate,
-//! and the sink; plus its part of EXPLAIN.
+//! Turning one planned `INSERT` into runtime stages: its sources (topic offsets recorded at the
+//! first start, or the generators), each stage's operator chain and the exchange feeding it, and
+//! the sink closing the last stage; plus its part of EXPLAIN.
 //!
 //! Invariant: operator uids of the first INSERT carry no prefix and those of the n-th (n > 0)
 //! carry `in-`, so that a pipeline's state keeps its names when INSERTs are added after it, and
@@ -9,11 +9,13 @@
 use crate::PipelineOptions;
 use crate::connectors::{self, SinkKind};
 use crate::error::{Result, SqlError};
-use crate::planner::{InsertPlan, Step};
+use crate::plan::{InsertPlan, PlannedInput, PlannedOp, SourceNode, Step};
 use keel_connectors::nexmark::NexmarkSource;
-use keel_connectors::{BlackholeSink, FileSink, PrintSink, TopicSink, TopicSource, TopicSourceConfig};
+use keel_connectors::{TopicSource, TopicSourceConfig};
 use keel_log::Log;
-use keel_runtime::ops::{Filter, Projection, WindowAggregate, WindowAssigner, WindowTopN};
+use keel_runtime::ops::{
+    Filter, GroupAggregate, Join, OverAggregate, Projection, Rank, WindowAggregate, WindowAssigner, WindowTopN,
+};
 use keel_runtime::{JobDir, Operator, OperatorSpec, Partitioning, StageInput, StageSpec};
 use std::sync::Arc;
 
@@ -30,19 +32,45 @@ fn op(uid: String, f: impl Fn() -> keel_runtime::Result<Box<dyn Operator>> + Sen
     OperatorSpec { uid, factory: Arc::new(move |_ctx| f()) }
 }
 
-fn step_ops(steps: &[Step], prefix: &str) -> Vec<OperatorSpec> {
-    steps
-        .iter()
-        .enumerate()
-        .map(|(i, s)| match s.clone() {
-            Step::Filter(p) => {
-                op(format!("{prefix}-filter-{i}"), move || Ok(Box::new(Filter { predicate: p.clone() })))
-            }
-            Step::Project(exprs, schema) => op(format!("{prefix}-project-{i}"), move || {
-                Ok(Box::new(Projection { exprs: exprs.clone(), schema: schema.clone() }))
-            }),
-        })
-        .collect()
+fn step_op(uid: String, s: Step) -> OperatorSpec {
+    match s {
+        Step::Filter(p) => op(uid, move || Ok(Box::new(Filter { predicate: p.clone() }))),
+        Step::Project(exprs, schema) => {
+            op(uid, move || Ok(Box::new(Projection { exprs: exprs.clone(), schema: schema.clone() })))
+        }
+    }
+}
+
+fn describe_op(o: &PlannedOp) -> String {
+    match o {
+        PlannedOp::WindowAssign(spec, _, _) => format!("window assigner {spec:?}"),
+        PlannedOp::Step(s) => describe_step(s),
+        PlannedOp::WindowAggregate { spec, .. } => format!(
+            "window aggregate [{}] (keyed state, emits when the watermark passes window_end - 1)",
+            spec.aggregates.iter().map(|a| format!("{:?}", a.func)).collect::<Vec<_>>().join(", ")
+        ),
+        PlannedOp::WindowTopN(_) => "window top-n (numbers each window partition when the window closes)".into(),
+        PlannedOp::GroupAggregate(g) => format!(
+            "group aggregate [{}] (keyed state{}, emits a changelog)",
+            g.aggregates.iter().map(|a| format!("{:?}", a.func)).collect::<Vec<_>>().join(", "),
+            g.state_ttl.map(|t| format!(", TTL {t:?}")).unwrap_or_default()
+        ),
+        PlannedOp::Join(j) => {
+            let kind = match (j.left.expiry, j.output_updating) {
+                (Some(_), _) => "time-bounded (interval or window) join, rows dropped as the watermark passes",
+                (None, true) => "regular join, emits a changelog",
+                (None, false) => "regular join, append-only",
+            };
+            format!("{:?} join on {} key(s): {kind}", j.join_type, j.left.keys.len())
+        }
+        PlannedOp::Rank(r) => format!(
+            "top-{} per partition {:?} ({}, emits a changelog)",
+            r.limit,
+            r.partition_cols,
+            if r.input_updating { "all rows kept" } else { "only the top rows kept" }
+        ),
+        PlannedOp::Over(o) => format!("OVER aggregation {:?} (emits each row when the watermark passes it)", o.frame),
+    }
 }
 
 /// One INSERT of a pipeline, ready to become stages.
@@ -53,21 +81,16 @@ pub(crate) struct InsertBuilder<'a> {
 }
 
 impl InsertBuilder<'_> {
-    /// DataFusion's logical plan of the query.
-    pub(crate) fn explain(&self) -> String {
-        use std::fmt::Write;
-        let ins = self.ins;
-        let p = self.opts.parallelism;
-        let mut s = String::new();
-        let source_desc = match &ins.source_plan {
+    fn describe_source(n: &SourceNode) -> String {
+        let desc = match &n.plan {
             connectors::SourcePlan::Topic { topic, bad_records, .. } => {
                 format!("topic '{topic}' (JSON, bad records: {bad_records:?})")
             }
-            connectors::SourcePlan::Nexmark(n) => format!(
+            connectors::SourcePlan::Nexmark(c) => format!(
                 "nexmark generator ({} events, {} per second of event time, {} splits)",
-                n.events.map(|e| e.to_string()).unwrap_or_else(|| "unbounded".into()),
-                n.rate,
-                n.splits
+                c.events.map(|e| e.to_string()).unwrap_or_else(|| "unbounded".into()),
+                c.rate,
+                c.splits
             ),
             connectors::SourcePlan::Files(f) => format!(
                 "files under {} ({:?}, {})",
@@ -86,48 +109,49 @@ impl InsertBuilder<'_> {
                 d.seed
             ),
         };
-        let wm = ins
-            .source
+        let wm = n
+            .table
             .watermark
             .as_ref()
             .map(|w| format!("watermark {} - {} ms", w.column, w.delay_ms))
             .unwrap_or_else(|| "no watermark".into());
+        format!("source {}: {desc}, {wm}", n.table.name)
+    }
+
+    /// The streaming plan in words, then DataFusion's logical plan of the query.
+    pub(crate) fn explain(&self) -> String {
+        use std::fmt::Write;
+        let ins = self.ins;
+        let p = self.opts.parallelism;
+        let mut s = String::new();
         let _ = writeln!(s, "Streaming plan (parallelism {p}):");
-        let _ = writeln!(s, "  source {}: {source_desc}, {wm}", ins.source.name);
-        let mut stage0 = vec![];
-        if let Some((spec, _, _)) = &ins.window {
-            stage0.push(format!("window assigner {spec:?}"));
-        }
-        stage0.extend(ins.below.iter().map(describe_step));
-        let sink = format!("sink {}: {:?} ({})", ins.sink.name, ins.sink_kind, ins.sink_kind.guarantee());
-        match &ins.aggregate {
-            None => {
-                if ins.top_n.is_none() {
-                    stage0.push(sink.clone());
+        let last = ins.stages.len().saturating_sub(1);
+        for (i, st) in ins.stages.iter().enumerate() {
+            let mut parts = vec![];
+            match &st.input {
+                PlannedInput::Source(n) => parts.push(Self::describe_source(n)),
+                PlannedInput::Exchange { from, keys } => {
+                    let _ = writeln!(s, "    exchange: stage {from} hashed by columns {keys:?} over key groups");
                 }
-                let _ = writeln!(s, "  stage 0 x{p}: {}", stage0.join(" -> "));
-            }
-            Some(agg) => {
-                stage0.push(format!("aggregate input ({} columns)", agg.pre_projection.0.len()));
-                let _ = writeln!(s, "  stage 0 x{p}: {}", stage0.join(" -> "));
-                let _ = writeln!(s, "    exchange: hash by the first {} column(s) over key groups", agg.spec.num_keys);
-                let mut stage1 = vec![format!(
-                    "window aggregate [{}] (keyed state, emits when the watermark passes window_end - 1)",
-                    agg.spec.aggregates.iter().map(|a| format!("{:?}", a.func)).collect::<Vec<_>>().join(", ")
-                )];
-                stage1.extend(ins.above.iter().map(describe_step));
-                if ins.top_n.is_none() {
-                    stage1.push(sink.clone());
+                PlannedInput::Join { left, right } => {
+                    let _ = writeln!(
+                        s,
+                        "    exchange: stage {} hashed by columns {:?} (left), stage {} by {:?} (right)",
+                        left.0, left.1, right.0, right.1
+                    );
                 }
-                let _ = writeln!(s, "  stage 1 x{p}: {}", stage1.join(" -> "));
             }
-        }
-        if let Some(t) = &ins.top_n {
-            let _ = writeln!(s, "    exchange: hash by the ROW_NUMBER() partition columns {:?}", t.partition_cols);
-            let mut last = vec!["window top-n (numbers each window partition when the window closes)".to_string()];
-            last.extend(ins.after_top_n.iter().map(describe_step));
-            last.push(sink);
-            let _ = writeln!(s, "  last stage x{p}: {}", last.join(" -> "));
+            parts.extend(st.ops.iter().map(describe_op));
+            if i == last {
+                parts.push(format!(
+                    "sink {}: {:?} ({}){}",
+                    ins.sink.name,
+                    ins.sink_kind,
+                    ins.sink_kind.guarantee(),
+                    if ins.updating { ", receives a changelog" } else { "" }
+                ));
+            }
+            let _ = writeln!(s, "  stage {i} x{p}: {}", parts.join(" -> "));
         }
         let _ = writeln!(s, "DataFusion logical plan of the query:");
         for line in ins.logical_plan.lines() {
@@ -144,88 +168,59 @@ impl InsertBuilder<'_> {
     /// True when every source ends by itself (a nexmark table with 'events.num'), so the job
     /// finishes like a `--bounded` one.
     pub(crate) fn sources_bounded(&self) -> bool {
-        match &self.ins.source_plan {
+        self.ins.sources().all(|n| match &n.plan {
             connectors::SourcePlan::Nexmark(c) => c.events.is_some(),
             connectors::SourcePlan::Datagen(d) => d.rows.is_some(),
             connectors::SourcePlan::Files(f) => f.monitor_interval.is_none(),
             connectors::SourcePlan::Topic { .. } => false,
-        }
+        })
     }
 
     /// Checks that the sources can be read (topics exist, generator columns match) before any
     /// job state is created.
     pub(crate) fn check_sources(&self) -> Result<()> {
-        match &self.ins.source_plan {
-            connectors::SourcePlan::Topic { topic, .. } => {
-                Log::open(&self.opts.data_dir)?.topic(topic)?;
-            }
-            connectors::SourcePlan::Nexmark(_) => {
-                let schema = self.stored_schema();
-                keel_connectors::nexmark::check_schema(&schema).map_err(|e| {
-                    SqlError::invalid(self.ins.source.pos, format!("table {}: {e}", self.ins.source.name))
-                })?;
-            }
-            connectors::SourcePlan::Files(f) => {
-                if self.ins.source_computed.is_some() {
-                    return Err(SqlError::unsupported(
-                        self.ins.source.pos,
-                        "computed columns on a filesystem table",
-                        None,
-                    ));
+        for n in self.ins.sources() {
+            let invalid = |e: String| SqlError::invalid(n.table.pos, format!("table {}: {e}", n.table.name));
+            match &n.plan {
+                connectors::SourcePlan::Topic { topic, .. } => {
+                    Log::open(&self.opts.data_dir)?.topic(topic)?;
                 }
-                if !f.path.exists() {
-                    return Err(SqlError::invalid(
-                        self.ins.source.pos,
-                        format!("table {}: path {} does not exist", self.ins.source.name, f.path.display()),
-                    ));
+                connectors::SourcePlan::Nexmark(_) => {
+                    keel_connectors::nexmark::check_schema(&stored_schema(n)).map_err(|e| invalid(e.to_string()))?;
                 }
-            }
-            connectors::SourcePlan::Datagen(_) => {
-                if self.ins.source_computed.is_some() {
-                    return Err(SqlError::unsupported(
-                        self.ins.source.pos,
-                        "computed columns on a datagen table",
-                        None,
-                    ));
+                connectors::SourcePlan::Files(f) => {
+                    if n.computed.is_some() {
+                        return Err(SqlError::unsupported(n.table.pos, "computed columns on a filesystem table", None));
+                    }
+                    if !f.path.exists() {
+                        return Err(invalid(format!("path {} does not exist", f.path.display())));
+                    }
                 }
-                keel_connectors::datagen::check_schema(&self.stored_schema()).map_err(|e| {
-                    SqlError::invalid(self.ins.source.pos, format!("table {}: {e}", self.ins.source.name))
-                })?;
+                connectors::SourcePlan::Datagen(_) => {
+                    if n.computed.is_some() {
+                        return Err(SqlError::unsupported(n.table.pos, "computed columns on a datagen table", None));
+                    }
+                    keel_connectors::datagen::check_schema(&stored_schema(n)).map_err(|e| invalid(e.to_string()))?;
+                }
             }
         }
         Ok(())
     }
 
-    /// The source's columns as stored or generated (without computed columns).
-    fn stored_schema(&self) -> arrow::datatypes::SchemaRef {
-        let ins = self.ins;
-        ins.source_computed.as_ref().map(|c| c.base.clone()).unwrap_or_else(|| ins.source_schema.clone())
-    }
-
-    /// The event-time column (in the table's schema) and the watermark delay.
-    fn event_time(&self) -> Option<(usize, i64)> {
-        let src = &self.ins.source;
-        src.watermark
-            .as_ref()
-            .and_then(|w| src.columns.iter().position(|c| c.name == w.column).map(|i| (i, w.delay_ms)))
-    }
-
     /// The source stage's input: resolves topic offsets (recorded at the first start) or the
     /// generator's settings.
-    fn source_input(&self, job: &mut JobDir) -> Result<StageInput> {
-        let ins = self.ins;
-        let uid = format!("{}source-{}", self.prefix, ins.source.name);
-        let computed = ins.source_computed.as_ref().map(|c| (c.exprs.clone(), c.schema.clone()));
-        let (topic, bad_records, startup_latest, idle_timeout) = match &ins.source_plan {
+    fn source_input(&self, node: &SourceNode, uid: String, job: &mut JobDir) -> Result<StageInput> {
+        let computed = node.computed.as_ref().map(|c| (c.exprs.clone(), c.schema.clone()));
+        let (topic, bad_records, startup_latest, idle_timeout) = match &node.plan {
             connectors::SourcePlan::Topic { topic, bad_records, startup_latest, idle_timeout } => {
                 (topic, bad_records, startup_latest, idle_timeout)
             }
             connectors::SourcePlan::Nexmark(n) => {
                 let cfg = keel_connectors::nexmark::NexmarkConfig {
-                    table: ins.source.name.clone(),
-                    schema: self.stored_schema(),
+                    table: node.table.name.clone(),
+                    schema: stored_schema(node),
                     computed,
-                    event_time: self.event_time(),
+                    event_time: event_time(node),
                     ..n.clone()
                 };
                 return Ok(StageInput::Source {
@@ -252,8 +247,8 @@ impl InsertBuilder<'_> {
                     files = Some(list);
                 }
                 let cfg = keel_connectors::file_source::FileSourceConfig {
-                    schema: self.stored_schema(),
-                    event_time: self.event_time(),
+                    schema: stored_schema(node),
+                    event_time: event_time(node),
                     files,
                     ..f.clone()
                 };
@@ -267,9 +262,9 @@ impl InsertBuilder<'_> {
             }
             connectors::SourcePlan::Datagen(d) => {
                 let cfg = keel_connectors::datagen::DatagenConfig {
-                    table: ins.source.name.clone(),
-                    schema: self.stored_schema(),
-                    event_time: self.event_time(),
+                    table: node.table.name.clone(),
+                    schema: stored_schema(node),
+                    event_time: event_time(node),
                     ..d.clone()
                 };
                 return Ok(StageInput::Source {
@@ -307,11 +302,11 @@ impl InsertBuilder<'_> {
         let offsets = |k: &str| -> Option<Vec<u64>> { serde_json::from_value(fact.get(k)?.clone()).ok() };
         let cfg = TopicSourceConfig {
             data_dir: self.opts.data_dir.clone(),
-            table: ins.source.name.clone(),
+            table: node.table.name.clone(),
             topic: topic.clone(),
-            schema: self.stored_schema(),
+            schema: stored_schema(node),
             computed,
-            event_time: self.event_time(),
+            event_time: event_time(node),
             start_offsets: offsets("start").unwrap_or_default(),
             end_offsets: if self.opts.bounded { offsets("end") } else { None },
             bad_records: bad_records.clone(),
@@ -327,121 +322,124 @@ impl InsertBuilder<'_> {
         })
     }
 
-    /// Resolves the source (recording start and bounded end offsets at the first start) and
+    /// Resolves the sources (recording start and bounded end offsets at the first start) and
     /// builds this INSERT's stages; `first_stage` is the index its first stage will have.
     pub(crate) fn stages(&self, job: &mut JobDir, first_stage: usize) -> Result<Vec<StageSpec>> {
         let ins = self.ins;
         let log = Log::open(&self.opts.data_dir)?;
-        if let SinkKind::Topic { topic } = &ins.sink_kind {
+        if let SinkKind::Topic { topic } | SinkKind::DebeziumTopic { topic } | SinkKind::UpsertTopic { topic, .. } =
+            &ins.sink_kind
+        {
             log.topic_or_create(topic, keel_log::TopicConfig::new(1))?;
         }
-        let source = self.source_input(job)?;
         let p = self.opts.parallelism;
-        let mut chain0 = vec![];
-        if let Some((spec, col, schema)) = &ins.window {
-            let (spec, col, schema) = (*spec, *col, schema.clone());
-            chain0.push(op(format!("{}window-assigner", self.prefix), move || {
-                Ok(Box::new(WindowAssigner { spec, time_column: col, schema: schema.clone() }))
-            }));
-        }
-        chain0.extend(step_ops(&ins.below, &format!("{}pre", self.prefix)));
-        // The sink ends the last stage: the Top-N stage when there is one.
-        let mut sink = Some(self.sink_op());
-        let mut last_sink = |chain: &mut Vec<OperatorSpec>, here: bool| {
-            if here && let Some(s) = sink.take() {
-                chain.push(s);
-            }
+        let pre = &self.prefix;
+        let mut seen_sources: std::collections::HashMap<String, usize> = Default::default();
+        let mut first_of_kind: std::collections::HashSet<&'static str> = Default::default();
+        // The first operator of each stateful kind keeps the uid earlier versions gave it.
+        let mut uid_of = |kind: &'static str, si: usize| {
+            if first_of_kind.insert(kind) { format!("{pre}{kind}") } else { format!("{pre}{kind}-{si}") }
         };
-        let no_top_n = ins.top_n.is_none();
-        let mut stages = vec![];
-        match &ins.aggregate {
-            None => {
-                last_sink(&mut chain0, no_top_n);
-                stages.push(StageSpec {
-                    name: format!("{} -> {}", ins.source.name, ins.sink.name),
-                    parallelism: p,
-                    input: source,
-                    chain: chain0,
-                });
-            }
-            Some(agg) => {
-                let (exprs, schema) = agg.pre_projection.clone();
-                chain0.push(op(format!("{}aggregate-input", self.prefix), move || {
-                    Ok(Box::new(Projection { exprs: exprs.clone(), schema: schema.clone() }))
-                }));
-                stages.push(StageSpec {
-                    name: format!("{} scan", ins.source.name),
-                    parallelism: p,
-                    input: source,
-                    chain: chain0,
-                });
-                let mut spec = agg.spec.as_ref().clone();
-                if let Some(topic) = connectors::late_records(&ins.source, &self.opts.job)? {
-                    let log = Log::open(&self.opts.data_dir)?;
-                    log.topic_or_create(&topic, keel_log::TopicConfig::new(1))?;
-                    let (data_dir, table, uid) = (
-                        self.opts.data_dir.clone(),
-                        ins.source.name.clone(),
-                        format!("{}window-aggregate-late", self.prefix),
-                    );
-                    spec.late_output = Some(keel_runtime::SideOutputFactory(Arc::new(move |ctx, restored| {
-                        let t = Log::open(&data_dir)
-                            .and_then(|l| l.topic(&topic))
-                            .map_err(keel_connectors::ConnectorError::from)?;
-                        let writer = keel_connectors::staging::StagedTopicWriter::for_task(t, ctx, &uid, restored)?;
-                        Ok(Box::new(keel_connectors::staging::DeadLetterOutput { table: table.clone(), writer })
-                            as Box<dyn keel_runtime::SideOutput>)
-                    })));
+        let last = ins.stages.len().saturating_sub(1);
+        let mut out = vec![];
+        for (si, st) in ins.stages.iter().enumerate() {
+            let (input, name) = match &st.input {
+                PlannedInput::Source(n) => {
+                    let k = seen_sources.entry(n.table.name.clone()).or_insert(0);
+                    *k += 1;
+                    let uid = if *k == 1 {
+                        format!("{pre}source-{}", n.table.name)
+                    } else {
+                        format!("{pre}source-{}-{k}", n.table.name)
+                    };
+                    (self.source_input(n, uid, job)?, format!("{} scan", n.table.name))
                 }
-                let spec = Arc::new(spec);
-                let mut chain1 = vec![op(format!("{}window-aggregate", self.prefix), move || {
-                    Ok(Box::new(WindowAggregate::new(spec.clone())?))
-                })];
-                chain1.extend(step_ops(&ins.above, &format!("{}post", self.prefix)));
-                last_sink(&mut chain1, no_top_n);
-                stages.push(StageSpec {
-                    name: format!("window aggregate -> {}", ins.sink.name),
-                    parallelism: p,
-                    input: StageInput::Upstream {
-                        stage: first_stage,
-                        partitioning: Partitioning::Hash((0..agg.spec.num_keys).collect()),
+                PlannedInput::Exchange { from, keys } => (
+                    StageInput::Upstream { stage: first_stage + from, partitioning: Partitioning::Hash(keys.clone()) },
+                    format!("stage {si}"),
+                ),
+                PlannedInput::Join { left, right } => (
+                    StageInput::TwoInputs {
+                        left: (first_stage + left.0, Partitioning::Hash(left.1.clone())),
+                        right: (first_stage + right.0, Partitioning::Hash(right.1.clone())),
                     },
-                    chain: chain1,
-                });
+                    format!("join {si}"),
+                ),
+            };
+            let mut chain = vec![];
+            for (oi, o) in st.ops.iter().enumerate() {
+                let spec = match o.clone() {
+                    PlannedOp::WindowAssign(spec, col, schema) => {
+                        let uid = if si == 0 { format!("{pre}window-assigner") } else { format!("{pre}s{si}-window-assigner") };
+                        op(uid, move || Ok(Box::new(WindowAssigner { spec, time_column: col, schema: schema.clone() })))
+                    }
+                    PlannedOp::Step(step) => {
+                        let kind = if matches!(step, Step::Filter(_)) { "filter" } else { "project" };
+                        step_op(format!("{pre}s{si}-{kind}-{oi}"), step)
+                    }
+                    PlannedOp::WindowAggregate { spec, late_table } => {
+                        let uid = uid_of("window-aggregate", si);
+                        let mut spec = spec.as_ref().clone();
+                        if let Some(t) = &late_table {
+                            spec.late_output = self.late_output(t, &format!("{uid}-late"))?;
+                        }
+                        let spec = Arc::new(spec);
+                        op(uid, move || Ok(Box::new(WindowAggregate::new(spec.clone())?)))
+                    }
+                    PlannedOp::WindowTopN(spec) => {
+                        op(uid_of("window-top-n", si), move || Ok(Box::new(WindowTopN::new(spec.clone()))))
+                    }
+                    PlannedOp::GroupAggregate(spec) => {
+                        op(uid_of("group-aggregate", si), move || Ok(Box::new(GroupAggregate::new(spec.clone())?)))
+                    }
+                    PlannedOp::Join(spec) => op(uid_of("join", si), move || Ok(Box::new(Join::new(spec.clone())?))),
+                    PlannedOp::Rank(spec) => op(uid_of("rank", si), move || Ok(Box::new(Rank::new(spec.clone())?))),
+                    PlannedOp::Over(spec) => {
+                        op(uid_of("over", si), move || Ok(Box::new(OverAggregate::new(spec.clone())?)))
+                    }
+                };
+                chain.push(spec);
             }
+            let name = if si == last {
+                chain.push(self.sink_op());
+                format!("{name} -> {}", ins.sink.name)
+            } else {
+                name
+            };
+            out.push(StageSpec { name, parallelism: p, input, chain });
         }
-        if let Some(topn) = &ins.top_n {
-            let upstream = first_stage + stages.len() - 1;
-            let spec = topn.clone();
-            let mut chain =
-                vec![op(format!("{}window-top-n", self.prefix), move || Ok(Box::new(WindowTopN::new(spec.clone()))))];
-            chain.extend(step_ops(&ins.after_top_n, &format!("{}top-n", self.prefix)));
-            last_sink(&mut chain, true);
-            stages.push(StageSpec {
-                name: format!("window top-n -> {}", ins.sink.name),
-                parallelism: p,
-                input: StageInput::Upstream {
-                    stage: upstream,
-                    partitioning: Partitioning::Hash(topn.partition_cols.clone()),
-                },
-                chain,
-            });
-        }
-        Ok(stages)
+        Ok(out)
+    }
+
+    /// The side output for late rows of a window aggregate over `table`, if it asks for one.
+    fn late_output(&self, table: &crate::script::TableDef, uid: &str) -> Result<Option<keel_runtime::SideOutputFactory>> {
+        let Some(topic) = connectors::late_records(table, &self.opts.job)? else { return Ok(None) };
+        let log = Log::open(&self.opts.data_dir)?;
+        log.topic_or_create(&topic, keel_log::TopicConfig::new(1))?;
+        let (data_dir, table, uid) = (self.opts.data_dir.clone(), table.name.clone(), uid.to_string());
+        Ok(Some(keel_runtime::SideOutputFactory(Arc::new(move |ctx, restored| {
+            let t = Log::open(&data_dir).and_then(|l| l.topic(&topic)).map_err(keel_connectors::ConnectorError::from)?;
+            let writer = keel_connectors::staging::StagedTopicWriter::for_task(t, ctx, &uid, restored)?;
+            Ok(Box::new(keel_connectors::staging::DeadLetterOutput { table: table.clone(), writer })
+                as Box<dyn keel_runtime::SideOutput>)
+        }))))
     }
 
     fn sink_op(&self) -> OperatorSpec {
-        let name = self.ins.sink.name.clone();
+        let name = &self.ins.sink.name;
         let uid = format!("{}sink-{name}", self.prefix);
-        let data_dir = self.opts.data_dir.clone();
-        match self.ins.sink_kind.clone() {
-            SinkKind::Topic { topic } => {
-                let u = uid.clone();
-                op(uid, move || Ok(Box::new(TopicSink::new(data_dir.clone(), topic.clone(), u.clone()))))
-            }
-            SinkKind::Filesystem { path, format } => op(uid, move || Ok(Box::new(FileSink::new(path.clone(), format)))),
-            SinkKind::Print => op(uid, move || Ok(Box::new(PrintSink { table: name.clone() }))),
-            SinkKind::Blackhole => op(uid, || Ok(Box::new(BlackholeSink::default()))),
-        }
+        let factory = connectors::sink_operator(&self.ins.sink_kind, name, uid.clone(), self.opts.data_dir.clone());
+        OperatorSpec { uid, factory }
     }
+}
+
+/// The source's columns as stored or generated (without computed columns).
+fn stored_schema(n: &SourceNode) -> arrow::datatypes::SchemaRef {
+    n.computed.as_ref().map(|c| c.base.clone()).unwrap_or_else(|| n.schema.clone())
+}
+
+/// The event-time column (in the table's schema) and the watermark delay.
+fn event_time(n: &SourceNode) -> Option<(usize, i64)> {
+    let t = &n.table;
+    t.watermark.as_ref().and_then(|w| t.columns.iter().position(|c| c.name == w.column).map(|i| (i, w.delay_ms)))
 }

@@ -1,10 +1,18 @@
 //! Connector options from `CREATE TABLE ... WITH (...)`: which connector, its settings, and
-//! checks that name the offending option and list the accepted ones.
+//! checks that name the offending option and list the accepted ones; and the sink operator of
+//! each kind of sink.
+//!
+//! Invariant: a sink kind that `accepts_updates` writes changelogs (batches ending in `_op`)
+//! faithfully; the others write append-only output and refuse a changelog at run time, so the
+//! planner must route updating results only to the former (with `update_hint` as the advice).
 
 use crate::error::{Result, SqlError};
 use crate::script::TableDef;
-use keel_connectors::{BadRecordPolicy, FileFormat};
+use keel_connectors::{
+    BadRecordPolicy, BlackholeSink, FileFormat, FileSink, PrintSink, TopicFormat, TopicSink, UpsertTopicSink,
+};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How a table is read.
@@ -37,6 +45,16 @@ pub enum SinkKind {
     Print,
     /// Discards every row (for benchmarks and tests).
     Blackhole,
+    /// A topic of Flink's debezium-json change envelopes (`'format' = 'debezium-json'`).
+    DebeziumTopic {
+        topic: String,
+    },
+    /// A topic of keyed upserts and tombstones (`'connector' = 'upsert-topic'`), keyed by the
+    /// table's primary-key columns.
+    UpsertTopic {
+        topic: String,
+        key: Vec<String>,
+    },
 }
 
 impl SinkKind {
@@ -49,7 +67,57 @@ impl SinkKind {
             SinkKind::Print => {
                 "at-least-once (rows printed after the last checkpoint are printed again after a restart)"
             }
+            SinkKind::DebeziumTopic { .. } => "exactly-once (transactional commit of the changes on each checkpoint)",
+            SinkKind::UpsertTopic { .. } => {
+                "exactly-once (transactional commit of the upserts and tombstones on each checkpoint)"
+            }
         }
+    }
+
+    /// True when the sink can write updating results (a changelog with updates and deletes).
+    pub fn accepts_updates(&self) -> bool {
+        match self {
+            SinkKind::Topic { .. } => false,
+            SinkKind::Filesystem { format, .. } => format.accepts_updates(),
+            SinkKind::Print | SinkKind::Blackhole | SinkKind::DebeziumTopic { .. } | SinkKind::UpsertTopic { .. } => {
+                true
+            }
+        }
+    }
+
+    /// What to use instead of this append-only sink for an updating result; empty for a sink
+    /// that accepts updates.
+    pub fn update_hint(&self) -> &'static str {
+        match self {
+            SinkKind::Topic { .. } => "use 'format' = 'debezium-json' or 'connector' = 'upsert-topic'",
+            SinkKind::Filesystem { .. } if !self.accepts_updates() => "use 'format' = 'debezium-json'",
+            _ => "",
+        }
+    }
+}
+
+/// The operator writing table `table` for a sink of kind `kind`; `uid` names its state and
+/// staged transactions, `data_dir` holds the topics.
+pub fn sink_operator(kind: &SinkKind, table: &str, uid: String, data_dir: PathBuf) -> keel_runtime::OperatorFactory {
+    let table = table.to_string();
+    match kind.clone() {
+        SinkKind::Topic { topic } => Arc::new(move |_ctx| {
+            Ok(Box::new(TopicSink::new(data_dir.clone(), topic.clone(), uid.clone()))
+                as Box<dyn keel_runtime::Operator>)
+        }),
+        SinkKind::DebeziumTopic { topic } => Arc::new(move |_ctx| {
+            Ok(Box::new(
+                TopicSink::new(data_dir.clone(), topic.clone(), uid.clone()).with_format(TopicFormat::DebeziumJson),
+            ))
+        }),
+        SinkKind::UpsertTopic { topic, key } => Arc::new(move |_ctx| {
+            Ok(Box::new(UpsertTopicSink::new(data_dir.clone(), topic.clone(), uid.clone(), key.clone())))
+        }),
+        SinkKind::Filesystem { path, format } => {
+            Arc::new(move |_ctx| Ok(Box::new(FileSink::new(path.clone(), format).for_table(table.clone()))))
+        }
+        SinkKind::Print => Arc::new(move |_ctx| Ok(Box::new(PrintSink { table: table.clone() }))),
+        SinkKind::Blackhole => Arc::new(|_ctx| Ok(Box::new(BlackholeSink::default()))),
     }
 }
 
@@ -76,6 +144,8 @@ const NEXMARK_KEYS: &[&str] = &[
     "rows-per-batch",
 ];
 const FS_KEYS: &[&str] = &["connector", "path", "format", "json.timestamp-format.standard"];
+const UPSERT_TOPIC_KEYS: &[&str] =
+    &["connector", "topic", "format", "key.format", "value.format", "json.timestamp-format.standard"];
 const PRINT_KEYS: &[&str] = &["connector", "print-identifier"];
 const BLACKHOLE_KEYS: &[&str] = &["connector"];
 
@@ -129,6 +199,27 @@ fn json_format(def: &TableDef, what: &str, allowed: &[&str]) -> Result<String> {
     Ok(f)
 }
 
+/// 'bad-records' (default 'dead-letter'), 'dead-letter.topic' (default `JOB-dead-letter`) and the
+/// format's 'ignore-parse-errors' option (`ignore_key`; 'true' means 'skip' unless 'bad-records'
+/// says 'fail'), shared by the topic and filesystem sources.
+fn bad_record_policy(def: &TableDef, job: &str, ignore_key: &str) -> Result<BadRecordPolicy> {
+    let ignore = def.option(ignore_key) == Some("true");
+    Ok(match (def.option("bad-records"), ignore) {
+        (None, true) | (Some("skip"), _) => BadRecordPolicy::Skip,
+        (None | Some("dead-letter"), false) => BadRecordPolicy::DeadLetter {
+            topic: def.option("dead-letter.topic").map(str::to_string).unwrap_or_else(|| format!("{job}-dead-letter")),
+        },
+        (Some("dead-letter"), true) => BadRecordPolicy::Skip,
+        (Some("fail"), _) => BadRecordPolicy::Fail,
+        (Some(other), _) => {
+            return Err(SqlError::invalid(
+                option_pos(def, "bad-records"),
+                format!("'bad-records' = '{other}' is not one of 'dead-letter', 'skip', 'fail'"),
+            ));
+        }
+    })
+}
+
 /// The source plan of a table read by a query.
 pub fn source_plan(def: &TableDef, job: &str) -> Result<SourcePlan> {
     match connector(def)? {
@@ -144,24 +235,7 @@ pub fn source_plan(def: &TableDef, job: &str) -> Result<SourcePlan> {
                     )
                 })?
                 .to_string();
-            let ignore = def.option("json.ignore-parse-errors") == Some("true");
-            let bad_records = match (def.option("bad-records"), ignore) {
-                (None, true) | (Some("skip"), _) => BadRecordPolicy::Skip,
-                (None | Some("dead-letter"), false) => BadRecordPolicy::DeadLetter {
-                    topic: def
-                        .option("dead-letter.topic")
-                        .map(str::to_string)
-                        .unwrap_or_else(|| format!("{job}-dead-letter")),
-                },
-                (Some("dead-letter"), true) => BadRecordPolicy::Skip,
-                (Some("fail"), _) => BadRecordPolicy::Fail,
-                (Some(other), _) => {
-                    return Err(SqlError::invalid(
-                        option_pos(def, "bad-records"),
-                        format!("'bad-records' = '{other}' is not one of 'dead-letter', 'skip', 'fail'"),
-                    ));
-                }
-            };
+            let bad_records = bad_record_policy(def, job, "json.ignore-parse-errors")?;
             let startup_latest = match def.option("scan.startup.mode").unwrap_or("earliest-offset") {
                 "earliest-offset" => false,
                 "latest-offset" => true,
@@ -226,6 +300,9 @@ pub fn source_plan(def: &TableDef, job: &str) -> Result<SourcePlan> {
                 "source.monitor-interval",
                 "csv.field-delimiter",
                 "bad-records",
+                "dead-letter.topic",
+                "json.ignore-parse-errors",
+                "csv.ignore-parse-errors",
                 "json.timestamp-format.standard",
             ];
             check_keys(def, "filesystem", KEYS)?;
@@ -236,7 +313,8 @@ pub fn source_plan(def: &TableDef, job: &str) -> Result<SourcePlan> {
                 )
             })?;
             let path = PathBuf::from(path.strip_prefix("file://").unwrap_or(path));
-            let format = match json_format(def, "the filesystem connector", &["json", "csv"])?.as_str() {
+            let format = match json_format(def, "the filesystem connector", &["json", "csv", "parquet"])?.as_str() {
+                "parquet" => keel_connectors::file_source::FileSourceFormat::Parquet,
                 "csv" => {
                     let d = def.option("csv.field-delimiter").unwrap_or(",");
                     if d.len() != 1 {
@@ -256,15 +334,26 @@ pub fn source_plan(def: &TableDef, job: &str) -> Result<SourcePlan> {
                         .map_err(|e| SqlError::invalid(option_pos(def, "source.monitor-interval"), e.to_string()))?,
                 ),
             };
-            let bad_records = match def.option("bad-records").unwrap_or("fail") {
-                "fail" => BadRecordPolicy::Fail,
-                "skip" => BadRecordPolicy::Skip,
-                other => {
-                    return Err(SqlError::unsupported(
-                        option_pos(def, "bad-records"),
-                        format!("'bad-records' = '{other}' for files"),
-                        Some("use 'fail' (the default for files) or 'skip'"),
-                    ));
+            let bad_records = match format {
+                keel_connectors::file_source::FileSourceFormat::Parquet => {
+                    if let Some(key) =
+                        ["bad-records", "dead-letter.topic"].into_iter().find(|k| def.option(k).is_some())
+                    {
+                        return Err(SqlError::unsupported(
+                            option_pos(def, key),
+                            format!("'{key}' for Parquet files"),
+                            Some(
+                                "Parquet columns are checked against the table when a file is opened; a mismatch fails the job",
+                            ),
+                        ));
+                    }
+                    BadRecordPolicy::Fail
+                }
+                keel_connectors::file_source::FileSourceFormat::Csv { .. } => {
+                    bad_record_policy(def, job, "csv.ignore-parse-errors")?
+                }
+                keel_connectors::file_source::FileSourceFormat::JsonLines => {
+                    bad_record_policy(def, job, "json.ignore-parse-errors")?
                 }
             };
             Ok(SourcePlan::Files(keel_connectors::file_source::FileSourceConfig {
@@ -276,11 +365,18 @@ pub fn source_plan(def: &TableDef, job: &str) -> Result<SourcePlan> {
                 files: None,
                 monitor_interval,
                 bad_records,
+                // The first INSERT's source uid; see FileSourceConfig::uid.
+                uid: format!("source-{}", def.name),
             }))
         }
         "print" => Err(SqlError::invalid(
             option_pos(def, "connector"),
             format!("table {} uses the print connector, which can only be written", def.name),
+        )),
+        "upsert-topic" => Err(SqlError::unsupported(
+            option_pos(def, "connector"),
+            format!("reading table {} (connector 'upsert-topic')", def.name),
+            Some("upsert topics can be written; inspect one with `keel consume TOPIC --materialize`"),
         )),
         other => Err(unknown_connector(def, other)),
     }
@@ -386,19 +482,52 @@ pub fn sink_kind(def: &TableDef) -> Result<SinkKind> {
     match connector(def)? {
         "topic" => {
             check_keys(def, "topic", TOPIC_KEYS)?;
-            json_format(def, "a topic", &["json"])?;
-            let topic = def.option("topic").ok_or_else(|| {
+            let format = json_format(def, "a topic", &["json", "debezium-json"])?;
+            let topic = sink_topic(def)?;
+            Ok(match format.as_str() {
+                "debezium-json" => SinkKind::DebeziumTopic { topic },
+                _ => SinkKind::Topic { topic },
+            })
+        }
+        "upsert-topic" => {
+            check_keys(def, "upsert-topic", UPSERT_TOPIC_KEYS)?;
+            for key in ["format", "key.format", "value.format"] {
+                if let Some(f) = def.option(key)
+                    && f != "json"
+                {
+                    return Err(SqlError::unsupported(
+                        option_pos(def, key),
+                        format!("'{key}' = '{f}' for an upsert topic"),
+                        Some("keys and values of an upsert topic are 'json'"),
+                    ));
+                }
+            }
+            json_format(def, "an upsert topic", &["json"])?;
+            let topic = sink_topic(def)?;
+            let key = def.primary_key.clone().ok_or_else(|| {
                 SqlError::invalid(
                     def.pos,
-                    format!("table {} needs a 'topic' option naming the topic to write", def.name),
+                    format!(
+                        "table {} uses the upsert-topic connector, which keys records by the primary key; \
+                         declare `PRIMARY KEY (column, ...) NOT ENFORCED`",
+                        def.name
+                    ),
                 )
             })?;
-            Ok(SinkKind::Topic { topic: topic.to_string() })
+            if let Some(missing) = key.iter().find(|k| !def.columns.iter().any(|c| &c.name == *k)) {
+                return Err(SqlError::invalid(
+                    def.pos,
+                    format!("table {}: PRIMARY KEY column {missing} is not a column of the table", def.name),
+                ));
+            }
+            Ok(SinkKind::UpsertTopic { topic, key })
         }
         "filesystem" => {
             check_keys(def, "filesystem", FS_KEYS)?;
-            let format = match json_format(def, "the filesystem connector", &["json", "csv"])?.as_str() {
+            let format = match json_format(def, "the filesystem connector", &["json", "csv", "debezium-json"])?.as_str()
+            {
                 "csv" => FileFormat::Csv,
+                "debezium-json" => FileFormat::DebeziumJson,
                 _ => FileFormat::Json,
             };
             let path = def.option("path").ok_or_else(|| {
@@ -418,6 +547,94 @@ pub fn sink_kind(def: &TableDef) -> Result<SinkKind> {
             check_keys(def, "blackhole", BLACKHOLE_KEYS)?;
             Ok(SinkKind::Blackhole)
         }
-        other => Err(unknown_connector(def, other)),
+        other => Err(SqlError::unsupported(
+            option_pos(def, "connector"),
+            format!("connector '{other}'"),
+            Some("use 'topic', 'filesystem', 'print' or 'blackhole', or 'upsert-topic' for keyed updates"),
+        )),
+    }
+}
+
+/// The 'topic' option of a sink table.
+fn sink_topic(def: &TableDef) -> Result<String> {
+    def.option("topic").map(str::to_string).ok_or_else(|| {
+        SqlError::invalid(def.pos, format!("table {} needs a 'topic' option naming the topic to write", def.name))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::script::{parse_create_table, split_statements, tokenize};
+
+    fn table(sql: &str) -> TableDef {
+        parse_create_table(&split_statements(tokenize(sql).unwrap())[0]).unwrap()
+    }
+
+    fn sink(sql: &str) -> Result<SinkKind> {
+        sink_kind(&table(sql))
+    }
+
+    #[test]
+    fn changelog_sinks_are_parsed_and_accept_updates() {
+        let k = sink("CREATE TABLE t (a INT) WITH ('connector' = 'topic', 'topic' = 'x', 'format' = 'debezium-json')");
+        assert!(matches!(&k, Ok(SinkKind::DebeziumTopic { topic }) if topic == "x"), "{k:?}");
+        let k = sink("CREATE TABLE t (a INT, b INT, PRIMARY KEY (b, a) NOT ENFORCED) WITH ('connector' = 'upsert-topic', 'topic' = 'u', 'value.format' = 'json')").unwrap();
+        assert!(matches!(&k, SinkKind::UpsertTopic { topic, key } if topic == "u" && key == &["b", "a"]), "{k:?}");
+        assert!(k.accepts_updates() && k.update_hint().is_empty());
+        assert!(k.guarantee().starts_with("exactly-once"));
+        let k =
+            sink("CREATE TABLE t (a INT) WITH ('connector' = 'filesystem', 'path' = '/o', 'format' = 'debezium-json')")
+                .unwrap();
+        assert!(matches!(k, SinkKind::Filesystem { format: FileFormat::DebeziumJson, .. }));
+        assert!(k.accepts_updates());
+        for append_only in [
+            "CREATE TABLE t (a INT) WITH ('connector' = 'topic', 'topic' = 'x')",
+            "CREATE TABLE t (a INT) WITH ('connector' = 'filesystem', 'path' = '/o', 'format' = 'csv')",
+        ] {
+            let k = sink(append_only).unwrap();
+            assert!(!k.accepts_updates(), "{k:?}");
+            assert!(k.update_hint().contains("'format' = 'debezium-json'"), "{}", k.update_hint());
+        }
+        assert!(
+            sink("CREATE TABLE t (a INT) WITH ('connector' = 'topic', 'topic' = 'x')")
+                .unwrap()
+                .update_hint()
+                .contains("'connector' = 'upsert-topic'")
+        );
+        assert!(sink("CREATE TABLE t (a INT) WITH ('connector' = 'print')").unwrap().accepts_updates());
+        assert!(sink("CREATE TABLE t (a INT) WITH ('connector' = 'blackhole')").unwrap().accepts_updates());
+    }
+
+    #[test]
+    fn upsert_topics_need_a_primary_key_of_their_columns() {
+        let err = sink("CREATE TABLE t (\n a INT) WITH ('connector' = 'upsert-topic', 'topic' = 'u')").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("line 1, column 14:"), "{msg}");
+        assert!(msg.contains("declare `PRIMARY KEY (column, ...) NOT ENFORCED`"), "{msg}");
+        let err = sink(
+            "CREATE TABLE t (a INT, PRIMARY KEY (z) NOT ENFORCED) WITH ('connector' = 'upsert-topic', 'topic' = 'u')",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("PRIMARY KEY column z is not a column"), "{err}");
+        let err = sink("CREATE TABLE t (a INT, PRIMARY KEY (a) NOT ENFORCED) WITH ('connector' = 'upsert-topic', 'topic' = 'u', 'key.format' = 'avro')")
+            .unwrap_err();
+        assert!(err.to_string().contains("'key.format' = 'avro' for an upsert topic is not supported"), "{err}");
+        let err = sink("CREATE TABLE t (a INT, PRIMARY KEY (a) NOT ENFORCED) WITH ('connector' = 'upsert-topic')")
+            .unwrap_err();
+        assert!(err.to_string().contains("needs a 'topic' option"), "{err}");
+        let err =
+            sink("CREATE TABLE t (a INT) WITH ('connector' = 'topic', 'topic' = 'x', 'format' = 'avro')").unwrap_err();
+        assert!(err.to_string().contains("use 'json' or 'debezium-json'"), "{err}");
+        // Reading either changelog form is refused (no changelog sources yet).
+        let err = source_plan(&table("CREATE TABLE t (a INT, PRIMARY KEY (a) NOT ENFORCED) WITH ('connector' = 'upsert-topic', 'topic' = 'u')"), "j")
+            .unwrap_err();
+        assert!(err.to_string().contains("keel consume TOPIC --materialize"), "{err}");
+        let err = source_plan(
+            &table("CREATE TABLE t (a INT) WITH ('connector' = 'topic', 'topic' = 'x', 'format' = 'debezium-json')"),
+            "j",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("format 'debezium-json' for a topic is not supported"), "{err}");
     }
 }

@@ -8,9 +8,12 @@ pub mod build;
 pub mod connectors;
 pub mod error;
 pub mod functions;
+mod over;
+pub mod plan;
 pub mod planner;
 pub mod scalar;
 pub mod script;
+mod translate;
 
 pub use connectors::{SinkKind, SourcePlan};
 pub use error::{Pos, SqlError};
@@ -63,6 +66,7 @@ pub fn plan(sql: &str, opts: &PipelineOptions) -> Result<Pipeline> {
     let mut views: HashMap<String, Vec<script::Tok>> = HashMap::new();
     let mut explain = false;
     let mut inserts = vec![];
+    let mut settings = planner::Settings::default();
     for stmt in script::split_statements(toks) {
         let mut c = script::Cursor::new(&stmt);
         let pos = c.pos();
@@ -116,11 +120,29 @@ pub fn plan(sql: &str, opts: &PipelineOptions) -> Result<Pipeline> {
             }
             let rest = script::inline_views(&stmt[c.index()..], &views, 0)?;
             inserts.push((sink, spos, rest));
+        } else if c.eat_keyword("SET") {
+            let (key, kpos) = c.string()?;
+            c.expect(&Token::Eq)?;
+            let (value, vpos) = c.string()?;
+            match key.as_str() {
+                "table.exec.state.ttl" => {
+                    let ttl = keel_types::time::parse_duration(&value).map_err(|e| {
+                        SqlError::invalid(vpos, format!("'table.exec.state.ttl' = '{value}': {e} (write e.g. '1 h', '30 min', '10 s')"))
+                    })?;
+                    settings.state_ttl = (!ttl.is_zero()).then_some(ttl);
+                }
+                other => {
+                    return Err(SqlError::unsupported(
+                        kpos,
+                        format!("the setting '{other}'"),
+                        Some("Keel reads 'table.exec.state.ttl' here; pass parallelism and checkpointing as `keel run` flags"),
+                    ));
+                }
+            }
         } else {
             let word = c.peek().map(|t| t.token.to_string().to_uppercase()).unwrap_or_default();
             let alt = match word.as_str() {
                 "SELECT" => Some("write `INSERT INTO some_table SELECT ...` with a 'print' table to see results"),
-                "SET" => Some("pass settings as `keel run` flags"),
                 _ => None,
             };
             return Err(SqlError::unsupported(pos, format!("a {word} statement"), alt));
@@ -135,7 +157,7 @@ pub fn plan(sql: &str, opts: &PipelineOptions) -> Result<Pipeline> {
     // Several INSERTs form a statement set: one job, planned statement by statement.
     let inserts = inserts
         .iter()
-        .map(|(sink, spos, query)| planner::plan_insert(&tables, (sink, *spos), query, opts))
+        .map(|(sink, spos, query)| planner::plan_insert(&tables, (sink, *spos), query, opts, &settings))
         .collect::<Result<Vec<_>>>()?;
     Ok(Pipeline { fingerprint, inserts, opts: opts.clone(), explain_only: explain })
 }

@@ -8,7 +8,7 @@
 //!
 //! Invariant: every refusal happens here, before any file is written or task started.
 
-use crate::connectors::{SinkKind, SourcePlan, sink_kind, source_plan};
+use crate::connectors::sink_kind;
 use crate::error::{Pos, Result, SqlError};
 use crate::script::{self, ColumnDef, TableDef, Tok, WindowCall};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -19,51 +19,11 @@ use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::{Expr, ExprSchemable, LogicalPlan};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::SessionContext;
-use keel_runtime::ops::{AggregateCall, AggregateFunction, GroupColumn, TopNSpec, WindowAggregateSpec};
+use keel_runtime::ops::{AggregateCall, AggregateFunction, GroupColumn, TopNSpec};
+pub use crate::plan::{AggregatePlan, InsertPlan, Step};
 use keel_types::WindowSpec;
 use std::collections::HashMap;
 use std::sync::Arc;
-
-/// A stateless step planned from the query.
-#[derive(Clone)]
-pub enum Step {
-    Filter(Arc<dyn PhysicalExpr>),
-    Project(Vec<Arc<dyn PhysicalExpr>>, SchemaRef),
-}
-
-/// The window aggregate and the projection that prepares its input.
-#[derive(Clone)]
-pub struct AggregatePlan {
-    pub pre_projection: (Vec<Arc<dyn PhysicalExpr>>, SchemaRef),
-    pub spec: Arc<WindowAggregateSpec>,
-}
-
-impl AggregatePlan {
-    /// The aggregate over input prepared by `pre_exprs` (with `pre_fields`): the first `num_keys`
-    /// are the keys, then window start and end, then the aggregate arguments.
-    pub fn new(
-        pre_exprs: Vec<Arc<dyn PhysicalExpr>>,
-        pre_fields: Vec<Field>,
-        num_keys: usize,
-        aggregates: Vec<AggregateCall>,
-        group_output: Vec<GroupColumn>,
-        output_schema: SchemaRef,
-    ) -> Self {
-        let pre_schema = Arc::new(Schema::new(pre_fields));
-        let spec = WindowAggregateSpec {
-            input_schema: pre_schema.clone(),
-            num_keys,
-            window_start: num_keys,
-            window_end: num_keys + 1,
-            aggregates,
-            group_output,
-            output_schema,
-            late_output: None,
-            merge_sessions: false,
-        };
-        AggregatePlan { pre_projection: (pre_exprs, pre_schema), spec: Arc::new(spec) }
-    }
-}
 
 /// A table's computed columns resolved: the columns stored in records (`base`), and one
 /// expression per table column computing it from them.
@@ -109,28 +69,6 @@ pub fn resolve_computed(def: &mut TableDef) -> Result<Option<Computed>> {
     Ok(Some(Computed { base, exprs, schema: table_schema(def) }))
 }
 
-/// One `INSERT INTO` planned down to operators.
-#[derive(Clone)]
-pub struct InsertPlan {
-    pub source: TableDef,
-    pub source_plan: SourcePlan,
-    pub source_schema: SchemaRef,
-    pub window: Option<(WindowSpec, usize, SchemaRef)>,
-    pub below: Vec<Step>,
-    pub aggregate: Option<AggregatePlan>,
-    pub above: Vec<Step>,
-    pub sink: TableDef,
-    pub sink_kind: SinkKind,
-    /// DataFusion's optimized logical plan of the query, for EXPLAIN.
-    pub logical_plan: String,
-    /// The source's computed columns, added right after decoding.
-    pub source_computed: Option<Computed>,
-    /// A window Top-N (`ROW_NUMBER() OVER (PARTITION BY window_start, window_end ...)`) after the
-    /// steps above, in a stage of its own; then `after_top_n` (usually the `rownum <= N` filter).
-    pub top_n: Option<Arc<TopNSpec>>,
-    pub after_top_n: Vec<Step>,
-}
-
 pub fn table_schema(def: &TableDef) -> SchemaRef {
     Arc::new(Schema::new(
         def.columns.iter().map(|c| Field::new(&c.name, c.data_type.clone(), c.nullable)).collect::<Vec<_>>(),
@@ -141,7 +79,7 @@ fn ts_field(name: &str) -> Field {
     Field::new(name, DataType::Timestamp(TimeUnit::Millisecond, None), false)
 }
 
-fn planning(context: &str) -> impl Fn(datafusion::error::DataFusionError) -> SqlError + '_ {
+pub(crate) fn planning(context: &str) -> impl Fn(datafusion::error::DataFusionError) -> SqlError + '_ {
     move |e| SqlError::Planning { context: context.to_string(), message: e.strip_backtrace() }
 }
 
@@ -171,12 +109,29 @@ pub fn session() -> SessionContext {
     ctx
 }
 
+/// Pipeline-wide settings from `SET 'key' = 'value';` statements.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// `'table.exec.state.ttl'`: forget state of keys idle this long (unwindowed operators).
+    pub state_ttl: Option<std::time::Duration>,
+}
+
+/// A window TVF call resolved: the call, its spec, time column and generated table's schema.
+#[derive(Clone)]
+pub struct WindowInfo {
+    pub call: WindowCall,
+    pub spec: WindowSpec,
+    pub time_col: usize,
+    pub schema: SchemaRef,
+}
+
 /// Plans `INSERT INTO sink <query>`.
 pub(crate) fn plan_insert(
     tables: &HashMap<String, TableDef>,
     sink_name: (&str, Pos),
     query: &[Tok],
     opts: &crate::PipelineOptions,
+    settings: &Settings,
 ) -> Result<InsertPlan> {
     let job = opts.job.as_str();
     let sink = tables
@@ -198,9 +153,6 @@ pub(crate) fn plan_insert(
     }
     let tables = &tables;
     let (rewritten, calls) = script::rewrite_window_calls(query)?;
-    if calls.len() > 1 {
-        return Err(SqlError::unsupported(calls[1].pos, "more than one window function in one query", None));
-    }
     let ctx = session();
     for f in &opts.udfs {
         ctx.register_udf(f.clone());
@@ -209,26 +161,18 @@ pub(crate) fn plan_insert(
         let mem = MemTable::try_new(table_schema(def), vec![vec![]]).map_err(planning("registering tables"))?;
         ctx.register_table(name.as_str(), Arc::new(mem)).map_err(planning("registering tables"))?;
     }
-    let window = match calls.first() {
-        Some(call) => Some(register_window(&ctx, tables, call)?),
-        None => None,
-    };
+    let mut windows = HashMap::new();
+    for call in &calls {
+        let (spec, time_col, schema) = register_window(&ctx, tables, call)?;
+        windows.insert(call.alias.clone(), WindowInfo { call: call.clone(), spec, time_col, schema });
+    }
     let sql = script::render(&rewritten);
     let state = ctx.state();
     let plan = futures::executor::block_on(state.create_logical_plan(&sql)).map_err(|e| located(e, query))?;
     // Refuse what the optimizer might otherwise quietly drop (an ORDER BY, for one).
     let mut refusal = None;
     let _ = plan.apply(|node| {
-        if (matches!(
-            node,
-            LogicalPlan::Sort(_)
-                | LogicalPlan::Limit(_)
-                | LogicalPlan::Join(_)
-                | LogicalPlan::Union(_)
-                | LogicalPlan::Distinct(_)
-        ) || matches!(node, LogicalPlan::Window(w) if !is_window_row_number(w)))
-            && refusal.is_none()
-        {
+        if matches!(node, LogicalPlan::Sort(_) | LogicalPlan::Limit(_) | LogicalPlan::Union(_)) && refusal.is_none() {
             refusal = Some(unsupported_node(node, query));
         }
         if let LogicalPlan::Aggregate(a) = node
@@ -255,103 +199,28 @@ pub(crate) fn plan_insert(
         return Err(e);
     }
     let plan = state.optimize(&plan).map_err(planning("optimizing the query"))?;
-    let chain = linearize(&plan, query)?;
-    let LogicalPlan::TableScan(scan) = chain.last().copied().ok_or_else(|| SqlError::Planning {
-        context: "planning the query".into(),
-        message: "the plan has no table scan".into(),
-    })?
-    else {
-        return Err(SqlError::unsupported(Pos::default(), "a query without a table", None));
+    let mut t = crate::translate::Translator {
+        state: &state,
+        query,
+        tables,
+        computed: &computed,
+        windows: &windows,
+        settings,
+        sink: &sink.name,
+        job,
+        stages: vec![],
     };
-    let scan_name = scan.table_name.table().to_string();
-    let (source_name, window_info) = match (&window, calls.first()) {
-        (Some(w), Some(call)) if scan_name == call.alias => (call.table.clone(), Some(w.clone())),
-        _ => (scan_name.clone(), None),
-    };
-    let source = tables
-        .get(&source_name)
-        .ok_or_else(|| SqlError::Planning {
-            context: "planning".into(),
-            message: format!("unknown table {source_name}"),
-        })?
-        .clone();
-    if source_name == sink.name {
+    let out = t.translate(&plan)?;
+    if out.updating && !sink_kind.accepts_updates() {
         return Err(SqlError::invalid(
             sink_name.1,
-            format!("table {} is both read and written by this INSERT", sink.name),
+            format!(
+                "INSERT INTO {}: the query produces an updating result (an unwindowed GROUP BY, a regular join or a Top-N changes rows it emitted before), but {} only appends; {}",
+                sink.name,
+                sink.name,
+                sink_kind.update_hint()
+            ),
         ));
-    }
-    let source_plan = source_plan(&source, job)?;
-    let source_computed = computed.get(&source_name).cloned();
-    let source_schema = table_schema(&source);
-    let scan_full_schema = match &window_info {
-        Some((_, _, s)) => s.clone(),
-        None => source_schema.clone(),
-    };
-
-    let mut below = vec![];
-    if let Some(proj) = &scan.projection {
-        let exprs = proj
-            .iter()
-            .map(|&i| {
-                Arc::new(datafusion::physical_expr::expressions::Column::new(scan_full_schema.field(i).name(), i))
-                    as Arc<dyn PhysicalExpr>
-            })
-            .collect();
-        below.push(Step::Project(exprs, Arc::new(scan.projected_schema.as_arrow().clone())));
-    }
-    if let Some(f) = scan.filters.iter().cloned().reduce(|a, b| a.and(b)) {
-        below.push(Step::Filter(physical(&state, f, &scan.projected_schema)?));
-    }
-    let mut aggregate = None;
-    let mut above = vec![];
-    let mut top_n = None;
-    let mut after_top_n = vec![];
-    for node in chain.iter().rev().skip(1) {
-        let steps = if top_n.is_some() {
-            &mut after_top_n
-        } else if aggregate.is_some() {
-            &mut above
-        } else {
-            &mut below
-        };
-        match node {
-            LogicalPlan::Filter(f) => {
-                steps.push(Step::Filter(physical(&state, f.predicate.clone(), f.input.schema())?))
-            }
-            LogicalPlan::Projection(p) => {
-                let exprs =
-                    p.expr.iter().map(|e| physical(&state, e.clone(), p.input.schema())).collect::<Result<_>>()?;
-                steps.push(Step::Project(exprs, Arc::new(p.schema.as_arrow().clone())));
-            }
-            LogicalPlan::SubqueryAlias(_) => {}
-            LogicalPlan::Aggregate(a) => {
-                if aggregate.is_some() {
-                    return Err(SqlError::unsupported(
-                        script::find_keyword(query, &["GROUP", "BY"]).unwrap_or_default(),
-                        "an aggregate over the result of another aggregate",
-                        None,
-                    ));
-                }
-                if window_info.is_none() {
-                    return Err(unwindowed(query));
-                }
-                let mut plan = plan_aggregate(&state, a, query)?;
-                if let Some(call) = calls.first()
-                    && let keel_types::WindowSpec::Session { .. } = call.spec
-                {
-                    session_keys_check(a, call, query)?;
-                    let mut spec = plan.spec.as_ref().clone();
-                    spec.merge_sessions = true;
-                    plan.spec = Arc::new(spec);
-                }
-                aggregate = Some(plan);
-            }
-            LogicalPlan::Window(w) if top_n.is_none() && is_window_row_number(w) => {
-                top_n = Some(plan_top_n(&state, w, query)?);
-            }
-            other => return Err(unsupported_node(other, query)),
-        }
     }
     let out_schema = Arc::new(plan.schema().as_arrow().clone());
     let sink_schema = table_schema(&sink);
@@ -386,30 +255,9 @@ pub(crate) fn plan_insert(
         }
         casts.push(Arc::new(datafusion::physical_expr::expressions::Column::new(from.name(), i)));
     }
-    if top_n.is_some() {
-        after_top_n.push(Step::Project(casts, sink_schema));
-    } else {
-        above.push(Step::Project(casts, sink_schema));
-        if aggregate.is_none() {
-            below.append(&mut above);
-        }
-    }
-    let logical_plan = plan.display_indent().to_string();
-    Ok(InsertPlan {
-        source,
-        source_plan,
-        source_schema,
-        window: window_info,
-        below,
-        aggregate,
-        above,
-        sink,
-        sink_kind,
-        logical_plan,
-        source_computed,
-        top_n,
-        after_top_n,
-    })
+    t.project(&out, casts, sink_schema, out_schema.fields().len());
+    let stages = std::mem::take(&mut t.stages);
+    Ok(InsertPlan { stages, sink, sink_kind, updating: out.updating, logical_plan: plan.display_indent().to_string() })
 }
 
 /// A DataFusion planning error, placed at the name it complains about when there is one.
@@ -430,7 +278,7 @@ fn names(s: &Schema) -> String {
     s.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
 }
 
-fn physical(state: &SessionState, e: Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>> {
+pub(crate) fn physical(state: &SessionState, e: Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>> {
     state.create_physical_expr(e, schema).map_err(planning("compiling an expression"))
 }
 
@@ -477,23 +325,8 @@ fn register_window(
     Ok((call.spec, col, schema))
 }
 
-/// The plan's nodes from the top down to its one table scan.
-fn linearize<'a>(plan: &'a LogicalPlan, query: &[Tok]) -> Result<Vec<&'a LogicalPlan>> {
-    let mut out = vec![];
-    let mut node = plan;
-    loop {
-        out.push(node);
-        let inputs = node.inputs();
-        match inputs.len() {
-            0 => return Ok(out),
-            1 => node = inputs[0],
-            _ => return Err(unsupported_node(node, query)),
-        }
-    }
-}
-
 /// A SESSION window aggregate must group by the PARTITION BY columns (sessions are per key).
-fn session_keys_check(a: &datafusion::logical_expr::Aggregate, call: &WindowCall, query: &[Tok]) -> Result<()> {
+pub(crate) fn session_keys_check(a: &datafusion::logical_expr::Aggregate, call: &WindowCall, query: &[Tok]) -> Result<()> {
     for p in &call.partition_by {
         let grouped = a.group_expr.iter().any(|g| matches!(strip_alias(g), Expr::Column(c) if &c.name == p));
         if !grouped {
@@ -506,15 +339,7 @@ fn session_keys_check(a: &datafusion::logical_expr::Aggregate, call: &WindowCall
     Ok(())
 }
 
-fn unwindowed(query: &[Tok]) -> SqlError {
-    SqlError::unsupported(
-        script::find_keyword(query, &["GROUP", "BY"]).unwrap_or_default(),
-        "GROUP BY without a window (it produces an updating result)",
-        Some("group by window_start and window_end of TABLE(TUMBLE(...)), HOP or CUMULATE"),
-    )
-}
-
-fn unsupported_node(node: &LogicalPlan, query: &[Tok]) -> SqlError {
+pub(crate) fn unsupported_node(node: &LogicalPlan, query: &[Tok]) -> SqlError {
     let (construct, words, alt): (&str, &[&str], Option<&str>) = match node {
         LogicalPlan::Join(_) => ("JOIN", &["JOIN"], None),
         LogicalPlan::Union(_) => ("UNION", &["UNION"], None),
@@ -546,7 +371,7 @@ fn when(cond: &Expr, value: Expr) -> Expr {
 
 /// A window node Keel runs as a window Top-N: one `ROW_NUMBER()` partitioned by (at least)
 /// window_start and window_end.
-fn is_window_row_number(w: &datafusion::logical_expr::Window) -> bool {
+pub(crate) fn is_window_row_number(w: &datafusion::logical_expr::Window) -> bool {
     let [e] = w.window_expr.as_slice() else { return false };
     let Expr::WindowFunction(f) = strip_alias(e) else { return false };
     let names: Vec<&str> = f
@@ -559,7 +384,7 @@ fn is_window_row_number(w: &datafusion::logical_expr::Window) -> bool {
 }
 
 /// The numbering a window function gives, if Keel runs it as a window Top-N.
-fn numbering(name: &str) -> Option<keel_runtime::ops::Numbering> {
+pub(crate) fn numbering(name: &str) -> Option<keel_runtime::ops::Numbering> {
     use keel_runtime::ops::Numbering;
     match name.to_ascii_lowercase().as_str() {
         "row_number" => Some(Numbering::RowNumber),
@@ -569,7 +394,7 @@ fn numbering(name: &str) -> Option<keel_runtime::ops::Numbering> {
     }
 }
 
-fn plan_top_n(state: &SessionState, w: &datafusion::logical_expr::Window, query: &[Tok]) -> Result<Arc<TopNSpec>> {
+pub(crate) fn plan_top_n(state: &SessionState, w: &datafusion::logical_expr::Window, query: &[Tok]) -> Result<Arc<TopNSpec>> {
     let input = w.input.schema();
     let Some(Expr::WindowFunction(f)) = w.window_expr.first().map(strip_alias) else {
         return Err(SqlError::Planning { context: "Top-N".into(), message: "expected ROW_NUMBER()".into() });
@@ -604,54 +429,71 @@ fn plan_top_n(state: &SessionState, w: &datafusion::logical_expr::Window, query:
     }))
 }
 
-fn strip_alias(e: &Expr) -> &Expr {
+pub(crate) fn strip_alias(e: &Expr) -> &Expr {
     match e {
         Expr::Alias(a) => strip_alias(&a.expr),
         other => other,
     }
 }
 
-fn plan_aggregate(
+pub(crate) fn plan_aggregate(
     state: &SessionState,
     a: &datafusion::logical_expr::Aggregate,
     query: &[Tok],
 ) -> Result<AggregatePlan> {
+    let mut group_output = vec![];
+    let mut nk = 0;
+    for g in &a.group_expr {
+        match strip_alias(g) {
+            Expr::Column(c) if c.name == "window_start" => group_output.push(GroupColumn::WindowStart),
+            Expr::Column(c) if c.name == "window_end" => group_output.push(GroupColumn::WindowEnd),
+            _ => {
+                group_output.push(GroupColumn::Key(nk));
+                nk += 1;
+            }
+        }
+    }
+    let (pre, fields, nk, calls) = aggregate_inputs(state, a, query, true)?;
+    Ok(AggregatePlan::new(pre, fields, nk, calls, group_output, Arc::new(a.schema.as_arrow().clone())))
+}
+
+/// The prepared input of an aggregate and its calls: the GROUP BY keys (for a window aggregate,
+/// all but window_start and window_end, which follow them), then the aggregate arguments.
+/// Returns the expressions, their fields, the number of keys and the calls.
+pub(crate) fn aggregate_inputs(
+    state: &SessionState,
+    a: &datafusion::logical_expr::Aggregate,
+    query: &[Tok],
+    windowed: bool,
+) -> Result<(Vec<Arc<dyn PhysicalExpr>>, Vec<Field>, usize, Vec<AggregateCall>)> {
     let input_schema = a.input.schema();
     let mut key_exprs = vec![];
-    let mut group_output = vec![];
     let mut window_cols = (None, None);
     for g in &a.group_expr {
         match strip_alias(g) {
-            Expr::Column(c) if c.name == "window_start" => {
-                window_cols.0 = Some(g.clone());
-                group_output.push(GroupColumn::WindowStart);
-            }
-            Expr::Column(c) if c.name == "window_end" => {
-                window_cols.1 = Some(g.clone());
-                group_output.push(GroupColumn::WindowEnd);
-            }
+            Expr::Column(c) if windowed && c.name == "window_start" => window_cols.0 = Some(g.clone()),
+            Expr::Column(c) if windowed && c.name == "window_end" => window_cols.1 = Some(g.clone()),
             Expr::GroupingSet(_) => {
                 let pos = script::find_keyword(query, &["GROUPING"])
                     .or(script::find_keyword(query, &["ROLLUP"]))
                     .unwrap_or_default();
                 return Err(SqlError::unsupported(pos, "GROUPING SETS, ROLLUP and CUBE", None));
             }
-            _ => {
-                group_output.push(GroupColumn::Key(key_exprs.len()));
-                key_exprs.push(g.clone());
-            }
+            _ => key_exprs.push(g.clone()),
         }
     }
-    let (Some(ws), Some(we)) = window_cols else {
-        return Err(SqlError::unsupported(
-            script::find_keyword(query, &["GROUP", "BY"]).unwrap_or_default(),
-            "a window aggregate that does not group by both window_start and window_end",
-            Some("add window_start, window_end to the GROUP BY"),
-        ));
-    };
     let mut pre = key_exprs.clone();
-    pre.push(ws);
-    pre.push(we);
+    if windowed {
+        let (Some(ws), Some(we)) = window_cols else {
+            return Err(SqlError::unsupported(
+                script::find_keyword(query, &["GROUP", "BY"]).unwrap_or_default(),
+                "a window aggregate that does not group by both window_start and window_end",
+                Some("add window_start, window_end to the GROUP BY"),
+            ));
+        };
+        pre.push(ws);
+        pre.push(we);
+    }
     let mut calls = vec![];
     let nk = key_exprs.len();
     for (i, e) in a.aggr_expr.iter().enumerate() {
@@ -711,6 +553,7 @@ fn plan_aggregate(
         calls.push(AggregateCall { func, arg: arg_col, output_type });
     }
     let pre_exprs = pre.iter().map(|e| physical(state, e.clone(), input_schema)).collect::<Result<Vec<_>>>()?;
+    let window_at = if windowed { Some(nk) } else { None };
     let mut fields = vec![];
     for (i, e) in pre.iter().enumerate() {
         let (_, field) = e.to_field(input_schema).map_err(planning("aggregate input"))?;
@@ -718,8 +561,8 @@ fn plan_aggregate(
         // Column names where the expression is a plain column (they show in dead-lettered late
         // rows), made unique; positions are what the operator relies on.
         let base = match (i, strip_alias(e)) {
-            (_, _) if i == nk => "window_start".to_string(),
-            (_, _) if i == nk + 1 => "window_end".to_string(),
+            (_, _) if window_at == Some(i) => "window_start".to_string(),
+            (_, _) if window_at.map(|w| w + 1) == Some(i) => "window_end".to_string(),
             (_, Expr::Column(c)) => c.name.clone(),
             _ if i < nk => format!("key_{i}"),
             _ => format!("arg_{i}"),
@@ -732,5 +575,86 @@ fn plan_aggregate(
         }
         fields.push(Field::new(name, t, nullable));
     }
-    Ok(AggregatePlan::new(pre_exprs, fields, nk, calls, group_output, Arc::new(a.schema.as_arrow().clone())))
+    Ok((pre_exprs, fields, nk, calls))
+}
+
+/// Milliseconds of an interval literal (or a plain integer of milliseconds).
+fn literal_millis(e: &Expr) -> Option<i64> {
+    use datafusion::common::ScalarValue;
+    match strip_alias(e) {
+        Expr::Literal(ScalarValue::IntervalMonthDayNano(Some(v)), _) if v.months == 0 => {
+            Some(i64::from(v.days) * 86_400_000 + v.nanoseconds / 1_000_000)
+        }
+        Expr::Literal(ScalarValue::IntervalDayTime(Some(v)), _) => {
+            Some(i64::from(v.days) * 86_400_000 + i64::from(v.milliseconds))
+        }
+        Expr::Cast(c) => literal_millis(&c.expr),
+        _ => None,
+    }
+}
+
+/// `column ± interval` as (column index in `schema`, offset in ms).
+fn time_term(e: &Expr, schema: &DFSchema) -> Option<(usize, i64)> {
+    use datafusion::logical_expr::Operator as Op;
+    match strip_alias(e) {
+        Expr::Column(c) => Some((schema.index_of_column(c).ok()?, 0)),
+        Expr::BinaryExpr(b) if matches!(b.op, Op::Plus | Op::Minus) => {
+            let (i, o) = time_term(&b.left, schema)?;
+            let d = literal_millis(&b.right)?;
+            Some((i, if b.op == Op::Plus { o + d } else { o - d }))
+        }
+        _ => None,
+    }
+}
+
+/// For an interval join: the bounds `[lower, upper]` (ms) on `right time - left time` that the
+/// ON condition's conjuncts put between the left time column `lt` and the right one `rt`
+/// (indices in the joined schema), if it bounds them on both sides.
+pub(crate) fn interval_bounds(filter: &Expr, schema: &DFSchema, lt: usize, rt: usize) -> Option<(i64, i64)> {
+    use datafusion::logical_expr::Operator as Op;
+    let (mut lower, mut upper): (Option<i64>, Option<i64>) = (None, None);
+    let mut bound = |a: (usize, i64), op: Op, b: (usize, i64)| {
+        // a.col + a.off  op  b.col + b.off
+        let (diff_op, c) = if a.0 == lt && b.0 == rt {
+            // L + x op R + y  <=>  R - L  flip(op)  x - y
+            (match op {
+                Op::GtEq | Op::Gt => Op::LtEq,
+                Op::LtEq | Op::Lt => Op::GtEq,
+                other => other,
+            }, a.1 - b.1)
+        } else if a.0 == rt && b.0 == lt {
+            // R + x op L + y  <=>  R - L op y - x
+            (op, b.1 - a.1)
+        } else {
+            return;
+        };
+        match diff_op {
+            Op::LtEq | Op::Lt => upper = Some(upper.map_or(c, |u| u.min(c))),
+            Op::GtEq | Op::Gt => lower = Some(lower.map_or(c, |l| l.max(c))),
+            Op::Eq => {
+                upper = Some(upper.map_or(c, |u| u.min(c)));
+                lower = Some(lower.map_or(c, |l| l.max(c)));
+            }
+            _ => {}
+        }
+    };
+    for conj in datafusion::logical_expr::utils::split_conjunction(filter) {
+        match strip_alias(conj) {
+            Expr::BinaryExpr(b) if matches!(b.op, Op::Lt | Op::LtEq | Op::Gt | Op::GtEq | Op::Eq) => {
+                if let (Some(a), Some(c)) = (time_term(&b.left, schema), time_term(&b.right, schema)) {
+                    bound(a, b.op, c);
+                }
+            }
+            Expr::Between(bt) if !bt.negated => {
+                if let (Some(x), Some(lo), Some(hi)) =
+                    (time_term(&bt.expr, schema), time_term(&bt.low, schema), time_term(&bt.high, schema))
+                {
+                    bound(x, Op::GtEq, lo);
+                    bound(x, Op::LtEq, hi);
+                }
+            }
+            _ => {}
+        }
+    }
+    Some((lower?, upper?))
 }

@@ -5,11 +5,19 @@
 pub mod accumulators;
 pub mod aggregate;
 pub mod expr;
+pub mod group_aggregate;
+pub mod join;
+pub mod rank;
+pub mod over;
 mod session;
 pub mod topn;
 pub mod window;
 
 pub use aggregate::{AggregateCall, AggregateFunction, GroupColumn, WindowAggregate, WindowAggregateSpec};
 pub use expr::{Filter, Projection};
+pub use group_aggregate::{GroupAggregate, GroupAggregateSpec};
+pub use join::{Join, JoinSide, JoinSpec, JoinType};
+pub use over::{OverAggregate, OverFrame, OverSpec};
+pub use rank::{Rank, RankSpec};
 pub use topn::{Numbering, TopNSpec, WindowTopN};
 pub use window::WindowAssigner;

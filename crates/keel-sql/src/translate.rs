@@ -1,0 +1,394 @@
+//! Translating DataFusion's optimized logical plan of one query into planned stages, bottom up:
+//! each table scan starts a source stage; filters and projections join the current stage; an
+//! aggregate, a Top-N, an OVER aggregation or a join starts a new stage behind a hash exchange on
+//! its keys. Every stream knows whether it is a changelog (`updating`) and which of its columns
+//! still carry event time (`rowtime`, `window_end`), which decides what may follow it.
+//!
+//! Invariants: operators planned over a changelog keep its `_op` column last (projections carry
+//! it); constructs that cannot take a changelog (window aggregates, window Top-N, OVER) refuse it
+//! here, before anything runs; every refusal names the construct and its position.
+
+use crate::error::{Pos, Result, SqlError};
+use crate::plan::{AggregatePlan, PlannedInput, PlannedOp, PlannedStage, SourceNode, Step};
+use crate::planner::{
+    Computed, Settings, WindowInfo, physical, plan_aggregate, planning, strip_alias, table_schema, unsupported_node,
+};
+use crate::script::{self, TableDef, Tok};
+use arrow::datatypes::{Schema, SchemaRef};
+use datafusion::common::DFSchema;
+use datafusion::execution::context::SessionState;
+use datafusion::logical_expr::{Expr, JoinType as DfJoinType, LogicalPlan};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::Column;
+use keel_runtime::changelog::{op_field, with_op_field};
+use keel_runtime::ops::{GroupAggregateSpec, JoinSide, JoinSpec, JoinType, RankSpec};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A stream under construction: the stage producing it and what its rows are.
+#[derive(Clone, Debug)]
+pub(crate) struct Stream {
+    pub stage: usize,
+    pub updating: bool,
+    /// The column holding the event time (a time attribute) if any.
+    pub rowtime: Option<usize>,
+    /// The window_end column of a window TVF, while it is still a plain column.
+    pub window_end: Option<usize>,
+    /// The window call this stream's rows were assigned by (for SESSION checks, late rows).
+    pub window: Option<String>,
+}
+
+pub(crate) struct Translator<'a> {
+    pub state: &'a SessionState,
+    pub query: &'a [Tok],
+    pub tables: &'a HashMap<String, TableDef>,
+    pub computed: &'a HashMap<String, Computed>,
+    pub windows: &'a HashMap<String, WindowInfo>,
+    pub settings: &'a Settings,
+    pub sink: &'a str,
+    pub job: &'a str,
+    pub stages: Vec<PlannedStage>,
+}
+
+fn col(name: &str, i: usize) -> Arc<dyn PhysicalExpr> {
+    Arc::new(Column::new(name, i))
+}
+
+fn arrow_schema(s: &DFSchema) -> SchemaRef {
+    Arc::new(s.as_arrow().clone())
+}
+
+impl Translator<'_> {
+    fn push(&mut self, s: &Stream, op: PlannedOp) {
+        self.stages[s.stage].ops.push(op);
+    }
+
+    fn new_stage(&mut self, input: PlannedInput, op: PlannedOp) -> usize {
+        self.stages.push(PlannedStage { input, ops: vec![op] });
+        self.stages.len() - 1
+    }
+
+    /// A projection of `exprs` (typed by `schema`) that keeps `_op` last on a changelog.
+    pub(crate) fn project(&mut self, s: &Stream, mut exprs: Vec<Arc<dyn PhysicalExpr>>, schema: SchemaRef, input_cols: usize) {
+        let schema = if s.updating {
+            exprs.push(col(keel_runtime::changelog::OP_COLUMN, input_cols));
+            with_op_field(&schema)
+        } else {
+            schema
+        };
+        self.push(s, PlannedOp::Step(Step::Project(exprs, schema)));
+    }
+
+    fn pos(&self, words: &[&str]) -> Pos {
+        script::find_keyword(self.query, words).unwrap_or_default()
+    }
+
+    pub(crate) fn translate(&mut self, node: &LogicalPlan) -> Result<Stream> {
+        match node {
+            LogicalPlan::TableScan(scan) => self.scan(scan),
+            LogicalPlan::SubqueryAlias(a) => self.translate(&a.input),
+            LogicalPlan::Filter(f) => {
+                if let Some(s) = self.top_n(f)? {
+                    return Ok(s);
+                }
+                let s = self.translate(&f.input)?;
+                let p = physical(self.state, f.predicate.clone(), f.input.schema())?;
+                self.push(&s, PlannedOp::Step(Step::Filter(p)));
+                Ok(s)
+            }
+            LogicalPlan::Projection(p) => {
+                let mut s = self.translate(&p.input)?;
+                let exprs = p
+                    .expr
+                    .iter()
+                    .map(|e| physical(self.state, e.clone(), p.input.schema()))
+                    .collect::<Result<Vec<_>>>()?;
+                let input = p.input.schema();
+                let moved = |c: Option<usize>| {
+                    let c = c?;
+                    p.expr.iter().position(|e| matches!(strip_alias(e), Expr::Column(x) if input.index_of_column(x).ok() == Some(c)))
+                };
+                s.rowtime = moved(s.rowtime);
+                s.window_end = moved(s.window_end);
+                self.project(&s, exprs, arrow_schema(&p.schema), input.fields().len());
+                Ok(s)
+            }
+            LogicalPlan::Aggregate(a) => self.aggregate(a),
+            LogicalPlan::Window(w) if crate::planner::is_window_row_number(w) => {
+                let s = self.translate(&w.input)?;
+                if s.updating {
+                    return Err(SqlError::unsupported(self.pos(&["OVER"]), "a window Top-N over an updating input", None));
+                }
+                let spec = crate::planner::plan_top_n(self.state, w, self.query)?;
+                let keys = spec.partition_cols.clone();
+                let stage = self.new_stage(PlannedInput::Exchange { from: s.stage, keys }, PlannedOp::WindowTopN(spec));
+                Ok(Stream { stage, updating: false, rowtime: None, window_end: s.window_end, window: s.window })
+            }
+            LogicalPlan::Window(w) => crate::over::plan_over(self, w),
+            LogicalPlan::Join(j) => self.join(j),
+            other => Err(unsupported_node(other, self.query)),
+        }
+    }
+
+    fn scan(&mut self, scan: &datafusion::logical_expr::TableScan) -> Result<Stream> {
+        let name = scan.table_name.table().to_string();
+        let window = self.windows.get(&name).cloned();
+        let table_name = window.as_ref().map(|w| w.call.table.clone()).unwrap_or(name.clone());
+        let table = self.tables.get(&table_name).cloned().ok_or_else(|| SqlError::Planning {
+            context: "planning".into(),
+            message: format!("unknown table {table_name}"),
+        })?;
+        if table.name == self.sink {
+            return Err(SqlError::invalid(table.pos, format!("table {} is both read and written by this INSERT", table.name)));
+        }
+        let plan = crate::connectors::source_plan(&table, self.job)?;
+        let schema = table_schema(&table);
+        let node = SourceNode { table: table.clone(), plan, schema: schema.clone(), computed: self.computed.get(&table_name).cloned() };
+        let mut ops = vec![];
+        let full = match &window {
+            Some(w) => {
+                ops.push(PlannedOp::WindowAssign(w.spec, w.time_col, w.schema.clone()));
+                w.schema.clone()
+            }
+            None => schema.clone(),
+        };
+        self.stages.push(PlannedStage { input: PlannedInput::Source(Box::new(node)), ops });
+        let rowtime_full = table.watermark.as_ref().and_then(|wm| table.columns.iter().position(|c| c.name == wm.column));
+        let window_end_full = window.as_ref().map(|_| schema.fields().len() + 1);
+        let mut s = Stream { stage: self.stages.len() - 1, updating: false, rowtime: rowtime_full, window_end: window_end_full, window: window.map(|w| w.call.alias.clone()) };
+        if let Some(proj) = &scan.projection {
+            let exprs = proj.iter().map(|&i| col(full.field(i).name(), i)).collect();
+            self.project(&s, exprs, arrow_schema(&scan.projected_schema), full.fields().len());
+            s.rowtime = s.rowtime.and_then(|r| proj.iter().position(|&i| i == r));
+            s.window_end = s.window_end.and_then(|r| proj.iter().position(|&i| i == r));
+        }
+        if let Some(f) = scan.filters.iter().cloned().reduce(|a, b| a.and(b)) {
+            let p = physical(self.state, f, &scan.projected_schema)?;
+            self.push(&s, PlannedOp::Step(Step::Filter(p)));
+        }
+        Ok(s)
+    }
+
+    fn aggregate(&mut self, a: &datafusion::logical_expr::Aggregate) -> Result<Stream> {
+        let s = self.translate(&a.input)?;
+        let windowed = ["window_start", "window_end"]
+            .iter()
+            .all(|n| a.group_expr.iter().any(|g| matches!(strip_alias(g), Expr::Column(c) if c.name == *n)));
+        if windowed && s.window.is_some() {
+            if s.updating {
+                return Err(SqlError::unsupported(self.pos(&["GROUP", "BY"]), "a window aggregate over an updating input", None));
+            }
+            let mut plan: AggregatePlan = plan_aggregate(self.state, a, self.query)?;
+            let info = s.window.as_ref().and_then(|w| self.windows.get(w)).cloned();
+            if let Some(info) = &info
+                && let keel_types::WindowSpec::Session { .. } = info.spec
+            {
+                crate::planner::session_keys_check(a, &info.call, self.query)?;
+                let mut spec = plan.spec.as_ref().clone();
+                spec.merge_sessions = true;
+                plan.spec = Arc::new(spec);
+            }
+            let (exprs, schema) = plan.pre_projection.clone();
+            self.push(&s, PlannedOp::Step(Step::Project(exprs, schema)));
+            let keys = (0..plan.spec.num_keys).collect();
+            let late_table = info.and_then(|i| self.tables.get(&i.call.table).cloned());
+            let window_end = plan.spec.group_output.iter().position(|g| matches!(g, keel_runtime::ops::GroupColumn::WindowEnd));
+            let stage = self.new_stage(
+                PlannedInput::Exchange { from: s.stage, keys },
+                PlannedOp::WindowAggregate { spec: plan.spec.clone(), late_table },
+            );
+            return Ok(Stream { stage, updating: false, rowtime: None, window_end, window: s.window });
+        }
+        // An unwindowed GROUP BY: an updating result.
+        let (pre, fields, nk, calls) = crate::planner::aggregate_inputs(self.state, a, self.query, false)?;
+        let pre_schema = Arc::new(Schema::new(fields));
+        self.project(&s, pre, pre_schema.clone(), a.input.schema().fields().len());
+        let spec = GroupAggregateSpec {
+            input_schema: pre_schema,
+            input_updating: s.updating,
+            num_keys: nk,
+            aggregates: calls,
+            output_schema: with_op_field(a.schema.as_arrow()),
+            state_ttl: self.settings.state_ttl,
+        };
+        let stage = self.new_stage(
+            PlannedInput::Exchange { from: s.stage, keys: (0..nk).collect() },
+            PlannedOp::GroupAggregate(Arc::new(spec)),
+        );
+        Ok(Stream { stage, updating: true, rowtime: None, window_end: None, window: None })
+    }
+
+    /// `WHERE rn <= N` over `ROW_NUMBER() OVER (PARTITION BY ... ORDER BY ...)` (not per window):
+    /// a streaming Top-N (deduplication when N = 1).
+    fn top_n(&mut self, f: &datafusion::logical_expr::Filter) -> Result<Option<Stream>> {
+        use datafusion::logical_expr::Operator as Op;
+        let Expr::BinaryExpr(b) = &f.predicate else { return Ok(None) };
+        let (name, op, lit) = match (b.left.as_ref(), b.right.as_ref()) {
+            (Expr::Column(c), Expr::Literal(v, _)) => (c.name.clone(), b.op, v.clone()),
+            (Expr::Literal(v, _), Expr::Column(c)) => {
+                let flipped = match b.op {
+                    Op::GtEq => Op::LtEq,
+                    Op::Gt => Op::Lt,
+                    other => other,
+                };
+                (c.name.clone(), flipped, v.clone())
+            }
+            _ => return Ok(None),
+        };
+        let Ok(n) = i64::try_from(lit.clone()).or_else(|_| lit.cast_to(&arrow::datatypes::DataType::Int64).and_then(i64::try_from)) else {
+            return Ok(None);
+        };
+        let limit = match op {
+            Op::LtEq => n,
+            Op::Lt => n - 1,
+            Op::Eq if n == 1 => 1,
+            _ => return Ok(None),
+        };
+        // Down through aliases and column-only projections to the window node.
+        let mut chain = vec![];
+        let mut node = f.input.as_ref();
+        let mut name = name;
+        let w = loop {
+            match node {
+                LogicalPlan::SubqueryAlias(a) => {
+                    chain.push(node);
+                    node = a.input.as_ref();
+                }
+                LogicalPlan::Projection(p) => {
+                    let Some(e) = p.expr.iter().find(|e| e.schema_name().to_string() == name || matches!(e, Expr::Alias(a) if a.name == name)) else { return Ok(None) };
+                    let Expr::Column(c) = strip_alias(e) else { return Ok(None) };
+                    name = c.name.clone();
+                    chain.push(node);
+                    node = p.input.as_ref();
+                }
+                LogicalPlan::Window(w) => break w,
+                _ => return Ok(None),
+            }
+        };
+        if crate::planner::is_window_row_number(w) || w.window_expr.len() != 1 {
+            return Ok(None);
+        }
+        let Some(Expr::WindowFunction(wf)) = w.window_expr.first().map(strip_alias) else { return Ok(None) };
+        let Some(numbering) = crate::planner::numbering(wf.fun.name()) else { return Ok(None) };
+        if w.schema.field(w.schema.fields().len() - 1).name() != &name {
+            return Ok(None);
+        }
+        if limit < 1 {
+            return Err(SqlError::invalid(self.pos(&["WHERE"]), "a Top-N filter that keeps no row (rownum < 1)"));
+        }
+        let s = self.translate(&w.input)?;
+        let input = w.input.schema();
+        let mut partition_cols = vec![];
+        for p in &wf.params.partition_by {
+            let Expr::Column(c) = strip_alias(p) else {
+                return Err(SqlError::unsupported(self.pos(&["PARTITION"]), "a ROW_NUMBER() partition by an expression", Some("partition by columns")));
+            };
+            partition_cols.push(input.index_of_column(c).map_err(planning("Top-N partition"))?);
+        }
+        if wf.params.order_by.is_empty() {
+            return Err(SqlError::invalid(self.pos(&["OVER"]), "ROW_NUMBER() needs an ORDER BY in its OVER clause"));
+        }
+        let mut order = vec![];
+        for o in &wf.params.order_by {
+            let opts = arrow::compute::SortOptions { descending: !o.asc, nulls_first: o.nulls_first };
+            order.push((physical(self.state, o.expr.clone(), input)?, opts));
+        }
+        // Deduplication on event time keeping the last row: a newer row wins a tie.
+        let later_wins_ties = limit == 1
+            && wf.params.order_by.len() == 1
+            && !wf.params.order_by[0].asc
+            && matches!(&wf.params.order_by[0].expr, Expr::Column(c) if input.index_of_column(c).ok() == s.rowtime);
+        let spec = RankSpec {
+            input_schema: arrow_schema(input),
+            input_updating: s.updating,
+            partition_cols: partition_cols.clone(),
+            order,
+            limit: limit as usize,
+            numbering,
+            emit_number: true,
+            later_wins_ties,
+            state_ttl: self.settings.state_ttl,
+            output_schema: with_op_field(w.schema.as_arrow()),
+        };
+        let stage = self.new_stage(PlannedInput::Exchange { from: s.stage, keys: partition_cols }, PlannedOp::Rank(Arc::new(spec)));
+        let mut out = Stream { stage, updating: true, rowtime: None, window_end: None, window: None };
+        for n in chain.into_iter().rev() {
+            if let LogicalPlan::Projection(p) = n {
+                let exprs = p.expr.iter().map(|e| physical(self.state, e.clone(), p.input.schema())).collect::<Result<Vec<_>>>()?;
+                self.project(&out, exprs, arrow_schema(&p.schema), p.input.schema().fields().len());
+            }
+        }
+        out.updating = true;
+        Ok(Some(out))
+    }
+
+    fn join(&mut self, j: &datafusion::logical_expr::Join) -> Result<Stream> {
+        let join_type = match j.join_type {
+            DfJoinType::Inner => JoinType::Inner,
+            DfJoinType::Left => JoinType::Left,
+            DfJoinType::Right => JoinType::Right,
+            DfJoinType::Full => JoinType::Full,
+            other => {
+                return Err(SqlError::unsupported(self.pos(&["JOIN"]), format!("{other} joins (semi and anti joins, IN and EXISTS subqueries)"), Some("use an inner or outer join")));
+            }
+        };
+        let l = self.translate(&j.left)?;
+        let r = self.translate(&j.right)?;
+        let (ls, rs) = (j.left.schema(), j.right.schema());
+        let mut lkeys = vec![];
+        let mut rkeys = vec![];
+        for (a, b) in &j.on {
+            let (Expr::Column(a), Expr::Column(b)) = (strip_alias(a), strip_alias(b)) else {
+                return Err(SqlError::unsupported(self.pos(&["ON"]), "a join key that is an expression or needs a cast", Some("join on columns of the same type; compute the key in a view first")));
+            };
+            lkeys.push(ls.index_of_column(a).map_err(planning("join keys"))?);
+            rkeys.push(rs.index_of_column(b).map_err(planning("join keys"))?);
+        }
+        if lkeys.is_empty() {
+            return Err(SqlError::unsupported(self.pos(&["JOIN"]), "a join without an equality between the two sides", Some("add an equality condition (a.key = b.key) to the ON clause")));
+        }
+        let filter = match &j.filter {
+            Some(f) => Some(physical(self.state, f.clone(), &j.schema)?),
+            None => None,
+        };
+        let nl = ls.fields().len();
+        let mut left = JoinSide { schema: arrow_schema(ls), updating: l.updating, keys: lkeys.clone(), expiry: None };
+        let mut right = JoinSide { schema: arrow_schema(rs), updating: r.updating, keys: rkeys.clone(), expiry: None };
+        let append_inner = join_type == JoinType::Inner && !l.updating && !r.updating;
+        let mut out = Stream { stage: 0, updating: !append_inner, rowtime: None, window_end: None, window: None };
+        if append_inner {
+            let window_join = match (l.window_end, r.window_end) {
+                (Some(le), Some(re)) => lkeys.iter().zip(&rkeys).any(|(&a, &b)| a == le && b == re),
+                _ => false,
+            };
+            if window_join {
+                let (le, re) = (l.window_end.unwrap_or_default(), r.window_end.unwrap_or_default());
+                left.expiry = Some((le, -1));
+                right.expiry = Some((re, -1));
+                out.window_end = Some(le);
+            } else if let (Some(lt), Some(rt), Some(f)) = (l.rowtime, r.rowtime, &j.filter)
+                && let Some((lower, upper)) = crate::planner::interval_bounds(f, &j.schema, lt, nl + rt)
+            {
+                // Right rows with time in [left + lower, left + upper] match.
+                left.expiry = Some((lt, upper));
+                right.expiry = Some((rt, lower.saturating_neg()));
+                out.rowtime = Some(lt);
+            }
+        }
+        let mut fields: Vec<arrow::datatypes::Field> = j.schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        if out.updating {
+            fields.push(op_field());
+        }
+        let spec = JoinSpec {
+            left,
+            right,
+            join_type,
+            filter,
+            output_schema: Arc::new(Schema::new(fields)),
+            output_updating: out.updating,
+            state_ttl: self.settings.state_ttl,
+        };
+        out.stage = self.new_stage(PlannedInput::Join { left: (l.stage, lkeys), right: (r.stage, rkeys) }, PlannedOp::Join(Arc::new(spec)));
+        Ok(out)
+    }
+}
