@@ -7,8 +7,10 @@
 //!
 //! Case file sections: `-- partitions: N` (optional, default 1), `-- parallelism: N` (optional:
 //! for results that depend on watermark timing across several inputs, such as which rows are
-//! late), `-- input`, `-- pipeline`, and `-- batch` or `-- expected`. The pipeline reads topic
-//! `input` and writes topic `output`.
+//! late), `-- input` (topic and table `input`) or `-- input NAME` (topic and table NAME; a case
+//! may have several), `-- pipeline`, and `-- batch` or `-- expected`. The pipeline writes topic
+//! `output`. An updating query writes it as debezium-json: its changelog is replayed and the
+//! final table compared (so a duplicated or lost change shows as a wrong row).
 
 mod common;
 use common::*;
@@ -20,7 +22,8 @@ struct Case {
     partitions: u32,
     /// `None`: the straight run uses 2 and the killed runs 1 or 2 at random.
     parallelism: Option<u32>,
-    input: Vec<String>,
+    /// (table and topic name, JSON lines)
+    inputs: Vec<(String, Vec<String>)>,
     pipeline: String,
     batch: Option<String>,
     expected: Option<Vec<String>>,
@@ -32,7 +35,7 @@ fn parse_case(path: &Path) -> Case {
         name: path.file_stem().unwrap().to_string_lossy().to_string(),
         partitions: 1,
         parallelism: None,
-        input: vec![],
+        inputs: vec![],
         pipeline: String::new(),
         batch: None,
         expected: None,
@@ -47,8 +50,14 @@ fn parse_case(path: &Path) -> Case {
             case.parallelism = Some(p.trim().parse().unwrap());
             continue;
         }
+        if let Some(name) = line.trim().strip_prefix("-- input") {
+            let name = name.trim();
+            case.inputs.push((if name.is_empty() { "input" } else { name }.to_string(), vec![]));
+            section = "-- input";
+            continue;
+        }
         match line.trim() {
-            "-- input" | "-- pipeline" | "-- batch" | "-- expected" => {
+            "-- pipeline" | "-- batch" | "-- expected" => {
                 section = line.trim();
                 if section == "-- batch" {
                     case.batch = Some(String::new());
@@ -61,7 +70,11 @@ fn parse_case(path: &Path) -> Case {
             _ => {}
         }
         match section {
-            "-- input" if !line.trim().is_empty() => case.input.push(line.to_string()),
+            "-- input" if !line.trim().is_empty() => {
+                if let Some(last) = case.inputs.last_mut() {
+                    last.1.push(line.to_string())
+                }
+            }
             "-- pipeline" => case.pipeline.push_str(&format!("{line}\n")),
             "-- batch" => case.batch.as_mut().unwrap().push_str(&format!("{line}\n")),
             "-- expected" if !line.trim().is_empty() => case.expected.as_mut().unwrap().push(line.to_string()),
@@ -103,26 +116,29 @@ fn canon_lines(lines: &[String]) -> Vec<String> {
 /// Runs the batch query with DataFusion over the whole input.
 fn batch_expected(case: &Case) -> Vec<String> {
     let toks = keel::sql::script::tokenize(&case.pipeline).unwrap();
-    let input_def = keel::sql::script::split_statements(toks)
+    let defs: Vec<_> = keel::sql::script::split_statements(toks)
         .into_iter()
         .filter_map(|s| keel::sql::script::parse_create_table(&s).ok())
-        .find(|d| d.name == "input")
-        .expect("the pipeline creates table input");
-    // The stored columns only: a batch query computes what computed columns would.
-    let mut input_def = input_def;
-    input_def.columns.retain(|c| c.computed.is_none());
-    let schema = keel::sql::planner::table_schema(&input_def);
-    let mut decoder = keel::connectors::json::JsonDecoder::new(schema.clone()).unwrap();
-    let values: Vec<&[u8]> = case.input.iter().map(|l| l.as_bytes()).collect();
-    let decoded = decoder.decode(&values).unwrap();
+        .collect();
     let ctx = datafusion::prelude::SessionContext::new_with_config(
         datafusion::prelude::SessionConfig::new().with_target_partitions(1),
     );
     for f in keel::sql::functions::flink_aggregates() {
         ctx.register_udaf(f);
     }
-    let table = datafusion::catalog::MemTable::try_new(schema, vec![vec![decoded.batch]]).unwrap();
-    ctx.register_table("input", std::sync::Arc::new(table)).unwrap();
+    for (name, lines) in &case.inputs {
+        let mut def = defs.iter().find(|d| &d.name == name).cloned().unwrap_or_else(|| {
+            panic!("{}: the pipeline creates no table {name} for its input section", case.name)
+        });
+        // The stored columns only: a batch query computes what computed columns would.
+        def.columns.retain(|c| c.computed.is_none());
+        let schema = keel::sql::planner::table_schema(&def);
+        let mut decoder = keel::connectors::json::JsonDecoder::new(schema.clone()).unwrap();
+        let values: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
+        let decoded = decoder.decode(&values).unwrap();
+        let table = datafusion::catalog::MemTable::try_new(schema, vec![vec![decoded.batch]]).unwrap();
+        ctx.register_table(name.as_str(), std::sync::Arc::new(table)).unwrap();
+    }
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     let batches = rt
         .block_on(async { ctx.sql(case.batch.as_deref().unwrap()).await?.collect().await })
@@ -140,12 +156,14 @@ fn batch_expected(case: &Case) -> Vec<String> {
 
 fn setup(case: &Case, data: &Path) -> std::path::PathBuf {
     let log = keel::log::Log::open(data).unwrap();
-    let topic = log.create_topic("input", keel::log::TopicConfig::new(case.partitions)).unwrap();
-    // One record per producer batch: the watermark moves after each, so lateness is deterministic,
-    // and checkpoints can fall between any two records.
-    for (i, line) in case.input.iter().enumerate() {
-        let mut w = topic.writer(i as u32 % case.partitions, keel::log::Durability::OsBuffer).unwrap();
-        w.append(&[keel::log::Record::new(None, line.as_bytes().to_vec())]).unwrap();
+    for (name, lines) in &case.inputs {
+        let topic = log.create_topic(name, keel::log::TopicConfig::new(case.partitions)).unwrap();
+        // One record per producer batch: the watermark moves after each, so lateness is
+        // deterministic, and checkpoints can fall between any two records.
+        for (i, line) in lines.iter().enumerate() {
+            let mut w = topic.writer(i as u32 % case.partitions, keel::log::Durability::OsBuffer).unwrap();
+            w.append(&[keel::log::Record::new(None, line.as_bytes().to_vec())]).unwrap();
+        }
     }
     let sql = data.join(format!("{}.sql", case.name));
     std::fs::write(&sql, &case.pipeline).unwrap();
@@ -153,7 +171,25 @@ fn setup(case: &Case, data: &Path) -> std::path::PathBuf {
 }
 
 fn output(data: &Path) -> Vec<String> {
-    topic_rows(data, "output").iter().map(|v| v.to_string()).collect()
+    let rows = topic_rows(data, "output");
+    let envelope = |v: &serde_json::Value| v.get("op").is_some() && (v.get("before").is_some() || v.get("after").is_some());
+    if !rows.iter().any(envelope) {
+        return rows.iter().map(|v| v.to_string()).collect();
+    }
+    // A debezium-json changelog: replay it into the final table.
+    let mut table: std::collections::BTreeMap<String, i64> = Default::default();
+    for v in &rows {
+        assert!(envelope(v), "a changelog record without an envelope: {v}");
+        if let Some(after) = v.get("after").filter(|a| !a.is_null()) {
+            *table.entry(after.to_string()).or_default() += 1;
+        }
+        if let Some(before) = v.get("before").filter(|b| !b.is_null()) {
+            let n = table.entry(before.to_string()).or_default();
+            *n -= 1;
+            assert!(*n >= 0, "the changelog retracts a row it never inserted: {before}");
+        }
+    }
+    table.into_iter().flat_map(|(row, n)| std::iter::repeat_n(row, n as usize)).collect()
 }
 
 fn run_straight(case: &Case) -> Vec<String> {

@@ -242,7 +242,7 @@ pub struct ConsumeArgs {
     key_separator: Option<String>,
     /// Replay the topic as a changelog (debezium-json or upsert records) up to its current end
     /// and print the resulting table, one JSON object per line, sorted.
-    #[arg(long, conflicts_with_all = ["follow", "key_separator"])]
+    #[arg(long, conflicts_with = "key_separator")]
     materialize: bool,
 }
 
@@ -264,6 +264,11 @@ pub fn consume(data_dir: &Path, args: ConsumeArgs) -> Result<()> {
         readers.push(topic.reader(p, from)?);
     }
     if args.materialize {
+        if args.follow {
+            bail!(
+                "--materialize prints the table as of the topic's current end and cannot --follow; run it again to see later changes"
+            );
+        }
         return materialize(&topic, &partitions, &args.from);
     }
     let stdout = std::io::stdout();

@@ -449,7 +449,7 @@ impl Source for FileSource {
 
     fn snapshot(&mut self, checkpoint: u64) -> Result<Vec<u8>> {
         if let Some((dl, _)) = &mut self.dead_letters {
-            let _ = checkpoint; let _ = &dl;
+            dl.pre_commit(checkpoint)?;
         }
         serde_json::to_vec(&self.files).map_err(|e| RuntimeError::Internal(format!("encoding file source state: {e}")))
     }

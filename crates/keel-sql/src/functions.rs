@@ -83,25 +83,38 @@ impl SumAvgAcc {
     }
 }
 
-impl Accumulator for SumAvgAcc {
-    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+impl SumAvgAcc {
+    /// Adds (`sign` 1) or takes back (`sign` -1) the non-NULL values.
+    fn apply(&mut self, values: &[ArrayRef], sign: i64) -> Result<()> {
         let Some(v) = values.first() else { return Ok(()) };
         if self.is_float() {
             let a = arrow::compute::cast(v, &DataType::Float64)?;
             let a = a.as_primitive::<Float64Type>();
             for x in a.iter().flatten() {
-                self.float += x;
-                self.count += 1;
+                self.float += sign as f64 * x;
+                self.count += sign;
             }
         } else {
             let a = arrow::compute::cast(v, &DataType::Int64)?;
             let a = a.as_primitive::<Int64Type>();
             for x in a.iter().flatten() {
-                self.int = self.int.wrapping_add(x);
-                self.count += 1;
+                self.int = self.int.wrapping_add(sign.wrapping_mul(x));
+                self.count += sign;
             }
         }
         Ok(())
+    }
+}
+
+impl Accumulator for SumAvgAcc {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        self.apply(values, 1)
+    }
+    fn retract_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        self.apply(values, -1)
+    }
+    fn supports_retract_batch(&self) -> bool {
+        true
     }
     fn evaluate(&mut self) -> Result<ScalarValue> {
         let v = if self.count == 0 {
