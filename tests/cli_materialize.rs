@@ -2,8 +2,9 @@
 //! deletes, duplicates, spread over partitions so a removal may be read before its insert) and
 //! upsert records with tombstones (written with `keel produce --key-separator`) replay to exactly
 //! the final table; a plain record is refused with its position; tombstones print as `null` in a
-//! plain consume; and a SQL pipeline writing an upsert topic and a debezium-json topic
-//! materializes to the window totals computed independently.
+//! plain consume; and SQL pipelines writing an upsert topic and a debezium-json topic materialize
+//! to the results computed independently: window totals (inserts only) and an unwindowed
+//! GROUP BY with HAVING (updates, and deletes when a group stops qualifying).
 
 mod common;
 use common::*;
@@ -187,4 +188,58 @@ fn a_pipeline_writing_upsert_and_debezium_topics_materializes_to_the_totals() {
     let key: serde_json::Value = serde_json::from_str(key).unwrap();
     let value: serde_json::Value = serde_json::from_str(value).unwrap();
     assert_eq!(key, serde_json::json!({"user_id": value["user_id"], "window_start": value["window_start"]}));
+}
+
+const UPDATING_SQL: &str = "
+CREATE TABLE events (user_id VARCHAR, amount BIGINT, ts TIMESTAMP(3))
+WITH ('connector' = 'topic', 'topic' = 'events');
+CREATE TABLE few_up (user_id VARCHAR, n BIGINT, total BIGINT, PRIMARY KEY (user_id) NOT ENFORCED)
+WITH ('connector' = 'upsert-topic', 'topic' = 'few_up');
+CREATE TABLE few_cdc (user_id VARCHAR, n BIGINT, total BIGINT)
+WITH ('connector' = 'topic', 'topic' = 'few_cdc', 'format' = 'debezium-json');
+INSERT INTO few_up SELECT user_id, COUNT(*), SUM(amount) FROM events GROUP BY user_id HAVING COUNT(*) < 4;
+INSERT INTO few_cdc SELECT user_id, COUNT(*), SUM(amount) FROM events GROUP BY user_id HAVING COUNT(*) < 4;
+";
+
+#[test]
+fn an_updating_pipeline_materializes_with_its_updates_and_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    run_ok(keel(d).args(["topic", "create", "events", "--partitions", "2"]));
+    // Several produce calls: several source batches, so groups are updated, and the users that
+    // reach 4 events leave the result (a delete).
+    let mut expected: std::collections::BTreeMap<String, (i64, i64)> = Default::default();
+    let mut i = 0i64;
+    for round in 0..5 {
+        let mut input = String::new();
+        for u in 0..7 {
+            if u % 3 == 0 || round < u % 4 + 1 {
+                i += 1;
+                input.push_str(&format!("{{\"user_id\":\"u{u}\",\"amount\":{i},\"ts\":{}}}\n", i * 1000));
+                let e = expected.entry(format!("u{u}")).or_default();
+                e.0 += 1;
+                e.1 += i;
+            }
+        }
+        produce(d, &["events"], &input);
+    }
+    let mut want: Vec<String> = expected
+        .iter()
+        .filter(|(_, (n, _))| *n < 4)
+        .map(|(u, (n, t))| format!("{{\"n\":{n},\"total\":{t},\"user_id\":\"{u}\"}}"))
+        .collect();
+    want.sort();
+    assert!(want.len() >= 2 && want.len() < expected.len(), "the data has kept and deleted groups: {want:?}");
+    let sql = d.join("updating.sql");
+    std::fs::write(&sql, UPDATING_SQL).unwrap();
+    run_ok(keel(d).args(["run", sql.to_str().unwrap(), "--bounded", "--parallelism", "2"]));
+    for topic in ["few_up", "few_cdc"] {
+        let (lines, _) = consume(d, &[topic, "--materialize"]);
+        assert_eq!(lines, want, "{topic}");
+    }
+    // The changelog really carried deletes: tombstones in the upsert topic, "d" in the other.
+    let (up, _) = consume(d, &["few_up"]);
+    assert!(up.iter().any(|l| l == "null"), "{up:?}");
+    let (cdc, _) = consume(d, &["few_cdc"]);
+    assert!(cdc.iter().any(|l| l.ends_with(r#""op":"d"}"#)), "{cdc:?}");
 }

@@ -171,25 +171,8 @@ fn setup(case: &Case, data: &Path) -> std::path::PathBuf {
 }
 
 fn output(data: &Path) -> Vec<String> {
-    let rows = topic_rows(data, "output");
-    let envelope = |v: &serde_json::Value| v.get("op").is_some() && (v.get("before").is_some() || v.get("after").is_some());
-    if !rows.iter().any(envelope) {
-        return rows.iter().map(|v| v.to_string()).collect();
-    }
-    // A debezium-json changelog: replay it into the final table.
-    let mut table: std::collections::BTreeMap<String, i64> = Default::default();
-    for v in &rows {
-        assert!(envelope(v), "a changelog record without an envelope: {v}");
-        if let Some(after) = v.get("after").filter(|a| !a.is_null()) {
-            *table.entry(after.to_string()).or_default() += 1;
-        }
-        if let Some(before) = v.get("before").filter(|b| !b.is_null()) {
-            let n = table.entry(before.to_string()).or_default();
-            *n -= 1;
-            assert!(*n >= 0, "the changelog retracts a row it never inserted: {before}");
-        }
-    }
-    table.into_iter().flat_map(|(row, n)| std::iter::repeat_n(row, n as usize)).collect()
+    // An updating query's debezium-json changelog is replayed into the final table.
+    replay_changelog(topic_rows(data, "output")).iter().map(|v| v.to_string()).collect()
 }
 
 fn run_straight(case: &Case) -> Vec<String> {

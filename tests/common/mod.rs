@@ -175,3 +175,27 @@ pub fn wait_for_rows(
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// Replays a debezium-json changelog (as `topic_rows` returns it) into the rows of the final
+/// table; rows without an envelope are returned as they are. Panics on a retraction of a row
+/// that is not there (a duplicated or lost change).
+pub fn replay_changelog(rows: Vec<serde_json::Value>) -> Vec<serde_json::Value> {
+    let envelope =
+        |v: &serde_json::Value| v.get("op").is_some() && (v.get("before").is_some() || v.get("after").is_some());
+    if !rows.iter().any(envelope) {
+        return rows;
+    }
+    let mut table: std::collections::BTreeMap<String, (serde_json::Value, i64)> = Default::default();
+    for v in &rows {
+        assert!(envelope(v), "a changelog record without an envelope: {v}");
+        if let Some(after) = v.get("after").filter(|a| !a.is_null()) {
+            table.entry(after.to_string()).or_insert((after.clone(), 0)).1 += 1;
+        }
+        if let Some(before) = v.get("before").filter(|b| !b.is_null()) {
+            let e = table.entry(before.to_string()).or_insert((before.clone(), 0));
+            e.1 -= 1;
+            assert!(e.1 >= 0, "the changelog retracts a row it never inserted: {before}");
+        }
+    }
+    table.into_values().flat_map(|(row, n)| std::iter::repeat_n(row, n as usize)).collect()
+}

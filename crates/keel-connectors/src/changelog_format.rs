@@ -93,8 +93,9 @@ pub enum UpsertRecord {
     Skip,
 }
 
-/// The upsert record of row `row`: the key is the JSON object of the `key` columns of `data`,
-/// the value the JSON row for `+I`/`+U`, a tombstone for `-D`, nothing for `-U`.
+/// The upsert record of row `row` on its own: the key is the JSON object of the `key` columns
+/// of `data`, the value the JSON row for `+I`/`+U`, a tombstone for `-D`, nothing for `-U`
+/// (`upsert_batch` decides what a `-U` becomes).
 pub fn upsert_record(data: &RecordBatch, key: &RecordBatch, row: usize, kind: RowKind) -> UpsertRecord {
     let mut k = String::new();
     match kind {
@@ -110,6 +111,34 @@ pub fn upsert_record(data: &RecordBatch, key: &RecordBatch, row: usize, kind: Ro
             UpsertRecord::Put { key: k, value }
         }
     }
+}
+
+/// The upsert records of a batch, in order: `(key, Some(value))` to write a row, `(key, None)` for
+/// a tombstone. A `-U` is dropped when a `+I`/`+U` of the same key follows it in the batch (that
+/// row overwrites the key); a `-U` with no such row after it (a filter after an aggregate dropped
+/// the `+U`, so the row left the result) becomes a tombstone, as a `-D` does.
+pub fn upsert_batch(changes: &Changes, key: &RecordBatch) -> Result<Vec<(String, Option<String>)>> {
+    let mut out: Vec<Option<(String, Option<String>)>> = Vec::with_capacity(changes.num_rows());
+    // Keys whose last record so far is the tombstone of a `-U`, with its index in `out`.
+    let mut pending: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for row in 0..changes.num_rows() {
+        let kind = changes.kind(row)?;
+        let mut k = String::new();
+        encode_row(key, row, &mut k);
+        if let Some(i) = pending.remove(&k) {
+            // A later change of the key replaces the tentative tombstone of its `-U`.
+            out[i] = None;
+        }
+        match upsert_record(&changes.data, key, row, kind) {
+            UpsertRecord::Put { key, value } => out.push(Some((key, Some(value)))),
+            UpsertRecord::Tombstone { key } => out.push(Some((key, None))),
+            UpsertRecord::Skip => {
+                pending.insert(k.clone(), out.len());
+                out.push(Some((k, None)));
+            }
+        }
+    }
+    Ok(out.into_iter().flatten().collect())
 }
 
 /// Appends row `row` of `data` as Flink's print connector does: `KIND[v1, v2, ...]` with
@@ -220,6 +249,43 @@ mod tests {
             matches!(&recs[2], UpsertRecord::Put { key, value } if key == r#"{"user":"a"}"# && value.contains(r#""n":2"#))
         );
         assert_eq!(recs[3], UpsertRecord::Tombstone { key: r#"{"user":"b\""}"#.into() });
+    }
+
+    #[test]
+    fn upsert_batches_drop_a_minus_u_that_a_plus_u_overwrites_and_delete_on_a_lone_one() {
+        let d = data();
+        // a: -U then +U (an update); a: -U alone later (a filter dropped its +U); b: -U then +I.
+        let kinds = [RowKind::UpdateBefore, RowKind::UpdateAfter, RowKind::UpdateBefore, RowKind::Insert];
+        let users = Arc::new(StringArray::from(vec!["a", "a", "a", "b"])) as ArrayRef;
+        let b = changelog_batch(
+            with_op_field(d.schema().as_ref()),
+            vec![users, d.column(1).clone(), d.column(2).clone()],
+            &kinds,
+        )
+        .unwrap();
+        let c = Changes::of(&b).unwrap();
+        let key = c.data.project(&[0]).unwrap();
+        let recs = upsert_batch(&c, &key).unwrap();
+        assert_eq!(
+            recs,
+            vec![
+                (
+                    r#"{"user":"a"}"#.to_string(),
+                    Some(r#"{"user":"a","n":1,"ts":"1970-01-01T00:00:00.000Z"}"#.to_string())
+                ),
+                (r#"{"user":"a"}"#.to_string(), None),
+                (
+                    r#"{"user":"b"}"#.to_string(),
+                    Some(r#"{"user":"b","n":null,"ts":"1970-01-01T00:00:02.000Z"}"#.to_string())
+                ),
+            ]
+        );
+        let b2 = changelog_batch(with_op_field(d.schema().as_ref()), d.columns().to_vec(), &[RowKind::UpdateBefore; 4])
+            .unwrap();
+        let c2 = Changes::of(&b2).unwrap();
+        let recs = upsert_batch(&c2, &c2.data.project(&[0]).unwrap()).unwrap();
+        assert_eq!(recs.len(), 2, "one tombstone per key: {recs:?}");
+        assert!(recs.iter().all(|r| r.1.is_none()));
     }
 
     #[test]

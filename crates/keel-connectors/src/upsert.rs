@@ -5,10 +5,12 @@
 //!
 //! Invariants: every record of one key goes to the partition chosen by a stable hash of the key
 //! bytes (`keel_types::keys::hash_key`, the hash `keel produce --key` uses), so one key's records
-//! stay in order; `-U` rows are not written (the `+U` after them overwrites the key); records
-//! commit exactly once through the staged two-phase commit of the topic sink.
+//! stay in order; a `-U` is not written when a `+I`/`+U` of its key follows in the batch (that
+//! row overwrites the key), and is a tombstone otherwise (a filter dropped the `+U`: the row left
+//! the result); records commit exactly once through the staged two-phase commit of the topic
+//! sink.
 
-use crate::changelog_format::{Changes, UpsertRecord, upsert_record};
+use crate::changelog_format::{Changes, upsert_batch};
 use crate::error::ConnectorError;
 use crate::staging::StagedTopicWriter;
 use arrow::array::RecordBatch;
@@ -91,22 +93,13 @@ impl Operator for UpsertTopicSink {
         let partitions = self.partitions;
         let w =
             self.writer.as_mut().ok_or_else(|| RuntimeError::Internal("upsert topic sink used before open".into()))?;
-        let mut written = 0u64;
-        for row in 0..changes.num_rows() {
-            match upsert_record(&changes.data, &key, row, changes.kind(row)?) {
-                UpsertRecord::Put { key, value } => {
-                    w.write(key_partition(key.as_bytes(), partitions), Some(key.as_bytes()), value.as_bytes())?;
-                    written += 1;
-                }
-                UpsertRecord::Tombstone { key } => {
-                    w.write(key_partition(key.as_bytes(), partitions), Some(key.as_bytes()), b"")?;
-                    written += 1;
-                }
-                UpsertRecord::Skip => {}
-            }
+        let records = upsert_batch(&changes, &key)?;
+        for (key, value) in &records {
+            let value = value.as_deref().unwrap_or_default();
+            w.write(key_partition(key.as_bytes(), partitions), Some(key.as_bytes()), value.as_bytes())?;
         }
         if let Some(m) = &self.metrics {
-            Metrics::add(&m.records_out, written);
+            Metrics::add(&m.records_out, records.len() as u64);
         }
         Ok(())
     }
@@ -189,6 +182,8 @@ pub(crate) mod tests {
         use RowKind::*;
         sink.process(changes(&[("a", 1, Insert), ("b", 1, Insert), ("c", 7, Insert)]), &mut out).unwrap();
         sink.process(changes(&[("a", 1, UpdateBefore), ("a", 2, UpdateAfter), ("b", 1, Delete)]), &mut out).unwrap();
+        // A lone -U (a filter dropped its +U): the row left the result.
+        sink.process(changes(&[("c", 7, UpdateBefore)]), &mut out).unwrap();
         // An append-only batch is a changelog of inserts.
         let plain = changes(&[("d", 4, Insert)]);
         sink.process(plain.project(&[0, 1]).unwrap(), &mut out).unwrap();
@@ -198,7 +193,7 @@ pub(crate) mod tests {
         sink.checkpoint_complete(1).unwrap();
 
         let recs = records(d, "up");
-        assert_eq!(recs.len(), 6, "{recs:?}");
+        assert_eq!(recs.len(), 7, "{recs:?}");
         let mut by_key: HashMap<String, Vec<String>> = HashMap::new();
         for (p, key, value) in &recs {
             let key = key.clone().expect("every upsert record has a key");
@@ -207,7 +202,7 @@ pub(crate) mod tests {
         }
         assert_eq!(by_key[r#"{"k":"a"}"#], vec![r#"{"k":"a","n":1}"#, r#"{"k":"a","n":2}"#]);
         assert_eq!(by_key[r#"{"k":"b"}"#], vec![r#"{"k":"b","n":1}"#, ""]);
-        assert_eq!(by_key[r#"{"k":"c"}"#], vec![r#"{"k":"c","n":7}"#]);
+        assert_eq!(by_key[r#"{"k":"c"}"#], vec![r#"{"k":"c","n":7}"#, ""]);
         assert_eq!(by_key[r#"{"k":"d"}"#], vec![r#"{"k":"d","n":4}"#]);
     }
 

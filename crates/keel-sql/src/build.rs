@@ -250,6 +250,7 @@ impl InsertBuilder<'_> {
                     schema: stored_schema(node),
                     event_time: event_time(node),
                     files,
+                    uid: uid.clone(),
                     ..f.clone()
                 };
                 return Ok(StageInput::Source {

@@ -12,6 +12,7 @@ mod over;
 pub mod plan;
 pub mod planner;
 pub mod scalar;
+mod scalar_time;
 pub mod script;
 mod translate;
 
@@ -157,7 +158,7 @@ pub fn plan(sql: &str, opts: &PipelineOptions) -> Result<Pipeline> {
     // Several INSERTs form a statement set: one job, planned statement by statement.
     let inserts = inserts
         .iter()
-        .map(|(sink, spos, query)| planner::plan_insert(&tables, (sink, *spos), query, opts, &settings))
+        .map(|(sink, spos, query)| planner::plan_insert(&tables, (sink, *spos), &views, query, opts, &settings))
         .collect::<Result<Vec<_>>>()?;
     Ok(Pipeline { fingerprint, inserts, opts: opts.clone(), explain_only: explain })
 }

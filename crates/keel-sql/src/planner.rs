@@ -123,12 +123,15 @@ pub struct WindowInfo {
     pub spec: WindowSpec,
     pub time_col: usize,
     pub schema: SchemaRef,
+    /// For a window over a view: the view's optimized plan (its rows feed the window assigner).
+    pub view: Option<Arc<LogicalPlan>>,
 }
 
 /// Plans `INSERT INTO sink <query>`.
 pub(crate) fn plan_insert(
     tables: &HashMap<String, TableDef>,
     sink_name: (&str, Pos),
+    views: &HashMap<String, Vec<Tok>>,
     query: &[Tok],
     opts: &crate::PipelineOptions,
     settings: &Settings,
@@ -163,8 +166,7 @@ pub(crate) fn plan_insert(
     }
     let mut windows = HashMap::new();
     for call in &calls {
-        let (spec, time_col, schema) = register_window(&ctx, tables, call)?;
-        windows.insert(call.alias.clone(), WindowInfo { call: call.clone(), spec, time_col, schema });
+        windows.insert(call.alias.clone(), register_window(&ctx, tables, views, call)?);
     }
     let sql = script::render(&rewritten);
     let state = ctx.state();
@@ -286,17 +288,12 @@ pub(crate) fn physical(state: &SessionState, e: Expr, schema: &DFSchema) -> Resu
 fn register_window(
     ctx: &SessionContext,
     tables: &HashMap<String, TableDef>,
+    views: &HashMap<String, Vec<Tok>>,
     call: &WindowCall,
-) -> Result<(WindowSpec, usize, SchemaRef)> {
-    let def = tables.get(&call.table).ok_or_else(|| {
-        SqlError::invalid(
-            call.pos,
-            format!(
-                "window function over {}, which is not a table created above (a window over a view is not supported yet: apply it to the table the view reads)",
-                call.table
-            ),
-        )
-    })?;
+) -> Result<WindowInfo> {
+    let Some(def) = tables.get(&call.table) else {
+        return register_view_window(ctx, views, call);
+    };
     let col = def.columns.iter().position(|c| c.name == call.time_column).ok_or_else(|| {
         SqlError::invalid(
             call.pos,
@@ -322,7 +319,40 @@ fn register_window(
     let schema = Arc::new(Schema::new(fields));
     let mem = MemTable::try_new(schema.clone(), vec![vec![]]).map_err(planning("registering a window"))?;
     ctx.register_table(call.alias.as_str(), Arc::new(mem)).map_err(planning("registering a window"))?;
-    Ok((call.spec, col, schema))
+    Ok(WindowInfo { call: call.clone(), spec: call.spec, time_col: col, schema, view: None })
+}
+
+/// A window over a view: the view's query is planned on its own, and the window's generated
+/// table has the view's columns plus the window columns. Whether the DESCRIPTOR column is still
+/// a time attribute is checked when the view's plan is translated.
+fn register_view_window(
+    ctx: &SessionContext,
+    views: &HashMap<String, Vec<Tok>>,
+    call: &WindowCall,
+) -> Result<WindowInfo> {
+    let query = views.get(&call.table).ok_or_else(|| {
+        SqlError::invalid(call.pos, format!("window function over {}, which is no table or view created above", call.table))
+    })?;
+    let inlined = script::inline_views(query, views, 0)?;
+    let sql = script::render(&inlined);
+    let state = ctx.state();
+    let plan = futures::executor::block_on(state.create_logical_plan(&sql)).map_err(|e| located(e, query))?;
+    let plan = state.optimize(&plan).map_err(planning("optimizing a view"))?;
+    let view_schema = plan.schema().as_arrow().clone();
+    let col = view_schema.index_of(&call.time_column).map_err(|_| {
+        SqlError::invalid(call.pos, format!("DESCRIPTOR({}): view {} has no such column", call.time_column, call.table))
+    })?;
+    let mut fields: Vec<Field> = view_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    for name in ["window_start", "window_end", "window_time"] {
+        if fields.iter().any(|f| f.name() == name) {
+            return Err(SqlError::invalid(call.pos, format!("view {} already has a column named {name}", call.table)));
+        }
+        fields.push(ts_field(name));
+    }
+    let schema = Arc::new(Schema::new(fields));
+    let mem = MemTable::try_new(schema.clone(), vec![vec![]]).map_err(planning("registering a window"))?;
+    ctx.register_table(call.alias.as_str(), Arc::new(mem)).map_err(planning("registering a window"))?;
+    Ok(WindowInfo { call: call.clone(), spec: call.spec, time_col: col, schema, view: Some(Arc::new(plan)) })
 }
 
 /// A SESSION window aggregate must group by the PARTITION BY columns (sessions are per key).
@@ -440,39 +470,48 @@ pub(crate) fn plan_aggregate(
     state: &SessionState,
     a: &datafusion::logical_expr::Aggregate,
     query: &[Tok],
+    window: (usize, usize),
 ) -> Result<AggregatePlan> {
     let mut group_output = vec![];
     let mut nk = 0;
+    let input = a.input.schema();
+    let is = |c: &datafusion::common::Column, i: usize| input.index_of_column(c).ok() == Some(i);
     for g in &a.group_expr {
         match strip_alias(g) {
-            Expr::Column(c) if c.name == "window_start" => group_output.push(GroupColumn::WindowStart),
-            Expr::Column(c) if c.name == "window_end" => group_output.push(GroupColumn::WindowEnd),
+            Expr::Column(c) if is(c, window.0) => group_output.push(GroupColumn::WindowStart),
+            Expr::Column(c) if is(c, window.1) => group_output.push(GroupColumn::WindowEnd),
             _ => {
                 group_output.push(GroupColumn::Key(nk));
                 nk += 1;
             }
         }
     }
-    let (pre, fields, nk, calls) = aggregate_inputs(state, a, query, true)?;
+    let (pre, fields, nk, calls) = aggregate_inputs(state, a, query, Some(window))?;
     Ok(AggregatePlan::new(pre, fields, nk, calls, group_output, Arc::new(a.schema.as_arrow().clone())))
 }
 
+/// An aggregate's prepared input: expressions, their fields, the number of keys, the calls.
+pub(crate) type AggregateInputs = (Vec<Arc<dyn PhysicalExpr>>, Vec<Field>, usize, Vec<AggregateCall>);
+
 /// The prepared input of an aggregate and its calls: the GROUP BY keys (for a window aggregate,
-/// all but window_start and window_end, which follow them), then the aggregate arguments.
-/// Returns the expressions, their fields, the number of keys and the calls.
+/// all but the `window` start and end columns, which follow them), then the aggregate arguments.
 pub(crate) fn aggregate_inputs(
     state: &SessionState,
     a: &datafusion::logical_expr::Aggregate,
     query: &[Tok],
-    windowed: bool,
-) -> Result<(Vec<Arc<dyn PhysicalExpr>>, Vec<Field>, usize, Vec<AggregateCall>)> {
+    window: Option<(usize, usize)>,
+) -> Result<AggregateInputs> {
     let input_schema = a.input.schema();
+    let windowed = window.is_some();
+    let is = |c: &datafusion::common::Column, i: Option<usize>| {
+        i.is_some() && input_schema.index_of_column(c).ok() == i
+    };
     let mut key_exprs = vec![];
     let mut window_cols = (None, None);
     for g in &a.group_expr {
         match strip_alias(g) {
-            Expr::Column(c) if windowed && c.name == "window_start" => window_cols.0 = Some(g.clone()),
-            Expr::Column(c) if windowed && c.name == "window_end" => window_cols.1 = Some(g.clone()),
+            Expr::Column(c) if is(c, window.map(|w| w.0)) => window_cols.0 = Some(g.clone()),
+            Expr::Column(c) if is(c, window.map(|w| w.1)) => window_cols.1 = Some(g.clone()),
             Expr::GroupingSet(_) => {
                 let pos = script::find_keyword(query, &["GROUPING"])
                     .or(script::find_keyword(query, &["ROLLUP"]))

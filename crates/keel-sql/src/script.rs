@@ -8,6 +8,7 @@
 use crate::error::{Pos, Result, SqlError};
 use arrow::datatypes::{DataType, TimeUnit};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 use keel_types::WindowSpec;
 
@@ -641,7 +642,7 @@ pub fn inline_views(
     let mut prev: Option<Token> = None;
     // Inside a FROM clause, a comma separates table references; elsewhere it does not.
     let mut in_from = false;
-    for t in toks {
+    for (ti, t) in toks.iter().enumerate() {
         if let Token::Word(w) = &t.token
             && w.quote_style.is_none()
         {
@@ -671,6 +672,14 @@ pub fn inline_views(
                 out.push(Tok { token: Token::LParen, pos: t.pos });
                 out.extend(inner);
                 out.push(Tok { token: Token::RParen, pos: t.pos });
+                // The query's own alias (`FROM v AS x`, `FROM v x`) names the subquery instead.
+                let next = toks[ti + 1..].iter().find(|x| !is_ws(&x.token)).map(|x| &x.token);
+                let aliased = matches!(next, Some(Token::Word(w))
+                    if w.quote_style.is_some() || matches!(w.keyword, Keyword::AS | Keyword::NoKeyword));
+                if aliased {
+                    prev = Some(t.token.clone());
+                    continue;
+                }
                 out.push(Tok {
                     token: Token::Whitespace(datafusion::sql::sqlparser::tokenizer::Whitespace::Space),
                     pos: t.pos,

@@ -32,7 +32,9 @@ pub(crate) struct Stream {
     pub updating: bool,
     /// The column holding the event time (a time attribute) if any.
     pub rowtime: Option<usize>,
-    /// The window_end column of a window TVF, while it is still a plain column.
+    /// The window_start and window_end columns of a window TVF (or of a window aggregate), while
+    /// they are still plain columns (renaming keeps them).
+    pub window_start: Option<usize>,
     pub window_end: Option<usize>,
     /// The window call this stream's rows were assigned by (for SESSION checks, late rows).
     pub window: Option<String>,
@@ -109,6 +111,7 @@ impl Translator<'_> {
                     p.expr.iter().position(|e| matches!(strip_alias(e), Expr::Column(x) if input.index_of_column(x).ok() == Some(c)))
                 };
                 s.rowtime = moved(s.rowtime);
+                s.window_start = moved(s.window_start);
                 s.window_end = moved(s.window_end);
                 self.project(&s, exprs, arrow_schema(&p.schema), input.fields().len());
                 Ok(s)
@@ -122,7 +125,7 @@ impl Translator<'_> {
                 let spec = crate::planner::plan_top_n(self.state, w, self.query)?;
                 let keys = spec.partition_cols.clone();
                 let stage = self.new_stage(PlannedInput::Exchange { from: s.stage, keys }, PlannedOp::WindowTopN(spec));
-                Ok(Stream { stage, updating: false, rowtime: None, window_end: s.window_end, window: s.window })
+                Ok(Stream { stage, updating: false, rowtime: None, ..s })
             }
             LogicalPlan::Window(w) => crate::over::plan_over(self, w),
             LogicalPlan::Join(j) => self.join(j),
@@ -133,7 +136,45 @@ impl Translator<'_> {
     fn scan(&mut self, scan: &datafusion::logical_expr::TableScan) -> Result<Stream> {
         let name = scan.table_name.table().to_string();
         let window = self.windows.get(&name).cloned();
-        let table_name = window.as_ref().map(|w| w.call.table.clone()).unwrap_or(name.clone());
+        let (mut s, full) = match &window {
+            Some(w) if w.view.is_some() => {
+                let view = w.view.clone().unwrap_or_else(|| unreachable!("checked by the match guard"));
+                let s = self.translate(&view)?;
+                if s.updating {
+                    return Err(SqlError::unsupported(w.call.pos, format!("a window over view {}, whose rows are updated", w.call.table), None));
+                }
+                if s.rowtime != Some(w.time_col) {
+                    return Err(SqlError::invalid(
+                        w.call.pos,
+                        format!("DESCRIPTOR({}) must name a time attribute of view {}: select the column the table's WATERMARK is declared on, unchanged", w.call.time_column, w.call.table),
+                    ));
+                }
+                self.push(&s, PlannedOp::WindowAssign(w.spec, w.time_col, w.schema.clone()));
+                let n = view.schema().fields().len();
+                let s = Stream { window_start: Some(n), window_end: Some(n + 1), window: Some(w.call.alias.clone()), ..s };
+                (s, w.schema.clone())
+            }
+            _ => self.table_source(&name, window.as_ref())?,
+        };
+        if let Some(proj) = &scan.projection {
+            let exprs = proj.iter().map(|&i| col(full.field(i).name(), i)).collect();
+            self.project(&s, exprs, arrow_schema(&scan.projected_schema), full.fields().len());
+            let moved = |c: Option<usize>| c.and_then(|r| proj.iter().position(|&i| i == r));
+            s.rowtime = moved(s.rowtime);
+            s.window_start = moved(s.window_start);
+            s.window_end = moved(s.window_end);
+        }
+        if let Some(f) = scan.filters.iter().cloned().reduce(|a, b| a.and(b)) {
+            let p = physical(self.state, f, &scan.projected_schema)?;
+            self.push(&s, PlannedOp::Step(Step::Filter(p)));
+        }
+        Ok(s)
+    }
+
+    /// A source stage reading table `name` (or the table a window call reads), with the window
+    /// assigner when there is a window; returns the stream and its full schema.
+    fn table_source(&mut self, name: &str, window: Option<&WindowInfo>) -> Result<(Stream, SchemaRef)> {
+        let table_name = window.map(|w| w.call.table.clone()).unwrap_or(name.to_string());
         let table = self.tables.get(&table_name).cloned().ok_or_else(|| SqlError::Planning {
             context: "planning".into(),
             message: format!("unknown table {table_name}"),
@@ -145,7 +186,7 @@ impl Translator<'_> {
         let schema = table_schema(&table);
         let node = SourceNode { table: table.clone(), plan, schema: schema.clone(), computed: self.computed.get(&table_name).cloned() };
         let mut ops = vec![];
-        let full = match &window {
+        let full = match window {
             Some(w) => {
                 ops.push(PlannedOp::WindowAssign(w.spec, w.time_col, w.schema.clone()));
                 w.schema.clone()
@@ -153,32 +194,32 @@ impl Translator<'_> {
             None => schema.clone(),
         };
         self.stages.push(PlannedStage { input: PlannedInput::Source(Box::new(node)), ops });
-        let rowtime_full = table.watermark.as_ref().and_then(|wm| table.columns.iter().position(|c| c.name == wm.column));
-        let window_end_full = window.as_ref().map(|_| schema.fields().len() + 1);
-        let mut s = Stream { stage: self.stages.len() - 1, updating: false, rowtime: rowtime_full, window_end: window_end_full, window: window.map(|w| w.call.alias.clone()) };
-        if let Some(proj) = &scan.projection {
-            let exprs = proj.iter().map(|&i| col(full.field(i).name(), i)).collect();
-            self.project(&s, exprs, arrow_schema(&scan.projected_schema), full.fields().len());
-            s.rowtime = s.rowtime.and_then(|r| proj.iter().position(|&i| i == r));
-            s.window_end = s.window_end.and_then(|r| proj.iter().position(|&i| i == r));
-        }
-        if let Some(f) = scan.filters.iter().cloned().reduce(|a, b| a.and(b)) {
-            let p = physical(self.state, f, &scan.projected_schema)?;
-            self.push(&s, PlannedOp::Step(Step::Filter(p)));
-        }
-        Ok(s)
+        let rowtime = table.watermark.as_ref().and_then(|wm| table.columns.iter().position(|c| c.name == wm.column));
+        let n = schema.fields().len();
+        let s = Stream {
+            stage: self.stages.len() - 1,
+            updating: false,
+            rowtime,
+            window_start: window.map(|_| n),
+            window_end: window.map(|_| n + 1),
+            window: window.map(|w| w.call.alias.clone()),
+        };
+        Ok((s, full))
     }
 
     fn aggregate(&mut self, a: &datafusion::logical_expr::Aggregate) -> Result<Stream> {
         let s = self.translate(&a.input)?;
-        let windowed = ["window_start", "window_end"]
-            .iter()
-            .all(|n| a.group_expr.iter().any(|g| matches!(strip_alias(g), Expr::Column(c) if c.name == *n)));
-        if windowed && s.window.is_some() {
+        let input = a.input.schema();
+        let grouped = |i: Option<usize>| {
+            i.is_some()
+                && a.group_expr.iter().any(|g| matches!(strip_alias(g), Expr::Column(c) if input.index_of_column(c).ok() == i))
+        };
+        let window_cols = s.window_start.zip(s.window_end).filter(|(ws, we)| grouped(Some(*ws)) && grouped(Some(*we)));
+        if let Some(window_cols) = window_cols {
             if s.updating {
                 return Err(SqlError::unsupported(self.pos(&["GROUP", "BY"]), "a window aggregate over an updating input", None));
             }
-            let mut plan: AggregatePlan = plan_aggregate(self.state, a, self.query)?;
+            let mut plan: AggregatePlan = plan_aggregate(self.state, a, self.query, window_cols)?;
             let info = s.window.as_ref().and_then(|w| self.windows.get(w)).cloned();
             if let Some(info) = &info
                 && let keel_types::WindowSpec::Session { .. } = info.spec
@@ -192,15 +233,17 @@ impl Translator<'_> {
             self.push(&s, PlannedOp::Step(Step::Project(exprs, schema)));
             let keys = (0..plan.spec.num_keys).collect();
             let late_table = info.and_then(|i| self.tables.get(&i.call.table).cloned());
-            let window_end = plan.spec.group_output.iter().position(|g| matches!(g, keel_runtime::ops::GroupColumn::WindowEnd));
+            let at = |k: fn(&keel_runtime::ops::GroupColumn) -> bool| plan.spec.group_output.iter().position(k);
+            let window_start = at(|g| matches!(g, keel_runtime::ops::GroupColumn::WindowStart));
+            let window_end = at(|g| matches!(g, keel_runtime::ops::GroupColumn::WindowEnd));
             let stage = self.new_stage(
                 PlannedInput::Exchange { from: s.stage, keys },
                 PlannedOp::WindowAggregate { spec: plan.spec.clone(), late_table },
             );
-            return Ok(Stream { stage, updating: false, rowtime: None, window_end, window: s.window });
+            return Ok(Stream { stage, updating: false, rowtime: None, window_start, window_end, window: None });
         }
         // An unwindowed GROUP BY: an updating result.
-        let (pre, fields, nk, calls) = crate::planner::aggregate_inputs(self.state, a, self.query, false)?;
+        let (pre, fields, nk, calls) = crate::planner::aggregate_inputs(self.state, a, self.query, None)?;
         let pre_schema = Arc::new(Schema::new(fields));
         self.project(&s, pre, pre_schema.clone(), a.input.schema().fields().len());
         let spec = GroupAggregateSpec {
@@ -215,7 +258,7 @@ impl Translator<'_> {
             PlannedInput::Exchange { from: s.stage, keys: (0..nk).collect() },
             PlannedOp::GroupAggregate(Arc::new(spec)),
         );
-        Ok(Stream { stage, updating: true, rowtime: None, window_end: None, window: None })
+        Ok(Stream { stage, updating: true, rowtime: None, window_start: None, window_end: None, window: None })
     }
 
     /// `WHERE rn <= N` over `ROW_NUMBER() OVER (PARTITION BY ... ORDER BY ...)` (not per window):
@@ -311,7 +354,8 @@ impl Translator<'_> {
             output_schema: with_op_field(w.schema.as_arrow()),
         };
         let stage = self.new_stage(PlannedInput::Exchange { from: s.stage, keys: partition_cols }, PlannedOp::Rank(Arc::new(spec)));
-        let mut out = Stream { stage, updating: true, rowtime: None, window_end: None, window: None };
+        let mut out =
+            Stream { stage, updating: true, rowtime: None, window_start: None, window_end: None, window: None };
         for n in chain.into_iter().rev() {
             if let LogicalPlan::Projection(p) = n {
                 let exprs = p.expr.iter().map(|e| physical(self.state, e.clone(), p.input.schema())).collect::<Result<Vec<_>>>()?;
@@ -328,6 +372,10 @@ impl Translator<'_> {
             DfJoinType::Left => JoinType::Left,
             DfJoinType::Right => JoinType::Right,
             DfJoinType::Full => JoinType::Full,
+            DfJoinType::LeftSemi => JoinType::LeftSemi,
+            DfJoinType::LeftAnti => JoinType::LeftAnti,
+            DfJoinType::RightSemi => JoinType::RightSemi,
+            DfJoinType::RightAnti => JoinType::RightAnti,
             other => {
                 return Err(SqlError::unsupported(self.pos(&["JOIN"]), format!("{other} joins (semi and anti joins, IN and EXISTS subqueries)"), Some("use an inner or outer join")));
             }
@@ -347,15 +395,26 @@ impl Translator<'_> {
         if lkeys.is_empty() {
             return Err(SqlError::unsupported(self.pos(&["JOIN"]), "a join without an equality between the two sides", Some("add an equality condition (a.key = b.key) to the ON clause")));
         }
+        // The condition sees both sides' columns, whatever the join outputs (semi joins: one side).
+        let both = ls.as_ref().clone().join(rs).map_err(planning("join schema"))?;
         let filter = match &j.filter {
-            Some(f) => Some(physical(self.state, f.clone(), &j.schema)?),
+            Some(f) => Some(physical(self.state, f.clone(), &both)?),
             None => None,
         };
         let nl = ls.fields().len();
         let mut left = JoinSide { schema: arrow_schema(ls), updating: l.updating, keys: lkeys.clone(), expiry: None };
         let mut right = JoinSide { schema: arrow_schema(rs), updating: r.updating, keys: rkeys.clone(), expiry: None };
-        let append_inner = join_type == JoinType::Inner && !l.updating && !r.updating;
-        let mut out = Stream { stage: 0, updating: !append_inner, rowtime: None, window_end: None, window: None };
+        // Inner and semi joins of append-only inputs never retract what they emitted.
+        let append_inner =
+            matches!(join_type, JoinType::Inner | JoinType::LeftSemi | JoinType::RightSemi) && !l.updating && !r.updating;
+        let mut out = Stream {
+            stage: 0,
+            updating: !append_inner,
+            rowtime: None,
+            window_start: None,
+            window_end: None,
+            window: None,
+        };
         if append_inner {
             let window_join = match (l.window_end, r.window_end) {
                 (Some(le), Some(re)) => lkeys.iter().zip(&rkeys).any(|(&a, &b)| a == le && b == re),
@@ -365,9 +424,10 @@ impl Translator<'_> {
                 let (le, re) = (l.window_end.unwrap_or_default(), r.window_end.unwrap_or_default());
                 left.expiry = Some((le, -1));
                 right.expiry = Some((re, -1));
+                out.window_start = l.window_start;
                 out.window_end = Some(le);
             } else if let (Some(lt), Some(rt), Some(f)) = (l.rowtime, r.rowtime, &j.filter)
-                && let Some((lower, upper)) = crate::planner::interval_bounds(f, &j.schema, lt, nl + rt)
+                && let Some((lower, upper)) = crate::planner::interval_bounds(f, &both, lt, nl + rt)
             {
                 // Right rows with time in [left + lower, left + upper] match.
                 left.expiry = Some((lt, upper));

@@ -35,12 +35,41 @@ pub enum JoinType {
     Left,
     Right,
     Full,
+    /// The left rows that have a partner (each once), left columns only.
+    LeftSemi,
+    /// The left rows without a partner, left columns only.
+    LeftAnti,
+    RightSemi,
+    RightAnti,
 }
 
 impl JoinType {
-    /// Whether rows of `side` (0 left, 1 right) without partner appear padded with NULLs.
+    /// Whether rows of `side` (0 left, 1 right) without partner are emitted (padded with NULLs
+    /// for outer joins, as they are for anti joins).
     fn preserves(self, side: usize) -> bool {
-        matches!((self, side), (JoinType::Left | JoinType::Full, 0) | (JoinType::Right | JoinType::Full, 1))
+        matches!(
+            (self, side),
+            (JoinType::Left | JoinType::Full | JoinType::LeftAnti, 0) | (JoinType::Right | JoinType::Full | JoinType::RightAnti, 1)
+        )
+    }
+
+    /// Whether rows of `side` with at least one partner are emitted once (a semi join).
+    fn semi(self, side: usize) -> bool {
+        matches!((self, side), (JoinType::LeftSemi, 0) | (JoinType::RightSemi, 1))
+    }
+
+    /// Whether matched pairs are emitted (every join but semi and anti joins).
+    fn pairs(self) -> bool {
+        matches!(self, JoinType::Inner | JoinType::Left | JoinType::Right | JoinType::Full)
+    }
+
+    /// Which sides' columns the output has.
+    pub fn output_sides(self) -> [bool; 2] {
+        match self {
+            JoinType::LeftSemi | JoinType::LeftAnti => [true, false],
+            JoinType::RightSemi | JoinType::RightAnti => [false, true],
+            _ => [true, true],
+        }
     }
 }
 
@@ -222,22 +251,29 @@ impl Join {
             while c < cand.len() && cand[c].0 == i {
                 if passes[c] {
                     let j = cand[c].2;
-                    let preserves_other = self.spec.join_type.preserves(o);
+                    let jt = self.spec.join_type;
+                    let preserves_other = jt.preserves(o);
+                    let semi_other = jt.semi(o);
                     if let Some(e) = self.state[o].rows.get_mut(key).and_then(|v| v.get_mut(j)) {
                         matched += e.count;
                         let before = e.matches;
                         e.matches += if add { 1 } else { -1 };
                         let other = e.row.clone();
                         let count = e.count;
-                        if add && before == 0 && preserves_other {
+                        // The partner's first match arrives, or its last one goes.
+                        let (first, last) = (add && before == 0, !add && before == 1);
+                        if (first && preserves_other) || (last && semi_other) {
                             for _ in 0..count {
                                 results.push(padded_other(s, other.clone(), RowKind::Delete));
                             }
                         }
-                        for _ in 0..count {
-                            results.push(pair(me.clone(), other.clone(), if add { RowKind::Insert } else { RowKind::Delete }));
+                        if jt.pairs() {
+                            for _ in 0..count {
+                                let kind = if add { RowKind::Insert } else { RowKind::Delete };
+                                results.push(pair(me.clone(), other.clone(), kind));
+                            }
                         }
-                        if !add && before == 1 && preserves_other {
+                        if (last && preserves_other) || (first && semi_other) {
                             for _ in 0..count {
                                 results.push(padded_other(s, other.clone(), RowKind::Insert));
                             }
@@ -246,7 +282,8 @@ impl Join {
                 }
                 c += 1;
             }
-            if matched == 0 && self.spec.join_type.preserves(s) {
+            let jt = self.spec.join_type;
+            if (matched == 0 && jt.preserves(s)) || (matched > 0 && jt.semi(s)) {
                 results.push(padded(me.clone(), if add { RowKind::Insert } else { RowKind::Delete }));
             }
             let st = &mut self.state[s];
@@ -329,7 +366,8 @@ impl Join {
             return Ok(None);
         }
         let mut cols = vec![];
-        for s in 0..2 {
+        let sides = self.spec.join_type.output_sides();
+        for s in (0..2).filter(|&s| sides[s]) {
             let parser = self.rows[s].parser();
             let present: Vec<arrow::row::Row<'_>> = results
                 .iter()

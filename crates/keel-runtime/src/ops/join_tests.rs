@@ -122,6 +122,42 @@ fn full_join_pads_both_sides() {
 }
 
 #[test]
+fn semi_and_anti_joins_emit_left_rows_once() {
+    let one_side = |jt: JoinType| {
+        let mut s = spec(jt, [false, true], None).as_ref().clone();
+        let mut fields: Vec<Field> = side_schema("l").fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.push(crate::changelog::op_field());
+        s.output_schema = Arc::new(Schema::new(fields));
+        s.output_updating = true;
+        let mut op = Join::new(Arc::new(s)).unwrap();
+        op.open(&ctx(0, 1), RestoredState::default()).unwrap();
+        op
+    };
+    let lv = |op: &mut Join, side: usize, b: RecordBatch| -> Vec<String> {
+        let mut out = vec![];
+        op.process_side(side, b, &mut out).unwrap();
+        out.iter()
+            .flat_map(|b| {
+                let v = b.column(1).as_string::<i32>().clone();
+                let k = row_kinds(b).unwrap().clone();
+                (0..b.num_rows())
+                    .map(move |i| format!("{} {}", RowKind::from_code(k.value(i)).unwrap().short(), v.value(i)))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let mut semi = one_side(JoinType::LeftSemi);
+    assert!(lv(&mut semi, 0, rows(&[Some(1)], &["a"], &[0], None)).is_empty());
+    assert_eq!(lv(&mut semi, 1, rows(&[Some(1)], &["x"], &[0], Some(RowKind::Insert))), ["+I a"]);
+    assert!(lv(&mut semi, 1, rows(&[Some(1)], &["y"], &[0], Some(RowKind::Insert))).is_empty(), "once per left row");
+    assert_eq!(lv(&mut semi, 0, rows(&[Some(1)], &["b"], &[0], None)), ["+I b"]);
+    let mut anti = one_side(JoinType::LeftAnti);
+    assert_eq!(lv(&mut anti, 0, rows(&[Some(1)], &["a"], &[0], None)), ["+I a"]);
+    assert_eq!(lv(&mut anti, 1, rows(&[Some(1)], &["x"], &[0], Some(RowKind::Insert))), ["-D a"]);
+    assert_eq!(lv(&mut anti, 1, rows(&[Some(1)], &["x"], &[0], Some(RowKind::Delete))), ["+I a"]);
+}
+
+#[test]
 fn the_non_equi_condition_filters_pairs() {
     // l.t < r.t (columns 2 and 5 of the joined row).
     let cond: Arc<dyn PhysicalExpr> =

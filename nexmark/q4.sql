@@ -1,0 +1,15 @@
+-- q4, average winning price per category: the highest bid of each auction made while it was open,
+-- averaged per category. A regular join, an updating MAX per auction, and an AVG over those
+-- updates (the inner aggregate retracts its old maximum whenever a higher bid arrives).
+CREATE TABLE nexmark_q4 (id BIGINT, final BIGINT)
+WITH ('connector' = 'blackhole');
+
+INSERT INTO nexmark_q4
+SELECT Q.category, AVG(Q.final)
+FROM (
+  SELECT MAX(B.price) AS final, A.category
+  FROM auction A, bid B
+  WHERE A.id = B.auction AND B.dateTime BETWEEN A.dateTime AND A.expires
+  GROUP BY A.id, A.category
+) Q
+GROUP BY Q.category;
