@@ -128,6 +128,38 @@ const HOP_BIDS: &str = "(SELECT auction, date_bin(INTERVAL '2 seconds', dateTime
     UNION ALL SELECT auction, date_bin(INTERVAL '2 seconds', dateTime) - INTERVAL '6 seconds' AS ws FROM bid
     UNION ALL SELECT auction, date_bin(INTERVAL '2 seconds', dateTime) - INTERVAL '8 seconds' AS ws FROM bid)";
 
+/// q12 counts in windows of the wall clock, so its rows depend on timing; what does not: every
+/// bid is counted once, windows are 10 s long and aligned, and they lie in the test's run time.
+#[test]
+fn processing_time_windows_count_every_bid_once() {
+    let started = keel_types_now_ms();
+    let rows = run_query("q12", "2");
+    let finished = keel_types_now_ms();
+    let bids = run_query("all_bids", "1").len() as i64;
+    let total: i64 = rows.iter().map(|r| r["bid_count"].as_i64().unwrap()).sum();
+    assert_eq!(total, bids, "every bid counts in exactly one processing-time window");
+    for r in &rows {
+        let (s, e) = (iso_ms(r["starttime"].as_str().unwrap()), iso_ms(r["endtime"].as_str().unwrap()));
+        assert_eq!(e - s, 10_000);
+        assert_eq!(s % 10_000, 0);
+        assert!(e > started && s <= finished, "window [{s}, {e}) outside the run [{started}, {finished}]");
+    }
+}
+
+fn keel_types_now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+/// Epoch milliseconds of `YYYY-MM-DDTHH:MM:SS.mmmZ`, through DataFusion's parser.
+fn iso_ms(t: &str) -> i64 {
+    let v = arrow::compute::cast(
+        &(std::sync::Arc::new(arrow::array::StringArray::from(vec![t])) as arrow::array::ArrayRef),
+        &arrow::datatypes::DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, None),
+    )
+    .unwrap();
+    v.as_any().downcast_ref::<arrow::array::TimestampMillisecondArray>().unwrap().value(0)
+}
+
 #[test]
 fn join_update_and_top_n_queries_match_the_batch_computation() {
     let ctx = batch_session();

@@ -76,6 +76,11 @@ pub trait Operator: Send {
     fn on_watermark(&mut self, _watermark: i64, _out: &mut Vec<RecordBatch>) -> Result<()> {
         Ok(())
     }
+    /// Processing time (wall clock, epoch ms) passed `now`: called every few tens of
+    /// milliseconds, for processing-time windows.
+    fn on_processing_time(&mut self, _now: i64, _out: &mut Vec<RecordBatch>) -> Result<()> {
+        Ok(())
+    }
     /// Snapshot for checkpoint `checkpoint` (sinks pre-commit here). `None`: no state.
     fn snapshot(&mut self, _checkpoint: u64) -> Result<Option<Vec<u8>>> {
         Ok(None)

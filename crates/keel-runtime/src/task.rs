@@ -88,6 +88,23 @@ impl Chain {
         self.broadcast(Message::Watermark(wm))
     }
 
+    /// Lets operators act on the wall clock, at most every `TIMER_INTERVAL`.
+    fn timer(&mut self, last: &mut std::time::Instant) -> Result<()> {
+        if last.elapsed() < TIMER_INTERVAL {
+            return Ok(());
+        }
+        *last = std::time::Instant::now();
+        let now = keel_types::time::now_ms();
+        for i in 0..self.ops.len() {
+            let mut out = Vec::new();
+            self.ops[i].1.on_processing_time(now, &mut out)?;
+            for b in out {
+                self.push(i + 1, b)?;
+            }
+        }
+        Ok(())
+    }
+
     fn snapshot(&mut self, checkpoint: u64, out: &mut Vec<OperatorSnapshot>) -> Result<()> {
         for (uid, op) in &mut self.ops {
             if let Some(bytes) = op.snapshot(checkpoint)? {
@@ -165,6 +182,8 @@ impl TaskLink {
 
 /// How long a source with no data waits before polling again.
 const SOURCE_POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// How often operators hear the wall clock (processing-time windows).
+const TIMER_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Runs a source subtask until shutdown.
 pub(crate) fn run_source_task(uid: &str, mut source: Box<dyn Source>, mut chain: Chain, link: TaskLink) -> Result<()> {
@@ -172,7 +191,9 @@ pub(crate) fn run_source_task(uid: &str, mut source: Box<dyn Source>, mut chain:
     let mut last_wm = MIN_WATERMARK;
     let mut idle = false;
     let mut early: Option<Control> = None;
+    let mut last_timer = std::time::Instant::now();
     loop {
+        chain.timer(&mut last_timer)?;
         // Control first: a trigger is served at the next batch boundary.
         let control = if let Some(c) = early.take() {
             Some(c)
@@ -266,7 +287,9 @@ pub(crate) fn run_input_task(inputs: Vec<(usize, Receiver<Message>)>, mut chain:
     let mut current_wm = MIN_WATERMARK;
     let mut sent_idle = false;
     let mut barrier: Option<u64> = None;
+    let mut last_timer = std::time::Instant::now();
     loop {
+        chain.timer(&mut last_timer)?;
         let mut sel = Select::new();
         let ctrl = sel.recv(&link.control);
         let mut map = Vec::with_capacity(inputs.len());
@@ -276,7 +299,7 @@ pub(crate) fn run_input_task(inputs: Vec<(usize, Receiver<Message>)>, mut chain:
                 sel.recv(&input.1);
             }
         }
-        let oper = sel.select();
+        let Ok(oper) = sel.select_timeout(TIMER_INTERVAL) else { continue };
         if oper.index() == ctrl {
             match oper.recv(&link.control) {
                 Ok(Control::CheckpointComplete(n)) => chain.complete(n)?,

@@ -39,6 +39,7 @@ fn spec() -> Arc<WindowAggregateSpec> {
         output_schema: output,
         late_output: None,
         merge_sessions: false,
+        processing_time: None,
     })
 }
 

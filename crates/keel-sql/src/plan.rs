@@ -53,6 +53,7 @@ impl AggregatePlan {
             output_schema,
             late_output: None,
             merge_sessions: false,
+            processing_time: None,
         };
         AggregatePlan { pre_projection: (pre_exprs, pre_schema), spec: Arc::new(spec) }
     }

@@ -106,7 +106,26 @@ pub fn session() -> SessionContext {
     for f in crate::scalar::flink_scalars() {
         ctx.register_udf(f);
     }
+    for name in ["PROCTIME", "proctime"] {
+        ctx.register_udf(proctime_udf(name));
+    }
     ctx
+}
+
+/// Flink's `PROCTIME()`: the wall-clock time when the row is computed. A column computed by it
+/// is a processing-time attribute: a TUMBLE window over it is a processing-time window.
+fn proctime_udf(name: &str) -> datafusion::logical_expr::ScalarUDF {
+    use datafusion::logical_expr::{ColumnarValue, Volatility, create_udf};
+    let body = |_: &[ColumnarValue]| -> datafusion::common::Result<ColumnarValue> {
+        let now = keel_types::time::now_ms();
+        Ok(ColumnarValue::Scalar(datafusion::common::ScalarValue::TimestampMillisecond(Some(now), None)))
+    };
+    create_udf(name, vec![], DataType::Timestamp(TimeUnit::Millisecond, None), Volatility::Volatile, Arc::new(body))
+}
+
+/// Whether `e` is a call of `PROCTIME()`.
+pub(crate) fn is_proctime(e: &Expr) -> bool {
+    matches!(strip_alias(e), Expr::ScalarFunction(f) if f.func.name().eq_ignore_ascii_case("proctime"))
 }
 
 /// Pipeline-wide settings from `SET 'key' = 'value';` statements.
@@ -125,6 +144,8 @@ pub struct WindowInfo {
     pub schema: SchemaRef,
     /// For a window over a view: the view's optimized plan (its rows feed the window assigner).
     pub view: Option<Arc<LogicalPlan>>,
+    /// The window is over a `PROCTIME()` column of a table (for a view, the translation finds out).
+    pub processing_time: bool,
 }
 
 /// Plans `INSERT INTO sink <query>`.
@@ -155,7 +176,7 @@ pub(crate) fn plan_insert(
         }
     }
     let tables = &tables;
-    let (rewritten, calls) = script::rewrite_window_calls(query)?;
+    let (rewritten, calls) = script::rewrite_window_calls(&crate::scalar_time::rewrite_time_syntax(query)?)?;
     let ctx = session();
     for f in &opts.udfs {
         ctx.register_udf(f.clone());
@@ -300,7 +321,11 @@ fn register_window(
             format!("DESCRIPTOR({}): table {} has no such column", call.time_column, call.table),
         )
     })?;
-    if def.watermark.as_ref().map(|w| &w.column) != Some(&call.time_column) {
+    let proctime = def.columns[col]
+        .computed
+        .as_deref()
+        .is_some_and(|c| c.trim().trim_end_matches("()").trim().eq_ignore_ascii_case("PROCTIME"));
+    if !proctime && def.watermark.as_ref().map(|w| &w.column) != Some(&call.time_column) {
         return Err(SqlError::invalid(
             call.pos,
             format!(
@@ -319,7 +344,7 @@ fn register_window(
     let schema = Arc::new(Schema::new(fields));
     let mem = MemTable::try_new(schema.clone(), vec![vec![]]).map_err(planning("registering a window"))?;
     ctx.register_table(call.alias.as_str(), Arc::new(mem)).map_err(planning("registering a window"))?;
-    Ok(WindowInfo { call: call.clone(), spec: call.spec, time_col: col, schema, view: None })
+    Ok(WindowInfo { call: call.clone(), spec: call.spec, time_col: col, schema, view: None, processing_time: proctime })
 }
 
 /// A window over a view: the view's query is planned on its own, and the window's generated
@@ -352,7 +377,14 @@ fn register_view_window(
     let schema = Arc::new(Schema::new(fields));
     let mem = MemTable::try_new(schema.clone(), vec![vec![]]).map_err(planning("registering a window"))?;
     ctx.register_table(call.alias.as_str(), Arc::new(mem)).map_err(planning("registering a window"))?;
-    Ok(WindowInfo { call: call.clone(), spec: call.spec, time_col: col, schema, view: Some(Arc::new(plan)) })
+    Ok(WindowInfo {
+        call: call.clone(),
+        spec: call.spec,
+        time_col: col,
+        schema,
+        view: Some(Arc::new(plan)),
+        processing_time: false,
+    })
 }
 
 /// A SESSION window aggregate must group by the PARTITION BY columns (sessions are per key).

@@ -1,9 +1,12 @@
 //! Flink scalar functions that DataFusion does not have under Flink's name or semantics:
-//! `MOD(a, b)`, `SPLIT_INDEX(s, delimiter, index)`, `REGEXP_EXTRACT(s, pattern, group)`, `HOUR(ts)`,
-//! and `count_char(s, c)` (the Nexmark suite's user function).
+//! `MOD(a, b)`, `SPLIT_INDEX(s, delimiter, index)`, `REGEXP_EXTRACT(s, pattern, group)`,
+//! `LPAD`/`RPAD(s, length, pad)`, and `count_char(s, c)` (the Nexmark suite's user function);
+//! the time functions (`DATE_FORMAT`, `HOUR`, `TIMESTAMPADD`, ...) are in `scalar_time`.
 //!
 //! Semantics (FLINK_SEMANTICS.md): `SPLIT_INDEX` and `REGEXP_EXTRACT` return NULL when the index
 //! or group is out of range, and NULL for NULL input; an invalid pattern is an error naming it.
+//! `LPAD`/`RPAD` return NULL for a negative length or an empty pad (DataFusion's give a string),
+//! and cut a longer string to the length, counting characters.
 
 use arrow::array::{Array, ArrayRef, AsArray, Int64Array, StringArray};
 use arrow::datatypes::{DataType, Int64Type};
@@ -19,7 +22,8 @@ pub fn flink_scalars() -> Vec<ScalarUDF> {
         ("MOD", vec![int.clone(), int.clone()], int.clone(), modulo),
         ("SPLIT_INDEX", vec![text.clone(), text.clone(), int.clone()], text.clone(), split_index),
         ("REGEXP_EXTRACT", vec![text.clone(), text.clone(), int.clone()], text.clone(), regexp_extract),
-        ("HOUR", vec![ts()], int.clone(), hour),
+        ("LPAD", vec![text.clone(), int.clone(), text.clone()], text.clone(), lpad),
+        ("RPAD", vec![text.clone(), int.clone(), text.clone()], text.clone(), rpad),
         // The Nexmark suite's user function (q14), built in so that `keel run` can run q14.
         ("COUNT_CHAR", vec![text.clone(), text.clone()], int.clone(), count_char),
     ];
@@ -30,20 +34,47 @@ pub fn flink_scalars() -> Vec<ScalarUDF> {
             out.push(create_udf(&n, inputs.clone(), output.clone(), Volatility::Immutable, Arc::new(body)));
         }
     }
+    out.extend(crate::scalar_time::time_scalars());
     out
 }
 
-fn ts() -> DataType {
-    DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, None)
+/// `LPAD(s, length, pad)`: `s` cut or left-padded with `pad` to `length` characters.
+fn lpad(args: &[ColumnarValue]) -> Result<ColumnarValue> {
+    pad(args, true)
 }
 
-/// `HOUR(ts)`: the hour of the day, 0–23 (UTC).
-fn hour(args: &[ColumnarValue]) -> Result<ColumnarValue> {
+/// `RPAD(s, length, pad)`: `s` cut or right-padded with `pad` to `length` characters.
+fn rpad(args: &[ColumnarValue]) -> Result<ColumnarValue> {
+    pad(args, false)
+}
+
+fn pad(args: &[ColumnarValue], left: bool) -> Result<ColumnarValue> {
     let (a, n, scalar) = arrays(args)?;
-    let t = a[0].as_primitive::<arrow::datatypes::TimestampMillisecondType>();
-    let out: Int64Array =
-        (0..n).map(|i| t.is_valid(i).then(|| t.value(i).rem_euclid(86_400_000) / 3_600_000)).collect();
-    done(Arc::new(out), scalar)
+    let (s, len, p) = (a[0].as_string::<i32>(), a[1].as_primitive::<Int64Type>(), a[2].as_string::<i32>());
+    let mut out = arrow::array::StringBuilder::with_capacity(n, n * 8);
+    let mut buf = String::new();
+    for i in 0..n {
+        if s.is_null(i) || len.is_null(i) || p.is_null(i) || len.value(i) < 0 || p.value(i).is_empty() {
+            out.append_null();
+            continue;
+        }
+        let (base, want, fill) = (s.value(i), len.value(i) as usize, p.value(i));
+        let have = base.chars().count();
+        buf.clear();
+        if have >= want {
+            buf.extend(base.chars().take(want));
+        } else {
+            if !left {
+                buf.push_str(base);
+            }
+            buf.extend(fill.chars().cycle().take(want - have));
+            if left {
+                buf.push_str(base);
+            }
+        }
+        out.append_value(&buf);
+    }
+    done(Arc::new(out.finish()), scalar)
 }
 
 /// `count_char(s, c)`: how many times the character `c` occurs in `s`.
@@ -160,5 +191,23 @@ mod tests {
             call(regexp_extract, vec![url, s("(&|^)channel_id=([^&]*)"), ScalarValue::Int64(Some(5))]),
             ScalarValue::Utf8(None)
         );
+    }
+
+    #[test]
+    fn lpad_and_rpad_follow_flink() {
+        let s = |v: &str| ScalarValue::Utf8(Some(v.to_string()));
+        let n = |v: i64| ScalarValue::Int64(Some(v));
+        let null = ScalarValue::Utf8(None);
+        assert_eq!(call(lpad, vec![s("hi"), n(4), s("??")]), s("??hi"));
+        assert_eq!(call(lpad, vec![s("hi"), n(5), s("xy")]), s("xyxhi"));
+        assert_eq!(call(rpad, vec![s("hi"), n(5), s("xy")]), s("hixyx"));
+        assert_eq!(call(lpad, vec![s("hello"), n(2), s("x")]), s("he"));
+        assert_eq!(call(rpad, vec![s("hello"), n(2), s("x")]), s("he"));
+        assert_eq!(call(lpad, vec![s("héé"), n(4), s("ü")]), s("ühéé"), "characters, not bytes");
+        assert_eq!(call(rpad, vec![s("hi"), n(0), s("x")]), s(""));
+        assert_eq!(call(lpad, vec![s("hi"), n(-1), s("x")]), null, "a negative length is NULL");
+        assert_eq!(call(rpad, vec![s("hi"), n(4), s("")]), null, "an empty pad is NULL");
+        assert_eq!(call(lpad, vec![null.clone(), n(4), s("x")]), null);
+        assert_eq!(call(rpad, vec![s("hi"), ScalarValue::Int64(None), s("x")]), null);
     }
 }

@@ -38,6 +38,10 @@ pub(crate) struct Stream {
     pub window_end: Option<usize>,
     /// The window call this stream's rows were assigned by (for SESSION checks, late rows).
     pub window: Option<String>,
+    /// The column holding `PROCTIME()` (a processing-time attribute), if any.
+    pub proctime: Option<usize>,
+    /// The window columns come from a processing-time window.
+    pub processing_time: bool,
 }
 
 pub(crate) struct Translator<'a> {
@@ -113,6 +117,7 @@ impl Translator<'_> {
                 s.rowtime = moved(s.rowtime);
                 s.window_start = moved(s.window_start);
                 s.window_end = moved(s.window_end);
+                s.proctime = p.expr.iter().position(crate::planner::is_proctime).or(moved(s.proctime));
                 self.project(&s, exprs, arrow_schema(&p.schema), input.fields().len());
                 Ok(s)
             }
@@ -143,7 +148,8 @@ impl Translator<'_> {
                 if s.updating {
                     return Err(SqlError::unsupported(w.call.pos, format!("a window over view {}, whose rows are updated", w.call.table), None));
                 }
-                if s.rowtime != Some(w.time_col) {
+                let processing_time = s.proctime == Some(w.time_col);
+                if s.rowtime != Some(w.time_col) && !processing_time {
                     return Err(SqlError::invalid(
                         w.call.pos,
                         format!("DESCRIPTOR({}) must name a time attribute of view {}: select the column the table's WATERMARK is declared on, unchanged", w.call.time_column, w.call.table),
@@ -151,7 +157,13 @@ impl Translator<'_> {
                 }
                 self.push(&s, PlannedOp::WindowAssign(w.spec, w.time_col, w.schema.clone()));
                 let n = view.schema().fields().len();
-                let s = Stream { window_start: Some(n), window_end: Some(n + 1), window: Some(w.call.alias.clone()), ..s };
+                let s = Stream {
+                    window_start: Some(n),
+                    window_end: Some(n + 1),
+                    window: Some(w.call.alias.clone()),
+                    processing_time,
+                    ..s
+                };
                 (s, w.schema.clone())
             }
             _ => self.table_source(&name, window.as_ref())?,
@@ -161,6 +173,7 @@ impl Translator<'_> {
             self.project(&s, exprs, arrow_schema(&scan.projected_schema), full.fields().len());
             let moved = |c: Option<usize>| c.and_then(|r| proj.iter().position(|&i| i == r));
             s.rowtime = moved(s.rowtime);
+            s.proctime = moved(s.proctime);
             s.window_start = moved(s.window_start);
             s.window_end = moved(s.window_end);
         }
@@ -196,6 +209,9 @@ impl Translator<'_> {
         self.stages.push(PlannedStage { input: PlannedInput::Source(Box::new(node)), ops });
         let rowtime = table.watermark.as_ref().and_then(|wm| table.columns.iter().position(|c| c.name == wm.column));
         let n = schema.fields().len();
+        let proctime = table.columns.iter().position(|c| {
+            c.computed.as_deref().is_some_and(|t| t.trim().trim_end_matches("()").trim().eq_ignore_ascii_case("PROCTIME"))
+        });
         let s = Stream {
             stage: self.stages.len() - 1,
             updating: false,
@@ -203,6 +219,8 @@ impl Translator<'_> {
             window_start: window.map(|_| n),
             window_end: window.map(|_| n + 1),
             window: window.map(|w| w.call.alias.clone()),
+            proctime,
+            processing_time: window.is_some_and(|w| w.processing_time),
         };
         Ok((s, full))
     }
@@ -221,6 +239,18 @@ impl Translator<'_> {
             }
             let mut plan: AggregatePlan = plan_aggregate(self.state, a, self.query, window_cols)?;
             let info = s.window.as_ref().and_then(|w| self.windows.get(w)).cloned();
+            if s.processing_time {
+                let Some(info @ WindowInfo { spec: keel_types::WindowSpec::Tumble { .. }, .. }) = &info else {
+                    return Err(SqlError::unsupported(
+                        self.pos(&["GROUP", "BY"]),
+                        "a processing-time window other than TUMBLE directly over the table",
+                        Some("use TUMBLE over the PROCTIME() column"),
+                    ));
+                };
+                let mut spec = plan.spec.as_ref().clone();
+                spec.processing_time = Some(info.spec);
+                plan.spec = Arc::new(spec);
+            }
             if let Some(info) = &info
                 && let keel_types::WindowSpec::Session { .. } = info.spec
             {
@@ -240,7 +270,7 @@ impl Translator<'_> {
                 PlannedInput::Exchange { from: s.stage, keys },
                 PlannedOp::WindowAggregate { spec: plan.spec.clone(), late_table },
             );
-            return Ok(Stream { stage, updating: false, rowtime: None, window_start, window_end, window: None });
+            return Ok(Stream { stage, updating: false, rowtime: None, window_start, window_end, window: None, proctime: None, processing_time: false });
         }
         // An unwindowed GROUP BY: an updating result.
         let (pre, fields, nk, calls) = crate::planner::aggregate_inputs(self.state, a, self.query, None)?;
@@ -258,7 +288,7 @@ impl Translator<'_> {
             PlannedInput::Exchange { from: s.stage, keys: (0..nk).collect() },
             PlannedOp::GroupAggregate(Arc::new(spec)),
         );
-        Ok(Stream { stage, updating: true, rowtime: None, window_start: None, window_end: None, window: None })
+        Ok(Stream { stage, updating: true, rowtime: None, window_start: None, window_end: None, window: None, proctime: None, processing_time: false })
     }
 
     /// `WHERE rn <= N` over `ROW_NUMBER() OVER (PARTITION BY ... ORDER BY ...)` (not per window):
@@ -355,7 +385,7 @@ impl Translator<'_> {
         };
         let stage = self.new_stage(PlannedInput::Exchange { from: s.stage, keys: partition_cols }, PlannedOp::Rank(Arc::new(spec)));
         let mut out =
-            Stream { stage, updating: true, rowtime: None, window_start: None, window_end: None, window: None };
+            Stream { stage, updating: true, rowtime: None, window_start: None, window_end: None, window: None, proctime: None, processing_time: false };
         for n in chain.into_iter().rev() {
             if let LogicalPlan::Projection(p) = n {
                 let exprs = p.expr.iter().map(|e| physical(self.state, e.clone(), p.input.schema())).collect::<Result<Vec<_>>>()?;
@@ -414,6 +444,8 @@ impl Translator<'_> {
             window_start: None,
             window_end: None,
             window: None,
+            proctime: None,
+            processing_time: false,
         };
         if append_inner {
             let window_join = match (l.window_end, r.window_end) {

@@ -57,6 +57,10 @@ pub struct WindowAggregateSpec {
     pub late_output: Option<SideOutputFactory>,
     /// Session windows: overlapping windows of a key merge (see `session.rs`).
     pub merge_sessions: bool,
+    /// Processing-time tumbling windows (Flink's PROCTIME()): each row belongs to the window of
+    /// the wall clock when it reaches this operator (its window columns are overwritten), and a
+    /// window fires when the clock passes its end; watermarks only matter at the end of input.
+    pub processing_time: Option<keel_types::WindowSpec>,
 }
 
 /// Keys in Arrow's row format, or none at all (a window aggregate without GROUP BY keys: one
@@ -232,6 +236,23 @@ impl WindowAggregate {
         self.free.push(g);
     }
 
+    /// Emits and forgets every window that `watermark` (or the clock) closes.
+    fn fire(&mut self, watermark: i64, out: &mut Vec<RecordBatch>) -> Result<()> {
+        self.watermark = self.watermark.max(watermark);
+        while let Some((&(end, start), _)) = self.by_window.first_key_value() {
+
+            if !is_late(end, self.watermark) {
+                break;
+            }
+            let gids = self.by_window.remove(&(end, start)).unwrap_or_default();
+            out.push(self.emit(start, end, &gids)?);
+            for g in gids {
+                self.forget(g);
+            }
+        }
+        Ok(())
+    }
+
     fn state_schema(&self, acc_fields: &[Field]) -> SchemaRef {
         let mut fields = vec![
             Field::new("key_group", DataType::UInt32, false),
@@ -297,8 +318,22 @@ impl Operator for WindowAggregate {
 
     fn process(&mut self, batch: RecordBatch, _out: &mut Vec<RecordBatch>) -> Result<()> {
         keel_types::faults::hit("aggregate.process");
-        let starts = millis(batch.column(self.spec.window_start))?;
-        let ends = millis(batch.column(self.spec.window_end))?;
+        let (starts, ends) = match self.spec.processing_time {
+            Some(spec) => {
+                let now = keel_types::time::now_ms().max(self.watermark + 1);
+                let mut window = None;
+                spec.assign(now, |s, e| window = window.or(Some((s, e))));
+                let (s, e) = window.ok_or_else(|| {
+                    RuntimeError::Internal("a processing-time window spec gave no window".into())
+                })?;
+                let n = batch.num_rows();
+                let col = |v: i64| -> ArrayRef {
+                    Arc::new(arrow::array::TimestampMillisecondArray::from_value(v, n))
+                };
+                (col(s), col(e))
+            }
+            None => (millis(batch.column(self.spec.window_start))?, millis(batch.column(self.spec.window_end))?),
+        };
         let starts = starts.as_primitive::<TimestampMillisecondType>();
         let ends = ends.as_primitive::<TimestampMillisecondType>();
         let nk = self.spec.num_keys;
@@ -373,19 +408,19 @@ impl Operator for WindowAggregate {
         Ok(())
     }
 
-    fn on_watermark(&mut self, watermark: i64, out: &mut Vec<RecordBatch>) -> Result<()> {
-        self.watermark = self.watermark.max(watermark);
-        while let Some((&(end, start), _)) = self.by_window.first_key_value() {
-            if !is_late(end, self.watermark) {
-                break;
-            }
-            let gids = self.by_window.remove(&(end, start)).unwrap_or_default();
-            out.push(self.emit(start, end, &gids)?);
-            for g in gids {
-                self.forget(g);
-            }
+    fn on_processing_time(&mut self, now: i64, out: &mut Vec<RecordBatch>) -> Result<()> {
+        if self.spec.processing_time.is_none() {
+            return Ok(());
         }
-        Ok(())
+        self.fire(now, out)
+    }
+
+    fn on_watermark(&mut self, watermark: i64, out: &mut Vec<RecordBatch>) -> Result<()> {
+        // Processing-time windows ignore event time, except that the end of input fires them all.
+        if self.spec.processing_time.is_some() && watermark < keel_types::time::MAX_WATERMARK {
+            return Ok(());
+        }
+        self.fire(watermark, out)
     }
 
     fn checkpoint_complete(&mut self, checkpoint: u64) -> Result<()> {
