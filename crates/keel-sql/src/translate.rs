@@ -410,30 +410,46 @@ impl Translator<'_> {
                 return Err(SqlError::unsupported(self.pos(&["JOIN"]), format!("{other} joins (semi and anti joins, IN and EXISTS subqueries)"), Some("use an inner or outer join")));
             }
         };
+        if j.null_aware || j.null_equality != datafusion::common::NullEquality::NullEqualsNothing {
+            return Err(SqlError::unsupported(
+                self.pos(&["NOT", "IN"]),
+                "NOT IN over a subquery (a join where NULL keys match)",
+                Some("write NOT EXISTS (SELECT ... WHERE a.key = b.key)"),
+            ));
+        }
         let l = self.translate(&j.left)?;
         let r = self.translate(&j.right)?;
         let (ls, rs) = (j.left.schema(), j.right.schema());
+        let (nl, nr) = (ls.fields().len(), rs.fields().len());
+        // Keys that are expressions (or casts) are computed into extra columns after each side's
+        // own columns, and projected away after the join.
         let mut lkeys = vec![];
         let mut rkeys = vec![];
+        let (mut lextra, mut rextra) = (vec![], vec![]);
         for (a, b) in &j.on {
-            let (Expr::Column(a), Expr::Column(b)) = (strip_alias(a), strip_alias(b)) else {
-                return Err(SqlError::unsupported(self.pos(&["ON"]), "a join key that is an expression or needs a cast", Some("join on columns of the same type; compute the key in a view first")));
-            };
-            lkeys.push(ls.index_of_column(a).map_err(planning("join keys"))?);
-            rkeys.push(rs.index_of_column(b).map_err(planning("join keys"))?);
+            for (e, schema, keys, extra, n) in [(a, ls, &mut lkeys, &mut lextra, nl), (b, rs, &mut rkeys, &mut rextra, nr)] {
+                match strip_alias(e) {
+                    Expr::Column(c) => keys.push(schema.index_of_column(c).map_err(planning("join keys"))?),
+                    other => {
+                        extra.push(other.clone());
+                        keys.push(n + extra.len() - 1);
+                    }
+                }
+            }
         }
+        let left_schema = self.key_columns(&l, ls, &lextra)?;
+        let right_schema = self.key_columns(&r, rs, &rextra)?;
         if lkeys.is_empty() {
             return Err(SqlError::unsupported(self.pos(&["JOIN"]), "a join without an equality between the two sides", Some("add an equality condition (a.key = b.key) to the ON clause")));
         }
         // The condition sees both sides' columns, whatever the join outputs (semi joins: one side).
         let both = ls.as_ref().clone().join(rs).map_err(planning("join schema"))?;
         let filter = match &j.filter {
-            Some(f) => Some(physical(self.state, f.clone(), &both)?),
+            Some(f) => Some(shift_right_columns(physical(self.state, f.clone(), &both)?, nl, lextra.len())?),
             None => None,
         };
-        let nl = ls.fields().len();
-        let mut left = JoinSide { schema: arrow_schema(ls), updating: l.updating, keys: lkeys.clone(), expiry: None };
-        let mut right = JoinSide { schema: arrow_schema(rs), updating: r.updating, keys: rkeys.clone(), expiry: None };
+        let mut left = JoinSide { schema: left_schema.clone(), updating: l.updating, keys: lkeys.clone(), expiry: None };
+        let mut right = JoinSide { schema: right_schema.clone(), updating: r.updating, keys: rkeys.clone(), expiry: None };
         // Inner and semi joins of append-only inputs never retract what they emitted.
         let append_inner =
             matches!(join_type, JoinType::Inner | JoinType::LeftSemi | JoinType::RightSemi) && !l.updating && !r.updating;
@@ -467,7 +483,14 @@ impl Translator<'_> {
                 out.rowtime = Some(lt);
             }
         }
-        let mut fields: Vec<arrow::datatypes::Field> = j.schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        let sides = join_type.output_sides();
+        let mut fields: Vec<arrow::datatypes::Field> = vec![];
+        for (include, schema) in [(sides[0], &left_schema), (sides[1], &right_schema)] {
+            if include {
+                fields.extend(schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)));
+            }
+        }
+        let joined_cols = fields.len();
         if out.updating {
             fields.push(op_field());
         }
@@ -481,6 +504,55 @@ impl Translator<'_> {
             state_ttl: self.settings.state_ttl,
         };
         out.stage = self.new_stage(PlannedInput::Join { left: (l.stage, lkeys), right: (r.stage, rkeys) }, PlannedOp::Join(Arc::new(spec)));
+        if !lextra.is_empty() || !rextra.is_empty() {
+            // Back to the join's own columns.
+            let mut keep: Vec<usize> = vec![];
+            if sides[0] {
+                keep.extend(0..nl);
+            }
+            if sides[1] {
+                let at = if sides[0] { left_schema.fields().len() } else { 0 };
+                keep.extend(at..at + nr);
+            }
+            let exprs = keep.iter().map(|&i| col(&format!("c{i}"), i)).collect();
+            self.project(&out, exprs, arrow_schema(&j.schema), joined_cols);
+        }
         Ok(out)
     }
+
+    /// A side's schema with its computed join keys appended (projected in its stage).
+    fn key_columns(&mut self, s: &Stream, schema: &DFSchema, extra: &[Expr]) -> Result<SchemaRef> {
+        let base = arrow_schema(schema);
+        if extra.is_empty() {
+            return Ok(base);
+        }
+        let mut exprs: Vec<Arc<dyn PhysicalExpr>> =
+            base.fields().iter().enumerate().map(|(i, f)| col(f.name(), i)).collect();
+        let mut fields: Vec<arrow::datatypes::Field> = base.fields().iter().map(|f| f.as_ref().clone()).collect();
+        for (k, e) in extra.iter().enumerate() {
+            exprs.push(physical(self.state, e.clone(), schema)?);
+            let (_, f) = datafusion::logical_expr::ExprSchemable::to_field(e, schema).map_err(planning("join keys"))?;
+            fields.push(arrow::datatypes::Field::new(format!("__join_key_{k}"), f.data_type().clone(), true));
+        }
+        let with_keys = Arc::new(Schema::new(fields));
+        self.project(s, exprs, with_keys.clone(), base.fields().len());
+        Ok(with_keys)
+    }
+}
+
+/// `expr` over (left ++ right) rewritten for (left ++ `extra` key columns ++ right): right-side
+/// column indices move up by `extra`.
+fn shift_right_columns(expr: Arc<dyn PhysicalExpr>, left: usize, extra: usize) -> Result<Arc<dyn PhysicalExpr>> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    if extra == 0 {
+        return Ok(expr);
+    }
+    expr.transform(|e| {
+        Ok(match e.downcast_ref::<Column>() {
+            Some(c) if c.index() >= left => Transformed::yes(col(c.name(), c.index() + extra)),
+            _ => Transformed::no(e),
+        })
+    })
+    .map(|t| t.data)
+    .map_err(planning("join condition"))
 }
