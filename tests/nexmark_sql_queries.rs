@@ -32,7 +32,17 @@ fn nexmark_sql(name: &str) -> String {
         _ => std::fs::read_to_string(root.join(format!("{name}.sql"))).unwrap(),
     };
     let q = q.replace("'connector' = 'blackhole'", "'connector' = 'topic', 'topic' = 'out', 'format' = 'debezium-json'");
+    let q = q.replace("${SIDE_INPUT}", &side_input().display().to_string());
     format!("{ddl}\n{q}")
+}
+
+/// q13's side input: `key,value` rows for keys 0..10,000, in a directory of its own.
+fn side_input() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("keel-nexmark-side-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text: String = (0..10_000).map(|k| format!("{k},v{}\n", k * 7 % 10_000)).collect();
+    std::fs::write(dir.join("side_input.csv"), text).unwrap();
+    dir
 }
 
 /// Runs a query to the end and returns its final table.
@@ -226,6 +236,20 @@ fn join_update_and_top_n_queries_match_the_batch_computation() {
         "day", "total_bids", "rank1_bids", "rank2_bids", "rank3_bids", "total_bidders", "rank1_bidders",
         "rank2_bidders", "rank3_bidders", "total_auctions", "rank1_auctions", "rank2_auctions", "rank3_auctions",
     ];
+    let side: Vec<(i64, String)> = (0..10_000).map(|k| (k, format!("v{}", k * 7 % 10_000))).collect();
+    let side = arrow::array::RecordBatch::try_from_iter(vec![
+        ("key", Arc::new(arrow::array::Int64Array::from_iter_values(side.iter().map(|s| s.0))) as arrow::array::ArrayRef),
+        ("value", Arc::new(arrow::array::StringArray::from_iter_values(side.iter().map(|s| s.1.clone()))) as _),
+    ])
+    .unwrap();
+    let mem = datafusion::catalog::MemTable::try_new(side.schema(), vec![vec![side]]).unwrap();
+    ctx.register_table("side_input", Arc::new(mem)).unwrap();
+    check(
+        &ctx,
+        "q13",
+        "SELECT B.auction, B.bidder, B.price, B.dateTime, S.value FROM bid B JOIN side_input S ON B.auction % 10000 = S.key",
+        &["auction", "bidder", "price", "dateTime", "value"],
+    );
     check(
         &ctx,
         "q15",

@@ -1,18 +1,14 @@
-//! `keel bench`: throughput benchmarks, in-process, reported as a Markdown table. `windows` runs
+//! `keel bench`: throughput benchmarks, each run in a child `keel run`, reported as a Markdown table. `windows` runs
 //! the demo's windowed pipeline from a topic of JSON events to a topic; `nexmark` runs the Nexmark
 //! queries Keel supports on the generator. Both report events per second of wall time and per
 //! CPU-second (the per-core rate), the checkpoints taken and the peak memory.
 
 use crate::cli::demo::demo_sql;
-use crate::cli::run::{RunArgs, run_pipeline};
 use anyhow::{Context, Result};
 use clap::Args;
 use keel::sample;
 use keel_log::{Log, TopicConfig};
-use keel_runtime::Metrics;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -33,27 +29,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 4)]
     partitions: u32,
     /// Nexmark queries to run, comma-separated.
-    #[arg(long, default_value = "q0,q1,q2,q11,q14,q21,q22")]
+    #[arg(long, default_value = "q0,q1,q2,q3,q4,q5,q7,q8,q9,q11,q12,q13,q14,q15,q16,q17,q18,q19,q20,q21,q22")]
     queries: String,
-}
-
-/// CPU seconds (user + system) this process has used so far.
-fn cpu_seconds() -> f64 {
-    // SAFETY: getrusage writes into the struct we pass; a zeroed rusage is a valid initial value.
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: RUSAGE_SELF with a valid pointer.
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
-        return f64::NAN;
-    }
-    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-    t(u.ru_utime) + t(u.ru_stime)
-}
-
-fn peak_rss_mb() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
 }
 
 const NEXMARK_DDL: &str = include_str!("../../nexmark/ddl.sql");
@@ -61,40 +38,106 @@ const NEXMARK_QUERIES: &[(&str, &str)] = &[
     ("q0", include_str!("../../nexmark/q0.sql")),
     ("q1", include_str!("../../nexmark/q1.sql")),
     ("q2", include_str!("../../nexmark/q2.sql")),
+    ("q3", include_str!("../../nexmark/q3.sql")),
+    ("q4", include_str!("../../nexmark/q4.sql")),
+    ("q5", include_str!("../../nexmark/q5.sql")),
     ("q7", include_str!("../../nexmark/q7.sql")),
+    ("q8", include_str!("../../nexmark/q8.sql")),
+    ("q9", include_str!("../../nexmark/q9.sql")),
     ("q11", include_str!("../../nexmark/q11.sql")),
+    ("q12", include_str!("../../nexmark/q12.sql")),
+    ("q13", include_str!("../../nexmark/q13.sql")),
     ("q14", include_str!("../../nexmark/q14.sql")),
+    ("q15", include_str!("../../nexmark/q15.sql")),
+    ("q16", include_str!("../../nexmark/q16.sql")),
+    ("q17", include_str!("../../nexmark/q17.sql")),
+    ("q18", include_str!("../../nexmark/q18.sql")),
+    ("q19", include_str!("../../nexmark/q19.sql")),
+    ("q20", include_str!("../../nexmark/q20.sql")),
     ("q21", include_str!("../../nexmark/q21.sql")),
     ("q22", include_str!("../../nexmark/q22.sql")),
 ];
 
-/// Runs one pipeline file fresh and prints its table row.
+/// The side input of q13: `key,value` for keys 0..10,000 (as the Nexmark suite's side_input.txt).
+fn side_input(dir: &Path) -> Result<std::path::PathBuf> {
+    let d = dir.join("nexmark-side-input");
+    std::fs::create_dir_all(&d)?;
+    let f = d.join("side_input.csv");
+    if !f.exists() {
+        let text: String = (0..10_000).map(|k| format!("{k},{}\n", k * 7 % 10_000)).collect();
+        std::fs::write(&f, text)?;
+    }
+    Ok(d)
+}
+
+/// What one benchmark run cost, from the child process's resource usage.
+struct RunCost {
+    wall: f64,
+    cpu: f64,
+    peak_rss_mb: f64,
+    events: u64,
+    checkpoints: u64,
+}
+
+/// Runs one pipeline file fresh in a child `keel run` (so that its CPU time and peak memory are
+/// its own) and returns what it cost.
+fn run_child(dir: &Path, pipeline: &Path, p: u32, interval: &str) -> Result<RunCost> {
+    use std::io::Read;
+    let exe = std::env::current_exe().context("finding the keel executable")?;
+    let started = std::time::Instant::now();
+    let mut child = std::process::Command::new(exe)
+        .arg("--data-dir")
+        .arg(dir)
+        .arg("run")
+        .arg(pipeline)
+        .args(["--bounded", "--fresh", "--quiet", "--restart-attempts", "0", "--checkpoint-interval", interval])
+        .args(["-p", &p.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("starting keel run")?;
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        e.read_to_string(&mut stderr).context("reading keel run's output")?;
+    }
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is a valid value for wait4 to fill in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child (not yet reaped: std's Child was never waited on).
+    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    anyhow::ensure!(pid > 0, "waiting for keel run failed: {}", std::io::Error::last_os_error());
+    let wall = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "keel run {} failed:\n{stderr}",
+        pipeline.display()
+    );
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    // "finished: read N events in ..., committed in checkpoint C"
+    let line = stderr.lines().find(|l| l.starts_with("finished: read ")).unwrap_or_default();
+    let events = line.trim_start_matches("finished: read ").split(' ').next().and_then(|n| n.parse().ok());
+    let checkpoints = line.rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+    Ok(RunCost {
+        wall,
+        cpu: t(usage.ru_utime) + t(usage.ru_stime),
+        peak_rss_mb: usage.ru_maxrss as f64 / 1024.0,
+        events: events.with_context(|| format!("keel run did not report what it read:\n{stderr}"))?,
+        checkpoints,
+    })
+}
+
+/// Runs one pipeline and prints its table row.
 fn measure(dir: &Path, label: &str, pipeline: std::path::PathBuf, p: u32, interval: &str, events: u64) -> Result<()> {
-    let run_args = RunArgs {
-        pipeline,
-        parallelism: Some(p),
-        checkpoint_interval: interval.to_string(),
-        checkpoint_timeout: "60s".into(),
-        retained_checkpoints: 3,
-        bounded: true,
-        fresh: true,
-        name: None,
-        restart_attempts: 0,
-        restart_window: "10m".into(),
-        quiet: true,
-    };
-    let cpu_before = cpu_seconds();
-    let report = run_pipeline(dir, &run_args, Arc::new(AtomicBool::new(false)))?;
-    let cpu = cpu_seconds() - cpu_before;
-    let secs = report.elapsed.as_secs_f64();
-    let n = Metrics::get(&report.metrics.records_in);
-    anyhow::ensure!(n == events, "{label}: the benchmark read {n} events, expected {events}");
+    let c = run_child(dir, &pipeline, p, interval)?;
+    anyhow::ensure!(c.events == events, "{label}: the benchmark read {} events, expected {events}", c.events);
     println!(
-        "| {label} | {p} | {interval} | {secs:.2} | {:.0} | {cpu:.2} | {:.0} | {} | {} |",
-        n as f64 / secs,
-        n as f64 / cpu,
-        Metrics::get(&report.metrics.checkpoints_completed),
-        peak_rss_mb().map(|m| format!("{m:.0}")).unwrap_or_else(|| "?".into())
+        "| {label} | {p} | {interval} | {:.2} | {:.0} | {:.2} | {:.0} | {} | {:.0} |",
+        c.wall,
+        c.events as f64 / c.wall,
+        c.cpu,
+        c.events as f64 / c.cpu,
+        c.checkpoints,
+        c.peak_rss_mb
     );
     Ok(())
 }
@@ -161,6 +204,7 @@ pub fn bench(data_dir: &Path, args: BenchArgs) -> Result<()> {
                 for &p in &parallelism {
                     for ci in intervals.split(',').map(str::trim) {
                         let pipeline = dir.join(format!("nexmark-{q}-p{p}-{ci}.sql"));
+                        let sql = sql.replace("${SIDE_INPUT}", &side_input(&dir)?.display().to_string());
                         std::fs::write(
                             &pipeline,
                             format!("{}\n{sql}", NEXMARK_DDL.replace("${EVENTS}", &args.events.to_string())),
@@ -173,6 +217,6 @@ pub fn bench(data_dir: &Path, args: BenchArgs) -> Result<()> {
         other => anyhow::bail!("unknown benchmark '{other}': use windows or nexmark"),
     }
     println!("(events per CPU-second = events / (user + system CPU time): the per-core rate; peak RSS is the");
-    println!(" process high-water mark so far, so later rows include earlier ones)");
+    println!(" resident memory high-water mark of that run's process)");
     Ok(())
 }

@@ -56,9 +56,15 @@ pub fn split_statements(toks: Vec<Tok>) -> Vec<Vec<Tok>> {
     out
 }
 
-/// Renders tokens back to SQL text.
+/// Renders tokens back to SQL text. A string literal's quotes are doubled again (the tokenizer
+/// unescaped them and the token's own rendering does not escape them).
 pub fn render(toks: &[Tok]) -> String {
-    toks.iter().map(|t| t.token.to_string()).collect()
+    toks.iter()
+        .map(|t| match &t.token {
+            Token::SingleQuotedString(s) => format!("'{}'", s.replace('\'', "''")),
+            other => other.to_string(),
+        })
+        .collect()
 }
 
 /// A cursor over a statement's tokens that skips whitespace and comments.

@@ -192,6 +192,12 @@ mod tests {
     }
 
     #[test]
+    fn quotes_inside_literals_survive_rendering() {
+        let sql = "SELECT DATE_FORMAT(FLOOR(ts TO DAY), 'yyyy-MM-dd''T''HH') FROM t";
+        assert_eq!(rw(sql), "SELECT DATE_FORMAT(date_trunc('day', ts ), 'yyyy-MM-dd''T''HH') FROM t");
+    }
+
+    #[test]
     fn unknown_units_are_refused_where_they_are() {
         let e = err("SELECT\n  FLOOR(ts TO DECADE)");
         assert!(e.starts_with("line 2, column 15: FLOOR(... TO DECADE) is not supported"), "{e}");
