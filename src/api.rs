@@ -162,6 +162,7 @@ impl PipelineBuilder {
             columns,
             watermark: Some(WatermarkDef { column: time_column.into(), delay_ms, pos: Pos::default() }),
             primary_key: None,
+            partition_by: vec![],
             options: vec![],
         };
         Ok(PipelineBuilder {
@@ -344,6 +345,7 @@ impl PipelineBuilder {
                 columns: cols,
                 watermark: None,
                 primary_key: None,
+                partition_by: vec![],
                 options: vec![],
             },
             sink_kind: kind,

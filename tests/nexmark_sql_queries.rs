@@ -31,7 +31,8 @@ fn nexmark_sql(name: &str) -> String {
             .to_string(),
         _ => std::fs::read_to_string(root.join(format!("{name}.sql"))).unwrap(),
     };
-    let q = q.replace("'connector' = 'blackhole'", "'connector' = 'topic', 'topic' = 'out', 'format' = 'debezium-json'");
+    let q =
+        q.replace("'connector' = 'blackhole'", "'connector' = 'topic', 'topic' = 'out', 'format' = 'debezium-json'");
     let q = q.replace("${SIDE_INPUT}", &side_input().display().to_string());
     format!("{ddl}\n{q}")
 }
@@ -56,14 +57,12 @@ fn run_query(name: &str, parallelism: &str) -> Vec<serde_json::Value> {
 
 /// A DataFusion session holding `person`, `auction` and `bid` from Keel's dumps of the stream.
 fn batch_session() -> datafusion::prelude::SessionContext {
-    let ctx = datafusion::prelude::SessionContext::new_with_config(
-        {
-            let mut c = datafusion::prelude::SessionConfig::new().with_target_partitions(1);
-            // Identifiers as written (camelCase columns), as in Keel.
-            c.options_mut().sql_parser.enable_ident_normalization = false;
-            c
-        },
-    );
+    let ctx = datafusion::prelude::SessionContext::new_with_config({
+        let mut c = datafusion::prelude::SessionConfig::new().with_target_partitions(1);
+        // Identifiers as written (camelCase columns), as in Keel.
+        c.options_mut().sql_parser.enable_ident_normalization = false;
+        c
+    });
     for f in keel::sql::functions::flink_aggregates() {
         ctx.register_udaf(f);
     }
@@ -233,12 +232,26 @@ fn join_update_and_top_n_queries_match_the_batch_computation() {
         COUNT(DISTINCT CASE WHEN price >= 10000 AND price < 1000000 THEN auction END) AS rank2_auctions,
         COUNT(DISTINCT CASE WHEN price >= 1000000 THEN auction END) AS rank3_auctions";
     let q15_cols = [
-        "day", "total_bids", "rank1_bids", "rank2_bids", "rank3_bids", "total_bidders", "rank1_bidders",
-        "rank2_bidders", "rank3_bidders", "total_auctions", "rank1_auctions", "rank2_auctions", "rank3_auctions",
+        "day",
+        "total_bids",
+        "rank1_bids",
+        "rank2_bids",
+        "rank3_bids",
+        "total_bidders",
+        "rank1_bidders",
+        "rank2_bidders",
+        "rank3_bidders",
+        "total_auctions",
+        "rank1_auctions",
+        "rank2_auctions",
+        "rank3_auctions",
     ];
     let side: Vec<(i64, String)> = (0..10_000).map(|k| (k, format!("v{}", k * 7 % 10_000))).collect();
     let side = arrow::array::RecordBatch::try_from_iter(vec![
-        ("key", Arc::new(arrow::array::Int64Array::from_iter_values(side.iter().map(|s| s.0))) as arrow::array::ArrayRef),
+        (
+            "key",
+            Arc::new(arrow::array::Int64Array::from_iter_values(side.iter().map(|s| s.0))) as arrow::array::ArrayRef,
+        ),
         ("value", Arc::new(arrow::array::StringArray::from_iter_values(side.iter().map(|s| s.1.clone()))) as _),
     ])
     .unwrap();
@@ -274,7 +287,18 @@ fn join_update_and_top_n_queries_match_the_batch_computation() {
             "SELECT auction, to_char(dateTime, '%Y-%m-%d') AS day, {bands}, MIN(price) AS min_price,
                MAX(price) AS max_price, AVG(price) AS avg_price, SUM(price) AS sum_price FROM bid GROUP BY 1, 2"
         ),
-        &["auction", "day", "total_bids", "rank1_bids", "rank2_bids", "rank3_bids", "min_price", "max_price", "avg_price", "sum_price"],
+        &[
+            "auction",
+            "day",
+            "total_bids",
+            "rank1_bids",
+            "rank2_bids",
+            "rank3_bids",
+            "min_price",
+            "max_price",
+            "avg_price",
+            "sum_price",
+        ],
     );
     check(
         &ctx,

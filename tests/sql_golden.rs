@@ -127,9 +127,11 @@ fn batch_expected(case: &Case) -> Vec<String> {
         ctx.register_udaf(f);
     }
     for (name, lines) in &case.inputs {
-        let mut def = defs.iter().find(|d| &d.name == name).cloned().unwrap_or_else(|| {
-            panic!("{}: the pipeline creates no table {name} for its input section", case.name)
-        });
+        let mut def = defs
+            .iter()
+            .find(|d| &d.name == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{}: the pipeline creates no table {name} for its input section", case.name));
         // The stored columns only: a batch query computes what computed columns would.
         def.columns.retain(|c| c.computed.is_none());
         let schema = keel::sql::planner::table_schema(&def);

@@ -29,7 +29,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 4)]
     partitions: u32,
     /// Nexmark queries to run, comma-separated.
-    #[arg(long, default_value = "q0,q1,q2,q3,q4,q5,q7,q8,q9,q11,q12,q13,q14,q15,q16,q17,q18,q19,q20,q21,q22")]
+    #[arg(long, default_value = "q0,q1,q2,q3,q4,q5,q7,q8,q9,q10,q11,q12,q13,q14,q15,q16,q17,q18,q19,q20,q21,q22")]
     queries: String,
 }
 
@@ -44,6 +44,7 @@ const NEXMARK_QUERIES: &[(&str, &str)] = &[
     ("q7", include_str!("../../nexmark/q7.sql")),
     ("q8", include_str!("../../nexmark/q8.sql")),
     ("q9", include_str!("../../nexmark/q9.sql")),
+    ("q10", include_str!("../../nexmark/q10.sql")),
     ("q11", include_str!("../../nexmark/q11.sql")),
     ("q12", include_str!("../../nexmark/q12.sql")),
     ("q13", include_str!("../../nexmark/q13.sql")),
@@ -67,6 +68,17 @@ fn side_input(dir: &Path) -> Result<std::path::PathBuf> {
         let text: String = (0..10_000).map(|k| format!("{k},{}\n", k * 7 % 10_000)).collect();
         std::fs::write(&f, text)?;
     }
+    Ok(d)
+}
+
+/// The output directory of a query that writes files (q10's `${OUTPUT_DIR}`): `run` under
+/// `DIR/nexmark-output`, emptied first so that each run starts with none of an earlier run's files.
+fn output_dir(dir: &Path, run: &str) -> Result<std::path::PathBuf> {
+    let d = dir.join("nexmark-output").join(run);
+    if d.exists() {
+        std::fs::remove_dir_all(&d).with_context(|| format!("emptying {}", d.display()))?;
+    }
+    std::fs::create_dir_all(&d)?;
     Ok(d)
 }
 
@@ -194,7 +206,11 @@ pub fn bench(data_dir: &Path, args: BenchArgs) -> Result<()> {
         }
         "nexmark" => {
             let intervals = args.checkpoint_interval.unwrap_or_else(|| "off,10s".into());
-            println!("benchmark: Nexmark queries on {} generated events (blackhole sinks)", args.events);
+            println!(
+                "benchmark: Nexmark queries on {} generated events (blackhole sinks; q10 writes CSV files under {})",
+                args.events,
+                dir.join("nexmark-output").display()
+            );
             header();
             for q in args.queries.split(',').map(str::trim) {
                 let (_, sql) = NEXMARK_QUERIES
@@ -204,7 +220,11 @@ pub fn bench(data_dir: &Path, args: BenchArgs) -> Result<()> {
                 for &p in &parallelism {
                     for ci in intervals.split(',').map(str::trim) {
                         let pipeline = dir.join(format!("nexmark-{q}-p{p}-{ci}.sql"));
-                        let sql = sql.replace("${SIDE_INPUT}", &side_input(&dir)?.display().to_string());
+                        let mut sql = sql.replace("${SIDE_INPUT}", &side_input(&dir)?.display().to_string());
+                        if sql.contains("${OUTPUT_DIR}") {
+                            let out = output_dir(&dir, &format!("{q}-p{p}-{ci}"))?;
+                            sql = sql.replace("${OUTPUT_DIR}", &out.display().to_string());
+                        }
                         std::fs::write(
                             &pipeline,
                             format!("{}\n{sql}", NEXMARK_DDL.replace("${EVENTS}", &args.events.to_string())),

@@ -1,6 +1,6 @@
 //! Keel's connectors: the topic source (JSON records from Keel's embedded log, with dead
-//! letters), the exactly-once topic and filesystem sinks, the at-least-once print sink, and the
-//! JSON format.
+//! letters), the exactly-once topic and filesystem sinks (optionally partitioned into Hive-style
+//! directories), the at-least-once print sink, and the JSON format.
 //!
 //! Guarantees by connector: topic source → replayable (positions in checkpoints); topic sink and
 //! upsert topic sink → exactly-once (two-phase commit through staged transactions); filesystem
@@ -14,6 +14,7 @@ pub mod error;
 pub mod file_source;
 pub mod json;
 pub mod nexmark;
+pub mod partitioned;
 pub mod sinks;
 mod splits;
 pub mod staging;
@@ -21,6 +22,7 @@ pub mod topic_source;
 pub mod upsert;
 
 pub use error::ConnectorError;
+pub use partitioned::Partitioning;
 pub use sinks::{BlackholeSink, FileFormat, FileSink, PrintSink, TopicFormat, TopicSink};
 pub use topic_source::{BadRecordPolicy, TopicSource, TopicSourceConfig};
 pub use upsert::UpsertTopicSink;

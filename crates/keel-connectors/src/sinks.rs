@@ -14,15 +14,22 @@
 //! renamed to `.JOB-SUBTASK-n.pending`; when checkpoint `n` completes it is renamed to
 //! `part-JOB-SUBTASK-n.EXT`, which readers see atomically. On recovery from checkpoint `c`,
 //! pending files up to `c` are published, and newer or in-progress ones are deleted. Hidden files
-//! (leading `.`) are never results.
+//! (leading `.`) are never results. A partitioned sink (`partitioned.rs`) keeps the same life
+//! cycle in each partition directory: one in-progress file per partition and interval, all of an
+//! interval's files pending at its barrier and published when its checkpoint completes (then the
+//! success file, if configured); recovery scans every partition directory. A subtask publishes
+//! and recovers only the files named with its own subtask (after rescaling: old subtask `s`
+//! belongs to new subtask `s % parallelism`).
 
 use crate::changelog_format::{Changes, ensure_append_only, write_debezium, write_print_row};
 use crate::error::ConnectorError;
 use crate::json::encode_row;
+use crate::partitioned::{self, Partitioning};
 use crate::staging::StagedTopicWriter;
 use arrow::array::RecordBatch;
 use keel_log::{Log, TopicConfig};
 use keel_runtime::{Metrics, Operator, RestoredState, Result, RuntimeError, TaskContext};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -155,15 +162,32 @@ impl FileFormat {
     }
 }
 
-/// Writes rows to files under a directory, publishing them on checkpoint completion.
+/// An in-progress file of the current checkpoint interval.
+struct InProgress {
+    path: PathBuf,
+    w: BufWriter<File>,
+}
+
+/// Writes rows to files under a directory (or its partition directories), publishing them on
+/// checkpoint completion.
 pub struct FileSink {
     dir: PathBuf,
     format: FileFormat,
     table: String,
+    partitioning: Option<Partitioning>,
     job: String,
     subtask: u32,
     seq: u64,
-    current: Option<(PathBuf, BufWriter<File>)>,
+    /// This interval's in-progress files by partition path relative to `dir` (`""` without
+    /// partitioning).
+    open: HashMap<String, InProgress>,
+    /// Partition directories first written to in this interval; the barrier makes their entries
+    /// (and their parents') durable, whichever subtask created them.
+    created: BTreeSet<PathBuf>,
+    /// Partition directories whose entries this sink made durable already.
+    durable: HashSet<PathBuf>,
+    /// This subtask's pending files: (directory, checkpoint).
+    pending: Vec<(PathBuf, u64)>,
     line: String,
     metrics: Option<Arc<Metrics>>,
 }
@@ -178,16 +202,82 @@ fn parse_hidden(name: &str, job: &str) -> Option<(u32, u64, bool)> {
     Some((sub.parse().ok()?, n.parse().ok()?, pending))
 }
 
+fn pending_name(job: &str, subtask: u32, checkpoint: u64) -> String {
+    format!(".{job}-{subtask}-{checkpoint}.pending")
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(ConnectorError::io("cannot fsync directory", dir))?;
+    Ok(())
+}
+
+/// This job's hidden files in `dir`: (subtask, sequence or checkpoint, pending, path).
+fn hidden_files(dir: &Path, job: &str) -> Result<Vec<(u32, u64, bool, PathBuf)>> {
+    let mut out = vec![];
+    for e in fs::read_dir(dir).map_err(ConnectorError::io("cannot list", dir))? {
+        let e = e.map_err(ConnectorError::io("cannot list", dir))?;
+        if let Some((sub, n, pending)) = parse_hidden(&e.file_name().to_string_lossy(), job) {
+            out.push((sub, n, pending, e.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Appends a batch's rows to an open file in `format`.
+fn write_rows(
+    format: FileFormat,
+    batch: &RecordBatch,
+    w: &mut BufWriter<File>,
+    path: &Path,
+    line: &mut String,
+) -> Result<()> {
+    match format {
+        FileFormat::Json => {
+            for row in 0..batch.num_rows() {
+                line.clear();
+                encode_row(batch, row, line);
+                line.push('\n');
+                w.write_all(line.as_bytes()).map_err(ConnectorError::io("cannot write", path))?;
+            }
+        }
+        FileFormat::Csv => {
+            let mut cw = arrow::csv::WriterBuilder::new()
+                .with_header(false)
+                .with_timestamp_format("%Y-%m-%dT%H:%M:%S%.3fZ".to_string())
+                .build(&mut *w);
+            cw.write(batch).map_err(|e| ConnectorError::Encode { what: "CSV rows".into(), reason: e.to_string() })?;
+        }
+        FileFormat::DebeziumJson => {
+            let changes = Changes::of(batch)?;
+            let mut row_json = String::new();
+            for row in 0..changes.num_rows() {
+                row_json.clear();
+                encode_row(&changes.data, row, &mut row_json);
+                line.clear();
+                write_debezium(&row_json, changes.kind(row)?, line);
+                line.push('\n');
+                w.write_all(line.as_bytes()).map_err(ConnectorError::io("cannot write", path))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 impl FileSink {
     pub fn new(dir: PathBuf, format: FileFormat) -> Self {
         FileSink {
             dir,
             format,
             table: String::new(),
+            partitioning: None,
             job: String::new(),
             subtask: 0,
             seq: 0,
-            current: None,
+            open: HashMap::new(),
+            created: BTreeSet::new(),
+            durable: HashSet::new(),
+            pending: vec![],
             line: String::new(),
             metrics: None,
         }
@@ -199,6 +289,13 @@ impl FileSink {
         self
     }
 
+    /// Writes each row into its partition's directory, without the partition columns (see
+    /// `partitioned`); partitioning by no column is no partitioning.
+    pub fn partitioned(mut self, partitioning: Partitioning) -> Self {
+        self.partitioning = (!partitioning.columns.is_empty()).then_some(partitioning);
+        self
+    }
+
     fn describe(&self) -> String {
         if self.table.is_empty() {
             format!("the filesystem sink writing {}", self.dir.display())
@@ -207,38 +304,38 @@ impl FileSink {
         }
     }
 
-    fn final_path(&self, subtask: u32, checkpoint: u64) -> PathBuf {
-        self.dir.join(format!("part-{}-{subtask}-{checkpoint:010}.{}", self.job, self.format.extension()))
-    }
-
-    fn publish(&self, pending: &Path, subtask: u32, checkpoint: u64) -> Result<()> {
-        let target = self.final_path(subtask, checkpoint);
+    fn publish(&self, dir: &Path, pending: &Path, subtask: u32, checkpoint: u64) -> Result<()> {
+        let target = dir.join(format!("part-{}-{subtask}-{checkpoint:010}.{}", self.job, self.format.extension()));
         keel_types::faults::hit("sink.commit");
         fs::rename(pending, &target).map_err(ConnectorError::io("cannot publish file", pending))?;
         Ok(())
     }
 
-    fn sync_dir(&self) -> Result<()> {
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(ConnectorError::io("cannot fsync directory", &self.dir))?;
-        Ok(())
-    }
-
-    fn hidden_files(&self) -> Result<Vec<(u32, u64, bool, PathBuf)>> {
-        let mut out = vec![];
-        for e in fs::read_dir(&self.dir).map_err(ConnectorError::io("cannot list", &self.dir))? {
-            let e = e.map_err(ConnectorError::io("cannot list", &self.dir))?;
-            if let Some((sub, n, pending)) = parse_hidden(&e.file_name().to_string_lossy(), &self.job) {
-                out.push((sub, n, pending, e.path()));
-            }
+    /// After files were published into `dir`: the success file, then the directory fsync.
+    fn finish_publishing(&self, dir: &Path) -> Result<()> {
+        if let Some(name) = self.partitioning.as_ref().and_then(|p| p.success_file.as_deref()) {
+            partitioned::write_success_file(dir, name)?;
         }
-        out.sort();
-        Ok(out)
+        sync_dir(dir)
     }
 
-    fn write_header_if_new(&mut self) -> Result<()> {
-        Ok(())
+    /// Appends rows to the in-progress file of partition path `rel`, opening it first if needed.
+    fn write(&mut self, rel: &str, batch: &RecordBatch) -> Result<()> {
+        if !self.open.contains_key(rel) {
+            let dir = if rel.is_empty() { self.dir.clone() } else { self.dir.join(rel) };
+            if !rel.is_empty() && !self.durable.contains(&dir) {
+                fs::create_dir_all(&dir).map_err(ConnectorError::io("cannot create partition directory", &dir))?;
+                self.created.insert(dir.clone());
+            }
+            self.seq += 1;
+            let path = dir.join(format!(".{}-{}-{}.inprogress", self.job, self.subtask, self.seq));
+            let f = File::create(&path).map_err(ConnectorError::io("cannot create", &path))?;
+            let capacity = if self.partitioning.is_some() { 64 << 10 } else { 256 << 10 };
+            self.open.insert(rel.to_string(), InProgress { path, w: BufWriter::with_capacity(capacity, f) });
+        }
+        // Invariant: the file of `rel` was opened just above if it was not open.
+        let f = self.open.get_mut(rel).ok_or_else(|| RuntimeError::Internal("file sink: no open file".into()))?;
+        write_rows(self.format, batch, &mut f.w, &f.path, &mut self.line)
     }
 }
 
@@ -248,88 +345,88 @@ impl Operator for FileSink {
         self.subtask = ctx.subtask;
         self.metrics = Some(ctx.metrics.clone());
         fs::create_dir_all(&self.dir).map_err(ConnectorError::io("cannot create sink directory", &self.dir))?;
-        for (sub, n, pending, path) in self.hidden_files()? {
-            if sub % ctx.parallelism != ctx.subtask {
-                continue;
+        let depth = self.partitioning.as_ref().map_or(0, |p| p.columns.len());
+        for dir in partitioned::partition_dirs(&self.dir, depth)? {
+            let (mut changed, mut published) = (false, false);
+            for (sub, n, pending, path) in hidden_files(&dir, &self.job)? {
+                if sub % ctx.parallelism != ctx.subtask {
+                    continue;
+                }
+                changed = true;
+                if pending && restored.checkpoint.is_some_and(|c| n <= c) {
+                    self.publish(&dir, &path, sub, n)?;
+                    published = true;
+                } else {
+                    fs::remove_file(&path).map_err(ConnectorError::io("cannot delete aborted file", &path))?;
+                }
             }
-            if pending && restored.checkpoint.is_some_and(|c| n <= c) {
-                self.publish(&path, sub, n)?;
-            } else {
-                fs::remove_file(&path).map_err(ConnectorError::io("cannot delete aborted file", &path))?;
+            if published {
+                self.finish_publishing(&dir)?;
+            } else if changed {
+                sync_dir(&dir)?;
             }
         }
-        self.sync_dir()
+        sync_dir(&self.dir)
     }
 
     fn process(&mut self, batch: RecordBatch, _out: &mut Vec<RecordBatch>) -> Result<()> {
         if !self.format.accepts_updates() {
             ensure_append_only(&batch, &self.describe())?;
         }
-        if self.current.is_none() {
-            self.seq += 1;
-            let path = self.dir.join(format!(".{}-{}-{}.inprogress", self.job, self.subtask, self.seq));
-            let f = File::create(&path).map_err(ConnectorError::io("cannot create", &path))?;
-            self.current = Some((path, BufWriter::with_capacity(256 << 10, f)));
-            self.write_header_if_new()?;
-        }
-        let Some((path, w)) = self.current.as_mut() else { return Ok(()) };
-        match self.format {
-            FileFormat::Json => {
-                for row in 0..batch.num_rows() {
-                    self.line.clear();
-                    encode_row(&batch, row, &mut self.line);
-                    self.line.push('\n');
-                    w.write_all(self.line.as_bytes()).map_err(ConnectorError::io("cannot write", path))?;
-                }
-            }
-            FileFormat::Csv => {
-                let mut cw = arrow::csv::WriterBuilder::new()
-                    .with_header(false)
-                    .with_timestamp_format("%Y-%m-%dT%H:%M:%S%.3fZ".to_string())
-                    .build(&mut *w);
-                cw.write(&batch)
-                    .map_err(|e| ConnectorError::Encode { what: "CSV rows".into(), reason: e.to_string() })?;
-            }
-            FileFormat::DebeziumJson => {
-                let changes = Changes::of(&batch)?;
-                let mut row_json = String::new();
-                for row in 0..changes.num_rows() {
-                    row_json.clear();
-                    encode_row(&changes.data, row, &mut row_json);
-                    self.line.clear();
-                    write_debezium(&row_json, changes.kind(row)?, &mut self.line);
-                    self.line.push('\n');
-                    w.write_all(self.line.as_bytes()).map_err(ConnectorError::io("cannot write", path))?;
-                }
-            }
+        let rows = batch.num_rows() as u64;
+        let parts = match &self.partitioning {
+            Some(p) => p.split(&batch)?,
+            None => vec![(String::new(), batch)],
+        };
+        for (rel, part) in &parts {
+            self.write(rel, part)?;
         }
         if let Some(m) = &self.metrics {
-            Metrics::add(&m.records_out, batch.num_rows() as u64);
+            Metrics::add(&m.records_out, rows);
         }
         Ok(())
     }
 
     fn snapshot(&mut self, checkpoint: u64) -> Result<Option<Vec<u8>>> {
-        if let Some((path, w)) = self.current.take() {
+        let mut dirs = BTreeSet::new();
+        for (_, InProgress { path, w }) in self.open.drain() {
             let f = w.into_inner().map_err(|e| ConnectorError::io("cannot flush", &path)(e.into_error()))?;
             f.sync_all().map_err(ConnectorError::io("cannot fsync", &path))?;
-            let pending = self.dir.join(format!(".{}-{}-{checkpoint}.pending", self.job, self.subtask));
-            fs::rename(&path, &pending).map_err(ConnectorError::io("cannot rename", &path))?;
-            self.sync_dir()?;
+            // Invariant: an in-progress file is created inside its directory, never at a root.
+            let dir =
+                path.parent().ok_or_else(|| RuntimeError::Internal("file sink: file without a directory".into()))?;
+            fs::rename(&path, dir.join(pending_name(&self.job, self.subtask, checkpoint)))
+                .map_err(ConnectorError::io("cannot rename", &path))?;
+            dirs.insert(dir.to_path_buf());
+            self.pending.push((dir.to_path_buf(), checkpoint));
+        }
+        // A new partition directory's entry lives in its parent (up to the sink's directory).
+        for created in std::mem::take(&mut self.created) {
+            for parent in created.ancestors().skip(1) {
+                dirs.insert(parent.to_path_buf());
+                if parent == self.dir {
+                    break;
+                }
+            }
+            self.durable.insert(created);
+        }
+        for d in &dirs {
+            sync_dir(d)?;
         }
         Ok(None)
     }
 
     fn checkpoint_complete(&mut self, checkpoint: u64) -> Result<()> {
-        let mut published = false;
-        for (sub, n, pending, path) in self.hidden_files()? {
-            if sub == self.subtask && pending && n <= checkpoint {
-                self.publish(&path, sub, n)?;
-                published = true;
-            }
+        let (ready, rest): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.pending).into_iter().partition(|(_, n)| *n <= checkpoint);
+        self.pending = rest;
+        let mut dirs = BTreeSet::new();
+        for (dir, n) in ready {
+            self.publish(&dir, &dir.join(pending_name(&self.job, self.subtask, n)), self.subtask, n)?;
+            dirs.insert(dir);
         }
-        if published {
-            self.sync_dir()?;
+        for d in &dirs {
+            self.finish_publishing(d)?;
         }
         Ok(())
     }

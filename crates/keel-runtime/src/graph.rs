@@ -21,11 +21,20 @@ pub struct OperatorSpec {
 /// Where a stage's input comes from.
 #[derive(Clone)]
 pub enum StageInput {
-    Source { uid: String, factory: SourceFactory },
-    Upstream { stage: usize, partitioning: Partitioning },
+    Source {
+        uid: String,
+        factory: SourceFactory,
+    },
+    Upstream {
+        stage: usize,
+        partitioning: Partitioning,
+    },
     /// Two earlier stages (a join): the first operator of the chain gets each batch with the
     /// side it came from (0 = left, 1 = right) through `Operator::process_side`.
-    TwoInputs { left: (usize, Partitioning), right: (usize, Partitioning) },
+    TwoInputs {
+        left: (usize, Partitioning),
+        right: (usize, Partitioning),
+    },
 }
 
 impl StageInput {

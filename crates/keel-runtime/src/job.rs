@@ -247,7 +247,9 @@ fn run_attempt(
 
     // Edges: receivers[stage][subtask] = inputs of that subtask; senders per upstream subtask.
     let n = graph.stages.len();
-    let mut inputs: Vec<Vec<Vec<(usize, Receiver<Message>)>>> =
+    // inputs[stage][subtask]: (input side, receiver) per upstream subtask.
+    type Inputs = Vec<(usize, Receiver<Message>)>;
+    let mut inputs: Vec<Vec<Inputs>> =
         graph.stages.iter().map(|s| (0..s.parallelism).map(|_| Vec::new()).collect()).collect();
     let mut outputs: Vec<Vec<Vec<OutputEdge>>> =
         graph.stages.iter().map(|s| (0..s.parallelism).map(|_| Vec::new()).collect()).collect();

@@ -371,7 +371,11 @@ impl InsertBuilder<'_> {
             for (oi, o) in st.ops.iter().enumerate() {
                 let spec = match o.clone() {
                     PlannedOp::WindowAssign(spec, col, schema) => {
-                        let uid = if si == 0 { format!("{pre}window-assigner") } else { format!("{pre}s{si}-window-assigner") };
+                        let uid = if si == 0 {
+                            format!("{pre}window-assigner")
+                        } else {
+                            format!("{pre}s{si}-window-assigner")
+                        };
                         op(uid, move || Ok(Box::new(WindowAssigner { spec, time_column: col, schema: schema.clone() })))
                     }
                     PlannedOp::Step(step) => {
@@ -413,13 +417,18 @@ impl InsertBuilder<'_> {
     }
 
     /// The side output for late rows of a window aggregate over `table`, if it asks for one.
-    fn late_output(&self, table: &crate::script::TableDef, uid: &str) -> Result<Option<keel_runtime::SideOutputFactory>> {
+    fn late_output(
+        &self,
+        table: &crate::script::TableDef,
+        uid: &str,
+    ) -> Result<Option<keel_runtime::SideOutputFactory>> {
         let Some(topic) = connectors::late_records(table, &self.opts.job)? else { return Ok(None) };
         let log = Log::open(&self.opts.data_dir)?;
         log.topic_or_create(&topic, keel_log::TopicConfig::new(1))?;
         let (data_dir, table, uid) = (self.opts.data_dir.clone(), table.name.clone(), uid.to_string());
         Ok(Some(keel_runtime::SideOutputFactory(Arc::new(move |ctx, restored| {
-            let t = Log::open(&data_dir).and_then(|l| l.topic(&topic)).map_err(keel_connectors::ConnectorError::from)?;
+            let t =
+                Log::open(&data_dir).and_then(|l| l.topic(&topic)).map_err(keel_connectors::ConnectorError::from)?;
             let writer = keel_connectors::staging::StagedTopicWriter::for_task(t, ctx, &uid, restored)?;
             Ok(Box::new(keel_connectors::staging::DeadLetterOutput { table: table.clone(), writer })
                 as Box<dyn keel_runtime::SideOutput>)

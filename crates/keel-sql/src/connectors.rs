@@ -9,7 +9,8 @@
 use crate::error::{Result, SqlError};
 use crate::script::TableDef;
 use keel_connectors::{
-    BadRecordPolicy, BlackholeSink, FileFormat, FileSink, PrintSink, TopicFormat, TopicSink, UpsertTopicSink,
+    BadRecordPolicy, BlackholeSink, FileFormat, FileSink, Partitioning, PrintSink, TopicFormat, TopicSink,
+    UpsertTopicSink,
 };
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -41,6 +42,8 @@ pub enum SinkKind {
     Filesystem {
         path: PathBuf,
         format: FileFormat,
+        /// `PARTITIONED BY`: rows go to Hive-style partition directories under `path`.
+        partitioning: Option<Partitioning>,
     },
     Print,
     /// Discards every row (for benchmarks and tests).
@@ -113,9 +116,13 @@ pub fn sink_operator(kind: &SinkKind, table: &str, uid: String, data_dir: PathBu
         SinkKind::UpsertTopic { topic, key } => Arc::new(move |_ctx| {
             Ok(Box::new(UpsertTopicSink::new(data_dir.clone(), topic.clone(), uid.clone(), key.clone())))
         }),
-        SinkKind::Filesystem { path, format } => {
-            Arc::new(move |_ctx| Ok(Box::new(FileSink::new(path.clone(), format).for_table(table.clone()))))
-        }
+        SinkKind::Filesystem { path, format, partitioning } => Arc::new(move |_ctx| {
+            let sink = FileSink::new(path.clone(), format).for_table(table.clone());
+            Ok(Box::new(match &partitioning {
+                Some(p) => sink.partitioned(p.clone()),
+                None => sink,
+            }))
+        }),
         SinkKind::Print => Arc::new(move |_ctx| Ok(Box::new(PrintSink { table: table.clone() }))),
         SinkKind::Blackhole => Arc::new(|_ctx| Ok(Box::new(BlackholeSink::default()))),
     }
@@ -143,7 +150,16 @@ const NEXMARK_KEYS: &[&str] = &[
     "seed",
     "rows-per-batch",
 ];
-const FS_KEYS: &[&str] = &["connector", "path", "format", "json.timestamp-format.standard"];
+const FS_KEYS: &[&str] = &[
+    "connector",
+    "path",
+    "format",
+    "json.timestamp-format.standard",
+    "partition.default-name",
+    "sink.partition-commit.trigger",
+    "sink.partition-commit.policy.kind",
+    "sink.partition-commit.success-file.name",
+];
 const UPSERT_TOPIC_KEYS: &[&str] =
     &["connector", "topic", "format", "key.format", "value.format", "json.timestamp-format.standard"];
 const PRINT_KEYS: &[&str] = &["connector", "print-identifier"];
@@ -222,6 +238,13 @@ fn bad_record_policy(def: &TableDef, job: &str, ignore_key: &str) -> Result<BadR
 
 /// The source plan of a table read by a query.
 pub fn source_plan(def: &TableDef, job: &str) -> Result<SourcePlan> {
+    if !def.partition_by.is_empty() {
+        return Err(SqlError::unsupported(
+            def.pos,
+            format!("reading table {} (PARTITIONED BY)", def.name),
+            Some("a partitioned filesystem table can be written; declare an unpartitioned table to read files"),
+        ));
+    }
     match connector(def)? {
         "topic" => {
             check_keys(def, "topic", TOPIC_KEYS)?;
@@ -479,6 +502,13 @@ fn unknown_connector(def: &TableDef, other: &str) -> SqlError {
 
 /// How a table written by an INSERT is written.
 pub fn sink_kind(def: &TableDef) -> Result<SinkKind> {
+    if !def.partition_by.is_empty() && connector(def)? != "filesystem" {
+        return Err(SqlError::unsupported(
+            def.pos,
+            format!("PARTITIONED BY on table {} (connector '{}')", def.name, connector(def)?),
+            Some("only the 'filesystem' connector writes partitions"),
+        ));
+    }
     match connector(def)? {
         "topic" => {
             check_keys(def, "topic", TOPIC_KEYS)?;
@@ -537,7 +567,7 @@ pub fn sink_kind(def: &TableDef) -> Result<SinkKind> {
                 )
             })?;
             let path = path.strip_prefix("file://").unwrap_or(path);
-            Ok(SinkKind::Filesystem { path: PathBuf::from(path), format })
+            Ok(SinkKind::Filesystem { path: PathBuf::from(path), format, partitioning: partitioning(def)? })
         }
         "print" => {
             check_keys(def, "print", PRINT_KEYS)?;
@@ -553,6 +583,55 @@ pub fn sink_kind(def: &TableDef) -> Result<SinkKind> {
             Some("use 'topic', 'filesystem', 'print' or 'blackhole', or 'upsert-topic' for keyed updates"),
         )),
     }
+}
+
+/// `PARTITIONED BY` of a filesystem sink table with its partition options: Flink's
+/// 'partition.default-name' and the 'success-file' commit policy (committed when the checkpoint
+/// publishing a partition's files completes: Flink's 'process-time' trigger without delay).
+fn partitioning(def: &TableDef) -> Result<Option<Partitioning>> {
+    let opt = |key: &str| def.option(key).map(|v| (v, option_pos(def, key)));
+    if def.partition_by.is_empty() {
+        if let Some((key, _, pos)) =
+            def.options.iter().find(|o| o.0.starts_with("partition.") || o.0.starts_with("sink.partition-commit."))
+        {
+            let message = format!("table {}: '{key}' applies to a table with PARTITIONED BY (column, ...)", def.name);
+            return Err(SqlError::invalid(*pos, message));
+        }
+        return Ok(None);
+    }
+    if def.partition_by.len() == def.columns.len() {
+        let message = format!("table {}: every column is a partition column; the files would have none", def.name);
+        return Err(SqlError::invalid(def.pos, message));
+    }
+    if let Some((t, pos)) = opt("sink.partition-commit.trigger").filter(|(t, _)| *t != "process-time") {
+        let hint = "partitions commit when the checkpoint publishing their files completes ('process-time')";
+        return Err(SqlError::unsupported(pos, format!("'sink.partition-commit.trigger' = '{t}'"), Some(hint)));
+    }
+    let success_name = opt("sink.partition-commit.success-file.name");
+    let success_file = match (opt("sink.partition-commit.policy.kind"), success_name) {
+        (Some((kinds, pos)), _) => {
+            if let Some(kind) = kinds.split(',').map(str::trim).find(|k| *k != "success-file") {
+                let what = format!("partition commit policy '{kind}'");
+                return Err(SqlError::unsupported(pos, what, Some("use 'success-file'")));
+            }
+            Some(success_name.map_or(keel_connectors::partitioned::SUCCESS_FILE_NAME, |n| n.0).to_string())
+        }
+        (None, Some((_, pos))) => {
+            let message = "'sink.partition-commit.success-file.name' needs 'sink.partition-commit.policy.kind'";
+            return Err(SqlError::invalid(pos, format!("{message} = 'success-file'")));
+        }
+        (None, None) => None,
+    };
+    for key in ["partition.default-name", "sink.partition-commit.success-file.name"] {
+        if let Some((v, pos)) = opt(key).filter(|(v, _)| v.trim().is_empty() || v.contains('/') || v.starts_with('.')) {
+            return Err(SqlError::invalid(pos, format!("'{key}' = '{v}' is not a file name")));
+        }
+    }
+    let p = Partitioning::new(def.partition_by.clone()).with_success_file(success_file);
+    Ok(Some(match def.option("partition.default-name") {
+        Some(name) => p.with_default_name(name),
+        None => p,
+    }))
 }
 
 /// The 'topic' option of a sink table.
@@ -636,5 +715,62 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("format 'debezium-json' for a topic is not supported"), "{err}");
+    }
+
+    #[test]
+    fn partitioned_filesystem_sinks_take_their_columns_and_commit_options() {
+        const T: &str = "CREATE TABLE t (a BIGINT, dt STRING, hm STRING) PARTITIONED BY (dt, hm) WITH ('connector' = 'filesystem', 'path' = '/o', 'format' = 'csv'";
+        let fs = |options: &str| sink(&format!("{T}{options})"));
+        let k = fs("").unwrap();
+        assert!(k.guarantee().starts_with("exactly-once"));
+        let SinkKind::Filesystem { partitioning: Some(p), .. } = &k else { panic!("{k:?}") };
+        assert_eq!(p, &Partitioning::new(vec!["dt".into(), "hm".into()]));
+        let k = fs(", 'sink.partition-commit.policy.kind' = 'success-file', 'sink.partition-commit.trigger' = 'process-time', 'partition.default-name' = 'none'").unwrap();
+        let SinkKind::Filesystem { partitioning: Some(p), .. } = &k else { panic!("{k:?}") };
+        assert_eq!((p.success_file.as_deref(), p.default_name.as_str()), (Some("_SUCCESS"), "none"));
+        let k = fs(
+            ", 'sink.partition-commit.policy.kind' = 'success-file', 'sink.partition-commit.success-file.name' = '_DONE'",
+        );
+        assert!(
+            matches!(&k, Ok(SinkKind::Filesystem { partitioning: Some(p), .. }) if p.success_file.as_deref() == Some("_DONE"))
+        );
+        let k = sink("CREATE TABLE t (a INT) WITH ('connector' = 'filesystem', 'path' = '/o')").unwrap();
+        assert!(matches!(k, SinkKind::Filesystem { partitioning: None, .. }));
+        for (options, want) in [
+            (
+                ", 'sink.partition-commit.policy.kind' = 'metastore,success-file'",
+                "policy 'metastore' is not supported; use 'success-file'",
+            ),
+            (
+                ", 'sink.partition-commit.trigger' = 'partition-time'",
+                "'sink.partition-commit.trigger' = 'partition-time' is not supported",
+            ),
+            (
+                ", 'sink.partition-commit.success-file.name' = 'x'",
+                "needs 'sink.partition-commit.policy.kind' = 'success-file'",
+            ),
+            (", 'partition.default-name' = 'a/b'", "'partition.default-name' = 'a/b' is not a file name"),
+            (", 'sink.rolling-policy.file-size' = '1MB'", "unknown option 'sink.rolling-policy.file-size'"),
+        ] {
+            assert!(fs(options).unwrap_err().to_string().contains(want), "{options}: {:?}", fs(options));
+        }
+        for (sql, want) in [
+            (
+                "CREATE TABLE t (a INT) WITH ('connector' = 'filesystem', 'path' = '/o', 'partition.default-name' = 'x')",
+                "line 1, column 73: table t: 'partition.default-name' applies to a table with PARTITIONED BY",
+            ),
+            (
+                "CREATE TABLE t (dt STRING) PARTITIONED BY (dt) WITH ('connector' = 'filesystem', 'path' = '/o')",
+                "every column is a partition column",
+            ),
+            (
+                "CREATE TABLE t (a INT, b INT)\nPARTITIONED BY (b) WITH ('connector' = 'topic', 'topic' = 'x')",
+                "line 1, column 14: PARTITIONED BY on table t (connector 'topic') is not supported; only the 'filesystem'",
+            ),
+        ] {
+            assert!(sink(sql).unwrap_err().to_string().contains(want), "{sql}: {:?}", sink(sql));
+        }
+        let err = source_plan(&table(&format!("{T})")), "j").unwrap_err();
+        assert!(err.to_string().contains("reading table t (PARTITIONED BY) is not supported"), "{err}");
     }
 }

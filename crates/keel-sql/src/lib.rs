@@ -128,7 +128,10 @@ pub fn plan(sql: &str, opts: &PipelineOptions) -> Result<Pipeline> {
             match key.as_str() {
                 "table.exec.state.ttl" => {
                     let ttl = keel_types::time::parse_duration(&value).map_err(|e| {
-                        SqlError::invalid(vpos, format!("'table.exec.state.ttl' = '{value}': {e} (write e.g. '1 h', '30 min', '10 s')"))
+                        SqlError::invalid(
+                            vpos,
+                            format!("'table.exec.state.ttl' = '{value}': {e} (write e.g. '1 h', '30 min', '10 s')"),
+                        )
                     })?;
                     settings.state_ttl = (!ttl.is_zero()).then_some(ttl);
                 }
@@ -136,7 +139,9 @@ pub fn plan(sql: &str, opts: &PipelineOptions) -> Result<Pipeline> {
                     return Err(SqlError::unsupported(
                         kpos,
                         format!("the setting '{other}'"),
-                        Some("Keel reads 'table.exec.state.ttl' here; pass parallelism and checkpointing as `keel run` flags"),
+                        Some(
+                            "Keel reads 'table.exec.state.ttl' here; pass parallelism and checkpointing as `keel run` flags",
+                        ),
                     ));
                 }
             }

@@ -88,7 +88,9 @@ pub(crate) fn plan_over(t: &mut Translator<'_>, w: &datafusion::logical_expr::Wi
         match &shape {
             None => shape = Some(this),
             Some(prev) if *prev == this => {}
-            Some(_) => return Err(refuse(t, "OVER calls with different windows in one SELECT", Some("use one window"))),
+            Some(_) => {
+                return Err(refuse(t, "OVER calls with different windows in one SELECT", Some("use one window")));
+            }
         }
     }
     let Some((partition_by, order_by, frame)) = shape else {

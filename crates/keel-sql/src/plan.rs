@@ -75,9 +75,15 @@ pub struct SourceNode {
 pub enum PlannedInput {
     Source(Box<SourceNode>),
     /// An earlier stage (index within this INSERT), hash partitioned by these columns.
-    Exchange { from: usize, keys: Vec<usize> },
+    Exchange {
+        from: usize,
+        keys: Vec<usize>,
+    },
     /// Two earlier stages, each hash partitioned by its join keys.
-    Join { left: (usize, Vec<usize>), right: (usize, Vec<usize>) },
+    Join {
+        left: (usize, Vec<usize>),
+        right: (usize, Vec<usize>),
+    },
 }
 
 /// One operator of a stage's chain.
@@ -87,7 +93,10 @@ pub enum PlannedOp {
     WindowAssign(WindowSpec, usize, SchemaRef),
     Step(Step),
     /// A window aggregate; `late_table` is the table whose 'late-records' option applies.
-    WindowAggregate { spec: Arc<WindowAggregateSpec>, late_table: Option<TableDef> },
+    WindowAggregate {
+        spec: Arc<WindowAggregateSpec>,
+        late_table: Option<TableDef>,
+    },
     WindowTopN(Arc<TopNSpec>),
     GroupAggregate(Arc<GroupAggregateSpec>),
     Join(Arc<JoinSpec>),

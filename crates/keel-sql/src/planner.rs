@@ -10,6 +10,7 @@
 
 use crate::connectors::sink_kind;
 use crate::error::{Pos, Result, SqlError};
+pub use crate::plan::{AggregatePlan, InsertPlan, Step};
 use crate::script::{self, ColumnDef, TableDef, Tok, WindowCall};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::MemTable;
@@ -20,7 +21,6 @@ use datafusion::logical_expr::{Expr, ExprSchemable, LogicalPlan};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::SessionContext;
 use keel_runtime::ops::{AggregateCall, AggregateFunction, GroupColumn, TopNSpec};
-pub use crate::plan::{AggregatePlan, InsertPlan, Step};
 use keel_types::WindowSpec;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -356,7 +356,10 @@ fn register_view_window(
     call: &WindowCall,
 ) -> Result<WindowInfo> {
     let query = views.get(&call.table).ok_or_else(|| {
-        SqlError::invalid(call.pos, format!("window function over {}, which is no table or view created above", call.table))
+        SqlError::invalid(
+            call.pos,
+            format!("window function over {}, which is no table or view created above", call.table),
+        )
     })?;
     let inlined = script::inline_views(query, views, 0)?;
     let sql = script::render(&inlined);
@@ -388,7 +391,11 @@ fn register_view_window(
 }
 
 /// A SESSION window aggregate must group by the PARTITION BY columns (sessions are per key).
-pub(crate) fn session_keys_check(a: &datafusion::logical_expr::Aggregate, call: &WindowCall, query: &[Tok]) -> Result<()> {
+pub(crate) fn session_keys_check(
+    a: &datafusion::logical_expr::Aggregate,
+    call: &WindowCall,
+    query: &[Tok],
+) -> Result<()> {
     for p in &call.partition_by {
         let grouped = a.group_expr.iter().any(|g| matches!(strip_alias(g), Expr::Column(c) if &c.name == p));
         if !grouped {
@@ -456,7 +463,11 @@ pub(crate) fn numbering(name: &str) -> Option<keel_runtime::ops::Numbering> {
     }
 }
 
-pub(crate) fn plan_top_n(state: &SessionState, w: &datafusion::logical_expr::Window, query: &[Tok]) -> Result<Arc<TopNSpec>> {
+pub(crate) fn plan_top_n(
+    state: &SessionState,
+    w: &datafusion::logical_expr::Window,
+    query: &[Tok],
+) -> Result<Arc<TopNSpec>> {
     let input = w.input.schema();
     let Some(Expr::WindowFunction(f)) = w.window_expr.first().map(strip_alias) else {
         return Err(SqlError::Planning { context: "Top-N".into(), message: "expected ROW_NUMBER()".into() });
@@ -535,9 +546,8 @@ pub(crate) fn aggregate_inputs(
 ) -> Result<AggregateInputs> {
     let input_schema = a.input.schema();
     let windowed = window.is_some();
-    let is = |c: &datafusion::common::Column, i: Option<usize>| {
-        i.is_some() && input_schema.index_of_column(c).ok() == i
-    };
+    let is =
+        |c: &datafusion::common::Column, i: Option<usize>| i.is_some() && input_schema.index_of_column(c).ok() == i;
     let mut key_exprs = vec![];
     let mut window_cols = (None, None);
     for g in &a.group_expr {
@@ -688,11 +698,14 @@ pub(crate) fn interval_bounds(filter: &Expr, schema: &DFSchema, lt: usize, rt: u
         // a.col + a.off  op  b.col + b.off
         let (diff_op, c) = if a.0 == lt && b.0 == rt {
             // L + x op R + y  <=>  R - L  flip(op)  x - y
-            (match op {
-                Op::GtEq | Op::Gt => Op::LtEq,
-                Op::LtEq | Op::Lt => Op::GtEq,
-                other => other,
-            }, a.1 - b.1)
+            (
+                match op {
+                    Op::GtEq | Op::Gt => Op::LtEq,
+                    Op::LtEq | Op::Lt => Op::GtEq,
+                    other => other,
+                },
+                a.1 - b.1,
+            )
         } else if a.0 == rt && b.0 == lt {
             // R + x op L + y  <=>  R - L op y - x
             (op, b.1 - a.1)

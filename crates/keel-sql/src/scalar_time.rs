@@ -18,7 +18,9 @@ mod syntax;
 pub(crate) use syntax::rewrite_time_syntax;
 
 use arrow::array::{Array, ArrayRef, AsArray, Int32Array, Int64Array, TimestampMillisecondArray, new_null_array};
-use arrow::datatypes::{DataType, Field, FieldRef, Float64Type, Int32Type, Int64Type, TimeUnit, TimestampMillisecondType};
+use arrow::datatypes::{
+    DataType, Field, FieldRef, Float64Type, Int32Type, Int64Type, TimeUnit, TimestampMillisecondType,
+};
 use chrono::{Datelike, Months, NaiveDate};
 use datafusion::common::{Result, ScalarValue, exec_err, plan_err};
 use datafusion::logical_expr::{
@@ -329,9 +331,16 @@ fn parse_unit(name: &str, s: &str) -> Result<Unit> {
 impl Units {
     fn new(name: &str, arg: &ColumnarValue) -> Result<Units> {
         Ok(match arg {
-            ColumnarValue::Scalar(ScalarValue::Utf8(Some(s))) => Units::Fixed(Some(parse_unit(name, s)?)),
-            ColumnarValue::Scalar(_) => Units::Fixed(None),
-            ColumnarValue::Array(a) => Units::PerRow(a.clone()),
+            ColumnarValue::Scalar(v) => match v.try_as_str() {
+                Some(Some(s)) => Units::Fixed(Some(parse_unit(name, s)?)),
+                Some(None) => Units::Fixed(None),
+                None if v.is_null() => Units::Fixed(None),
+                None => return exec_err!("{}: the unit must be a string, not {v:?}", name.to_uppercase()),
+            },
+            ColumnarValue::Array(a) if a.as_string_opt::<i32>().is_some() => Units::PerRow(a.clone()),
+            ColumnarValue::Array(a) => {
+                return exec_err!("{}: the unit must be a string, not {}", name.to_uppercase(), a.data_type());
+            }
         })
     }
 
@@ -339,6 +348,7 @@ impl Units {
         match self {
             Units::Fixed(u) => Ok(*u),
             Units::PerRow(a) => {
+                // Invariant: `new` only keeps a string array.
                 let s = a.as_string::<i32>();
                 if s.is_null(i) { Ok(None) } else { parse_unit(name, s.value(i)).map(Some) }
             }
@@ -393,8 +403,9 @@ impl ScalarUDFImpl for TimeFn {
         let literal = |i: usize| args.scalar_arguments.get(i).copied().flatten();
         match self.kind {
             Kind::TimestampAdd | Kind::TimestampDiff | Kind::Floor | Kind::Ceil => {
-                if let Some(ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) | ScalarValue::LargeUtf8(Some(s))) =
-                    literal(0)
+                if let Some(
+                    ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) | ScalarValue::LargeUtf8(Some(s)),
+                ) = literal(0)
                     && Unit::parse(s).is_none()
                 {
                     return plan_err!("{}: unknown time unit '{s}' (use {UNIT_NAMES})", self.name.to_uppercase());
@@ -405,7 +416,9 @@ impl ScalarUDFImpl for TimeFn {
                     && let ScalarValue::Int64(Some(p)) = p
                     && check_precision(p).is_err()
                 {
-                    return plan_err!("TO_TIMESTAMP_LTZ: the precision must be 0 (epoch seconds) or 3 (epoch milliseconds), not {p}");
+                    return plan_err!(
+                        "TO_TIMESTAMP_LTZ: the precision must be 0 (epoch seconds) or 3 (epoch milliseconds), not {p}"
+                    );
                 }
             }
             Kind::Part(_) => {}
@@ -472,7 +485,8 @@ impl ScalarUDFImpl for TimeFn {
             (Kind::TimestampDiff, [u, a, b]) => {
                 let units = Units::new(name, u)?;
                 let (a, b) = (ms_array(a)?, ms_array(b)?);
-                let (a, b) = (a.as_primitive::<TimestampMillisecondType>(), b.as_primitive::<TimestampMillisecondType>());
+                let (a, b) =
+                    (a.as_primitive::<TimestampMillisecondType>(), b.as_primitive::<TimestampMillisecondType>());
                 let mut out = Vec::with_capacity(rows);
                 for i in 0..rows {
                     let unit = units.get(name, i)?;

@@ -1,5 +1,5 @@
 //! Reading a pipeline file: tokens with positions, statements, `CREATE TABLE` definitions in
-//! Flink's syntax (columns, `WATERMARK FOR`, `PRIMARY KEY ... NOT ENFORCED`, `WITH` options),
+//! Flink's syntax (columns, `WATERMARK FOR`, `PRIMARY KEY ... NOT ENFORCED`, `PARTITIONED BY`, `WITH` options),
 //! `INSERT INTO ... SELECT`, and the window table-valued functions inside a query, which are
 //! replaced by generated table names that DataFusion can plan.
 //!
@@ -219,6 +219,9 @@ pub struct TableDef {
     pub columns: Vec<ColumnDef>,
     pub watermark: Option<WatermarkDef>,
     pub primary_key: Option<Vec<String>>,
+    /// `PARTITIONED BY (col, ...)`: the columns whose values name a row's directory (filesystem
+    /// sinks); empty for an unpartitioned table. Each is a declared column, listed once.
+    pub partition_by: Vec<String>,
     /// `WITH` options with their positions; keys as written (Flink's are case-sensitive).
     pub options: Vec<(String, String, Pos)>,
 }
@@ -360,7 +363,15 @@ pub fn parse_create_table(toks: &[Tok]) -> Result<TableDef> {
     }
     let (name, pos) = c.ident()?;
     c.expect(&Token::LParen)?;
-    let mut def = TableDef { name, pos, columns: vec![], watermark: None, primary_key: None, options: vec![] };
+    let mut def = TableDef {
+        name,
+        pos,
+        columns: vec![],
+        watermark: None,
+        primary_key: None,
+        partition_by: vec![],
+        options: vec![],
+    };
     loop {
         if c.is_keyword("WATERMARK") {
             let wpos = c.expect_keyword("WATERMARK")?;
@@ -462,8 +473,26 @@ pub fn parse_create_table(toks: &[Tok]) -> Result<TableDef> {
         c.advance();
         c.string()?;
     }
-    if c.is_keyword("PARTITIONED") {
-        return Err(SqlError::unsupported(c.pos(), "PARTITIONED BY", None));
+    if c.eat_keyword("PARTITIONED") {
+        c.expect_keyword("BY")?;
+        c.expect(&Token::LParen)?;
+        loop {
+            let (col, cpos) = c.ident()?;
+            if !def.columns.iter().any(|x| x.name == col) {
+                return Err(SqlError::invalid(
+                    cpos,
+                    format!("PARTITIONED BY {col}: table {} has no column named {col}", def.name),
+                ));
+            }
+            if def.partition_by.contains(&col) {
+                return Err(SqlError::invalid(cpos, format!("PARTITIONED BY lists column {col} twice")));
+            }
+            def.partition_by.push(col);
+            if !c.eat(&Token::Comma) {
+                break;
+            }
+        }
+        c.expect(&Token::RParen)?;
     }
     c.expect_keyword("WITH")?;
     c.expect(&Token::LParen)?;
@@ -741,6 +770,23 @@ mod tests {
         let err = parse_create_table(&split_statements(tokenize(sql).unwrap())[0]).unwrap_err();
         assert_eq!(err.to_string().split(':').next().unwrap(), "line 2, column 5");
         assert!(err.to_string().contains("column type GEOMETRY is not supported"), "{err}");
+    }
+
+    #[test]
+    fn parses_partitioned_by_and_checks_its_columns() {
+        let parse = |sql: &str| parse_create_table(&split_statements(tokenize(sql).unwrap())[0]);
+        let def = parse("CREATE TABLE s (a INT, dt STRING, hm STRING) PARTITIONED BY (dt, hm) WITH ('k' = 'v')");
+        assert_eq!(def.unwrap().partition_by, vec!["dt".to_string(), "hm".to_string()]);
+        assert!(parse(DDL).unwrap().partition_by.is_empty());
+        for (sql, want) in [
+            (
+                "CREATE TABLE s (dt STRING)\nPARTITIONED BY (dt, zz) WITH ()",
+                "line 2, column 21: PARTITIONED BY zz: table s",
+            ),
+            ("CREATE TABLE s (dt STRING) PARTITIONED BY (dt, dt) WITH ()", "PARTITIONED BY lists column dt twice"),
+        ] {
+            assert!(parse(sql).unwrap_err().to_string().contains(want), "{sql}: {:?}", parse(sql));
+        }
     }
 
     #[test]

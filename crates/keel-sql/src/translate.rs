@@ -75,7 +75,13 @@ impl Translator<'_> {
     }
 
     /// A projection of `exprs` (typed by `schema`) that keeps `_op` last on a changelog.
-    pub(crate) fn project(&mut self, s: &Stream, mut exprs: Vec<Arc<dyn PhysicalExpr>>, schema: SchemaRef, input_cols: usize) {
+    pub(crate) fn project(
+        &mut self,
+        s: &Stream,
+        mut exprs: Vec<Arc<dyn PhysicalExpr>>,
+        schema: SchemaRef,
+        input_cols: usize,
+    ) {
         let schema = if s.updating {
             exprs.push(col(keel_runtime::changelog::OP_COLUMN, input_cols));
             with_op_field(&schema)
@@ -112,7 +118,9 @@ impl Translator<'_> {
                 let input = p.input.schema();
                 let moved = |c: Option<usize>| {
                     let c = c?;
-                    p.expr.iter().position(|e| matches!(strip_alias(e), Expr::Column(x) if input.index_of_column(x).ok() == Some(c)))
+                    p.expr.iter().position(
+                        |e| matches!(strip_alias(e), Expr::Column(x) if input.index_of_column(x).ok() == Some(c)),
+                    )
                 };
                 s.rowtime = moved(s.rowtime);
                 s.window_start = moved(s.window_start);
@@ -125,7 +133,11 @@ impl Translator<'_> {
             LogicalPlan::Window(w) if crate::planner::is_window_row_number(w) => {
                 let s = self.translate(&w.input)?;
                 if s.updating {
-                    return Err(SqlError::unsupported(self.pos(&["OVER"]), "a window Top-N over an updating input", None));
+                    return Err(SqlError::unsupported(
+                        self.pos(&["OVER"]),
+                        "a window Top-N over an updating input",
+                        None,
+                    ));
                 }
                 let spec = crate::planner::plan_top_n(self.state, w, self.query)?;
                 let keys = spec.partition_cols.clone();
@@ -146,13 +158,20 @@ impl Translator<'_> {
                 let view = w.view.clone().unwrap_or_else(|| unreachable!("checked by the match guard"));
                 let s = self.translate(&view)?;
                 if s.updating {
-                    return Err(SqlError::unsupported(w.call.pos, format!("a window over view {}, whose rows are updated", w.call.table), None));
+                    return Err(SqlError::unsupported(
+                        w.call.pos,
+                        format!("a window over view {}, whose rows are updated", w.call.table),
+                        None,
+                    ));
                 }
                 let processing_time = s.proctime == Some(w.time_col);
                 if s.rowtime != Some(w.time_col) && !processing_time {
                     return Err(SqlError::invalid(
                         w.call.pos,
-                        format!("DESCRIPTOR({}) must name a time attribute of view {}: select the column the table's WATERMARK is declared on, unchanged", w.call.time_column, w.call.table),
+                        format!(
+                            "DESCRIPTOR({}) must name a time attribute of view {}: select the column the table's WATERMARK is declared on, unchanged",
+                            w.call.time_column, w.call.table
+                        ),
                     ));
                 }
                 self.push(&s, PlannedOp::WindowAssign(w.spec, w.time_col, w.schema.clone()));
@@ -193,11 +212,19 @@ impl Translator<'_> {
             message: format!("unknown table {table_name}"),
         })?;
         if table.name == self.sink {
-            return Err(SqlError::invalid(table.pos, format!("table {} is both read and written by this INSERT", table.name)));
+            return Err(SqlError::invalid(
+                table.pos,
+                format!("table {} is both read and written by this INSERT", table.name),
+            ));
         }
         let plan = crate::connectors::source_plan(&table, self.job)?;
         let schema = table_schema(&table);
-        let node = SourceNode { table: table.clone(), plan, schema: schema.clone(), computed: self.computed.get(&table_name).cloned() };
+        let node = SourceNode {
+            table: table.clone(),
+            plan,
+            schema: schema.clone(),
+            computed: self.computed.get(&table_name).cloned(),
+        };
         let mut ops = vec![];
         let full = match window {
             Some(w) => {
@@ -210,7 +237,9 @@ impl Translator<'_> {
         let rowtime = table.watermark.as_ref().and_then(|wm| table.columns.iter().position(|c| c.name == wm.column));
         let n = schema.fields().len();
         let proctime = table.columns.iter().position(|c| {
-            c.computed.as_deref().is_some_and(|t| t.trim().trim_end_matches("()").trim().eq_ignore_ascii_case("PROCTIME"))
+            c.computed
+                .as_deref()
+                .is_some_and(|t| t.trim().trim_end_matches("()").trim().eq_ignore_ascii_case("PROCTIME"))
         });
         let s = Stream {
             stage: self.stages.len() - 1,
@@ -230,12 +259,18 @@ impl Translator<'_> {
         let input = a.input.schema();
         let grouped = |i: Option<usize>| {
             i.is_some()
-                && a.group_expr.iter().any(|g| matches!(strip_alias(g), Expr::Column(c) if input.index_of_column(c).ok() == i))
+                && a.group_expr
+                    .iter()
+                    .any(|g| matches!(strip_alias(g), Expr::Column(c) if input.index_of_column(c).ok() == i))
         };
         let window_cols = s.window_start.zip(s.window_end).filter(|(ws, we)| grouped(Some(*ws)) && grouped(Some(*we)));
         if let Some(window_cols) = window_cols {
             if s.updating {
-                return Err(SqlError::unsupported(self.pos(&["GROUP", "BY"]), "a window aggregate over an updating input", None));
+                return Err(SqlError::unsupported(
+                    self.pos(&["GROUP", "BY"]),
+                    "a window aggregate over an updating input",
+                    None,
+                ));
             }
             let mut plan: AggregatePlan = plan_aggregate(self.state, a, self.query, window_cols)?;
             let info = s.window.as_ref().and_then(|w| self.windows.get(w)).cloned();
@@ -270,7 +305,16 @@ impl Translator<'_> {
                 PlannedInput::Exchange { from: s.stage, keys },
                 PlannedOp::WindowAggregate { spec: plan.spec.clone(), late_table },
             );
-            return Ok(Stream { stage, updating: false, rowtime: None, window_start, window_end, window: None, proctime: None, processing_time: false });
+            return Ok(Stream {
+                stage,
+                updating: false,
+                rowtime: None,
+                window_start,
+                window_end,
+                window: None,
+                proctime: None,
+                processing_time: false,
+            });
         }
         // An unwindowed GROUP BY: an updating result.
         let (pre, fields, nk, calls) = crate::planner::aggregate_inputs(self.state, a, self.query, None)?;
@@ -288,7 +332,16 @@ impl Translator<'_> {
             PlannedInput::Exchange { from: s.stage, keys: (0..nk).collect() },
             PlannedOp::GroupAggregate(Arc::new(spec)),
         );
-        Ok(Stream { stage, updating: true, rowtime: None, window_start: None, window_end: None, window: None, proctime: None, processing_time: false })
+        Ok(Stream {
+            stage,
+            updating: true,
+            rowtime: None,
+            window_start: None,
+            window_end: None,
+            window: None,
+            proctime: None,
+            processing_time: false,
+        })
     }
 
     /// `WHERE rn <= N` over `ROW_NUMBER() OVER (PARTITION BY ... ORDER BY ...)` (not per window):
@@ -308,7 +361,9 @@ impl Translator<'_> {
             }
             _ => return Ok(None),
         };
-        let Ok(n) = i64::try_from(lit.clone()).or_else(|_| lit.cast_to(&arrow::datatypes::DataType::Int64).and_then(i64::try_from)) else {
+        let Ok(n) = i64::try_from(lit.clone())
+            .or_else(|_| lit.cast_to(&arrow::datatypes::DataType::Int64).and_then(i64::try_from))
+        else {
             return Ok(None);
         };
         let limit = match op {
@@ -321,23 +376,28 @@ impl Translator<'_> {
         let mut chain = vec![];
         let mut node = f.input.as_ref();
         let mut name = name;
-        let w = loop {
-            match node {
-                LogicalPlan::SubqueryAlias(a) => {
-                    chain.push(node);
-                    node = a.input.as_ref();
+        let w =
+            loop {
+                match node {
+                    LogicalPlan::SubqueryAlias(a) => {
+                        chain.push(node);
+                        node = a.input.as_ref();
+                    }
+                    LogicalPlan::Projection(p) => {
+                        let Some(e) = p.expr.iter().find(|e| {
+                            e.schema_name().to_string() == name || matches!(e, Expr::Alias(a) if a.name == name)
+                        }) else {
+                            return Ok(None);
+                        };
+                        let Expr::Column(c) = strip_alias(e) else { return Ok(None) };
+                        name = c.name.clone();
+                        chain.push(node);
+                        node = p.input.as_ref();
+                    }
+                    LogicalPlan::Window(w) => break w,
+                    _ => return Ok(None),
                 }
-                LogicalPlan::Projection(p) => {
-                    let Some(e) = p.expr.iter().find(|e| e.schema_name().to_string() == name || matches!(e, Expr::Alias(a) if a.name == name)) else { return Ok(None) };
-                    let Expr::Column(c) = strip_alias(e) else { return Ok(None) };
-                    name = c.name.clone();
-                    chain.push(node);
-                    node = p.input.as_ref();
-                }
-                LogicalPlan::Window(w) => break w,
-                _ => return Ok(None),
-            }
-        };
+            };
         if crate::planner::is_window_row_number(w) || w.window_expr.len() != 1 {
             return Ok(None);
         }
@@ -354,7 +414,11 @@ impl Translator<'_> {
         let mut partition_cols = vec![];
         for p in &wf.params.partition_by {
             let Expr::Column(c) = strip_alias(p) else {
-                return Err(SqlError::unsupported(self.pos(&["PARTITION"]), "a ROW_NUMBER() partition by an expression", Some("partition by columns")));
+                return Err(SqlError::unsupported(
+                    self.pos(&["PARTITION"]),
+                    "a ROW_NUMBER() partition by an expression",
+                    Some("partition by columns"),
+                ));
             };
             partition_cols.push(input.index_of_column(c).map_err(planning("Top-N partition"))?);
         }
@@ -383,12 +447,25 @@ impl Translator<'_> {
             state_ttl: self.settings.state_ttl,
             output_schema: with_op_field(w.schema.as_arrow()),
         };
-        let stage = self.new_stage(PlannedInput::Exchange { from: s.stage, keys: partition_cols }, PlannedOp::Rank(Arc::new(spec)));
-        let mut out =
-            Stream { stage, updating: true, rowtime: None, window_start: None, window_end: None, window: None, proctime: None, processing_time: false };
+        let stage = self
+            .new_stage(PlannedInput::Exchange { from: s.stage, keys: partition_cols }, PlannedOp::Rank(Arc::new(spec)));
+        let mut out = Stream {
+            stage,
+            updating: true,
+            rowtime: None,
+            window_start: None,
+            window_end: None,
+            window: None,
+            proctime: None,
+            processing_time: false,
+        };
         for n in chain.into_iter().rev() {
             if let LogicalPlan::Projection(p) = n {
-                let exprs = p.expr.iter().map(|e| physical(self.state, e.clone(), p.input.schema())).collect::<Result<Vec<_>>>()?;
+                let exprs = p
+                    .expr
+                    .iter()
+                    .map(|e| physical(self.state, e.clone(), p.input.schema()))
+                    .collect::<Result<Vec<_>>>()?;
                 self.project(&out, exprs, arrow_schema(&p.schema), p.input.schema().fields().len());
             }
         }
@@ -407,7 +484,11 @@ impl Translator<'_> {
             DfJoinType::RightSemi => JoinType::RightSemi,
             DfJoinType::RightAnti => JoinType::RightAnti,
             other => {
-                return Err(SqlError::unsupported(self.pos(&["JOIN"]), format!("{other} joins (semi and anti joins, IN and EXISTS subqueries)"), Some("use an inner or outer join")));
+                return Err(SqlError::unsupported(
+                    self.pos(&["JOIN"]),
+                    format!("{other} joins (semi and anti joins, IN and EXISTS subqueries)"),
+                    Some("use an inner or outer join"),
+                ));
             }
         };
         if j.null_aware || j.null_equality != datafusion::common::NullEquality::NullEqualsNothing {
@@ -427,7 +508,9 @@ impl Translator<'_> {
         let mut rkeys = vec![];
         let (mut lextra, mut rextra) = (vec![], vec![]);
         for (a, b) in &j.on {
-            for (e, schema, keys, extra, n) in [(a, ls, &mut lkeys, &mut lextra, nl), (b, rs, &mut rkeys, &mut rextra, nr)] {
+            for (e, schema, keys, extra, n) in
+                [(a, ls, &mut lkeys, &mut lextra, nl), (b, rs, &mut rkeys, &mut rextra, nr)]
+            {
                 match strip_alias(e) {
                     Expr::Column(c) => keys.push(schema.index_of_column(c).map_err(planning("join keys"))?),
                     other => {
@@ -440,7 +523,11 @@ impl Translator<'_> {
         let left_schema = self.key_columns(&l, ls, &lextra)?;
         let right_schema = self.key_columns(&r, rs, &rextra)?;
         if lkeys.is_empty() {
-            return Err(SqlError::unsupported(self.pos(&["JOIN"]), "a join without an equality between the two sides", Some("add an equality condition (a.key = b.key) to the ON clause")));
+            return Err(SqlError::unsupported(
+                self.pos(&["JOIN"]),
+                "a join without an equality between the two sides",
+                Some("add an equality condition (a.key = b.key) to the ON clause"),
+            ));
         }
         // The condition sees both sides' columns, whatever the join outputs (semi joins: one side).
         let both = ls.as_ref().clone().join(rs).map_err(planning("join schema"))?;
@@ -448,11 +535,14 @@ impl Translator<'_> {
             Some(f) => Some(shift_right_columns(physical(self.state, f.clone(), &both)?, nl, lextra.len())?),
             None => None,
         };
-        let mut left = JoinSide { schema: left_schema.clone(), updating: l.updating, keys: lkeys.clone(), expiry: None };
-        let mut right = JoinSide { schema: right_schema.clone(), updating: r.updating, keys: rkeys.clone(), expiry: None };
+        let mut left =
+            JoinSide { schema: left_schema.clone(), updating: l.updating, keys: lkeys.clone(), expiry: None };
+        let mut right =
+            JoinSide { schema: right_schema.clone(), updating: r.updating, keys: rkeys.clone(), expiry: None };
         // Inner and semi joins of append-only inputs never retract what they emitted.
-        let append_inner =
-            matches!(join_type, JoinType::Inner | JoinType::LeftSemi | JoinType::RightSemi) && !l.updating && !r.updating;
+        let append_inner = matches!(join_type, JoinType::Inner | JoinType::LeftSemi | JoinType::RightSemi)
+            && !l.updating
+            && !r.updating;
         let mut out = Stream {
             stage: 0,
             updating: !append_inner,
@@ -503,7 +593,10 @@ impl Translator<'_> {
             output_updating: out.updating,
             state_ttl: self.settings.state_ttl,
         };
-        out.stage = self.new_stage(PlannedInput::Join { left: (l.stage, lkeys), right: (r.stage, rkeys) }, PlannedOp::Join(Arc::new(spec)));
+        out.stage = self.new_stage(
+            PlannedInput::Join { left: (l.stage, lkeys), right: (r.stage, rkeys) },
+            PlannedOp::Join(Arc::new(spec)),
+        );
         if !lextra.is_empty() || !rextra.is_empty() {
             // Back to the join's own columns.
             let mut keep: Vec<usize> = vec![];

@@ -327,8 +327,11 @@ impl Accumulator {
                     if arg.is_valid(i) {
                         let set = &mut sets[g as usize];
                         *set.entry(rows.row(i).data().into()).or_insert(0) += 1;
-                        self.counts[g as usize] =
-                            if func == AggregateFunction::CountDistinct { set.len() as i64 } else { self.counts[g as usize] + 1 };
+                        self.counts[g as usize] = if func == AggregateFunction::CountDistinct {
+                            set.len() as i64
+                        } else {
+                            self.counts[g as usize] + 1
+                        };
                     }
                 }
             }

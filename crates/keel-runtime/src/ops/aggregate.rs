@@ -240,7 +240,6 @@ impl WindowAggregate {
     fn fire(&mut self, watermark: i64, out: &mut Vec<RecordBatch>) -> Result<()> {
         self.watermark = self.watermark.max(watermark);
         while let Some((&(end, start), _)) = self.by_window.first_key_value() {
-
             if !is_late(end, self.watermark) {
                 break;
             }
@@ -323,13 +322,10 @@ impl Operator for WindowAggregate {
                 let now = keel_types::time::now_ms().max(self.watermark + 1);
                 let mut window = None;
                 spec.assign(now, |s, e| window = window.or(Some((s, e))));
-                let (s, e) = window.ok_or_else(|| {
-                    RuntimeError::Internal("a processing-time window spec gave no window".into())
-                })?;
+                let (s, e) = window
+                    .ok_or_else(|| RuntimeError::Internal("a processing-time window spec gave no window".into()))?;
                 let n = batch.num_rows();
-                let col = |v: i64| -> ArrayRef {
-                    Arc::new(arrow::array::TimestampMillisecondArray::from_value(v, n))
-                };
+                let col = |v: i64| -> ArrayRef { Arc::new(arrow::array::TimestampMillisecondArray::from_value(v, n)) };
                 (col(s), col(e))
             }
             None => (millis(batch.column(self.spec.window_start))?, millis(batch.column(self.spec.window_end))?),

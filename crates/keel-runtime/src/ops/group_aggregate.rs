@@ -291,9 +291,12 @@ impl GroupAggregate {
     }
 
     fn state_schema(&self, acc_fields: &[Field]) -> SchemaRef {
-        let mut fields = vec![Field::new("key_group", DataType::UInt32, false), Field::new("rows", DataType::Int64, false)];
+        let mut fields =
+            vec![Field::new("key_group", DataType::UInt32, false), Field::new("rows", DataType::Int64, false)];
         fields.extend(
-            self.spec.input_schema.fields()[..self.spec.num_keys].iter().map(|f| f.as_ref().clone().with_nullable(true)),
+            self.spec.input_schema.fields()[..self.spec.num_keys]
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true)),
         );
         fields.extend(acc_fields.iter().cloned());
         Arc::new(Schema::new(fields))
@@ -379,7 +382,8 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn spec(updating: bool, ttl: Option<Duration>) -> Arc<GroupAggregateSpec> {
-        let input = Arc::new(Schema::new(vec![Field::new("k", DataType::Utf8, true), Field::new("v", DataType::Int64, true)]));
+        let input =
+            Arc::new(Schema::new(vec![Field::new("k", DataType::Utf8, true), Field::new("v", DataType::Int64, true)]));
         let out = Schema::new(vec![
             Field::new("k", DataType::Utf8, true),
             Field::new("n", DataType::Int64, false),

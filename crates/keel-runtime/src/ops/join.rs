@@ -49,7 +49,8 @@ impl JoinType {
     fn preserves(self, side: usize) -> bool {
         matches!(
             (self, side),
-            (JoinType::Left | JoinType::Full | JoinType::LeftAnti, 0) | (JoinType::Right | JoinType::Full | JoinType::RightAnti, 1)
+            (JoinType::Left | JoinType::Full | JoinType::LeftAnti, 0)
+                | (JoinType::Right | JoinType::Full | JoinType::RightAnti, 1)
         )
     }
 
@@ -296,7 +297,14 @@ impl Join {
                     }
                     None => {
                         let exp = expiry.as_ref().map_or(i64::MAX, |e| e[i]);
-                        entries.push(Entry { row: me, count: 1, matches: matched, key_group: key_groups[i], expiry: exp, touched: now });
+                        entries.push(Entry {
+                            row: me,
+                            count: 1,
+                            matches: matched,
+                            key_group: key_groups[i],
+                            expiry: exp,
+                            touched: now,
+                        });
                         if exp != i64::MAX {
                             st.expiries.entry(exp).or_default().push(key.into());
                         }
@@ -355,7 +363,8 @@ impl Join {
     }
 
     fn joined_schema(&self) -> SchemaRef {
-        let mut fields: Vec<Field> = self.spec.left.schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
+        let mut fields: Vec<Field> =
+            self.spec.left.schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
         fields.extend(self.spec.right.schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)));
         Arc::new(Schema::new(fields))
     }
@@ -437,8 +446,8 @@ impl Join {
             Arc::new(Int64Array::from_iter_values(entries.iter().map(|e| e.expiry))),
         ];
         cols.extend(values);
-        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
-            .map_err(RuntimeError::arrow("join snapshot"))?;
+        let batch =
+            RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).map_err(RuntimeError::arrow("join snapshot"))?;
         Ok(keel_state::batch_to_ipc(&batch)?)
     }
 

@@ -4,8 +4,8 @@
 use super::*;
 use crate::changelog::with_op_field;
 use arrow::array::{Int8Array, StringArray};
-use datafusion::physical_expr::expressions::{BinaryExpr, Column};
 use datafusion::logical_expr::Operator as BinOp;
+use datafusion::physical_expr::expressions::{BinaryExpr, Column};
 
 fn side_schema(prefix: &str) -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -17,8 +17,12 @@ fn side_schema(prefix: &str) -> SchemaRef {
 
 fn spec(join_type: JoinType, updating: [bool; 2], filter: Option<Arc<dyn PhysicalExpr>>) -> Arc<JoinSpec> {
     let side = |p: &str, u: bool| JoinSide { schema: side_schema(p), updating: u, keys: vec![0], expiry: None };
-    let mut fields: Vec<Field> =
-        side_schema("l").fields().iter().chain(side_schema("r").fields().iter()).map(|f| f.as_ref().clone().with_nullable(true)).collect();
+    let mut fields: Vec<Field> = side_schema("l")
+        .fields()
+        .iter()
+        .chain(side_schema("r").fields().iter())
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
     let output_updating = updating.iter().any(|u| *u) || join_type != JoinType::Inner;
     if output_updating {
         fields.push(crate::changelog::op_field());
@@ -70,7 +74,8 @@ fn ctx(subtask: u32, parallelism: u32) -> TaskContext {
 fn show(b: &RecordBatch) -> Vec<String> {
     let lv = b.column(1).as_string::<i32>();
     let rv = b.column(4).as_string::<i32>();
-    let s = |a: &arrow::array::StringArray, i: usize| if a.is_null(i) { "-".to_string() } else { a.value(i).to_string() };
+    let s =
+        |a: &arrow::array::StringArray, i: usize| if a.is_null(i) { "-".to_string() } else { a.value(i).to_string() };
     let kinds = crate::changelog::is_changelog(&b.schema());
     (0..b.num_rows())
         .map(|i| {

@@ -769,32 +769,4 @@ mod tests {
     fn phase_live(spec: &Arc<OverSpec>, parts: &[Vec<u8>]) -> usize {
         open(spec, &ctx(0, 1), parts.to_vec()).index.len()
     }
-
-    #[test]
-    #[ignore]
-    fn tmp_throughput() {
-        for frame in [OverFrame::Rows(9), OverFrame::RangeMillis(10_000), OverFrame::Unbounded] {
-            let spec = spec(frame, &[(F::Sum, Some(2)), (F::Count, Some(2)), (F::Max, Some(2))]);
-            let mut op = open(&spec, &ctx(0, 1), vec![]);
-            let keys: Vec<String> = (0..1000).map(|i| format!("k{i}")).collect();
-            let mut rng = Lcg(1);
-            let t0 = std::time::Instant::now();
-            let mut n_out = 0;
-            for b in 0..1000i64 {
-                let rows: Vec<usize> = (0..1000).map(|_| rng.below(1000) as usize).collect();
-                let batch = RecordBatch::try_new(input_schema(), vec![
-                    Arc::new(StringArray::from_iter_values(rows.iter().map(|&r| keys[r].as_str()))),
-                    Arc::new(TimestampMillisecondArray::from_iter_values((0..1000).map(|i| b * 1000 + i + rng.below(2000) as i64))),
-                    Arc::new(Int64Array::from_iter_values((0..1000).map(|i| i))),
-                    Arc::new(Int64Array::from_iter_values((0..1000).map(|i| i))),
-                ]).unwrap();
-                let mut o = vec![];
-                op.process(batch, &mut o).unwrap();
-                op.on_watermark(b * 1000 - 1000, &mut o).unwrap();
-                n_out += o.iter().map(|b| b.num_rows()).sum::<usize>();
-            }
-            let hist: usize = op.partitions.iter().filter_map(|p| p.history.as_ref()).map(|h| h.num_rows()).sum();
-            println!("{frame:?}: {n_out} rows out in {:?}, history rows {hist}", t0.elapsed());
-        }
-    }
 }

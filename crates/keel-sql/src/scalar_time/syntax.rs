@@ -166,7 +166,10 @@ mod tests {
         assert_eq!(rw("SELECT FLOOR(ts TO HOUR) FROM t"), "SELECT date_trunc('hour', ts ) FROM t");
         assert_eq!(rw("select floor(ts to day) x"), "select date_trunc('day', ts ) x");
         assert_eq!(rw("SELECT FLOOR(ts TO WEEK)"), "SELECT keel_floor_time('WEEK', ts )");
-        assert_eq!(rw("SELECT CEIL(ts TO MINUTE), CEILING(ts TO month)"), "SELECT keel_ceil_time('MINUTE', ts ), keel_ceil_time('MONTH', ts )");
+        assert_eq!(
+            rw("SELECT CEIL(ts TO MINUTE), CEILING(ts TO month)"),
+            "SELECT keel_ceil_time('MINUTE', ts ), keel_ceil_time('MONTH', ts )"
+        );
         assert_eq!(
             rw("SELECT CEIL(FLOOR(CAST(s AS TIMESTAMP(3)) TO DAY) + INTERVAL '1' HOUR TO HOUR)"),
             "SELECT keel_ceil_time('HOUR', date_trunc('day', CAST(s AS TIMESTAMP(3)) ) + INTERVAL '1' HOUR )"
