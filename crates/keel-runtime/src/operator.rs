@@ -30,6 +30,25 @@ pub struct TaskContext {
     pub metrics: Arc<Metrics>,
 }
 
+#[cfg(test)]
+impl TaskContext {
+    /// A context for operator unit tests: subtask `subtask` of `parallelism`, 128 key groups.
+    pub(crate) fn for_test(subtask: u32, parallelism: u32) -> Self {
+        TaskContext {
+            job: "t".into(),
+            stage: "s".into(),
+            subtask,
+            parallelism,
+            key_groups: 128,
+            data_dir: ".".into(),
+            job_dir: ".".into(),
+            run_id: "r".into(),
+            attempt: 0,
+            metrics: Arc::new(Metrics::default()),
+        }
+    }
+}
+
 /// State restored for one operator: the snapshots of every subtask of the previous run.
 #[derive(Debug, Clone, Default)]
 pub struct RestoredState {

@@ -419,18 +419,7 @@ mod tests {
     }
 
     fn ctx() -> TaskContext {
-        TaskContext {
-            job: "t".into(),
-            stage: "s".into(),
-            subtask: 0,
-            parallelism: 1,
-            key_groups: 128,
-            data_dir: ".".into(),
-            job_dir: ".".into(),
-            run_id: "r".into(),
-            attempt: 0,
-            metrics: Arc::new(Metrics::default()),
-        }
+        TaskContext::for_test(0, 1)
     }
 
     /// Runs an input task over two inputs fed with `a` and `b` (all sent before it starts).

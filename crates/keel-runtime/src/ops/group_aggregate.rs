@@ -376,7 +376,6 @@ impl Operator for GroupAggregate {
 mod tests {
     use super::*;
     use crate::changelog::{all_inserts, with_op_field};
-    use crate::metrics::Metrics;
     use crate::ops::accumulators::AggregateFunction;
     use arrow::array::{Int8Array, StringArray};
     use std::collections::BTreeMap;
@@ -411,18 +410,7 @@ mod tests {
     }
 
     fn ctx(subtask: u32, parallelism: u32) -> TaskContext {
-        TaskContext {
-            job: "t".into(),
-            stage: "s".into(),
-            subtask,
-            parallelism,
-            key_groups: 128,
-            data_dir: ".".into(),
-            job_dir: ".".into(),
-            run_id: "r".into(),
-            attempt: 0,
-            metrics: Arc::new(Metrics::default()),
-        }
+        TaskContext::for_test(subtask, parallelism)
     }
 
     /// Each output row as "KIND k n mx".

@@ -56,18 +56,7 @@ fn rows(k: &[Option<i64>], v: &[&str], t: &[i64], kind: Option<RowKind>) -> Reco
 }
 
 fn ctx(subtask: u32, parallelism: u32) -> TaskContext {
-    TaskContext {
-        job: "t".into(),
-        stage: "s".into(),
-        subtask,
-        parallelism,
-        key_groups: 128,
-        data_dir: ".".into(),
-        job_dir: ".".into(),
-        run_id: "r".into(),
-        attempt: 0,
-        metrics: Arc::new(Metrics::default()),
-    }
+    TaskContext::for_test(subtask, parallelism)
 }
 
 /// Output rows as "KIND lv rv" (NULL as "-").

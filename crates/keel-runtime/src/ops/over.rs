@@ -443,18 +443,7 @@ mod tests {
     }
 
     fn ctx(subtask: u32, parallelism: u32) -> TaskContext {
-        TaskContext {
-            job: "t".into(),
-            stage: "s".into(),
-            subtask,
-            parallelism,
-            key_groups: 128,
-            data_dir: ".".into(),
-            job_dir: ".".into(),
-            run_id: "r".into(),
-            attempt: 0,
-            metrics: Arc::new(Metrics::default()),
-        }
+        TaskContext::for_test(subtask, parallelism)
     }
 
     fn open(spec: &Arc<OverSpec>, ctx: &TaskContext, parts: Vec<Vec<u8>>) -> OverAggregate {

@@ -3,7 +3,6 @@
 use super::*;
 use crate::changelog::with_op_field;
 use crate::exchange::split_by_key;
-use crate::metrics::Metrics;
 use RowKind::{Delete, Insert, UpdateAfter, UpdateBefore};
 use arrow::array::Int64Array;
 use arrow::util::display::array_value_to_string;
@@ -91,18 +90,7 @@ fn run(r: &mut Rank, rows: &[Row3], kinds: &[RowKind]) -> Vec<String> {
 }
 
 fn ctx(subtask: u32, parallelism: u32) -> TaskContext {
-    TaskContext {
-        job: "t".into(),
-        stage: "s".into(),
-        subtask,
-        parallelism,
-        key_groups: 128,
-        data_dir: ".".into(),
-        job_dir: ".".into(),
-        run_id: "r".into(),
-        attempt: 0,
-        metrics: Arc::new(Metrics::default()),
-    }
+    TaskContext::for_test(subtask, parallelism)
 }
 
 /// Applies changelog lines to a result table, checking that every retraction retracts a row
