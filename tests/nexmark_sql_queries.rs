@@ -55,6 +55,40 @@ fn run_query(name: &str, parallelism: &str) -> Vec<serde_json::Value> {
     replay_changelog(topic_rows(dir.path(), "out"))
 }
 
+/// Runs a query with the process SIGKILLed at seeded fault points (while checkpointing and
+/// committing) and restarted, at parallelism 1 or 2, until it finishes; returns its final table.
+fn run_query_with_kills(name: &str, rng: &mut Rng) -> (Vec<serde_json::Value>, u32) {
+    let dir = tempfile::tempdir().unwrap();
+    let sql = dir.path().join(format!("{name}.sql"));
+    std::fs::write(&sql, nexmark_sql(name)).unwrap();
+    let points = ["checkpoint.before-manifest", "checkpoint.after-manifest", "sink.commit"];
+    let mut kills = 0;
+    for attempt in 0.. {
+        assert!(attempt < 30, "{name}: did not finish after 30 restarts");
+        let mut cmd = keel(dir.path());
+        cmd.args(["run", sql.to_str().unwrap(), "--quiet", "--restart-attempts", "0", "--checkpoint-interval", "50ms"])
+            .arg("-p")
+            .arg((1 + rng.below(2)).to_string())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null());
+        if kills < 2 {
+            // The first kill comes at the first hit, which every run reaches (the final checkpoint
+            // and its commit at least); a later one may come later.
+            let at = if kills == 0 { 1 } else { 1 + rng.below(3) };
+            cmd.env("KEEL_FAULTS", format!("{}=kill@{at}", points[rng.below(3) as usize]));
+        }
+        let out = cmd.output().unwrap();
+        if out.status.success() {
+            break;
+        }
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(out.status.signal(), Some(9), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        kills += 1;
+    }
+    assert!(kills >= 1, "{name}: no kill landed");
+    (replay_changelog(topic_rows(dir.path(), "out")), kills)
+}
+
 /// A DataFusion session holding `person`, `auction` and `bid` from Keel's dumps of the stream.
 fn batch_session() -> datafusion::prelude::SessionContext {
     let ctx = datafusion::prelude::SessionContext::new_with_config({
@@ -118,16 +152,25 @@ fn view(rows: &[serde_json::Value], cols: &[&str]) -> Vec<String> {
     v
 }
 
-fn check(ctx: &datafusion::prelude::SessionContext, query: &str, batch_sql: &str, cols: &[&str]) {
-    let got = view(&run_query(query, "2"), cols);
+/// Checks a query straight through and across kills against the batch computation.
+fn check(ctx: &datafusion::prelude::SessionContext, rng: &mut Rng, query: &str, batch_sql: &str, cols: &[&str]) {
     let want = view(&batch(ctx, batch_sql), cols);
     assert!(!want.is_empty(), "{query}: the batch result is empty, which proves nothing");
-    if got != want {
-        let missing: Vec<_> = want.iter().filter(|w| !got.contains(w)).take(5).collect();
-        let extra: Vec<_> = got.iter().filter(|g| !want.contains(g)).take(5).collect();
-        panic!("{query}: {} rows, expected {}; missing {missing:?}; unexpected {extra:?}", got.len(), want.len());
-    }
-    println!("{query}: ok ({} rows)", want.len());
+    let compare = |how: &str, got: Vec<String>| {
+        if got != want {
+            let missing: Vec<_> = want.iter().filter(|w| !got.contains(w)).take(5).collect();
+            let extra: Vec<_> = got.iter().filter(|g| !want.contains(g)).take(5).collect();
+            panic!(
+                "{query} ({how}): {} rows, expected {}; missing {missing:?}; unexpected {extra:?}",
+                got.len(),
+                want.len()
+            );
+        }
+    };
+    compare("straight", view(&run_query(query, "2"), cols));
+    let (killed, kills) = run_query_with_kills(query, rng);
+    compare(&format!("after {kills} kill(s)"), view(&killed, cols));
+    println!("{query}: ok ({} rows; straight, and with {kills} kill(s))", want.len());
 }
 
 /// The five windows (10 s, sliding every 2 s) each bid falls in, as a table `hb(auction, ws)`.
@@ -171,9 +214,11 @@ fn iso_ms(t: &str) -> i64 {
 
 #[test]
 fn join_update_and_top_n_queries_match_the_batch_computation() {
+    let rng = &mut Rng(seed("nexmark_sql_queries"));
     let ctx = batch_session();
     check(
         &ctx,
+        rng,
         "q3",
         "SELECT P.name, P.city, P.state, A.id FROM auction AS A INNER JOIN person AS P ON A.seller = P.id
          WHERE A.category = 10 AND (P.state = 'OR' OR P.state = 'ID' OR P.state = 'CA')",
@@ -181,6 +226,7 @@ fn join_update_and_top_n_queries_match_the_batch_computation() {
     );
     check(
         &ctx,
+        rng,
         "q4",
         "SELECT Q.category AS id, AVG(Q.final) AS final FROM (
            SELECT MAX(B.price) AS final, A.category FROM auction A, bid B
@@ -190,6 +236,7 @@ fn join_update_and_top_n_queries_match_the_batch_computation() {
     );
     check(
         &ctx,
+        rng,
         "q5",
         &format!(
             "SELECT a.auction, a.num FROM
@@ -201,6 +248,7 @@ fn join_update_and_top_n_queries_match_the_batch_computation() {
     );
     check(
         &ctx,
+        rng,
         "q8",
         "SELECT P.id, P.name, P.ws AS stime FROM
            (SELECT id, name, date_bin(INTERVAL '10 seconds', dateTime) AS ws FROM person GROUP BY 1, 2, 3) P
@@ -211,6 +259,7 @@ fn join_update_and_top_n_queries_match_the_batch_computation() {
     // Ties on price and time would make the winner arbitrary; compare what does not depend on it.
     check(
         &ctx,
+        rng,
         "q9",
         "SELECT id, price, bid_dateTime, category FROM (
            SELECT A.id, A.category, B.price, B.dateTime AS bid_dateTime,
@@ -259,12 +308,14 @@ fn join_update_and_top_n_queries_match_the_batch_computation() {
     ctx.register_table("side_input", Arc::new(mem)).unwrap();
     check(
         &ctx,
+        rng,
         "q13",
         "SELECT B.auction, B.bidder, B.price, B.dateTime, S.value FROM bid B JOIN side_input S ON B.auction % 10000 = S.key",
         &["auction", "bidder", "price", "dateTime", "value"],
     );
     check(
         &ctx,
+        rng,
         "q15",
         &format!("SELECT to_char(dateTime, '%Y-%m-%d') AS day, {bands}, {distinct} FROM bid GROUP BY 1"),
         &q15_cols,
@@ -273,6 +324,7 @@ fn join_update_and_top_n_queries_match_the_batch_computation() {
     q16_cols.extend(q15_cols);
     check(
         &ctx,
+        rng,
         "q16",
         &format!(
             "SELECT channel, to_char(dateTime, '%Y-%m-%d') AS day, MAX(to_char(dateTime, '%H:%M')) AS minute, {bands}, {distinct}
@@ -282,6 +334,7 @@ fn join_update_and_top_n_queries_match_the_batch_computation() {
     );
     check(
         &ctx,
+        rng,
         "q17",
         &format!(
             "SELECT auction, to_char(dateTime, '%Y-%m-%d') AS day, {bands}, MIN(price) AS min_price,
@@ -302,6 +355,7 @@ fn join_update_and_top_n_queries_match_the_batch_computation() {
     );
     check(
         &ctx,
+        rng,
         "q18",
         "SELECT auction, bidder, dateTime FROM (
            SELECT *, ROW_NUMBER() OVER (PARTITION BY bidder, auction ORDER BY dateTime DESC) AS rank_number FROM bid)
@@ -311,6 +365,7 @@ fn join_update_and_top_n_queries_match_the_batch_computation() {
     // Bids of equal price may swap places; the prices by rank may not.
     check(
         &ctx,
+        rng,
         "q19",
         "SELECT auction, price, rank_number FROM (
            SELECT *, ROW_NUMBER() OVER (PARTITION BY auction ORDER BY price DESC) AS rank_number FROM bid)
@@ -319,6 +374,7 @@ fn join_update_and_top_n_queries_match_the_batch_computation() {
     );
     check(
         &ctx,
+        rng,
         "q20",
         "SELECT auction, bidder, price, B.dateTime AS bid_dateTime, itemName, seller, category, A.dateTime AS auction_dateTime
          FROM bid AS B INNER JOIN auction AS A ON B.auction = A.id WHERE A.category = 10",
