@@ -274,7 +274,7 @@ impl PipelineBuilder {
                 }
             };
             out_fields.push(Field::new(&a.name, out_type.clone(), true));
-            calls.push(AggregateCall { func: a.func, arg, output_type: out_type });
+            calls.push(AggregateCall { func: a.func, arg, output_type: out_type, user: None });
         }
         let nk = keys.len();
         let mut group_output: Vec<GroupColumn> = (0..nk).map(GroupColumn::Key).collect();
@@ -376,6 +376,7 @@ impl BuiltPipeline {
             parallelism: options.parallelism,
             bounded: options.bounded,
             udfs: vec![],
+            udafs: vec![],
         };
         let pipeline = keel_sql::Pipeline::from_plan(self.insert.clone(), &opts, self.fingerprint.clone());
         let mut job = JobDir::open(&self.data_dir, &self.name, &pipeline.fingerprint, options.fresh)?;
@@ -403,12 +404,34 @@ pub fn run_sql(
     udfs: Vec<datafusion::logical_expr::ScalarUDF>,
     options: &RunOptions,
 ) -> Result<JobOutcome, ApiError> {
+    run_sql_with_functions(sql, name, data_dir, Functions { scalar: udfs, aggregate: vec![] }, options)
+}
+
+/// User-defined functions for `run_sql_with_functions`.
+#[derive(Default)]
+pub struct Functions {
+    /// Scalar functions (`datafusion::logical_expr::create_udf` or a `ScalarUDFImpl`).
+    pub scalar: Vec<datafusion::logical_expr::ScalarUDF>,
+    /// Aggregate functions (`create_udaf` or an `AggregateUDFImpl`): Keel runs one accumulator per
+    /// group and checkpoints its `state()`; over an updating input it needs `retract_batch`.
+    pub aggregate: Vec<datafusion::logical_expr::AggregateUDF>,
+}
+
+/// `run_sql` with user-defined scalar and aggregate functions.
+pub fn run_sql_with_functions(
+    sql: &str,
+    name: &str,
+    data_dir: &Path,
+    functions: Functions,
+    options: &RunOptions,
+) -> Result<JobOutcome, ApiError> {
     let opts = keel_sql::PipelineOptions {
         job: name.into(),
         data_dir: data_dir.into(),
         parallelism: options.parallelism,
         bounded: options.bounded,
-        udfs,
+        udfs: functions.scalar,
+        udafs: functions.aggregate,
     };
     let pipeline = keel_sql::plan(sql, &opts)?;
     pipeline.check_sources()?;

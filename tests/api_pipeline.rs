@@ -97,3 +97,85 @@ fn sql_can_call_a_rust_function_registered_through_the_api() {
     assert!(!want.is_empty());
     assert_eq!(got, want);
 }
+
+/// A user aggregate written in Rust: the sum of squares of BIGINTs (with retraction).
+#[derive(Debug, Default)]
+struct SumOfSquares(i64);
+
+impl datafusion::logical_expr::Accumulator for SumOfSquares {
+    fn update_batch(&mut self, values: &[datafusion::arrow::array::ArrayRef]) -> datafusion::error::Result<()> {
+        use datafusion::arrow::array::AsArray;
+        let a = values[0].as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+        self.0 += a.iter().flatten().map(|v| v * v).sum::<i64>();
+        Ok(())
+    }
+    fn retract_batch(&mut self, values: &[datafusion::arrow::array::ArrayRef]) -> datafusion::error::Result<()> {
+        use datafusion::arrow::array::AsArray;
+        let a = values[0].as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+        self.0 -= a.iter().flatten().map(|v| v * v).sum::<i64>();
+        Ok(())
+    }
+    fn supports_retract_batch(&self) -> bool {
+        true
+    }
+    fn evaluate(&mut self) -> datafusion::error::Result<datafusion::common::ScalarValue> {
+        Ok(datafusion::common::ScalarValue::Int64(Some(self.0)))
+    }
+    fn size(&self) -> usize {
+        std::mem::size_of::<Self>()
+    }
+    fn state(&mut self) -> datafusion::error::Result<Vec<datafusion::common::ScalarValue>> {
+        Ok(vec![datafusion::common::ScalarValue::Int64(Some(self.0))])
+    }
+    fn merge_batch(&mut self, states: &[datafusion::arrow::array::ArrayRef]) -> datafusion::error::Result<()> {
+        use datafusion::arrow::array::AsArray;
+        self.0 += states[0].as_primitive::<datafusion::arrow::datatypes::Int64Type>().iter().flatten().sum::<i64>();
+        Ok(())
+    }
+}
+
+#[test]
+fn sql_can_call_a_rust_aggregate_registered_through_the_api() {
+    use datafusion::arrow::datatypes::DataType;
+    use datafusion::logical_expr::{Volatility, create_udaf};
+    let seed = seed("api_udaf");
+    let dir = tempfile::tempdir().unwrap();
+    let (n, users, step) = (5_000u64, 20u64, 4i64);
+    make_events(dir.path(), "events", 2, n, seed, users, step);
+    let squares = create_udaf(
+        "sum_squares",
+        vec![DataType::Int64],
+        std::sync::Arc::new(DataType::Int64),
+        Volatility::Immutable,
+        std::sync::Arc::new(|_| Ok(Box::new(SumOfSquares::default()))),
+        std::sync::Arc::new(vec![DataType::Int64]),
+    );
+    // A window aggregate and an unwindowed (updating) one, in one statement set.
+    let sql = "CREATE TABLE events (user_id VARCHAR, amount BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
+      WITH ('connector' = 'topic', 'topic' = 'events');
+    CREATE TABLE per_window (user_id VARCHAR, window_start TIMESTAMP(3), sq BIGINT) WITH ('connector' = 'topic', 'topic' = 'per_window');
+    CREATE TABLE per_user (user_id VARCHAR, sq BIGINT) WITH ('connector' = 'topic', 'topic' = 'per_user', 'format' = 'debezium-json');
+    INSERT INTO per_window SELECT user_id, window_start, sum_squares(amount)
+      FROM TABLE(TUMBLE(TABLE events, DESCRIPTOR(ts), INTERVAL '10' SECOND)) GROUP BY user_id, window_start, window_end;
+    INSERT INTO per_user SELECT user_id, sum_squares(amount) FROM events GROUP BY user_id;";
+    let functions = keel::api::Functions { scalar: vec![], aggregate: vec![squares] };
+    let opts = RunOptions { bounded: true, parallelism: 2, ..RunOptions::default() };
+    let outcome = keel::api::run_sql_with_functions(sql, "udaf", dir.path(), functions, &opts).unwrap();
+    assert!(matches!(outcome, keel::runtime::JobOutcome::Finished { .. }));
+    let events: Vec<(String, i64, i64)> = (0..n).map(|i| keel::sample::event(seed, i, users, step)).collect();
+    let mut per_user: std::collections::BTreeMap<String, i64> = Default::default();
+    let mut per_window: std::collections::BTreeMap<(String, i64), i64> = Default::default();
+    for (u, a, ts) in &events {
+        *per_user.entry(u.clone()).or_default() += a * a;
+        *per_window.entry((u.clone(), ts.div_euclid(10_000) * 10_000)).or_default() += a * a;
+    }
+    let got: std::collections::BTreeMap<String, i64> = replay_changelog(topic_rows(dir.path(), "per_user"))
+        .iter()
+        .map(|r| (r["user_id"].as_str().unwrap().to_string(), r["sq"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(got, per_user);
+    let got = topic_rows(dir.path(), "per_window");
+    assert_eq!(got.len(), per_window.len());
+    let sum: i64 = got.iter().map(|r| r["sq"].as_i64().unwrap()).sum();
+    assert_eq!(sum, per_window.values().sum::<i64>());
+}

@@ -111,6 +111,7 @@ pub fn run_pipeline(data_dir: &Path, args: &RunArgs, stop: Arc<AtomicBool>) -> R
         parallelism,
         bounded: args.bounded,
         udfs: vec![],
+        udafs: vec![],
     };
     let mut config = JobConfig::new(&name, data_dir);
     config.checkpoint_interval =

@@ -32,8 +32,8 @@ fn spec() -> Arc<WindowAggregateSpec> {
         window_start: 1,
         window_end: 2,
         aggregates: vec![
-            AggregateCall { func: AggregateFunction::CountStar, arg: None, output_type: DataType::Int64 },
-            AggregateCall { func: AggregateFunction::Sum, arg: Some(3), output_type: DataType::Int64 },
+            AggregateCall { func: AggregateFunction::CountStar, arg: None, output_type: DataType::Int64, user: None },
+            AggregateCall { func: AggregateFunction::Sum, arg: Some(3), output_type: DataType::Int64, user: None },
         ],
         group_output: vec![GroupColumn::Key(0), GroupColumn::WindowStart, GroupColumn::WindowEnd],
         output_schema: output,

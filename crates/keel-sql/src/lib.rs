@@ -36,6 +36,8 @@ pub struct PipelineOptions {
     pub bounded: bool,
     /// User-defined scalar functions (Rust code) the SQL may call, registered through the API.
     pub udfs: Vec<datafusion::logical_expr::ScalarUDF>,
+    /// User-defined aggregate functions (DataFusion `AggregateUDF`s), registered through the API.
+    pub udafs: Vec<datafusion::logical_expr::AggregateUDF>,
 }
 
 /// A checked, planned pipeline.

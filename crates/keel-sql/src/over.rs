@@ -83,7 +83,7 @@ pub(crate) fn plan_over(t: &mut Translator<'_>, w: &datafusion::logical_expr::Wi
             },
         };
         let output_type = w.schema.field(n_in + i).data_type().clone();
-        calls.push(AggregateCall { func, arg, output_type });
+        calls.push(AggregateCall { func, arg, output_type, user: None });
         let this = (f.params.partition_by.clone(), f.params.order_by.clone(), f.params.window_frame.clone());
         match &shape {
             None => shape = Some(this),

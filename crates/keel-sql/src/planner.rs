@@ -181,6 +181,9 @@ pub(crate) fn plan_insert(
     for f in &opts.udfs {
         ctx.register_udf(f.clone());
     }
+    for f in &opts.udafs {
+        ctx.register_udaf(f.clone());
+    }
     for (name, def) in tables {
         let mem = MemTable::try_new(table_schema(def), vec![vec![]]).map_err(planning("registering tables"))?;
         ctx.register_table(name.as_str(), Arc::new(mem)).map_err(planning("registering tables"))?;
@@ -603,13 +606,9 @@ pub(crate) fn aggregate_inputs(
             ("avg", _) => AggregateFunction::Avg,
             ("min", _) => AggregateFunction::Min,
             ("max", _) => AggregateFunction::Max,
-            (other, _) => {
-                return Err(SqlError::unsupported(
-                    pos,
-                    format!("aggregate function {}", other.to_uppercase()),
-                    Some("use COUNT, SUM, AVG, MIN or MAX"),
-                ));
-            }
+            // Any other aggregate (one registered through the API, or one of DataFusion's) runs
+            // through its own accumulator.
+            _ => AggregateFunction::User,
         };
         if f.params.args.len() > 1 {
             return Err(SqlError::unsupported(pos, format!("{} with several arguments", name.to_uppercase()), None));
@@ -631,7 +630,22 @@ pub(crate) fn aggregate_inputs(
             }
         };
         let output_type = a.schema.field(a.group_expr.len() + i).data_type().clone();
-        calls.push(AggregateCall { func, arg: arg_col, output_type });
+        let user = if func == AggregateFunction::User {
+            let input = match arg_col {
+                Some(c) => {
+                    Some(pre[c].to_field(input_schema).map_err(planning("aggregate input"))?.1.data_type().clone())
+                }
+                None => None,
+            };
+            Some(Arc::new(keel_runtime::ops::UserAggregate {
+                udaf: f.func.clone(),
+                input,
+                output: output_type.clone(),
+            }))
+        } else {
+            None
+        };
+        calls.push(AggregateCall { func, arg: arg_col, output_type, user });
     }
     let pre_exprs = pre.iter().map(|e| physical(state, e.clone(), input_schema)).collect::<Result<Vec<_>>>()?;
     let window_at = if windowed { Some(nk) } else { None };

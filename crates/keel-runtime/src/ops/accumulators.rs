@@ -27,6 +27,8 @@ pub enum AggregateFunction {
     Avg,
     Min,
     Max,
+    /// A user-defined aggregate (its definition travels in `AggregateCall::user`).
+    User,
 }
 
 #[derive(Debug)]
@@ -39,6 +41,8 @@ enum Values {
     Str(Vec<Option<String>>),
     /// Values with their multiplicities per group, in Arrow's row format (ordered as the values).
     Multiset(Vec<BTreeMap<Box<[u8]>, i64>>, Box<arrow::row::RowConverter>),
+    /// A user-defined aggregate's accumulators, one per group.
+    User(super::udaf::UserSlots),
 }
 
 /// One aggregate's slots for all groups.
@@ -83,6 +87,16 @@ fn unsupported(func: AggregateFunction, t: &DataType) -> RuntimeError {
 }
 
 impl Accumulator {
+    /// The accumulator for `call` over `input` rows; `retractable` when the input is a changelog.
+    pub fn for_call(call: &super::AggregateCall, input: &arrow::datatypes::Schema, retractable: bool) -> Result<Self> {
+        if let Some(user) = &call.user {
+            let values = Values::User(super::udaf::UserSlots::new(user.clone())?);
+            return Ok(Accumulator { func: AggregateFunction::User, values, counts: vec![] });
+        }
+        let t = call.arg.map(|c| input.field(c).data_type());
+        if retractable { Self::new_retractable(call.func, t) } else { Self::new(call.func, t) }
+    }
+
     /// An accumulator for `func` over arguments of `input` type (`None` for COUNT(*)).
     pub fn new(func: AggregateFunction, input: Option<&DataType>) -> Result<Self> {
         use DataType::*;
@@ -94,6 +108,9 @@ impl Accumulator {
                         .map_err(RuntimeError::arrow("COUNT(DISTINCT) values"))?,
                 ),
             ),
+            (AggregateFunction::User, _) => {
+                return Err(RuntimeError::Internal("a user aggregate is created with Accumulator::for_call".into()));
+            }
             (AggregateFunction::CountStar | AggregateFunction::Count, _) | (_, None) => Values::Int(vec![]),
             (_, Some(Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | Timestamp(_, _) | Date32 | Date64)) => {
                 Values::Int(vec![])
@@ -121,6 +138,9 @@ impl Accumulator {
     /// Takes row `i` of `arg` back out of group `groups[i]`, for every row (the inverse of
     /// `update`). Only for COUNT, SUM, AVG and retractable accumulators.
     pub fn retract(&mut self, groups: &[u32], arg: Option<&ArrayRef>) -> Result<()> {
+        if let Values::User(u) = &mut self.values {
+            return u.retract(groups, arg);
+        }
         let func = self.func;
         let Some(arg) = arg.filter(|_| func != AggregateFunction::CountStar) else {
             for &g in groups {
@@ -209,6 +229,7 @@ impl Accumulator {
             Values::Decimal(v, _, _) => v.resize(n, 0),
             Values::Str(v) => v.resize(n, None),
             Values::Multiset(v, _) => v.resize_with(n, Default::default),
+            Values::User(u) => u.ensure(n),
         }
     }
 
@@ -222,11 +243,15 @@ impl Accumulator {
             Values::Decimal(v, _, _) => v[g] = 0,
             Values::Str(v) => v[g] = None,
             Values::Multiset(v, _) => v[g] = Default::default(),
+            Values::User(u) => u.reset(g),
         }
     }
 
     /// Folds slot `from` into slot `into` (merging two session windows); `from` is left as is.
-    pub fn merge(&mut self, into: usize, from: usize) {
+    pub fn merge(&mut self, into: usize, from: usize) -> Result<()> {
+        if let Values::User(u) = &mut self.values {
+            return u.merge(into, from);
+        }
         let (ci, cf) = (self.counts[into], self.counts[from]);
         let func = self.func;
         fn pick<T: PartialOrd + Copy>(
@@ -263,8 +288,9 @@ impl Accumulator {
                 v[into].extend(other.iter().cloned());
                 v[from] = other;
                 self.counts[into] = v[into].len() as i64;
-                return;
+                return Ok(());
             }
+            Values::User(_) => return Ok(()), // handled above
             Values::Multiset(v, _) => {
                 let other = v[from].clone();
                 for (k, n) in other {
@@ -272,7 +298,7 @@ impl Accumulator {
                 }
                 if func == AggregateFunction::CountDistinct {
                     self.counts[into] = v[into].len() as i64;
-                    return;
+                    return Ok(());
                 }
             }
             Values::Int(v) => v[into] = pick(func, v[into], v[from], ci, cf, i64::wrapping_add),
@@ -288,10 +314,14 @@ impl Accumulator {
             }
         }
         self.counts[into] = ci + cf;
+        Ok(())
     }
 
     /// Adds row `i` of `arg` to group `groups[i]`, for every row.
     pub fn update(&mut self, groups: &[u32], arg: Option<&ArrayRef>) -> Result<()> {
+        if let Values::User(u) = &mut self.values {
+            return u.update(groups, arg);
+        }
         let func = self.func;
         let Some(arg) = arg.filter(|_| func != AggregateFunction::CountStar) else {
             for &g in groups {
@@ -320,6 +350,7 @@ impl Accumulator {
                     }
                 }
             }
+            Values::User(_) => return Err(RuntimeError::Internal("user aggregate updated as a built-in".into())),
             Values::Multiset(sets, conv) => {
                 let rows =
                     conv.convert_columns(std::slice::from_ref(arg)).map_err(RuntimeError::arrow("aggregate values"))?;
@@ -373,6 +404,9 @@ impl Accumulator {
 
     /// The results for `groups`, as `output` type.
     pub fn evaluate(&self, groups: &[u32], output: &DataType) -> Result<ArrayRef> {
+        if let Values::User(u) = &self.values {
+            return u.evaluate(groups);
+        }
         let present = |g: u32| self.counts[g as usize] > 0;
         let arr: ArrayRef = match (&self.values, self.func) {
             (_, AggregateFunction::CountStar | AggregateFunction::Count | AggregateFunction::CountDistinct) => {
@@ -396,6 +430,9 @@ impl Accumulator {
                 .map_err(RuntimeError::arrow("decimal aggregate"))?,
             ),
             (Values::Str(v), _) => Arc::new(StringArray::from_iter(groups.iter().map(|&g| v[g as usize].clone()))),
+            (Values::User(_), _) => {
+                return Err(RuntimeError::Internal("user aggregate evaluated as a built-in".into()));
+            }
             (Values::Multiset(sets, conv), f) => {
                 // One value per group (the smallest or largest), NULL for an empty group.
                 let parser = conv.parser();
@@ -437,7 +474,10 @@ impl Accumulator {
     }
 
     /// The state of `groups` as columns (for checkpoints), named with `prefix`.
-    pub fn state(&self, groups: &[u32], prefix: &str) -> Vec<(Field, ArrayRef)> {
+    pub fn state(&self, groups: &[u32], prefix: &str) -> Result<Vec<(Field, ArrayRef)>> {
+        if let Values::User(u) = &self.values {
+            return u.state(groups, prefix);
+        }
         let counts: ArrayRef = Arc::new(Int64Array::from_iter_values(groups.iter().map(|&g| self.counts[g as usize])));
         let mut out = vec![(Field::new(format!("{prefix}_count"), DataType::Int64, false), counts)];
         let vals: Option<ArrayRef> = match &self.values {
@@ -464,6 +504,7 @@ impl Accumulator {
                     blob
                 }))))
             }
+            Values::User(_) => None, // handled above
             _ if matches!(self.func, AggregateFunction::CountStar | AggregateFunction::Count) => None,
             Values::Int(v) => Some(Arc::new(Int64Array::from_iter_values(groups.iter().map(|&g| v[g as usize])))),
             Values::Float(v) => Some(Arc::new(Float64Array::from_iter_values(groups.iter().map(|&g| v[g as usize])))),
@@ -477,11 +518,14 @@ impl Accumulator {
         if let Some(vals) = vals {
             out.push((Field::new(format!("{prefix}_value"), vals.data_type().clone(), true), vals));
         }
-        out
+        Ok(out)
     }
 
     /// Loads slot `groups[i]` from row `i` of state columns written by `state`.
     pub fn restore(&mut self, groups: &[u32], cols: &[ArrayRef]) -> Result<()> {
+        if let Values::User(u) = &mut self.values {
+            return u.restore(groups, cols);
+        }
         let bad = || RuntimeError::Internal("aggregate state columns do not match the accumulator".into());
         let counts = cols.first().and_then(|c| c.as_primitive_opt::<Int64Type>()).ok_or_else(bad)?;
         for (i, &g) in groups.iter().enumerate() {
@@ -492,6 +536,7 @@ impl Accumulator {
         }
         let vals = cols.get(1).ok_or_else(bad)?;
         match &mut self.values {
+            Values::User(_) => return Err(bad()), // handled above
             Values::Distinct(sets, _) => {
                 let a = vals.as_binary_opt::<i32>().ok_or_else(bad)?;
                 for (i, &g) in groups.iter().enumerate() {
@@ -584,7 +629,7 @@ mod tests {
         let mut a = Accumulator::new(AggregateFunction::CountDistinct, Some(&DataType::Utf8)).unwrap();
         a.ensure(2);
         a.update(&[0, 0, 0, 0, 1], Some(&arg)).unwrap();
-        let cols: Vec<ArrayRef> = a.state(&[0, 1], "d").into_iter().map(|c| c.1).collect();
+        let cols: Vec<ArrayRef> = a.state(&[0, 1], "d").unwrap().into_iter().map(|c| c.1).collect();
         let mut b = Accumulator::new(AggregateFunction::CountDistinct, Some(&DataType::Utf8)).unwrap();
         b.ensure(2);
         b.restore(&[0, 1], &cols).unwrap();
@@ -605,7 +650,7 @@ mod tests {
             a.ensure(1);
             a.update(&groups, Some(&arg)).unwrap();
             a.retract(&[0, 0], Some(&gone)).unwrap();
-            let cols: Vec<ArrayRef> = a.state(&[0], "r").into_iter().map(|c| c.1).collect();
+            let cols: Vec<ArrayRef> = a.state(&[0], "r").unwrap().into_iter().map(|c| c.1).collect();
             let mut b = Accumulator::new_retractable(f, Some(&DataType::Int32)).unwrap();
             b.ensure(1);
             b.restore(&[0], &cols).unwrap();
@@ -635,7 +680,7 @@ mod tests {
         let mut a = Accumulator::new(AggregateFunction::Min, Some(&DataType::Utf8)).unwrap();
         a.ensure(1);
         a.update(&[0, 0, 0], Some(&arg)).unwrap();
-        let cols: Vec<ArrayRef> = a.state(&[0], "m").into_iter().map(|c| c.1).collect();
+        let cols: Vec<ArrayRef> = a.state(&[0], "m").unwrap().into_iter().map(|c| c.1).collect();
         let mut b = Accumulator::new(AggregateFunction::Min, Some(&DataType::Utf8)).unwrap();
         b.ensure(3);
         b.restore(&[2], &cols).unwrap();

@@ -40,6 +40,8 @@ pub struct AggregateCall {
     pub func: AggregateFunction,
     pub arg: Option<usize>,
     pub output_type: DataType,
+    /// The definition of a user-defined aggregate (`func` is then `AggregateFunction::User`).
+    pub user: Option<Arc<super::udaf::UserAggregate>>,
 }
 
 /// Everything that defines a window aggregate.
@@ -125,7 +127,7 @@ impl WindowAggregate {
         let accs = spec
             .aggregates
             .iter()
-            .map(|a| Accumulator::new(a.func, a.arg.map(|i| spec.input_schema.field(i).data_type())))
+            .map(|a| Accumulator::for_call(a, &spec.input_schema, false))
             .collect::<Result<_>>()?;
         Ok(WindowAggregate {
             spec,
@@ -301,7 +303,7 @@ impl Operator for WindowAggregate {
             }
             let mut at = 3 + nk;
             for a in &mut self.accs {
-                let n = a.state(&[], "x").len();
+                let n = a.state(&[], "x")?.len();
                 a.restore(&gids, &batch.columns()[at..at + n])?;
                 at += n;
             }
@@ -348,7 +350,7 @@ impl Operator for WindowAggregate {
             }
             keep.push(i as u32);
             let g = if self.spec.merge_sessions {
-                self.session_of(s, e, rows.key(i), kg, &mut redirect, &mut retired)
+                self.session_of(s, e, rows.key(i), kg, &mut redirect, &mut retired)?
             } else {
                 self.group_of(s, e, rows.key(i), || kg)
             };
@@ -444,7 +446,7 @@ impl Operator for WindowAggregate {
         cols.extend(keys);
         let mut acc_fields = vec![];
         for (i, a) in self.accs.iter().enumerate() {
-            for (f, c) in a.state(&gids, &format!("agg{i}")) {
+            for (f, c) in a.state(&gids, &format!("agg{i}"))? {
                 acc_fields.push(f);
                 cols.push(c);
             }

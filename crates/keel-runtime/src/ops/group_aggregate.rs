@@ -74,12 +74,7 @@ impl GroupAggregate {
         };
         let mut accs = vec![];
         for a in &spec.aggregates {
-            let t = a.arg.map(|i| spec.input_schema.field(i).data_type().clone());
-            accs.push(if spec.input_updating {
-                Accumulator::new_retractable(a.func, t.as_ref())?
-            } else {
-                Accumulator::new(a.func, t.as_ref())?
-            });
+            accs.push(Accumulator::for_call(a, &spec.input_schema, spec.input_updating)?);
         }
         Ok(GroupAggregate {
             spec,
@@ -332,7 +327,7 @@ impl Operator for GroupAggregate {
             }
             let mut at = 2 + nk;
             for a in &mut self.accs {
-                let w = a.state(&[], "x").len();
+                let w = a.state(&[], "x")?.len();
                 a.restore(&slots, &batch.columns()[at..at + w])?;
                 at += w;
             }
@@ -361,7 +356,7 @@ impl Operator for GroupAggregate {
         cols.extend(self.key_columns(&live)?);
         let mut acc_fields = vec![];
         for (i, a) in self.accs.iter().enumerate() {
-            for (f, c) in a.state(&live, &format!("agg{i}")) {
+            for (f, c) in a.state(&live, &format!("agg{i}"))? {
                 acc_fields.push(f);
                 cols.push(c);
             }
@@ -393,8 +388,13 @@ mod tests {
             input_updating: updating,
             num_keys: 1,
             aggregates: vec![
-                AggregateCall { func: AggregateFunction::CountStar, arg: None, output_type: DataType::Int64 },
-                AggregateCall { func: AggregateFunction::Max, arg: Some(1), output_type: DataType::Int64 },
+                AggregateCall {
+                    func: AggregateFunction::CountStar,
+                    arg: None,
+                    output_type: DataType::Int64,
+                    user: None,
+                },
+                AggregateCall { func: AggregateFunction::Max, arg: Some(1), output_type: DataType::Int64, user: None },
             ],
             output_schema: with_op_field(&out),
             state_ttl: ttl,

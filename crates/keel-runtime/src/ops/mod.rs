@@ -11,6 +11,7 @@ pub mod rank;
 pub mod over;
 mod session;
 pub mod topn;
+pub mod udaf;
 pub mod window;
 
 pub use aggregate::{AggregateCall, AggregateFunction, GroupColumn, WindowAggregate, WindowAggregateSpec};
@@ -20,4 +21,5 @@ pub use join::{Join, JoinSide, JoinSpec, JoinType};
 pub use over::{OverAggregate, OverFrame, OverSpec};
 pub use rank::{Rank, RankSpec};
 pub use topn::{Numbering, TopNSpec, WindowTopN};
+pub use udaf::UserAggregate;
 pub use window::WindowAssigner;

@@ -150,11 +150,8 @@ impl OverAggregate {
             OverFrame::Unbounded => Frame::Running { ties: true },
         };
         // Also checks that every function accepts its argument's type.
-        let running = spec
-            .aggregates
-            .iter()
-            .map(|a| Accumulator::new(a.func, a.arg.map(|c| input.field(c).data_type())))
-            .collect::<Result<Vec<_>>>()?;
+        let running =
+            spec.aggregates.iter().map(|a| Accumulator::for_call(a, input, false)).collect::<Result<Vec<_>>>()?;
         let converter = if spec.partition_cols.is_empty() {
             None
         } else {
@@ -417,8 +414,10 @@ mod tests {
         let input = input_schema();
         let mut fields: Vec<Field> = input.fields().iter().map(|f| f.as_ref().clone()).collect();
         fields.extend((0..aggs.len()).map(|i| Field::new(format!("a{i}"), DataType::Int64, true)));
-        let aggregates =
-            aggs.iter().map(|&(func, arg)| AggregateCall { func, arg, output_type: DataType::Int64 }).collect();
+        let aggregates = aggs
+            .iter()
+            .map(|&(func, arg)| AggregateCall { func, arg, output_type: DataType::Int64, user: None })
+            .collect();
         Arc::new(OverSpec {
             input_schema: input,
             partition_cols: vec![0],

@@ -9,6 +9,7 @@
 //! to the session that absorbed it).
 
 use super::aggregate::WindowAggregate;
+use crate::error::Result;
 use std::collections::HashMap;
 
 impl WindowAggregate {
@@ -22,7 +23,7 @@ impl WindowAggregate {
         key_group: u32,
         redirect: &mut HashMap<u32, u32>,
         retired: &mut Vec<u32>,
-    ) -> u32 {
+    ) -> Result<u32> {
         let open = self.sessions.get(key).cloned().unwrap_or_default();
         let overlapping: Vec<u32> = open
             .into_iter()
@@ -35,7 +36,7 @@ impl WindowAggregate {
         let Some(&target) = overlapping.first() else {
             let g = self.add_group(start, end, key, key_group);
             self.sessions.entry(key.into()).or_default().push(g);
-            return g;
+            return Ok(g);
         };
         let (mut s, mut e) = (start, end);
         for &g in &overlapping {
@@ -44,7 +45,7 @@ impl WindowAggregate {
         }
         for &g in &overlapping[1..] {
             for a in &mut self.accs {
-                a.merge(target as usize, g as usize);
+                a.merge(target as usize, g as usize)?;
             }
             self.detach(g);
             for a in &mut self.accs {
@@ -54,7 +55,7 @@ impl WindowAggregate {
             retired.push(g);
         }
         self.rebound(target, s, e);
-        target
+        Ok(target)
     }
 
     /// Moves group `g` to window `[start, end)`.

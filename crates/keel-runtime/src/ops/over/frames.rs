@@ -73,19 +73,19 @@ impl OverAggregate {
         let ready_leaves: Vec<u32> = (hn as u32..(hn + n) as u32).collect();
         let mut cols = ready.columns()[..ni].to_vec();
         for (i, call) in self.spec.aggregates.iter().enumerate() {
-            let mut acc = Accumulator::new(call.func, call.arg.map(|c| self.spec.input_schema.field(c).data_type()))?;
+            let mut acc = Accumulator::for_call(call, &self.spec.input_schema, false)?;
             acc.ensure(results + n);
             let hist_arg =
                 call.arg.and_then(|c| self.arg_cols.iter().position(|&a| a == c)).map(|a| hist.column(a + 1));
             acc.update(&hist_leaves, hist_arg)?;
             acc.update(&ready_leaves, call.arg.map(|c| ready.column(c)))?;
             if running {
-                let state: Vec<ArrayRef> = self.running[i].state(&run_pids, "s").into_iter().map(|c| c.1).collect();
+                let state: Vec<ArrayRef> = self.running[i].state(&run_pids, "s")?.into_iter().map(|c| c.1).collect();
                 acc.restore(&carries, &state)?;
             }
             for op in &plan {
                 match *op {
-                    Op::Merge(into, from) => acc.merge(into as usize, from as usize),
+                    Op::Merge(into, from) => acc.merge(into as usize, from as usize)?,
                     Op::Reset(s) => acc.reset(s as usize),
                 }
             }
@@ -97,7 +97,7 @@ impl OverAggregate {
                 arrow::compute::cast(&col, want).map_err(RuntimeError::arrow("OVER result"))?
             });
             if running {
-                let state: Vec<ArrayRef> = acc.state(&finals, "s").into_iter().map(|c| c.1).collect();
+                let state: Vec<ArrayRef> = acc.state(&finals, "s")?.into_iter().map(|c| c.1).collect();
                 for &p in &run_pids {
                     self.running[i].reset(p as usize);
                 }

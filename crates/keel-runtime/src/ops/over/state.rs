@@ -71,7 +71,7 @@ impl OverAggregate {
                     .collect();
                 let mut at = 4 + ni;
                 for a in &mut self.running {
-                    let n = a.state(&[], "x").len();
+                    let n = a.state(&[], "x")?.len();
                     let cols = running.columns().get(at..at + n).ok_or_else(|| {
                         RuntimeError::Internal("OVER aggregate state lacks accumulator columns".into())
                     })?;
@@ -152,7 +152,7 @@ impl OverAggregate {
             fields.push(f.as_ref().clone().with_nullable(true));
         }
         for (i, a) in self.running.iter().enumerate() {
-            for (f, c) in a.state(&run_pids, &format!("agg{i}")) {
+            for (f, c) in a.state(&run_pids, &format!("agg{i}"))? {
                 let nulls = new_null_array(c.data_type(), nb + nh);
                 cols.push(concat(&[nulls.as_ref(), c.as_ref()]).map_err(RuntimeError::arrow("OVER snapshot"))?);
                 fields.push(f.with_nullable(true));
