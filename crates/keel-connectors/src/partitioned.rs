@@ -17,6 +17,7 @@ use arrow::array::{Array, RecordBatch, RecordBatchOptions, UInt32Array};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use keel_runtime::{Result, RuntimeError};
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
@@ -145,7 +146,8 @@ pub fn escape_path_name(name: &str, out: &mut String) {
             || c == '\u{7f}'
             || matches!(c, '"' | '#' | '%' | '\'' | '*' | '/' | ':' | '=' | '?' | '\\' | '{' | '[' | ']' | '^');
         if escape {
-            out.push_str(&format!("%{:02X}", c as u32));
+            // Writing to a String cannot fail.
+            let _ = write!(out, "%{:02X}", c as u32);
         } else {
             out.push(c);
         }
@@ -347,6 +349,39 @@ mod tests {
         assert_eq!(all.len(), 4);
         assert!(all.contains(&("dt=d1/hm=10%3A00/part-j-0-0000000002.csv".to_string(), "5\n".into())), "{all:?}");
         assert!(tree(&out).iter().all(|f| !f.0.rsplit('/').next().unwrap().starts_with('.')));
+    }
+
+    #[test]
+    fn a_partitioned_debezium_sink_keeps_each_change_kind_without_the_partition_column() {
+        use keel_runtime::changelog::RowKind::*;
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let mut s =
+            FileSink::new(out.clone(), FileFormat::DebeziumJson).partitioned(Partitioning::new(vec!["k".into()]));
+        s.open(&ctx(dir.path()), RestoredState::default()).unwrap();
+        let batch = crate::upsert::tests::changes(&[("a", 1, Insert), ("b", 2, Insert), ("a", 1, Delete)]);
+        s.process(batch, &mut vec![]).unwrap();
+        s.snapshot(1).unwrap();
+        s.checkpoint_complete(1).unwrap();
+        assert_eq!(
+            published(&out),
+            vec![
+                (
+                    "k=a/part-j-0-0000000001.jsonl".to_string(),
+                    concat!(
+                        r#"{"before":null,"after":{"n":1},"op":"c"}"#,
+                        "\n",
+                        r#"{"before":{"n":1},"after":null,"op":"d"}"#,
+                        "\n"
+                    )
+                    .to_string()
+                ),
+                (
+                    "k=b/part-j-0-0000000001.jsonl".to_string(),
+                    "{\"before\":null,\"after\":{\"n\":2},\"op\":\"c\"}\n".into()
+                ),
+            ]
+        );
     }
 
     #[test]

@@ -364,7 +364,7 @@ fn register_view_window(
             format!("window function over {}, which is no table or view created above", call.table),
         )
     })?;
-    let inlined = script::inline_views(query, views, 0)?;
+    let inlined = crate::scalar_time::rewrite_time_syntax(&script::inline_views(query, views, 0)?)?;
     let sql = script::render(&inlined);
     let state = ctx.state();
     let plan = futures::executor::block_on(state.create_logical_plan(&sql)).map_err(|e| located(e, query))?;

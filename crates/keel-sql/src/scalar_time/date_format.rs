@@ -551,37 +551,3 @@ mod tests {
         assert!(e.to_string().contains("pattern letter 'w'"), "{e}");
     }
 }
-#[cfg(test)]
-mod bench_tmp {
-    use super::*;
-    #[test]
-    #[ignore]
-    fn bench_tmp() {
-        let n = 8192;
-        let ts: ArrayRef = Arc::new(arrow::array::TimestampMillisecondArray::from_iter_values(
-            (0..n as i64).map(|i| 1_709_298_245_067 + i * 997_013),
-        ));
-        let f = DateFormat::new();
-        for p in ["yyyy-MM-dd", "HH:mm"] {
-            let start = std::time::Instant::now();
-            let reps = 200;
-            for _ in 0..reps {
-                let out = f
-                    .invoke_with_args(ScalarFunctionArgs {
-                        args: vec![
-                            ColumnarValue::Array(ts.clone()),
-                            ColumnarValue::Scalar(ScalarValue::Utf8(Some(p.into()))),
-                        ],
-                        arg_fields: vec![],
-                        number_rows: n,
-                        return_field: Arc::new(arrow::datatypes::Field::new("f", DataType::Utf8, true)),
-                        config_options: Default::default(),
-                    })
-                    .unwrap();
-                std::hint::black_box(out);
-            }
-            let per = start.elapsed().as_nanos() as f64 / (reps * n) as f64;
-            println!("BENCH {p}: {per:.1} ns/row");
-        }
-    }
-}
