@@ -23,7 +23,7 @@ use arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, UInt32Type};
 use arrow::row::{RowConverter, SortField};
 use keel_types::KeyGroupRange;
-use std::collections::HashMap;
+use hashbrown::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -174,28 +174,31 @@ impl GroupAggregate {
         } else {
             None
         };
-        let keys = self.key_bytes(&batch.columns()[..nk], n)?;
+        let key_rows = match &self.keys {
+            None => None,
+            Some(conv) => Some(conv.convert_columns(&batch.columns()[..nk]).map_err(RuntimeError::arrow("group keys"))?),
+        };
+        // Key groups are computed (for the whole batch) only when a new group appears.
+        let key_cols: Vec<usize> = (0..nk).collect();
         let mut key_groups: Option<Vec<u32>> = None;
         let mut groups = Vec::with_capacity(n);
         // Touched slots in first-touch order, and whether each existed with rows before.
         let mut touched: Vec<(u32, bool)> = vec![];
-        let mut seen: HashMap<u32, ()> = HashMap::new();
-        for (i, key) in keys.iter().enumerate() {
-            let (s, new) = {
-                let kg = &mut key_groups;
-                let spec_keys: Vec<usize> = (0..nk).collect();
-                let kgs = self.key_groups;
-                self.slot_of(
-                    key,
-                    || {
-                        let all = kg.get_or_insert_with(|| row_key_groups(batch, &spec_keys, kgs).unwrap_or_default());
-                        all.get(i).copied().unwrap_or(0)
-                    },
-                    now,
-                )
+        let mut seen: HashSet<u32> = HashSet::new();
+        for i in 0..n {
+            let key = key_rows.as_ref().map_or(&[][..], |r| r.row(i).data());
+            let (s, new) = match self.index.get(key) {
+                Some(&s) => (s, false),
+                None => {
+                    if key_groups.is_none() {
+                        key_groups = Some(row_key_groups(batch, &key_cols, self.key_groups)?);
+                    }
+                    let kg = key_groups.as_ref().and_then(|k| k.get(i).copied()).unwrap_or(0);
+                    self.slot_of(key, || kg, now)
+                }
             };
             groups.push(s);
-            if seen.insert(s, ()).is_none() {
+            if seen.insert(s) {
                 let existed = !new && self.slots[s as usize].as_ref().is_some_and(|slot| slot.rows > 0);
                 touched.push((s, existed));
             }

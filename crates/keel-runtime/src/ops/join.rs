@@ -25,7 +25,8 @@ use arrow::row::{RowConverter, SortField};
 use datafusion::physical_expr::PhysicalExpr;
 use keel_types::KeyGroupRange;
 use keel_types::time::MIN_WATERMARK;
-use std::collections::{BTreeMap, HashMap};
+use hashbrown::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -215,18 +216,16 @@ impl Join {
             Metrics::add(&m.late_records, late);
         }
         // Candidate partners of every row, from the other side's state (fixed for this batch).
-        let mut cand: Vec<(usize, Box<[u8]>, usize)> = vec![]; // (input row, key, entry index)
+        let mut cand: Vec<(usize, usize)> = vec![]; // (input row, entry index under its key)
         for i in 0..n {
             if has_null[i] || !live[i] {
                 continue;
             }
             if let Some(entries) = self.state[o].rows.get(keys.row(i).data()) {
-                for j in 0..entries.len() {
-                    cand.push((i, keys.row(i).data().into(), j));
-                }
+                cand.extend((0..entries.len()).map(|j| (i, j)));
             }
         }
-        let passes = self.evaluate_filter(s, batch, &cand)?;
+        let passes = self.evaluate_filter(s, batch, &keys, &cand)?;
         let mut results: Vec<OutRow> = vec![];
         let pair = |me: Box<[u8]>, other: Box<[u8]>, kind: RowKind| -> OutRow {
             if s == 0 { (Some(me), Some(other), kind) } else { (Some(other), Some(me), kind) }
@@ -251,7 +250,7 @@ impl Join {
             let mut matched = 0i64;
             while c < cand.len() && cand[c].0 == i {
                 if passes[c] {
-                    let j = cand[c].2;
+                    let j = cand[c].1;
                     let jt = self.spec.join_type;
                     let preserves_other = jt.preserves(o);
                     let semi_other = jt.semi(o);
@@ -289,8 +288,16 @@ impl Join {
             }
             let st = &mut self.state[s];
             if add {
-                let entries = st.rows.entry(key.into()).or_default();
-                match entries.iter_mut().find(|e| e.row == me) {
+                if !st.rows.contains_key(key) {
+                    st.rows.insert(key.into(), vec![]);
+                }
+                let Some(entries) = st.rows.get_mut(key) else {
+                    return Err(RuntimeError::Internal("a join key vanished right after its insertion".into()));
+                };
+                // Equal rows share an entry only where retractions must find them (a changelog
+                // input); an append-only side just keeps each row.
+                let same = if side.updating { entries.iter_mut().find(|e| e.row == me) } else { None };
+                match same {
                     Some(e) => {
                         e.count += 1;
                         e.touched = now;
@@ -329,7 +336,13 @@ impl Join {
     }
 
     /// Whether each candidate pair passes the non-equi condition.
-    fn evaluate_filter(&self, s: usize, batch: &RecordBatch, cand: &[(usize, Box<[u8]>, usize)]) -> Result<Vec<bool>> {
+    fn evaluate_filter(
+        &self,
+        s: usize,
+        batch: &RecordBatch,
+        keys: &arrow::row::Rows,
+        cand: &[(usize, usize)],
+    ) -> Result<Vec<bool>> {
         let Some(filter) = &self.spec.filter else { return Ok(vec![true; cand.len()]) };
         if cand.is_empty() {
             return Ok(vec![]);
@@ -344,8 +357,8 @@ impl Join {
             .map_err(RuntimeError::arrow("join condition"))?;
         let parser = self.rows[o].parser();
         let mut others = vec![];
-        for (_, key, j) in cand {
-            let e = self.state[o].rows.get(key).and_then(|v| v.get(*j)).ok_or_else(|| {
+        for &(i, j) in cand {
+            let e = self.state[o].rows.get(keys.row(i).data()).and_then(|v| v.get(j)).ok_or_else(|| {
                 RuntimeError::Internal("a join candidate vanished from state while its batch was processed".into())
             })?;
             others.push(parser.parse(&e.row));
