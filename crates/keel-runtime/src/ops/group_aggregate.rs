@@ -22,8 +22,8 @@ use crate::ops::aggregate::AggregateCall;
 use arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, UInt32Type};
 use arrow::row::{RowConverter, SortField};
-use keel_types::KeyGroupRange;
 use hashbrown::{HashMap, HashSet};
+use keel_types::KeyGroupRange;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -176,7 +176,9 @@ impl GroupAggregate {
         };
         let key_rows = match &self.keys {
             None => None,
-            Some(conv) => Some(conv.convert_columns(&batch.columns()[..nk]).map_err(RuntimeError::arrow("group keys"))?),
+            Some(conv) => {
+                Some(conv.convert_columns(&batch.columns()[..nk]).map_err(RuntimeError::arrow("group keys"))?)
+            }
         };
         // Key groups are computed (for the whole batch) only when a new group appears.
         let key_cols: Vec<usize> = (0..nk).collect();

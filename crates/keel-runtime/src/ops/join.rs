@@ -23,9 +23,9 @@ use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Arra
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit, UInt32Type};
 use arrow::row::{RowConverter, SortField};
 use datafusion::physical_expr::PhysicalExpr;
+use hashbrown::HashMap;
 use keel_types::KeyGroupRange;
 use keel_types::time::MIN_WATERMARK;
-use hashbrown::HashMap;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -119,7 +119,37 @@ struct SideState {
 }
 
 /// One output row: left and right parts (row-format bytes; `None` = NULL padded).
-type OutRow = (Option<Box<[u8]>>, Option<Box<[u8]>>, RowKind);
+/// Output rows of one batch: left and right parts as byte ranges of one buffer (`None` = NULL
+/// padded), so that emitting a row copies bytes instead of allocating.
+#[derive(Default)]
+struct OutRows {
+    bytes: Vec<u8>,
+    rows: Vec<(Option<(usize, usize)>, Option<(usize, usize)>, RowKind)>,
+}
+
+impl OutRows {
+    fn put(&mut self, b: Option<&[u8]>) -> Option<(usize, usize)> {
+        let b = b?;
+        let at = self.bytes.len();
+        self.bytes.extend_from_slice(b);
+        Some((at, b.len()))
+    }
+
+    fn push(&mut self, left: Option<&[u8]>, right: Option<&[u8]>, kind: RowKind) {
+        let (l, r) = (self.put(left), self.put(right));
+        self.rows.push((l, r, kind));
+    }
+
+    /// `me` (a row of side `s`) with `other` (of the other side, or NULLs).
+    fn push_from(&mut self, s: usize, me: Option<&[u8]>, other: Option<&[u8]>, kind: RowKind) {
+        if s == 0 { self.push(me, other, kind) } else { self.push(other, me, kind) }
+    }
+
+    fn part(&self, side: usize, row: usize) -> Option<&[u8]> {
+        let r = if side == 0 { self.rows[row].0 } else { self.rows[row].1 };
+        r.map(|(at, len)| &self.bytes[at..at + len])
+    }
+}
 
 pub struct Join {
     spec: Arc<JoinSpec>,
@@ -226,23 +256,17 @@ impl Join {
             }
         }
         let passes = self.evaluate_filter(s, batch, &keys, &cand)?;
-        let mut results: Vec<OutRow> = vec![];
-        let pair = |me: Box<[u8]>, other: Box<[u8]>, kind: RowKind| -> OutRow {
-            if s == 0 { (Some(me), Some(other), kind) } else { (Some(other), Some(me), kind) }
-        };
-        let padded = |me: Box<[u8]>, kind: RowKind| -> OutRow {
-            if s == 0 { (Some(me), None, kind) } else { (None, Some(me), kind) }
-        };
+        let mut results = OutRows::default();
         let mut c = 0;
         for i in 0..n {
             if !live[i] {
                 continue;
             }
-            let me: Box<[u8]> = rows.row(i).data().into();
+            let me: &[u8] = rows.row(i).data();
             let add = additions[i];
             if has_null[i] {
                 if self.spec.join_type.preserves(s) {
-                    results.push(padded(me, if add { RowKind::Insert } else { RowKind::Delete }));
+                    results.push_from(s, Some(me), None, if add { RowKind::Insert } else { RowKind::Delete });
                 }
                 continue;
             }
@@ -258,24 +282,24 @@ impl Join {
                         matched += e.count;
                         let before = e.matches;
                         e.matches += if add { 1 } else { -1 };
-                        let other = e.row.clone();
+                        let other: &[u8] = &e.row;
                         let count = e.count;
                         // The partner's first match arrives, or its last one goes.
                         let (first, last) = (add && before == 0, !add && before == 1);
                         if (first && preserves_other) || (last && semi_other) {
                             for _ in 0..count {
-                                results.push(padded_other(s, other.clone(), RowKind::Delete));
+                                results.push_from(s, None, Some(other), RowKind::Delete);
                             }
                         }
                         if jt.pairs() {
                             for _ in 0..count {
                                 let kind = if add { RowKind::Insert } else { RowKind::Delete };
-                                results.push(pair(me.clone(), other.clone(), kind));
+                                results.push_from(s, Some(me), Some(other), kind);
                             }
                         }
                         if (last && preserves_other) || (first && semi_other) {
                             for _ in 0..count {
-                                results.push(padded_other(s, other.clone(), RowKind::Insert));
+                                results.push_from(s, None, Some(other), RowKind::Insert);
                             }
                         }
                     }
@@ -284,7 +308,7 @@ impl Join {
             }
             let jt = self.spec.join_type;
             if (matched == 0 && jt.preserves(s)) || (matched > 0 && jt.semi(s)) {
-                results.push(padded(me.clone(), if add { RowKind::Insert } else { RowKind::Delete }));
+                results.push_from(s, Some(me), None, if add { RowKind::Insert } else { RowKind::Delete });
             }
             let st = &mut self.state[s];
             if add {
@@ -296,7 +320,7 @@ impl Join {
                 };
                 // Equal rows share an entry only where retractions must find them (a changelog
                 // input); an append-only side just keeps each row.
-                let same = if side.updating { entries.iter_mut().find(|e| e.row == me) } else { None };
+                let same = if side.updating { entries.iter_mut().find(|e| &*e.row == me) } else { None };
                 match same {
                     Some(e) => {
                         e.count += 1;
@@ -305,7 +329,7 @@ impl Join {
                     None => {
                         let exp = expiry.as_ref().map_or(i64::MAX, |e| e[i]);
                         entries.push(Entry {
-                            row: me,
+                            row: me.into(),
                             count: 1,
                             matches: matched,
                             key_group: key_groups[i],
@@ -318,7 +342,7 @@ impl Join {
                     }
                 }
             } else if let Some(entries) = st.rows.get_mut(key) {
-                if let Some(pos) = entries.iter().position(|e| e.row == me) {
+                if let Some(pos) = entries.iter().position(|e| &*e.row == me) {
                     entries[pos].count -= 1;
                     if entries[pos].count <= 0 {
                         entries.swap_remove(pos);
@@ -383,26 +407,27 @@ impl Join {
     }
 
     /// Turns output rows into a batch of the output schema.
-    fn output(&self, results: Vec<OutRow>) -> Result<Option<RecordBatch>> {
-        if results.is_empty() {
+    fn output(&self, results: OutRows) -> Result<Option<RecordBatch>> {
+        let n = results.rows.len();
+        if n == 0 {
             return Ok(None);
         }
         let mut cols = vec![];
         let sides = self.spec.join_type.output_sides();
         for s in (0..2).filter(|&s| sides[s]) {
             let parser = self.rows[s].parser();
-            let present: Vec<arrow::row::Row<'_>> = results
-                .iter()
-                .filter_map(|r| if s == 0 { r.0.as_deref() } else { r.1.as_deref() })
-                .map(|b| parser.parse(b))
-                .collect();
+            let present: Vec<arrow::row::Row<'_>> =
+                (0..n).filter_map(|r| results.part(s, r)).map(|b| parser.parse(b)).collect();
+            let all_present = present.len() == n;
             let values = self.rows[s].convert_rows(present).map_err(RuntimeError::arrow("join output"))?;
+            if all_present {
+                cols.extend(values);
+                continue;
+            }
             let mut at = 0u32;
-            let idx: UInt32Array = results
-                .iter()
+            let idx: UInt32Array = (0..n)
                 .map(|r| {
-                    let p = if s == 0 { r.0.is_some() } else { r.1.is_some() };
-                    p.then(|| {
+                    results.part(s, r).map(|_| {
                         at += 1;
                         at - 1
                     })
@@ -413,11 +438,11 @@ impl Join {
             }
         }
         let schema = self.spec.output_schema.clone();
+        let kinds: Vec<RowKind> = results.rows.iter().map(|r| r.2).collect();
         if self.spec.output_updating {
-            let kinds: Vec<RowKind> = results.iter().map(|r| r.2).collect();
             changelog_batch(schema, cols, &kinds).map(Some)
         } else {
-            if results.iter().any(|r| r.2 != RowKind::Insert) {
+            if kinds.iter().any(|k| *k != RowKind::Insert) {
                 return Err(RuntimeError::Internal("an append-only join produced a retraction".into()));
             }
             RecordBatch::try_new(schema, cols).map(Some).map_err(RuntimeError::arrow("join output"))
@@ -499,11 +524,6 @@ impl Join {
         }
         Ok(())
     }
-}
-
-/// The other side's row padded with NULLs, seen from side `s`.
-fn padded_other(s: usize, other: Box<[u8]>, kind: RowKind) -> OutRow {
-    if s == 0 { (None, Some(other), kind) } else { (Some(other), None, kind) }
 }
 
 impl Operator for Join {
