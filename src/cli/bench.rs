@@ -142,12 +142,9 @@ fn run_child(dir: &Path, pipeline: &Path, p: u32, interval: &str) -> Result<RunC
 fn measure(dir: &Path, label: &str, pipeline: std::path::PathBuf, p: u32, interval: &str, events: u64) -> Result<()> {
     let c = run_child(dir, &pipeline, p, interval)?;
     // A query reading the event stream through two views (a join of persons and auctions, say)
-    // runs two sources, each generating the whole stream: it reads a multiple of the events.
-    anyhow::ensure!(
-        c.events >= events && c.events % events == 0,
-        "{label}: the benchmark read {} events, expected {events} per source",
-        c.events
-    );
+    // runs two sources, each generating the whole stream, and q13 also reads its side table:
+    // every event must have been read at least once.
+    anyhow::ensure!(c.events >= events, "{label}: the benchmark read {} events, expected {events}", c.events);
     // Rates count the stream's events once, however many sources read it.
     println!(
         "| {label} | {p} | {interval} | {:.2} | {:.0} | {:.2} | {:.0} | {} | {:.0} |",
