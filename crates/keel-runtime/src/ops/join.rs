@@ -124,11 +124,14 @@ struct SideState {
 #[derive(Default)]
 struct OutRows {
     bytes: Vec<u8>,
-    rows: Vec<(Option<(usize, usize)>, Option<(usize, usize)>, RowKind)>,
+    rows: Vec<(Option<Span>, Option<Span>, RowKind)>,
 }
 
+/// Where a row part lies in `OutRows::bytes`: start and length.
+type Span = (usize, usize);
+
 impl OutRows {
-    fn put(&mut self, b: Option<&[u8]>) -> Option<(usize, usize)> {
+    fn put(&mut self, b: Option<&[u8]>) -> Option<Span> {
         let b = b?;
         let at = self.bytes.len();
         self.bytes.extend_from_slice(b);
