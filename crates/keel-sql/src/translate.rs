@@ -398,7 +398,23 @@ impl Translator<'_> {
                     _ => return Ok(None),
                 }
             };
-        if crate::planner::is_window_row_number(w) || w.window_expr.len() != 1 {
+        if crate::planner::is_window_row_number(w) {
+            // A window Top-N: translated as usual, and told the limit so that it can drop rows
+            // that can no longer make it while a window is open.
+            let s = self.translate(&f.input)?;
+            if let Some(PlannedOp::WindowTopN(spec)) = self.stages[s.stage].ops.first_mut()
+                && w.schema.field(w.schema.fields().len() - 1).name() == &name
+                && limit >= 1
+            {
+                let mut limited = spec.as_ref().clone();
+                limited.limit = Some(limit as u64);
+                *spec = Arc::new(limited);
+            }
+            let p = physical(self.state, f.predicate.clone(), f.input.schema())?;
+            self.push(&s, PlannedOp::Step(Step::Filter(p)));
+            return Ok(Some(s));
+        }
+        if w.window_expr.len() != 1 {
             return Ok(None);
         }
         let Some(Expr::WindowFunction(wf)) = w.window_expr.first().map(strip_alias) else { return Ok(None) };

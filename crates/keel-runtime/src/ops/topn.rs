@@ -45,11 +45,17 @@ pub struct TopNSpec {
     pub numbering: Numbering,
     /// The input's columns plus the row number (UInt64).
     pub output_schema: SchemaRef,
+    /// The largest number the filter after this operator keeps (`rownum <= N`), when known: a
+    /// window's rows are then compacted while it is open to those that can still be numbered
+    /// N or less (input only adds rows, so a row's number never goes down).
+    pub limit: Option<u64>,
 }
 
 pub struct WindowTopN {
     spec: Arc<TopNSpec>,
     held: BTreeMap<i64, Vec<RecordBatch>>,
+    /// Per window: the held row count at which to compact next (with a known limit).
+    compact_at: BTreeMap<i64, usize>,
     watermark: i64,
     key_groups: u32,
     metrics: Option<Arc<Metrics>>,
@@ -65,6 +71,7 @@ impl WindowTopN {
         WindowTopN {
             spec,
             held: BTreeMap::new(),
+            compact_at: BTreeMap::new(),
             watermark: MIN_WATERMARK,
             key_groups: keel_types::DEFAULT_KEY_GROUPS,
             metrics: None,
@@ -88,8 +95,34 @@ impl WindowTopN {
             let part = arrow::compute::take_record_batch(batch, &UInt32Array::from(idx))
                 .map_err(RuntimeError::arrow("top-n"))?;
             self.held.entry(e).or_default().push(part);
+            self.maybe_compact(e)?;
         }
         Ok(late)
+    }
+
+    /// With a known limit, replaces window `end`'s held rows by those numbered within the limit
+    /// once they have doubled since the last compaction (so the work stays linear overall).
+    fn maybe_compact(&mut self, end: i64) -> Result<()> {
+        const FIRST: usize = 65_536;
+        let Some(limit) = self.spec.limit else { return Ok(()) };
+        let held: usize = self.held.get(&end).map_or(0, |b| b.iter().map(RecordBatch::num_rows).sum());
+        if held < *self.compact_at.get(&end).unwrap_or(&FIRST) {
+            return Ok(());
+        }
+        let batches = self.held.remove(&end).unwrap_or_default();
+        let rows =
+            arrow::compute::concat_batches(&self.spec.input_schema, &batches).map_err(RuntimeError::arrow("Top-N"))?;
+        let numbered = self.number(&rows)?;
+        let last = numbered.num_columns() - 1;
+        let keep =
+            arrow::compute::kernels::cmp::lt_eq(numbered.column(last), &arrow::array::UInt64Array::new_scalar(limit))
+                .map_err(RuntimeError::arrow("Top-N compaction"))?;
+        let kept = arrow::compute::filter_record_batch(&numbered, &keep).map_err(RuntimeError::arrow("Top-N"))?;
+        let kept = RecordBatch::try_new(self.spec.input_schema.clone(), kept.columns()[..last].to_vec())
+            .map_err(RuntimeError::arrow("Top-N compaction"))?;
+        self.compact_at.insert(end, (2 * kept.num_rows()).max(FIRST));
+        self.held.insert(end, vec![kept]);
+        Ok(())
     }
 
     /// Numbers the rows of one closed window within their partitions.
@@ -189,6 +222,7 @@ impl Operator for WindowTopN {
                 break;
             }
             let batches = self.held.remove(&end).unwrap_or_default();
+            self.compact_at.remove(&end);
             let rows = arrow::compute::concat_batches(&self.spec.input_schema, &batches)
                 .map_err(RuntimeError::arrow("Top-N"))?;
             if rows.num_rows() > 0 {
@@ -211,5 +245,80 @@ impl Operator for WindowTopN {
         cols.extend(rows.columns().iter().cloned());
         let batch = RecordBatch::try_new(schema, cols).map_err(RuntimeError::arrow("Top-N snapshot"))?;
         Ok(Some(keel_state::batch_to_ipc(&batch)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, TimestampMillisecondArray};
+    use datafusion::physical_expr::expressions::Column;
+
+    fn spec(limit: Option<u64>, numbering: Numbering) -> Arc<TopNSpec> {
+        let ts = DataType::Timestamp(TimeUnit::Millisecond, None);
+        let input =
+            Arc::new(Schema::new(vec![Field::new("window_end", ts, false), Field::new("v", DataType::Int64, false)]));
+        let mut fields: Vec<Field> = input.fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.push(Field::new("n", DataType::UInt64, false));
+        Arc::new(TopNSpec {
+            input_schema: input,
+            partition_cols: vec![0],
+            window_end: 0,
+            order: vec![(Arc::new(Column::new("v", 1)), SortOptions { descending: true, nulls_first: false })],
+            numbering,
+            output_schema: Arc::new(Schema::new(fields)),
+            limit,
+        })
+    }
+
+    #[test]
+    fn a_known_limit_compacts_an_open_window_without_changing_its_result() {
+        let seed = 0x7099_u64;
+        println!("seed {seed}");
+        let mut x = seed;
+        let mut next = move || {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((x >> 33) % 50_000) as i64
+        };
+        let batches: Vec<RecordBatch> = (0..20)
+            .map(|_| {
+                let v: Vec<i64> = (0..10_000).map(|_| next()).collect();
+                RecordBatch::try_new(
+                    spec(None, Numbering::Rank).input_schema.clone(),
+                    vec![
+                        Arc::new(TimestampMillisecondArray::from(vec![10_000; v.len()])),
+                        Arc::new(Int64Array::from(v)),
+                    ],
+                )
+                .unwrap()
+            })
+            .collect();
+        let run = |limit: Option<u64>| {
+            let mut op = WindowTopN::new(spec(limit, Numbering::Rank));
+            op.open(&TaskContext::for_test(0, 1), RestoredState::default()).unwrap();
+            for b in &batches {
+                op.process(b.clone(), &mut vec![]).unwrap();
+            }
+            let held: usize = op.held.values().flatten().map(RecordBatch::num_rows).sum();
+            let mut out = vec![];
+            op.on_watermark(20_000, &mut out).unwrap();
+            let mut top: Vec<(i64, u64)> = out
+                .iter()
+                .flat_map(|b| {
+                    let v = b.column(1).as_primitive::<arrow::datatypes::Int64Type>().clone();
+                    let n = b.column(2).as_primitive::<arrow::datatypes::UInt64Type>().clone();
+                    (0..b.num_rows()).map(move |i| (v.value(i), n.value(i))).collect::<Vec<_>>()
+                })
+                .filter(|(_, n)| *n <= 3)
+                .collect();
+            top.sort();
+            (top, held)
+        };
+        let (all, held_all) = run(None);
+        let (compacted, held_compacted) = run(Some(3));
+        assert_eq!(held_all, 200_000);
+        assert!(held_compacted < 70_000, "the open window was compacted: {held_compacted} rows held");
+        assert!(all.len() >= 3);
+        assert_eq!(compacted, all, "RANK <= 3 (ties included) is the same with and without compaction");
     }
 }
