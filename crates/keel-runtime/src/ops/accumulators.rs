@@ -34,7 +34,7 @@ pub enum AggregateFunction {
 #[derive(Debug)]
 enum Values {
     /// The distinct values seen per group, in Arrow's row format.
-    Distinct(Vec<std::collections::HashSet<Box<[u8]>>>, Box<arrow::row::RowConverter>),
+    Distinct(Vec<hashbrown::HashSet<Box<[u8]>>>, Box<arrow::row::RowConverter>),
     Int(Vec<i64>),
     Float(Vec<f64>),
     Decimal(Vec<i128>, u8, i8),
@@ -345,7 +345,12 @@ impl Accumulator {
                     .convert_columns(std::slice::from_ref(arg))
                     .map_err(RuntimeError::arrow("COUNT(DISTINCT) values"))?;
                 for (i, &g) in groups.iter().enumerate() {
-                    if arg.is_valid(i) && sets[g as usize].insert(rows.row(i).data().into()) {
+                    // Allocate a value's copy only when it is new to the group.
+                    let v = rows.row(i);
+                    if arg.is_valid(i)
+                        && !sets[g as usize].contains(v.data())
+                        && sets[g as usize].insert(v.data().into())
+                    {
                         self.counts[g as usize] += 1;
                     }
                 }
@@ -357,7 +362,12 @@ impl Accumulator {
                 for (i, &g) in groups.iter().enumerate() {
                     if arg.is_valid(i) {
                         let set = &mut sets[g as usize];
-                        *set.entry(rows.row(i).data().into()).or_insert(0) += 1;
+                        match set.get_mut(rows.row(i).data()) {
+                            Some(n) => *n += 1,
+                            None => {
+                                set.insert(rows.row(i).data().into(), 1);
+                            }
+                        }
                         self.counts[g as usize] = if func == AggregateFunction::CountDistinct {
                             set.len() as i64
                         } else {
