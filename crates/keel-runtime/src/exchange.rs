@@ -115,6 +115,24 @@ pub fn row_key_groups(batch: &RecordBatch, keys: &[usize], key_groups: u32) -> R
     Ok(row_hashes(batch, keys)?.into_iter().map(|h| key_group(h, key_groups)).collect())
 }
 
+/// The rows of a keyed-state snapshot table (its first column: each row's key group, UInt32)
+/// that a subtask owning `range` restores; `None` when it owns none of them.
+pub fn owned_rows(batch: &RecordBatch, range: keel_types::KeyGroupRange) -> Result<Option<RecordBatch>> {
+    let kg = batch.column(0).as_primitive_opt::<arrow::datatypes::UInt32Type>().ok_or_else(|| {
+        RuntimeError::Internal("a keyed-state table must start with a UInt32 key_group column".into())
+    })?;
+    let keep: Vec<u32> = (0..batch.num_rows() as u32).filter(|&i| range.contains(kg.value(i as usize))).collect();
+    if keep.is_empty() {
+        return Ok(None);
+    }
+    if keep.len() == batch.num_rows() {
+        return Ok(Some(batch.clone()));
+    }
+    arrow::compute::take_record_batch(batch, &UInt32Array::from(keep))
+        .map(Some)
+        .map_err(RuntimeError::arrow("restoring keyed state"))
+}
+
 /// Splits `batch` into one batch per target subtask (`None` where no row goes).
 pub fn split_by_key(
     batch: &RecordBatch,

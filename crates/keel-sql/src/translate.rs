@@ -64,6 +64,22 @@ fn arrow_schema(s: &DFSchema) -> SchemaRef {
     Arc::new(s.as_arrow().clone())
 }
 
+impl Stream {
+    /// A changelog produced by a new stage: no time attribute or window column survives it.
+    fn changelog(stage: usize) -> Stream {
+        Stream {
+            stage,
+            updating: true,
+            rowtime: None,
+            window_start: None,
+            window_end: None,
+            window: None,
+            proctime: None,
+            processing_time: false,
+        }
+    }
+}
+
 impl Translator<'_> {
     fn push(&mut self, s: &Stream, op: PlannedOp) {
         self.stages[s.stage].ops.push(op);
@@ -332,16 +348,7 @@ impl Translator<'_> {
             PlannedInput::Exchange { from: s.stage, keys: (0..nk).collect() },
             PlannedOp::GroupAggregate(Arc::new(spec)),
         );
-        Ok(Stream {
-            stage,
-            updating: true,
-            rowtime: None,
-            window_start: None,
-            window_end: None,
-            window: None,
-            proctime: None,
-            processing_time: false,
-        })
+        Ok(Stream::changelog(stage))
     }
 
     /// `WHERE rn <= N` over `ROW_NUMBER() OVER (PARTITION BY ... ORDER BY ...)` (not per window):
@@ -465,16 +472,7 @@ impl Translator<'_> {
         };
         let stage = self
             .new_stage(PlannedInput::Exchange { from: s.stage, keys: partition_cols }, PlannedOp::Rank(Arc::new(spec)));
-        let mut out = Stream {
-            stage,
-            updating: true,
-            rowtime: None,
-            window_start: None,
-            window_end: None,
-            window: None,
-            proctime: None,
-            processing_time: false,
-        };
+        let mut out = Stream::changelog(stage);
         for n in chain.into_iter().rev() {
             if let LogicalPlan::Projection(p) = n {
                 let exprs = p

@@ -284,14 +284,7 @@ impl Operator for WindowAggregate {
             if let Some(w) = batch.schema().metadata().get("watermark").and_then(|w| w.parse::<i64>().ok()) {
                 wm = Some(wm.map_or(w, |m| m.min(w)));
             }
-            let kg = batch.column(0).as_primitive::<UInt32Type>();
-            let keep: Vec<u32> =
-                (0..batch.num_rows() as u32).filter(|&i| range.contains(kg.value(i as usize))).collect();
-            if keep.is_empty() {
-                continue;
-            }
-            let batch = arrow::compute::take_record_batch(&batch, &UInt32Array::from(keep))
-                .map_err(RuntimeError::arrow("restore"))?;
+            let Some(batch) = crate::exchange::owned_rows(&batch, range)? else { continue };
             let kg = batch.column(0).as_primitive::<UInt32Type>().clone();
             let starts = batch.column(1).as_primitive::<arrow::datatypes::Int64Type>().clone();
             let ends = batch.column(2).as_primitive::<arrow::datatypes::Int64Type>().clone();

@@ -311,14 +311,7 @@ impl Operator for GroupAggregate {
         let nk = self.spec.num_keys;
         for part in restored.parts.iter().filter(|p| !p.is_empty()) {
             let batch = keel_state::batch_from_ipc(part, "group aggregate state")?;
-            let kg = batch.column(0).as_primitive::<UInt32Type>();
-            let keep: Vec<u32> =
-                (0..batch.num_rows() as u32).filter(|&i| range.contains(kg.value(i as usize))).collect();
-            if keep.is_empty() {
-                continue;
-            }
-            let batch = arrow::compute::take_record_batch(&batch, &UInt32Array::from(keep))
-                .map_err(RuntimeError::arrow("restoring group aggregate state"))?;
+            let Some(batch) = crate::exchange::owned_rows(&batch, range)? else { continue };
             let kg = batch.column(0).as_primitive::<UInt32Type>().clone();
             let rows = batch.column(1).as_primitive::<Int64Type>().clone();
             let keys = self.key_bytes(&batch.columns()[2..2 + nk], batch.num_rows())?;

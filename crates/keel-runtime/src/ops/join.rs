@@ -494,13 +494,7 @@ impl Join {
 
     fn restore_side(&mut self, s: usize, bytes: &[u8], range: KeyGroupRange) -> Result<()> {
         let batch = keel_state::batch_from_ipc(bytes, "join state")?;
-        let kg = batch.column(0).as_primitive::<UInt32Type>();
-        let keep: Vec<u32> = (0..batch.num_rows() as u32).filter(|&i| range.contains(kg.value(i as usize))).collect();
-        if keep.is_empty() {
-            return Ok(());
-        }
-        let batch = arrow::compute::take_record_batch(&batch, &UInt32Array::from(keep))
-            .map_err(RuntimeError::arrow("restoring join state"))?;
+        let Some(batch) = crate::exchange::owned_rows(&batch, range)? else { return Ok(()) };
         let num = |c: usize| batch.column(c).as_primitive::<Int64Type>().clone();
         let (count, matches, expiry) = (num(1), num(2), num(3));
         let kg = batch.column(0).as_primitive::<UInt32Type>().clone();

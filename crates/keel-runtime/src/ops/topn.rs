@@ -13,7 +13,7 @@ use crate::metrics::Metrics;
 use crate::operator::{Operator, RestoredState, TaskContext};
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array, UInt64Array};
 use arrow::compute::{SortColumn, SortOptions};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit, TimestampMillisecondType, UInt32Type};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit, TimestampMillisecondType};
 use arrow::row::{RowConverter, SortField};
 use datafusion::physical_expr::PhysicalExpr;
 use keel_types::KeyGroupRange;
@@ -190,11 +190,7 @@ impl Operator for WindowTopN {
             if let Some(w) = batch.schema().metadata().get("watermark").and_then(|w| w.parse::<i64>().ok()) {
                 wm = Some(wm.map_or(w, |m| m.min(w)));
             }
-            let kg = batch.column(0).as_primitive::<UInt32Type>();
-            let keep: Vec<u32> =
-                (0..batch.num_rows() as u32).filter(|&i| range.contains(kg.value(i as usize))).collect();
-            let rows = arrow::compute::take_record_batch(&batch, &UInt32Array::from(keep))
-                .map_err(RuntimeError::arrow("restore"))?;
+            let Some(rows) = crate::exchange::owned_rows(&batch, range)? else { continue };
             let rows = RecordBatch::try_new(self.spec.input_schema.clone(), rows.columns()[1..].to_vec())
                 .map_err(RuntimeError::arrow("Top-N state"))?;
             self.hold(&rows)?;
