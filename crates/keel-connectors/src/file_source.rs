@@ -202,27 +202,45 @@ impl FileSource {
 
     /// Reads the next chunk of whole lines of file `idx`: (its first byte, the bytes).
     fn read_lines(&mut self, idx: usize) -> Result<Option<(u64, Vec<u8>)>> {
+        /// A longer line is refused rather than read into memory without bound.
+        const MAX_LINE: usize = 256 << 20;
         let path = self.file_path(&self.files[idx].name);
         let mut f = std::fs::File::open(&path).map_err(ConnectorError::io("cannot open", &path))?;
         let start = self.files[idx].offset;
         f.seek(SeekFrom::Start(start)).map_err(ConnectorError::io("cannot seek in", &path))?;
-        let mut buf = vec![0u8; 1 << 20];
-        let n = f.read(&mut buf).map_err(ConnectorError::io("cannot read", &path))?;
-        buf.truncate(n);
-        let whole = match buf.iter().rposition(|&b| b == b'\n') {
-            Some(p) => p + 1,
-            // No newline: the rest of the file is one last line, unless more may be appended.
-            None if n > 0 && self.cfg.monitor_interval.is_none() && n < (1 << 20) => n,
-            None => 0,
-        };
-        if whole == 0 {
+        let mut buf = Vec::with_capacity(1 << 20);
+        let mut limit = 1usize << 20;
+        loop {
+            let want = (limit - buf.len()) as u64;
+            (&mut f).take(want).read_to_end(&mut buf).map_err(ConnectorError::io("cannot read", &path))?;
+            let eof = buf.len() < limit;
+            if let Some(p) = buf.iter().rposition(|&b| b == b'\n') {
+                buf.truncate(p + 1);
+                return Ok(Some((start, buf)));
+            }
+            if !eof {
+                // One line longer than what was read: read more of it.
+                limit *= 2;
+                if limit > 2 * MAX_LINE {
+                    return Err(RuntimeError::User(format!(
+                        "table '{}': {} has a line longer than {} MB at byte {start}; split the file's records into lines",
+                        self.cfg.table,
+                        path.display(),
+                        MAX_LINE >> 20
+                    )));
+                }
+                continue;
+            }
+            // No newline before the end: the rest of the file is one last line, unless more may
+            // be appended (a watched directory), in which case it waits for its newline.
+            if !buf.is_empty() && self.cfg.monitor_interval.is_none() {
+                return Ok(Some((start, buf)));
+            }
             if self.cfg.monitor_interval.is_none() {
                 self.files[idx].done = true;
             }
             return Ok(None);
         }
-        buf.truncate(whole);
-        Ok(Some((start, buf)))
     }
 
     /// Lines consumed of file `idx`, counted from the file if the checkpoint did not record them.

@@ -234,3 +234,32 @@ fn dead_letters_are_committed_once_with_their_checkpoint() {
     assert_eq!((got[1]["line"].as_u64(), got[1]["record"].as_str()), (Some(1), Some("{\"id\": null}")));
     assert!(got[1]["file"].as_str().unwrap().ends_with("b.jsonl") && got[1]["error"].is_string());
 }
+
+#[test]
+fn lines_longer_than_the_read_buffer_are_read_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    // A 3 MB line (three times the first read) between ordinary ones, and a last line without
+    // a newline: every row must come out, in order.
+    let long = format!("{{\"id\": 2, \"name\": \"{}\", \"ts\": 0}}", "x".repeat(3 << 20));
+    let text = format!("{{\"id\": 1, \"ts\": 0}}\n{long}\n{{\"id\": 3, \"ts\": 0}}\n{{\"id\": 4, \"ts\": 0}}");
+    std::fs::write(input.join("a.jsonl"), text).unwrap();
+    let mut src = FileSource::new(config(&input, FileSourceFormat::JsonLines, BadRecordPolicy::Fail));
+    src.open(&ctx(dir.path()), RestoredState::default()).unwrap();
+    let mut ids = vec![];
+    let mut long_name = 0;
+    loop {
+        match src.poll().unwrap() {
+            SourcePoll::Batch(b) => {
+                ids.extend(b.column(0).as_primitive::<Int64Type>().values().iter().copied());
+                let names = b.column(1).as_string::<i32>();
+                long_name = long_name.max((0..b.num_rows()).map(|i| names.value(i).len()).max().unwrap_or(0));
+            }
+            SourcePoll::Exhausted => break,
+            SourcePoll::Pending => panic!("a bounded source is never pending"),
+        }
+    }
+    assert_eq!(ids, [1, 2, 3, 4]);
+    assert_eq!(long_name, 3 << 20);
+}
