@@ -59,7 +59,9 @@ pub fn resolve_computed(def: &mut TableDef) -> Result<Option<Computed>> {
                 let bad = |e: datafusion::error::DataFusionError| {
                     SqlError::invalid(col.pos, format!("computed column {}: {}", col.name, e.strip_backtrace()))
                 };
-                let e = state.create_logical_expr(sql, &df).map_err(bad)?;
+                // Flink's time syntax (FLOOR(t TO HOUR), TIMESTAMPADD(...)) as in queries.
+                let sql = script::render(&crate::scalar_time::rewrite_time_syntax(&script::tokenize(sql)?)?);
+                let e = state.create_logical_expr(&sql, &df).map_err(bad)?;
                 let (_, f) = e.to_field(&df).map_err(bad)?;
                 col.data_type = f.data_type().clone();
                 exprs.push(state.create_physical_expr(e, &df).map_err(bad)?);
@@ -756,4 +758,25 @@ pub(crate) fn interval_bounds(filter: &Expr, schema: &DFSchema, lt: usize, rt: u
         }
     }
     Some((lower?, upper?))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn computed_columns_take_flink_time_syntax() {
+        let sql = "CREATE TABLE t (ts TIMESTAMP(3), h AS FLOOR(ts TO HOUR), later AS TIMESTAMPADD(MINUTE, 5, ts),
+              WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) WITH ('connector' = 'datagen', 'number-of-rows' = '10');
+            CREATE TABLE o (h TIMESTAMP(3), later TIMESTAMP(3)) WITH ('connector' = 'blackhole');
+            INSERT INTO o SELECT h, later FROM t;";
+        let opts = crate::PipelineOptions {
+            job: "j".into(),
+            data_dir: ".".into(),
+            parallelism: 1,
+            bounded: true,
+            udfs: vec![],
+            udafs: vec![],
+        };
+        let planned = crate::plan(sql, &opts);
+        assert!(planned.is_ok(), "{:?}", planned.err().map(|e| e.to_string()));
+    }
 }
