@@ -5,26 +5,12 @@
 use super::*;
 use arrow::array::{Array, AsArray, Int32Array, Int64Array, ListArray, TimestampMillisecondArray};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, TimeUnit};
-use keel_runtime::Metrics;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use std::path::Path;
 
-fn ctx(data_dir: &Path) -> TaskContext {
-    TaskContext {
-        job: "j".into(),
-        stage: "s".into(),
-        subtask: 0,
-        parallelism: 1,
-        key_groups: 128,
-        data_dir: data_dir.into(),
-        job_dir: data_dir.join("jobs/j"),
-        run_id: "r".into(),
-        attempt: 0,
-        metrics: Arc::new(Metrics::default()),
-    }
-}
+use crate::upsert::tests::ctx;
 
 fn table_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![

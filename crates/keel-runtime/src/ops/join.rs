@@ -215,7 +215,9 @@ impl Join {
     fn on_batch(&mut self, s: usize, batch: &RecordBatch, out: &mut Vec<RecordBatch>) -> Result<()> {
         let now = Instant::now();
         self.expire_ttl(now);
-        let side = self.side(s).clone();
+        // The spec is shared (an Arc): a handle to it, not a copy of the side, per batch.
+        let spec = self.spec.clone();
+        let side = if s == 0 { &spec.left } else { &spec.right };
         let o = 1 - s;
         let n = batch.num_rows();
         let ncols = side.schema.fields().len();
