@@ -236,3 +236,15 @@ fn restore_at_another_parallelism_gives_the_same_results() {
     assert_eq!(table, expected);
     assert!(!expected.is_empty());
 }
+
+#[test]
+fn a_truncated_snapshot_is_refused_on_restore() {
+    let mut op = Join::new(spec(JoinType::Inner, [false, false], None)).unwrap();
+    op.open(&ctx(0, 1), RestoredState::default()).unwrap();
+    feed(&mut op, 0, rows(&[Some(1)], &["a"], &[0], None));
+    let mut snap = op.snapshot(1).unwrap().unwrap();
+    snap.truncate(snap.len() / 2);
+    let restored = RestoredState { parts: vec![snap], inherited: vec![0], checkpoint: Some(1) };
+    let mut again = Join::new(spec(JoinType::Inner, [false, false], None)).unwrap();
+    assert!(again.open(&ctx(0, 1), restored).is_err(), "half a snapshot must not restore as if it were whole");
+}
