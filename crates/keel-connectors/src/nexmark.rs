@@ -9,6 +9,11 @@
 //! move whole between subtasks on a parallelism change. Event time advances by `1000 / rate` ms
 //! per event; with an out-of-order group size `g > 1`, times are permuted inside each group of `g`
 //! consecutive events.
+//!
+//! A query that reads only some kinds of event (the `bid` view's `WHERE event_type = 2`) can say
+//! so in `event_types`; the generator then builds rows only for those kinds. The others still
+//! consume their event numbers and advance the watermark, so the rows that are built, their
+//! times and the watermarks are exactly those of the full stream after that filter.
 
 use crate::error::ConnectorError;
 use crate::splits::Splits;
@@ -61,6 +66,20 @@ pub struct NexmarkConfig {
     pub schema: SchemaRef,
     pub computed: Option<(Vec<Arc<dyn PhysicalExpr>>, SchemaRef)>,
     pub event_time: Option<(usize, i64)>,
+    /// The event kinds (0 person, 1 auction, 2 bid) to build rows for; `None` builds all.
+    pub event_types: Option<Vec<i32>>,
+}
+
+/// The kind of event `n`: 0 person, 1 auction, 2 bid.
+fn kind_of(n: u64) -> i32 {
+    let offset = n % TOTAL_PROPORTION;
+    if offset < PERSON_PROPORTION {
+        0
+    } else if offset < PERSON_PROPORTION + AUCTION_PROPORTION {
+        1
+    } else {
+        2
+    }
 }
 
 /// A small deterministic random stream for one event.
@@ -157,11 +176,13 @@ fn recent_auction(n: u64, r: &mut Rand) -> u64 {
     min + r.below(max - min + 1 + ID_LEAD)
 }
 
-/// Columns being built for one batch. Every child column gets a value for every event (an empty
-/// one where the event is of another kind), so that the three rows stay aligned; the row's null
-/// buffer hides the filler.
+/// Columns being built for one batch. Every child column of a kind being built gets a value for
+/// every row (an empty one where the event is of another kind), so that the rows stay aligned;
+/// the row's null buffer hides the filler. A kind not being built is one all-null column.
 #[derive(Default)]
 struct Columns {
+    /// Which kinds (person, auction, bid) are left out of this batch.
+    skip: [bool; 3],
     kind: Vec<i32>,
     p_id: Vec<i64>,
     p_name: StringBuilder,
@@ -192,18 +213,17 @@ struct Columns {
 }
 
 impl Columns {
-    /// Appends event `n` at event time `ts` (one slot in each of the three rows; two are null).
-    fn push(&mut self, seed: u64, n: u64, ts: i64) {
+    /// Columns that leave out the kinds not in `event_types` (all kinds when `None`).
+    fn for_kinds(event_types: Option<&[i32]>) -> Columns {
+        let skip = |k: i32| event_types.is_some_and(|t| !t.contains(&k));
+        Columns { skip: [skip(0), skip(1), skip(2)], ..Columns::default() }
+    }
+
+    /// Appends event `n`, of kind `kind`, at event time `ts` (one slot in each of the kinds' rows
+    /// built; all but one are null).
+    fn push(&mut self, seed: u64, n: u64, kind: i32, ts: i64) {
         use std::fmt::Write;
         let mut r = Rand::new(seed, n);
-        let offset = n % TOTAL_PROPORTION;
-        let kind = if offset < PERSON_PROPORTION {
-            0
-        } else if offset < PERSON_PROPORTION + AUCTION_PROPORTION {
-            1
-        } else {
-            2
-        };
         self.kind.push(kind);
         let (mut pt, mut at, mut bt) = (0, 0, 0);
         match kind {
@@ -290,7 +310,7 @@ impl Columns {
                 bt = ts;
             }
         }
-        if kind != 0 {
+        if kind != 0 && !self.skip[0] {
             self.p_id.push(0);
             for b in [
                 &mut self.p_name,
@@ -303,7 +323,7 @@ impl Columns {
                 b.append_value("");
             }
         }
-        if kind != 1 {
+        if kind != 1 && !self.skip[1] {
             for v in [
                 &mut self.a_id,
                 &mut self.a_initial,
@@ -318,7 +338,7 @@ impl Columns {
                 b.append_value("");
             }
         }
-        if kind != 2 {
+        if kind != 2 && !self.skip[2] {
             for v in [&mut self.b_auction, &mut self.b_bidder, &mut self.b_price] {
                 v.push(0);
             }
@@ -378,10 +398,22 @@ impl Columns {
     fn finish(mut self, schema: &SchemaRef) -> std::result::Result<RecordBatch, String> {
         let valid = |k: i32| NullBuffer::from(self.kind.iter().map(|&x| x == k).collect::<Vec<_>>());
         let (pv, av, bv) = (valid(0), valid(1), valid(2));
+        let rows = self.kind.len();
         let kind: ArrayRef = Arc::new(Int32Array::from(std::mem::take(&mut self.kind)));
         let mut cols = vec![];
         for f in schema.fields() {
-            let col = match f.name().to_ascii_lowercase().as_str() {
+            let name = f.name().to_ascii_lowercase();
+            let skipped = match name.as_str() {
+                "person" => self.skip[0],
+                "auction" => self.skip[1],
+                "bid" => self.skip[2],
+                _ => false,
+            };
+            if skipped {
+                cols.push(arrow::array::new_null_array(f.data_type(), rows));
+                continue;
+            }
+            let col = match name.as_str() {
                 "event_type" => arrow::compute::cast(&kind, f.data_type()).map_err(|e| e.to_string())?,
                 "person" => row(
                     f.data_type(),
@@ -446,21 +478,33 @@ pub struct NexmarkSource {
     cfg: NexmarkConfig,
     splits: Option<Splits>,
     cursor: usize,
+    /// The out-of-order permutation's step: the smallest number above 1 coprime with the group.
+    step: u64,
 }
 
 impl NexmarkSource {
     pub fn new(cfg: NexmarkConfig) -> Self {
-        NexmarkSource { cfg, splits: None, cursor: 0 }
+        let g = cfg.out_of_order_group.max(1);
+        let step = (2..).find(|k| gcd(*k, g) == 1).unwrap_or(1);
+        NexmarkSource { cfg, splits: None, cursor: 0, step }
     }
 
     /// The event time of event `n`.
     fn time_of(&self, n: u64) -> i64 {
         let g = self.cfg.out_of_order_group.max(1);
-        let group = n / g * g;
         // A fixed permutation inside the group: multiply by a step coprime with g.
-        let step = (2..).find(|k| gcd(*k, g) == 1).unwrap_or(1);
-        let slot = if g == 1 { n } else { group + ((n - group) * step) % g };
-        self.cfg.base_time_ms + (slot as u128 * 1000 / u128::from(self.cfg.rate.max(1))) as i64
+        let slot = if g == 1 {
+            n
+        } else {
+            let group = n / g * g;
+            group + ((n - group) * self.step) % g
+        };
+        let rate = self.cfg.rate.max(1);
+        let offset = match slot.checked_mul(1000) {
+            Some(ms) => ms / rate,
+            None => (u128::from(slot) * 1000 / u128::from(rate)) as u64,
+        };
+        self.cfg.base_time_ms + offset as i64
     }
 }
 
@@ -500,14 +544,21 @@ impl NexmarkSource {
             if splits.finished(idx) {
                 continue;
             }
-            let mut cols = Columns::default();
-            let mut count = 0;
-            while count < self.cfg.batch_size && !splits.finished(idx) {
+            let mut cols = Columns::for_kinds(self.cfg.event_types.as_deref());
+            let (mut rows, mut events) = (0, 0);
+            // Events of kinds left out are consumed without a row; a poll stops after a bounded
+            // number of them so that barriers and watermarks still pass often.
+            let max_events = self.cfg.batch_size.saturating_mul(TOTAL_PROPORTION as usize);
+            while rows < self.cfg.batch_size && events < max_events && !splits.finished(idx) {
                 let event = splits.next_number(idx);
                 let ts = self.time_of(event);
-                cols.push(self.cfg.seed, event, ts);
+                let kind = kind_of(event);
+                if !cols.skip[kind as usize] {
+                    cols.push(self.cfg.seed, event, kind, ts);
+                    rows += 1;
+                }
                 splits.advance(idx, 1, ts);
-                count += 1;
+                events += 1;
             }
             let base = cols
                 .finish(&self.cfg.schema)
@@ -536,7 +587,7 @@ impl NexmarkSource {
 /// Checks a nexmark table's stored columns against what the generator produces, before running.
 pub fn check_schema(schema: &SchemaRef) -> std::result::Result<(), ConnectorError> {
     let mut cols = Columns::default();
-    cols.push(0, 0, 0);
+    cols.push(0, 0, 0, 0);
     cols.finish(schema).map(|_| ()).map_err(ConnectorError::Config)
 }
 
@@ -608,7 +659,7 @@ mod tests {
         );
         let mut cols = Columns::default();
         for n in 0..5000 {
-            cols.push(7, n, n as i64);
+            cols.push(7, n, kind_of(n), n as i64);
         }
         let b = cols.finish(&flink_schema()).unwrap();
         let kinds = b.column(0).as_primitive::<arrow::datatypes::Int32Type>();
@@ -621,10 +672,44 @@ mod tests {
     }
 
     #[test]
+    fn leaving_kinds_out_keeps_the_rows_of_the_others() {
+        let build = |kinds: Option<&[i32]>| {
+            let mut cols = Columns::for_kinds(kinds);
+            for n in 0..3000 {
+                let kind = kind_of(n);
+                if !cols.skip[kind as usize] {
+                    cols.push(11, n, kind, n as i64 * 3);
+                }
+            }
+            cols.finish(&flink_schema()).unwrap()
+        };
+        let all = build(None);
+        for kinds in [&[2][..], &[0, 1][..], &[1][..]] {
+            let some = build(Some(kinds));
+            let keep = arrow::array::BooleanArray::from(
+                all.column(0)
+                    .as_primitive::<arrow::datatypes::Int32Type>()
+                    .iter()
+                    .map(|k| Some(kinds.contains(&k.unwrap())))
+                    .collect::<Vec<_>>(),
+            );
+            let expected = arrow::compute::filter_record_batch(&all, &keep).unwrap();
+            assert_eq!(some.num_rows(), expected.num_rows(), "kinds {kinds:?}");
+            for (i, name) in ["event_type", "person", "auction", "bid"].into_iter().enumerate() {
+                if i == 0 || kinds.contains(&(i as i32 - 1)) {
+                    assert_eq!(some.column(i).as_ref(), expected.column(i).as_ref(), "kinds {kinds:?}, column {name}");
+                } else {
+                    assert_eq!(some.column(i).null_count(), some.num_rows(), "kinds {kinds:?}, column {name}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn the_same_seed_and_number_give_the_same_event() {
         let one = |n| {
             let mut c = Columns::default();
-            c.push(3, n, 0);
+            c.push(3, n, kind_of(n), 0);
             c.finish(&flink_schema()).unwrap()
         };
         assert_eq!(one(1234), one(1234));

@@ -87,10 +87,17 @@ impl InsertBuilder<'_> {
                 format!("topic '{topic}' (JSON, bad records: {bad_records:?})")
             }
             connectors::SourcePlan::Nexmark(c) => format!(
-                "nexmark generator ({} events, {} per second of event time, {} splits)",
+                "nexmark generator ({} events, {} per second of event time, {} splits{})",
                 c.events.map(|e| e.to_string()).unwrap_or_else(|| "unbounded".into()),
                 c.rate,
-                c.splits
+                c.splits,
+                match &c.event_types {
+                    None => String::new(),
+                    Some(k) => format!(
+                        ", rows built for event_type {} only",
+                        k.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(", ")
+                    ),
+                }
             ),
             connectors::SourcePlan::Files(f) => format!(
                 "files under {} ({:?}, {})",

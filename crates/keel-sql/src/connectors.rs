@@ -312,6 +312,7 @@ pub fn source_plan(def: &TableDef, job: &str) -> Result<SourcePlan> {
                 schema: std::sync::Arc::new(arrow::datatypes::Schema::empty()),
                 computed: None,
                 event_time: None,
+                event_types: None,
             }))
         }
         "datagen" => datagen_plan(def),

@@ -6,11 +6,13 @@
 
 pub mod build;
 pub mod connectors;
+mod cse;
 pub mod error;
 pub mod functions;
 mod over;
 pub mod plan;
 pub mod planner;
+mod pushdown;
 pub mod scalar;
 mod scalar_time;
 pub mod script;

@@ -8,7 +8,7 @@
 //! `LPAD`/`RPAD` return NULL for a negative length or an empty pad (DataFusion's give a string),
 //! and cut a longer string to the length, counting characters.
 
-use arrow::array::{Array, ArrayRef, AsArray, Int64Array, StringArray};
+use arrow::array::{Array, ArrayRef, AsArray, Int64Array, StringBuilder};
 use arrow::datatypes::{DataType, Int64Type};
 use datafusion::common::{Result, ScalarValue, exec_err};
 use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility, create_udf};
@@ -51,14 +51,15 @@ fn rpad(args: &[ColumnarValue]) -> Result<ColumnarValue> {
 fn pad(args: &[ColumnarValue], left: bool) -> Result<ColumnarValue> {
     let (a, n, scalar) = arrays(args)?;
     let (s, len, p) = (a[0].as_string::<i32>(), a[1].as_primitive::<Int64Type>(), a[2].as_string::<i32>());
-    let mut out = arrow::array::StringBuilder::with_capacity(n, n * 8);
+    let mut out = StringBuilder::with_capacity(n, n * 8);
     let mut buf = String::new();
     for i in 0..n {
-        if s.is_null(i) || len.is_null(i) || p.is_null(i) || len.value(i) < 0 || p.value(i).is_empty() {
+        let (is, il, ip) = (at(s, i), at(len, i), at(p, i));
+        if s.is_null(is) || len.is_null(il) || p.is_null(ip) || len.value(il) < 0 || p.value(ip).is_empty() {
             out.append_null();
             continue;
         }
-        let (base, want, fill) = (s.value(i), len.value(i) as usize, p.value(i));
+        let (base, want, fill) = (s.value(is), len.value(il) as usize, p.value(ip));
         let have = base.chars().count();
         buf.clear();
         if have >= want {
@@ -83,13 +84,16 @@ fn count_char(args: &[ColumnarValue]) -> Result<ColumnarValue> {
     let (s, c) = (a[0].as_string::<i32>(), a[1].as_string::<i32>());
     let out: Int64Array = (0..n)
         .map(|i| {
-            let ch = c.is_valid(i).then(|| c.value(i).chars().next()).flatten()?;
-            s.is_valid(i).then(|| s.value(i).chars().filter(|x| *x == ch).count() as i64)
+            let (is, ic) = (at(s, i), at(c, i));
+            let ch = c.is_valid(ic).then(|| c.value(ic).chars().next()).flatten()?;
+            s.is_valid(is).then(|| s.value(is).chars().filter(|x| *x == ch).count() as i64)
         })
         .collect();
     done(Arc::new(out), scalar)
 }
 
+/// The arguments as arrays, with the number of rows and whether all were scalars. A scalar
+/// argument becomes a one-element array (not one copy per row): read it through `at`.
 fn arrays(args: &[ColumnarValue]) -> Result<(Vec<ArrayRef>, usize, bool)> {
     let n = args.iter().find_map(|a| match a {
         ColumnarValue::Array(a) => Some(a.len()),
@@ -97,7 +101,19 @@ fn arrays(args: &[ColumnarValue]) -> Result<(Vec<ArrayRef>, usize, bool)> {
     });
     let all_scalar = n.is_none();
     let n = n.unwrap_or(1);
-    Ok((args.iter().map(|a| a.clone().into_array(n)).collect::<Result<_>>()?, n, all_scalar))
+    let arrays = args
+        .iter()
+        .map(|a| match a {
+            ColumnarValue::Array(a) => Ok(a.clone()),
+            ColumnarValue::Scalar(v) => v.to_array_of_size(1),
+        })
+        .collect::<Result<_>>()?;
+    Ok((arrays, n, all_scalar))
+}
+
+/// The index of row `i` in an argument from `arrays`: 0 for a scalar's one-element array.
+fn at(a: &dyn Array, i: usize) -> usize {
+    if a.len() == 1 { 0 } else { i }
 }
 
 fn done(a: ArrayRef, all_scalar: bool) -> Result<ColumnarValue> {
@@ -113,7 +129,10 @@ fn modulo(args: &[ColumnarValue]) -> Result<ColumnarValue> {
     let (a, n, scalar) = arrays(args)?;
     let (x, y) = (a[0].as_primitive::<Int64Type>(), a[1].as_primitive::<Int64Type>());
     let out: Int64Array = (0..n)
-        .map(|i| (x.is_valid(i) && y.is_valid(i) && y.value(i) != 0).then(|| x.value(i).wrapping_rem(y.value(i))))
+        .map(|i| {
+            let (ix, iy) = (at(x, i), at(y, i));
+            (x.is_valid(ix) && y.is_valid(iy) && y.value(iy) != 0).then(|| x.value(ix).wrapping_rem(y.value(iy)))
+        })
         .collect();
     done(Arc::new(out), scalar)
 }
@@ -122,39 +141,72 @@ fn modulo(args: &[ColumnarValue]) -> Result<ColumnarValue> {
 fn split_index(args: &[ColumnarValue]) -> Result<ColumnarValue> {
     let (a, n, scalar) = arrays(args)?;
     let (s, d, k) = (a[0].as_string::<i32>(), a[1].as_string::<i32>(), a[2].as_primitive::<Int64Type>());
-    let out: StringArray = (0..n)
-        .map(|i| {
-            if s.is_null(i) || d.is_null(i) || k.is_null(i) || k.value(i) < 0 || d.value(i).is_empty() {
-                return None;
+    let mut out = StringBuilder::with_capacity(n, n * 8);
+    for i in 0..n {
+        let (is, id, ik) = (at(s, i), at(d, i), at(k, i));
+        if s.is_null(is) || d.is_null(id) || k.is_null(ik) || k.value(ik) < 0 || d.value(id).is_empty() {
+            out.append_null();
+            continue;
+        }
+        let (text, delimiter) = (s.value(is), d.value(id));
+        let piece = match delimiter.as_bytes() {
+            &[b] if b.is_ascii() => nth_piece(text, b, k.value(ik) as usize),
+            _ => text.split(delimiter).nth(k.value(ik) as usize),
+        };
+        out.append_option(piece);
+    }
+    done(Arc::new(out.finish()), scalar)
+}
+
+/// The `k`-th piece of `text` split at the ASCII byte `delimiter`: a plain byte loop, which on
+/// short strings such as URLs beats a `memchr` call (and a compare) per piece.
+fn nth_piece(text: &str, delimiter: u8, k: usize) -> Option<&str> {
+    let bytes = text.as_bytes();
+    let (mut piece, mut start) = (0, 0);
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == delimiter {
+            if piece == k {
+                return text.get(start..i);
             }
-            s.value(i).split(d.value(i)).nth(k.value(i) as usize).map(str::to_string)
-        })
-        .collect();
-    done(Arc::new(out), scalar)
+            piece += 1;
+            start = i + 1;
+        }
+    }
+    // An ASCII delimiter never splits a UTF-8 character, so `get` always succeeds.
+    (piece == k).then(|| text.get(start..)).flatten()
 }
 
 /// `REGEXP_EXTRACT(s, pattern, group)`: the `group`-th capture of the first match.
 fn regexp_extract(args: &[ColumnarValue]) -> Result<ColumnarValue> {
     let (a, n, scalar) = arrays(args)?;
     let (s, p, g) = (a[0].as_string::<i32>(), a[1].as_string::<i32>(), a[2].as_primitive::<Int64Type>());
-    let mut cache: Option<(String, regex::Regex)> = None;
-    let mut out = Vec::with_capacity(n);
+    // The compiled pattern and its reusable capture slots; compiled again only when the pattern
+    // changes from row to row (it is almost always a constant).
+    let mut cache: Option<(String, regex::Regex, regex::CaptureLocations)> = None;
+    let mut out = StringBuilder::with_capacity(n, n * 8);
     for i in 0..n {
-        if s.is_null(i) || p.is_null(i) || g.is_null(i) || g.value(i) < 0 {
-            out.push(None);
+        let (is, ip, ig) = (at(s, i), at(p, i), at(g, i));
+        if s.is_null(is) || p.is_null(ip) || g.is_null(ig) || g.value(ig) < 0 {
+            out.append_null();
             continue;
         }
-        let pattern = p.value(i);
-        if cache.as_ref().is_none_or(|(c, _)| c != pattern) {
-            match regex::Regex::new(pattern) {
-                Ok(r) => cache = Some((pattern.to_string(), r)),
+        let pattern = p.value(ip);
+        let (_, re, slots) = match &mut cache {
+            Some(c) if c.0 == pattern => c,
+            _ => match regex::Regex::new(pattern) {
+                Ok(r) => {
+                    let slots = r.capture_locations();
+                    cache.insert((pattern.to_string(), r, slots))
+                }
                 Err(e) => return exec_err!("REGEXP_EXTRACT: invalid pattern '{pattern}': {e}"),
-            }
-        }
-        let re = &cache.as_ref().expect("invariant: cached above").1;
-        out.push(re.captures(s.value(i)).and_then(|c| c.get(g.value(i) as usize)).map(|m| m.as_str().to_string()));
+            },
+        };
+        let text = s.value(is);
+        let group = usize::try_from(g.value(ig)).unwrap_or(usize::MAX);
+        let found = re.captures_read(slots, text).and_then(|_| slots.get(group)).map(|(from, to)| &text[from..to]);
+        out.append_option(found);
     }
-    done(Arc::new(StringArray::from(out)), scalar)
+    done(Arc::new(out.finish()), scalar)
 }
 
 #[cfg(test)]
@@ -191,6 +243,53 @@ mod tests {
             call(regexp_extract, vec![url, s("(&|^)channel_id=([^&]*)"), ScalarValue::Int64(Some(5))]),
             ScalarValue::Utf8(None)
         );
+    }
+
+    #[test]
+    fn columns_with_constant_arguments_are_read_row_by_row() {
+        use arrow::array::StringArray;
+        let urls = StringArray::from(vec![
+            Some("https://x.com/a/b/c/item.htm?query=1&channel_id=7"),
+            None,
+            Some("https://x.com/item.htm?query=1"),
+            Some("channel_id=9&x=1"),
+        ]);
+        let args = |k: i64, p: &str| {
+            vec![
+                ColumnarValue::Array(Arc::new(urls.clone())),
+                ColumnarValue::Scalar(ScalarValue::Utf8(Some(p.to_string()))),
+                ColumnarValue::Scalar(ScalarValue::Int64(Some(k))),
+            ]
+        };
+        let strings = |v: ColumnarValue| match v {
+            ColumnarValue::Array(a) => a.as_string::<i32>().iter().map(|s| s.map(str::to_string)).collect::<Vec<_>>(),
+            ColumnarValue::Scalar(_) => panic!("a column in, a column out"),
+        };
+        let got = strings(regexp_extract(&args(2, "(&|^)channel_id=([^&]*)")).unwrap());
+        assert_eq!(got, vec![Some("7".into()), None, None, Some("9".into())]);
+        let got = strings(split_index(&args(3, "/")).unwrap());
+        assert_eq!(got, vec![Some("a".into()), None, Some("item.htm?query=1".into()), None]);
+        let got = strings(split_index(&args(1, "://")).unwrap());
+        assert_eq!(
+            got,
+            vec![
+                Some("x.com/a/b/c/item.htm?query=1&channel_id=7".into()),
+                None,
+                Some("x.com/item.htm?query=1".into()),
+                None
+            ]
+        );
+        assert!(regexp_extract(&args(1, "(")).is_err(), "an invalid pattern is an error");
+    }
+
+    #[test]
+    fn byte_split_matches_str_split() {
+        let texts = ["", "/", "a", "a/", "/a", "a//b", "https://x.com/ab/é/c", "ü/ü//"];
+        for t in texts {
+            for k in 0..6 {
+                assert_eq!(nth_piece(t, b'/', k), t.split('/').nth(k), "{t:?} piece {k}");
+            }
+        }
     }
 
     #[test]

@@ -120,11 +120,15 @@ impl Translator<'_> {
                     return Ok(s);
                 }
                 let s = self.translate(&f.input)?;
+                self.push_down_filter(&s, f);
                 let p = physical(self.state, f.predicate.clone(), f.input.schema())?;
                 self.push(&s, PlannedOp::Step(Step::Filter(p)));
                 Ok(s)
             }
             LogicalPlan::Projection(p) => {
+                if let Some(plan) = crate::cse::hoist_shared(p)? {
+                    return self.translate(&plan);
+                }
                 let mut s = self.translate(&p.input)?;
                 let exprs = p
                     .expr
@@ -166,6 +170,35 @@ impl Translator<'_> {
         }
     }
 
+    /// Tells a source stage that `f`, directly over its table scan, keeps only some of its rows
+    /// (see `pushdown`). The filter itself is still planned after this.
+    fn push_down_filter(&mut self, s: &Stream, f: &datafusion::logical_expr::Filter) {
+        // Down through aliases and projections that pass `event_type` through unchanged.
+        let mut input = f.input.as_ref();
+        loop {
+            input = match input {
+                LogicalPlan::SubqueryAlias(a) => a.input.as_ref(),
+                LogicalPlan::Projection(p) if crate::pushdown::passes_event_type(&p.expr) => p.input.as_ref(),
+                _ => break,
+            };
+        }
+        let LogicalPlan::TableScan(scan) = input else { return };
+        if self.windows.contains_key(scan.table_name.table()) {
+            return;
+        }
+        let stage = &mut self.stages[s.stage];
+        // Only the scan's own projection may stand between the source and this filter.
+        if !stage.ops.iter().all(|op| matches!(op, PlannedOp::Step(Step::Project(..)))) {
+            return;
+        }
+        if let PlannedInput::Source(node) = &mut stage.input
+            && let crate::connectors::SourcePlan::Nexmark(cfg) = &mut node.plan
+            && let Some(kinds) = crate::pushdown::nexmark_event_types(&f.predicate)
+        {
+            cfg.event_types = Some(kinds);
+        }
+    }
+
     fn scan(&mut self, scan: &datafusion::logical_expr::TableScan) -> Result<Stream> {
         let name = scan.table_name.table().to_string();
         let window = self.windows.get(&name).cloned();
@@ -204,7 +237,11 @@ impl Translator<'_> {
             _ => self.table_source(&name, window.as_ref())?,
         };
         if let Some(proj) = &scan.projection {
-            let exprs = proj.iter().map(|&i| col(full.field(i).name(), i)).collect();
+            let narrowed = if window.is_some() { self.narrow_window_input(&s, proj) } else { None };
+            let exprs = proj
+                .iter()
+                .map(|&i| col(full.field(i).name(), narrowed.as_ref().map_or(i, |m: &Vec<usize>| m[i])))
+                .collect();
             self.project(&s, exprs, arrow_schema(&scan.projected_schema), full.fields().len());
             let moved = |c: Option<usize>| c.and_then(|r| proj.iter().position(|&i| i == r));
             s.rowtime = moved(s.rowtime);
@@ -217,6 +254,41 @@ impl Translator<'_> {
             self.push(&s, PlannedOp::Step(Step::Filter(p)));
         }
         Ok(s)
+    }
+
+    /// When a window assigner ends the stage and the query reads only some of its input columns
+    /// (`proj`, indices into the assigner's output), projects its input to those columns (and the
+    /// time column) first, so that HOP and CUMULATE do not copy unread columns once per window.
+    /// Returns where each of the assigner's former output columns now is (unread ones map to 0
+    /// and are never referenced).
+    fn narrow_window_input(&mut self, s: &Stream, proj: &[usize]) -> Option<Vec<usize>> {
+        let ops = &mut self.stages[s.stage].ops;
+        let Some(PlannedOp::WindowAssign(spec, time_col, schema)) = ops.last().cloned() else { return None };
+        let n_in = schema.fields().len().checked_sub(3)?;
+        let mut needed: Vec<usize> = proj.iter().copied().filter(|&i| i < n_in).chain([time_col]).collect();
+        needed.sort_unstable();
+        needed.dedup();
+        if needed.len() == n_in {
+            return None;
+        }
+        let fields: Vec<_> = needed.iter().map(|&i| schema.field(i).clone()).collect();
+        let exprs = needed.iter().map(|&i| col(schema.field(i).name(), i)).collect();
+        let narrow_in = Arc::new(Schema::new(fields.clone()));
+        let narrow_out = Arc::new(Schema::new(
+            fields.into_iter().chain(schema.fields()[n_in..].iter().map(|f| f.as_ref().clone())).collect::<Vec<_>>(),
+        ));
+        let new_time = needed.iter().position(|&i| i == time_col)?;
+        ops.pop();
+        ops.push(PlannedOp::Step(Step::Project(exprs, narrow_in)));
+        ops.push(PlannedOp::WindowAssign(spec, new_time, narrow_out));
+        let mut map = vec![0; schema.fields().len()];
+        for (to, &from) in needed.iter().enumerate() {
+            map[from] = to;
+        }
+        for k in 0..3 {
+            map[n_in + k] = needed.len() + k;
+        }
+        Some(map)
     }
 
     /// A source stage reading table `name` (or the table a window call reads), with the window

@@ -33,6 +33,8 @@ pub enum AggregateFunction {
 
 #[derive(Debug)]
 enum Values {
+    /// The distinct values seen per group, for integer-like arguments.
+    DistinctInt(super::distinct::IntSets),
     /// The distinct values seen per group, in Arrow's row format.
     Distinct(Vec<hashbrown::HashSet<Box<[u8]>>>, Box<arrow::row::RowConverter>),
     Int(Vec<i64>),
@@ -101,6 +103,9 @@ impl Accumulator {
     pub fn new(func: AggregateFunction, input: Option<&DataType>) -> Result<Self> {
         use DataType::*;
         let values = match (func, input) {
+            (AggregateFunction::CountDistinct, Some(t)) if super::distinct::fits_i64(t) => {
+                Values::DistinctInt(super::distinct::IntSets::new(t)?)
+            }
             (AggregateFunction::CountDistinct, Some(t)) => Values::Distinct(
                 vec![],
                 Box::new(
@@ -224,6 +229,7 @@ impl Accumulator {
         self.counts.resize(n, 0);
         match &mut self.values {
             Values::Distinct(v, _) => v.resize_with(n, Default::default),
+            Values::DistinctInt(v) => v.ensure(n),
             Values::Int(v) => v.resize(n, 0),
             Values::Float(v) => v.resize(n, 0.0),
             Values::Decimal(v, _, _) => v.resize(n, 0),
@@ -238,6 +244,7 @@ impl Accumulator {
         self.counts[g] = 0;
         match &mut self.values {
             Values::Distinct(v, _) => v[g] = Default::default(),
+            Values::DistinctInt(v) => v.reset(g),
             Values::Int(v) => v[g] = 0,
             Values::Float(v) => v[g] = 0.0,
             Values::Decimal(v, _, _) => v[g] = 0,
@@ -283,6 +290,10 @@ impl Accumulator {
             }
         }
         match &mut self.values {
+            Values::DistinctInt(v) => {
+                self.counts[into] = v.merge(into, from);
+                return Ok(());
+            }
             Values::Distinct(v, _) => {
                 let other = std::mem::take(&mut v[from]);
                 v[into].extend(other.iter().cloned());
@@ -340,6 +351,7 @@ impl Accumulator {
         }
         let cast = |t: &DataType| arrow::compute::cast(arg, t).map_err(RuntimeError::arrow("aggregate argument"));
         match &mut self.values {
+            Values::DistinctInt(sets) => sets.update(groups, arg, &mut self.counts)?,
             Values::Distinct(sets, conv) => {
                 let rows = conv
                     .convert_columns(std::slice::from_ref(arg))
@@ -470,7 +482,7 @@ impl Accumulator {
                 arrow::compute::take(values.as_ref(), &arrow::array::UInt32Array::from(idx), None)
                     .map_err(RuntimeError::arrow("aggregate values"))?
             }
-            (Values::Distinct(..), f) => {
+            (Values::Distinct(..) | Values::DistinctInt(_), f) => {
                 return Err(RuntimeError::Internal(format!(
                     "distinct values kept for {f:?}, which is not COUNT(DISTINCT)"
                 )));
@@ -491,6 +503,7 @@ impl Accumulator {
         let counts: ArrayRef = Arc::new(Int64Array::from_iter_values(groups.iter().map(|&g| self.counts[g as usize])));
         let mut out = vec![(Field::new(format!("{prefix}_count"), DataType::Int64, false), counts)];
         let vals: Option<ArrayRef> = match &self.values {
+            Values::DistinctInt(sets) => Some(sets.state(groups)?),
             Values::Distinct(sets, _) => {
                 Some(Arc::new(arrow::array::BinaryArray::from_iter_values(groups.iter().map(|&g| {
                     // Length-prefixed row-format values.
@@ -547,6 +560,12 @@ impl Accumulator {
         let vals = cols.get(1).ok_or_else(bad)?;
         match &mut self.values {
             Values::User(_) => return Err(bad()), // handled above
+            Values::DistinctInt(sets) => {
+                let sizes = sets.restore(groups, vals.as_binary_opt::<i32>().ok_or_else(bad)?)?;
+                for (&g, n) in groups.iter().zip(sizes) {
+                    self.counts[g as usize] = n;
+                }
+            }
             Values::Distinct(sets, _) => {
                 let a = vals.as_binary_opt::<i32>().ok_or_else(bad)?;
                 for (i, &g) in groups.iter().enumerate() {

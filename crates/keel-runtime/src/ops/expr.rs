@@ -22,9 +22,12 @@ impl Operator for Filter {
             .map_err(RuntimeError::expr("WHERE"))?;
         let mask =
             mask.as_boolean_opt().ok_or_else(|| RuntimeError::Internal("filter predicate is not boolean".into()))?;
-        let filtered = arrow::compute::filter_record_batch(&batch, mask).map_err(RuntimeError::arrow("filtering"))?;
-        if filtered.num_rows() > 0 {
-            out.push(filtered);
+        // Batches the predicate keeps or drops whole (a source told which rows are wanted, or a
+        // selective filter) skip the copy.
+        match mask.true_count() {
+            0 => {}
+            t if t == batch.num_rows() => out.push(batch),
+            _ => out.push(arrow::compute::filter_record_batch(&batch, mask).map_err(RuntimeError::arrow("filtering"))?),
         }
         Ok(())
     }
