@@ -159,7 +159,8 @@ impl WindowAggregate {
         let groups = &self.groups;
         if let Some(&g) = self.table.find(h, |&g| {
             let gr = &groups[g as usize];
-            gr.start == start && gr.end == end && &*gr.key == key
+            // The full hash first: it is in the group's own slot, the key bytes are behind a pointer.
+            gr.hash == h && gr.start == start && gr.end == end && &*gr.key == key
         }) {
             return g;
         }
