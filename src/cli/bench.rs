@@ -141,6 +141,12 @@ fn run_child(dir: &Path, pipeline: &Path, p: u32, interval: &str) -> Result<RunC
 /// Runs one pipeline and prints its table row.
 fn measure(dir: &Path, label: &str, pipeline: std::path::PathBuf, p: u32, interval: &str, events: u64) -> Result<()> {
     let c = run_child(dir, &pipeline, p, interval)?;
+    // The run's checkpoints (GBs for the largest states) are of no use once it is measured, and
+    // left behind they fill the disk and the page cache, which slows the runs after it.
+    let job = pipeline.file_stem().map(|stem| dir.join("jobs").join(stem));
+    if let Some(job) = job.filter(|j| j.exists()) {
+        std::fs::remove_dir_all(&job).with_context(|| format!("removing the measured job's data {}", job.display()))?;
+    }
     // A bounded run ends only once every source is exhausted, so all `events` were generated. The
     // rows read are fewer when a query reads only some kinds of event (the generator then builds
     // only those: 2% of events are persons, 6% auctions, 92% bids), and more when it reads the

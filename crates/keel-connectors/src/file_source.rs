@@ -297,6 +297,11 @@ impl FileSource {
                 Ok(decoded.batch)
             }
             FileSourceFormat::Csv { delimiter } => {
+                // All lines through one reader; only when that fails (a bad line somewhere) are
+                // they read one by one, to tell the bad ones from the good.
+                if let Some(b) = self.decode_csv_whole(lines, delimiter) {
+                    return Ok(b);
+                }
                 let mut batches = vec![];
                 for line in lines {
                     let r = arrow::csv::ReaderBuilder::new(self.cfg.schema.clone())
@@ -313,6 +318,26 @@ impl FileSource {
             }
             FileSourceFormat::Parquet => Err(RuntimeError::Internal("Parquet files are not read as lines".into())),
         }
+    }
+
+    /// Every line decoded by one CSV reader, or `None` when any line does not fit the schema.
+    fn decode_csv_whole(&self, lines: &[Line<'_>], delimiter: u8) -> Option<RecordBatch> {
+        let mut text = Vec::with_capacity(lines.iter().map(|l| l.text.len() + 1).sum());
+        for line in lines {
+            text.extend_from_slice(line.text);
+            text.push(b'\n');
+        }
+        let reader = arrow::csv::ReaderBuilder::new(self.cfg.schema.clone())
+            .with_delimiter(delimiter)
+            .with_batch_size(lines.len().max(1))
+            .build(std::io::Cursor::new(text))
+            .ok()?;
+        let mut batches = vec![];
+        for b in reader {
+            batches.push(b.ok()?);
+        }
+        let batch = arrow::compute::concat_batches(&self.cfg.schema, &batches).ok()?;
+        (batch.num_rows() == lines.len()).then_some(batch)
     }
 
     /// Routes a line that does not fit the schema by the bad-records policy.

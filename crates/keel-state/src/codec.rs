@@ -16,7 +16,25 @@ pub fn batch_to_ipc(batch: &RecordBatch) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Decodes an Arrow IPC stream written by `batch_to_ipc` (all its batches, concatenated).
+/// Encodes the batches `chunks` yields (all of `schema`) as one Arrow IPC stream, one message per
+/// chunk, so that a large state is never gathered into one batch before it is encoded.
+/// `batch_from_ipc` reads it back as one batch.
+pub fn batches_to_ipc<E: std::fmt::Display>(
+    schema: &arrow::datatypes::SchemaRef,
+    chunks: impl Iterator<Item = std::result::Result<RecordBatch, E>>,
+) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut w = StreamWriter::try_new(&mut out, schema).map_err(|e| StateError::Encode(e.to_string()))?;
+    for chunk in chunks {
+        let chunk = chunk.map_err(|e| StateError::Encode(e.to_string()))?;
+        w.write(&chunk).map_err(|e| StateError::Encode(e.to_string()))?;
+    }
+    w.finish().map_err(|e| StateError::Encode(e.to_string()))?;
+    drop(w);
+    Ok(out)
+}
+
+/// Decodes an Arrow IPC stream written by `batch_to_ipc` or `batches_to_ipc` (all its batches, concatenated).
 pub fn batch_from_ipc(bytes: &[u8], context: &str) -> Result<RecordBatch> {
     let err = |e: arrow::error::ArrowError| StateError::Decode { context: context.to_string(), reason: e.to_string() };
     let reader = StreamReader::try_new(bytes, None).map_err(err)?;
@@ -41,5 +59,11 @@ mod tests {
         let bytes = batch_to_ipc(&b).unwrap();
         assert_eq!(batch_from_ipc(&bytes, "test").unwrap(), b);
         assert!(batch_from_ipc(&bytes[..bytes.len() / 2], "test").is_err());
+        // In chunks, read back as the one batch.
+        let chunks = (0..2).map(|i| Ok::<_, String>(b.slice(i, 1)));
+        let bytes = batches_to_ipc(&b.schema(), chunks).unwrap();
+        assert_eq!(batch_from_ipc(&bytes, "test").unwrap(), b);
+        let failing = [Ok(b.slice(0, 1)), Err("no more".to_string())].into_iter();
+        assert!(batches_to_ipc(&b.schema(), failing).is_err());
     }
 }

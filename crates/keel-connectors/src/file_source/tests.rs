@@ -249,3 +249,39 @@ fn lines_longer_than_the_read_buffer_are_read_whole() {
     assert_eq!(ids, [1, 2, 3, 4]);
     assert_eq!(long_name, 3 << 20);
 }
+
+#[test]
+fn csv_lines_are_read_together_and_bad_ones_still_found_one_by_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let csv = FileSourceFormat::Csv { delimiter: b',' };
+    // All good: read through one reader, in order.
+    std::fs::write(
+        input.join("a.csv"),
+        "1,a,2024-01-01T00:00:01\n2,\"b,c\",2024-01-01T00:00:02\n3,d,2024-01-01T00:00:03\n",
+    )
+    .unwrap();
+    let c = ctx(dir.path());
+    let mut src = FileSource::new(config(&input, csv, BadRecordPolicy::Skip));
+    src.open(&c, RestoredState::default()).unwrap();
+    let SourcePoll::Batch(b) = src.poll().unwrap() else { panic!("expected rows") };
+    let ids: Vec<i64> = b.column(0).as_primitive::<Int64Type>().values().to_vec();
+    assert_eq!(ids, vec![1, 2, 3]);
+    assert_eq!(b.column(1).as_string::<i32>().value(1), "b,c");
+
+    // A line with a text id and one with too few fields among good ones.
+    std::fs::remove_file(input.join("a.csv")).unwrap();
+    std::fs::write(
+        input.join("b.csv"),
+        "4,e,2024-01-01T00:00:04\nx,f,2024-01-01T00:00:05\n6,g,2024-01-01T00:00:06\n7,h\n8,i,2024-01-01T00:00:08\n",
+    )
+    .unwrap();
+    let c = ctx(dir.path());
+    let mut src = FileSource::new(config(&input, csv, BadRecordPolicy::Skip));
+    src.open(&c, RestoredState::default()).unwrap();
+    let SourcePoll::Batch(b) = src.poll().unwrap() else { panic!("expected rows") };
+    let ids: Vec<i64> = b.column(0).as_primitive::<Int64Type>().values().to_vec();
+    assert_eq!(ids, vec![4, 6, 8], "the good lines, in order");
+    assert_eq!(c.metrics.bad_records.load(std::sync::atomic::Ordering::Relaxed), 2);
+}

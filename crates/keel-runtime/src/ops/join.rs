@@ -2,7 +2,12 @@
 //! lives until a TTL forgets it, and time-bounded inner joins (interval and window joins) whose
 //! rows are dropped once the watermark says no partner can arrive any more.
 //!
-//! Each side keeps its rows per join key (Arrow row format, with multiplicities). A row arriving
+//! Each side keeps its rows per join key, with multiplicities. The rows' columns stay columnar:
+//! the rows an input batch adds are copied (one `take`) into a stored batch, and each held row
+//! points at its place there; output, snapshots and the non-equi condition gather rows from those
+//! batches (`interleave`), with no per-row allocation or row-format round trip. A stored batch is
+//! freed when its last held row goes. A changelog side also keeps each row in Arrow's row format,
+//! to find the equal row a retraction removes. A row arriving
 //! on one side is matched against the other side's rows with the same key (and the optional
 //! non-equi condition); additions emit `+I` joined rows, retractions (`-U`/`-D` of a changelog
 //! input) emit `-D` for the rows they had produced. For outer joins a row without partner is
@@ -102,7 +107,10 @@ pub struct JoinSpec {
 }
 
 struct Entry {
-    row: Box<[u8]>,
+    /// Where the row's columns are: (stored batch, row in it).
+    at: (u32, u32),
+    /// The row in row format, kept on a changelog side only (retractions find equal rows by it).
+    row: Option<Box<[u8]>>,
     count: i64,
     /// Partner rows (with multiplicity) on the other side, for outer joins.
     matches: i64,
@@ -116,41 +124,78 @@ struct SideState {
     rows: HashMap<Box<[u8]>, Vec<Entry>>,
     /// Expiry time → keys with a row expiring then (time-bounded sides only).
     expiries: BTreeMap<i64, Vec<Box<[u8]>>>,
+    /// The columns of held rows: one stored batch per input batch that added rows (`None`: a
+    /// freed slot, or one reserved for the batch being processed).
+    batches: Vec<Option<Stored>>,
+    free: Vec<u32>,
 }
 
-/// One output row: left and right parts (row-format bytes; `None` = NULL padded).
-/// Output rows of one batch: left and right parts as byte ranges of one buffer (`None` = NULL
-/// padded), so that emitting a row copies bytes instead of allocating.
+/// Rows' columns, and how many held rows still point into them.
+struct Stored {
+    cols: Vec<ArrayRef>,
+    live: usize,
+}
+
+impl SideState {
+    /// A slot for a stored batch (filled by `fill`, or given back by `unreserve`).
+    fn reserve(&mut self) -> u32 {
+        self.free.pop().unwrap_or_else(|| {
+            self.batches.push(None);
+            (self.batches.len() - 1) as u32
+        })
+    }
+
+    fn fill(&mut self, id: u32, cols: Vec<ArrayRef>, live: usize) {
+        self.batches[id as usize] = Some(Stored { cols, live });
+    }
+
+    fn unreserve(&mut self, id: u32) {
+        self.batches[id as usize] = None;
+        self.free.push(id);
+    }
+
+    /// A held row is gone: its stored batch is freed with its last row.
+    fn release(&mut self, at: (u32, u32)) {
+        if let Some(slot) = self.batches.get_mut(at.0 as usize)
+            && let Some(b) = slot
+        {
+            b.live = b.live.saturating_sub(1);
+            if b.live == 0 {
+                *slot = None;
+                self.free.push(at.0);
+            }
+        }
+    }
+
+    /// How many stored batches hold rows.
+    #[cfg(test)]
+    fn stored_batches(&self) -> usize {
+        self.batches.iter().flatten().count()
+    }
+}
+
+/// Where an output row's part comes from: row `i` of the batch being processed, or a held row.
+#[derive(Debug, Clone, Copy)]
+enum Ref {
+    Current(u32),
+    Held(u32, u32),
+}
+
+/// Output rows of one batch: where each one's left and right parts come from (`None` = NULL
+/// padded).
 #[derive(Default)]
 struct OutRows {
-    bytes: Vec<u8>,
-    rows: Vec<(Option<Span>, Option<Span>, RowKind)>,
+    rows: Vec<(Option<Ref>, Option<Ref>, RowKind)>,
 }
 
-/// Where a row part lies in `OutRows::bytes`: start and length.
-type Span = (usize, usize);
-
 impl OutRows {
-    fn put(&mut self, b: Option<&[u8]>) -> Option<Span> {
-        let b = b?;
-        let at = self.bytes.len();
-        self.bytes.extend_from_slice(b);
-        Some((at, b.len()))
-    }
-
-    fn push(&mut self, left: Option<&[u8]>, right: Option<&[u8]>, kind: RowKind) {
-        let (l, r) = (self.put(left), self.put(right));
-        self.rows.push((l, r, kind));
-    }
-
     /// `me` (a row of side `s`) with `other` (of the other side, or NULLs).
-    fn push_from(&mut self, s: usize, me: Option<&[u8]>, other: Option<&[u8]>, kind: RowKind) {
-        if s == 0 { self.push(me, other, kind) } else { self.push(other, me, kind) }
+    fn push_from(&mut self, s: usize, me: Option<Ref>, other: Option<Ref>, kind: RowKind) {
+        self.rows.push(if s == 0 { (me, other, kind) } else { (other, me, kind) });
     }
 
-    fn part(&self, side: usize, row: usize) -> Option<&[u8]> {
-        let r = if side == 0 { self.rows[row].0 } else { self.rows[row].1 };
-        r.map(|(at, len)| &self.bytes[at..at + len])
+    fn part(&self, side: usize, row: usize) -> Option<Ref> {
+        if side == 0 { self.rows[row].0 } else { self.rows[row].1 }
     }
 }
 
@@ -234,7 +279,12 @@ impl Join {
         };
         let key_cols: Vec<ArrayRef> = side.keys.iter().map(|&k| batch.column(k).clone()).collect();
         let keys = self.keys.convert_columns(&key_cols).map_err(RuntimeError::arrow("join keys"))?;
-        let rows = self.rows[s].convert_columns(data).map_err(RuntimeError::arrow("join rows"))?;
+        // Row-format copies only where retractions must find equal rows.
+        let rows = if side.updating {
+            Some(self.rows[s].convert_columns(data).map_err(RuntimeError::arrow("join rows"))?)
+        } else {
+            None
+        };
         let has_null: Vec<bool> = (0..n).map(|i| key_cols.iter().any(|c| c.is_null(i))).collect();
         let key_groups = row_key_groups(batch, &side.keys, self.key_groups)?;
         let mut late = 0u64;
@@ -262,16 +312,21 @@ impl Join {
         }
         let passes = self.evaluate_filter(s, batch, &keys, &cand)?;
         let mut results = OutRows::default();
+        // The rows this batch adds to the state, copied into one stored batch at the end.
+        let new_id = self.state[s].reserve();
+        let mut stored: Vec<u32> = vec![];
+        let mut removed_new = 0usize;
         let mut c = 0;
         for i in 0..n {
             if !live[i] {
                 continue;
             }
-            let me: &[u8] = rows.row(i).data();
+            let me = Some(Ref::Current(i as u32));
+            let me_bytes: Option<&[u8]> = rows.as_ref().map(|r| r.row(i).data());
             let add = additions[i];
             if has_null[i] {
                 if self.spec.join_type.preserves(s) {
-                    results.push_from(s, Some(me), None, if add { RowKind::Insert } else { RowKind::Delete });
+                    results.push_from(s, me, None, if add { RowKind::Insert } else { RowKind::Delete });
                 }
                 continue;
             }
@@ -287,24 +342,24 @@ impl Join {
                         matched += e.count;
                         let before = e.matches;
                         e.matches += if add { 1 } else { -1 };
-                        let other: &[u8] = &e.row;
+                        let other = Some(Ref::Held(e.at.0, e.at.1));
                         let count = e.count;
                         // The partner's first match arrives, or its last one goes.
                         let (first, last) = (add && before == 0, !add && before == 1);
                         if (first && preserves_other) || (last && semi_other) {
                             for _ in 0..count {
-                                results.push_from(s, None, Some(other), RowKind::Delete);
+                                results.push_from(s, None, other, RowKind::Delete);
                             }
                         }
                         if jt.pairs() {
                             for _ in 0..count {
                                 let kind = if add { RowKind::Insert } else { RowKind::Delete };
-                                results.push_from(s, Some(me), Some(other), kind);
+                                results.push_from(s, me, other, kind);
                             }
                         }
                         if (last && preserves_other) || (first && semi_other) {
                             for _ in 0..count {
-                                results.push_from(s, None, Some(other), RowKind::Insert);
+                                results.push_from(s, None, other, RowKind::Insert);
                             }
                         }
                     }
@@ -313,7 +368,7 @@ impl Join {
             }
             let jt = self.spec.join_type;
             if (matched == 0 && jt.preserves(s)) || (matched > 0 && jt.semi(s)) {
-                results.push_from(s, Some(me), None, if add { RowKind::Insert } else { RowKind::Delete });
+                results.push_from(s, me, None, if add { RowKind::Insert } else { RowKind::Delete });
             }
             let st = &mut self.state[s];
             if add {
@@ -325,7 +380,10 @@ impl Join {
                 };
                 // Equal rows share an entry only where retractions must find them (a changelog
                 // input); an append-only side just keeps each row.
-                let same = if side.updating { entries.iter_mut().find(|e| &*e.row == me) } else { None };
+                let same = match me_bytes {
+                    Some(b) => entries.iter_mut().find(|e| e.row.as_deref() == Some(b)),
+                    None => None,
+                };
                 match same {
                     Some(e) => {
                         e.count += 1;
@@ -334,34 +392,99 @@ impl Join {
                     None => {
                         let exp = expiry.as_ref().map_or(i64::MAX, |e| e[i]);
                         entries.push(Entry {
-                            row: me.into(),
+                            at: (new_id, stored.len() as u32),
+                            row: me_bytes.map(Box::from),
                             count: 1,
                             matches: matched,
                             key_group: key_groups[i],
                             expiry: exp,
                             touched: now,
                         });
+                        stored.push(i as u32);
                         if exp != i64::MAX {
                             st.expiries.entry(exp).or_default().push(key.into());
                         }
                     }
                 }
             } else if let Some(entries) = st.rows.get_mut(key) {
-                if let Some(pos) = entries.iter().position(|e| &*e.row == me) {
+                let mut gone = None;
+                if let Some(pos) = entries.iter().position(|e| e.row.is_some() && e.row.as_deref() == me_bytes) {
                     entries[pos].count -= 1;
                     if entries[pos].count <= 0 {
-                        entries.swap_remove(pos);
+                        gone = Some(entries.swap_remove(pos).at);
                     }
                 }
                 if entries.is_empty() {
                     st.rows.remove(key);
                 }
+                match gone {
+                    Some((id, _)) if id == new_id => removed_new += 1,
+                    Some(at) => st.release(at),
+                    None => {}
+                }
             }
         }
-        if let Some(b) = self.output(results)? {
+        let st = &mut self.state[s];
+        if stored.len() > removed_new {
+            let idx = UInt32Array::from(stored);
+            let cols = data
+                .iter()
+                .map(|c| arrow::compute::take(c.as_ref(), &idx, None))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(RuntimeError::arrow("keeping join rows"))?;
+            st.fill(new_id, cols, idx.len() - removed_new);
+        } else {
+            st.unreserve(new_id);
+        }
+        if let Some(b) = self.output(results, s, batch)? {
             out.push(b);
         }
         Ok(())
+    }
+
+    /// Columns of the rows `refs` of side `s` (`None`: NULLs), gathered from the held batches
+    /// and, when side `s` is the one being processed, from `current`.
+    fn gather(&self, s: usize, refs: &[Option<Ref>], current: Option<&RecordBatch>) -> Result<Vec<ArrayRef>> {
+        let schema = &self.side(s).schema;
+        let st = &self.state[s];
+        // Source arrays: 0 = one NULL row, 1 = the current batch, then each held batch used.
+        let mut used: HashMap<u32, usize> = HashMap::new();
+        let mut order: Vec<u32> = vec![];
+        let mut picks = Vec::with_capacity(refs.len());
+        for r in refs {
+            picks.push(match r {
+                None => (0, 0),
+                Some(Ref::Current(i)) if current.is_some() => (1, *i as usize),
+                Some(Ref::Current(_)) => {
+                    return Err(RuntimeError::Internal(
+                        "a join output row points at a batch not being processed".into(),
+                    ));
+                }
+                Some(Ref::Held(b, i)) => {
+                    let src = *used.entry(*b).or_insert_with(|| {
+                        order.push(*b);
+                        order.len() + 1
+                    });
+                    (src, *i as usize)
+                }
+            });
+        }
+        let mut held = Vec::with_capacity(order.len());
+        for b in &order {
+            let Some(Some(stored)) = st.batches.get(*b as usize) else {
+                return Err(RuntimeError::Internal(format!("join row points at freed stored batch {b}")));
+            };
+            held.push(stored);
+        }
+        let mut cols = Vec::with_capacity(schema.fields().len());
+        for (c, field) in schema.fields().iter().enumerate() {
+            let null = arrow::array::new_null_array(field.data_type(), 1);
+            let cur = current.map(|b| b.column(c).clone()).unwrap_or_else(|| null.clone());
+            let mut sources: Vec<&dyn Array> = vec![null.as_ref(), cur.as_ref()];
+            sources.extend(held.iter().map(|h| h.cols[c].as_ref()));
+            cols.push(arrow::compute::interleave(&sources, &picks).map_err(RuntimeError::arrow("join rows"))?);
+        }
+        Ok(cols)
     }
 
     /// Whether each candidate pair passes the non-equi condition.
@@ -384,15 +507,14 @@ impl Join {
             .map(|c| arrow::compute::take(c.as_ref(), &idx, None))
             .collect::<std::result::Result<_, _>>()
             .map_err(RuntimeError::arrow("join condition"))?;
-        let parser = self.rows[o].parser();
         let mut others = vec![];
         for &(i, j) in cand {
             let e = self.state[o].rows.get(keys.row(i).data()).and_then(|v| v.get(j)).ok_or_else(|| {
                 RuntimeError::Internal("a join candidate vanished from state while its batch was processed".into())
             })?;
-            others.push(parser.parse(&e.row));
+            others.push(Some(Ref::Held(e.at.0, e.at.1)));
         }
-        let theirs = self.rows[o].convert_rows(others).map_err(RuntimeError::arrow("join condition"))?;
+        let theirs = self.gather(o, &others, None)?;
         let cols = if s == 0 { [mine, theirs].concat() } else { [theirs, mine].concat() };
         let schema = self.joined_schema();
         let joined = RecordBatch::try_new(schema, cols).map_err(RuntimeError::arrow("join condition"))?;
@@ -411,8 +533,9 @@ impl Join {
         Arc::new(Schema::new(fields))
     }
 
-    /// Turns output rows into a batch of the output schema.
-    fn output(&self, results: OutRows) -> Result<Option<RecordBatch>> {
+    /// Turns output rows into a batch of the output schema; `current` is the batch of side
+    /// `current_side` being processed.
+    fn output(&self, results: OutRows, current_side: usize, current: &RecordBatch) -> Result<Option<RecordBatch>> {
         let n = results.rows.len();
         if n == 0 {
             return Ok(None);
@@ -420,27 +543,8 @@ impl Join {
         let mut cols = vec![];
         let sides = self.spec.join_type.output_sides();
         for s in (0..2).filter(|&s| sides[s]) {
-            let parser = self.rows[s].parser();
-            let present: Vec<arrow::row::Row<'_>> =
-                (0..n).filter_map(|r| results.part(s, r)).map(|b| parser.parse(b)).collect();
-            let all_present = present.len() == n;
-            let values = self.rows[s].convert_rows(present).map_err(RuntimeError::arrow("join output"))?;
-            if all_present {
-                cols.extend(values);
-                continue;
-            }
-            let mut at = 0u32;
-            let idx: UInt32Array = (0..n)
-                .map(|r| {
-                    results.part(s, r).map(|_| {
-                        at += 1;
-                        at - 1
-                    })
-                })
-                .collect();
-            for v in values {
-                cols.push(arrow::compute::take(v.as_ref(), &idx, None).map_err(RuntimeError::arrow("join output"))?);
-            }
+            let refs: Vec<Option<Ref>> = (0..n).map(|r| results.part(s, r)).collect();
+            cols.extend(self.gather(s, &refs, (s == current_side).then_some(current))?);
         }
         let schema = self.spec.output_schema.clone();
         let kinds: Vec<RowKind> = results.rows.iter().map(|r| r.2).collect();
@@ -461,20 +565,26 @@ impl Join {
         }
         self.last_expiry = now;
         for st in &mut self.state {
+            let mut gone = vec![];
             st.rows.retain(|_, v| {
-                v.retain(|e| now.duration_since(e.touched) < ttl);
+                v.retain(|e| {
+                    let keep = now.duration_since(e.touched) < ttl;
+                    if !keep {
+                        gone.push(e.at);
+                    }
+                    keep
+                });
                 !v.is_empty()
             });
+            for at in gone {
+                st.release(at);
+            }
         }
     }
 
     fn snapshot_side(&self, s: usize) -> Result<Vec<u8>> {
         let st = &self.state[s];
         let entries: Vec<&Entry> = st.rows.values().flatten().collect();
-        let parser = self.rows[s].parser();
-        let values = self.rows[s]
-            .convert_rows(entries.iter().map(|e| parser.parse(&e.row)))
-            .map_err(RuntimeError::arrow("join snapshot"))?;
         let mut fields = vec![
             Field::new("key_group", DataType::UInt32, false),
             Field::new("count", DataType::Int64, false),
@@ -482,30 +592,50 @@ impl Join {
             Field::new("expiry", DataType::Int64, false),
         ];
         fields.extend(self.side(s).schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)));
-        let mut cols: Vec<ArrayRef> = vec![
-            Arc::new(UInt32Array::from_iter_values(entries.iter().map(|e| e.key_group))),
-            Arc::new(Int64Array::from_iter_values(entries.iter().map(|e| e.count))),
-            Arc::new(Int64Array::from_iter_values(entries.iter().map(|e| e.matches))),
-            Arc::new(Int64Array::from_iter_values(entries.iter().map(|e| e.expiry))),
-        ];
-        cols.extend(values);
-        let batch =
-            RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).map_err(RuntimeError::arrow("join snapshot"))?;
-        Ok(keel_state::batch_to_ipc(&batch)?)
+        let schema = Arc::new(Schema::new(fields));
+        // Gathered and encoded a chunk at a time: a state of GBs is never copied whole first.
+        let chunk = |part: &[&Entry]| -> Result<RecordBatch> {
+            let refs: Vec<Option<Ref>> = part.iter().map(|e| Some(Ref::Held(e.at.0, e.at.1))).collect();
+            let mut cols: Vec<ArrayRef> = vec![
+                Arc::new(UInt32Array::from_iter_values(part.iter().map(|e| e.key_group))),
+                Arc::new(Int64Array::from_iter_values(part.iter().map(|e| e.count))),
+                Arc::new(Int64Array::from_iter_values(part.iter().map(|e| e.matches))),
+                Arc::new(Int64Array::from_iter_values(part.iter().map(|e| e.expiry))),
+            ];
+            cols.extend(self.gather(s, &refs, None)?);
+            RecordBatch::try_new(schema.clone(), cols).map_err(RuntimeError::arrow("join snapshot"))
+        };
+        const CHUNK: usize = 64 * 1024;
+        let chunks = entries.chunks(CHUNK).map(chunk);
+        let bytes = if entries.is_empty() {
+            keel_state::batch_to_ipc(&RecordBatch::new_empty(schema.clone()))?
+        } else {
+            keel_state::batches_to_ipc(&schema, chunks)?
+        };
+        Ok(bytes)
     }
 
     fn restore_side(&mut self, s: usize, bytes: &[u8], range: KeyGroupRange) -> Result<()> {
         let batch = keel_state::batch_from_ipc(bytes, "join state")?;
         let Some(batch) = crate::exchange::owned_rows(&batch, range)? else { return Ok(()) };
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
         let num = |c: usize| batch.column(c).as_primitive::<Int64Type>().clone();
         let (count, matches, expiry) = (num(1), num(2), num(3));
         let kg = batch.column(0).as_primitive::<UInt32Type>().clone();
         let data = &batch.columns()[4..];
-        let rows = self.rows[s].convert_columns(data).map_err(RuntimeError::arrow("restoring join state"))?;
+        let rows = if self.side(s).updating {
+            Some(self.rows[s].convert_columns(data).map_err(RuntimeError::arrow("restoring join state"))?)
+        } else {
+            None
+        };
         let key_cols: Vec<ArrayRef> = self.side(s).keys.iter().map(|&k| data[k].clone()).collect();
         let keys = self.keys.convert_columns(&key_cols).map_err(RuntimeError::arrow("restoring join state"))?;
         let now = Instant::now();
         let st = &mut self.state[s];
+        let id = st.reserve();
+        st.fill(id, data.to_vec(), batch.num_rows());
         for i in 0..batch.num_rows() {
             let key: Box<[u8]> = keys.row(i).data().into();
             let exp = expiry.value(i);
@@ -513,7 +643,8 @@ impl Join {
                 st.expiries.entry(exp).or_default().push(key.clone());
             }
             st.rows.entry(key).or_default().push(Entry {
-                row: rows.row(i).data().into(),
+                at: (id, i as u32),
+                row: rows.as_ref().map(|r| r.row(i).data().into()),
                 count: count.value(i),
                 matches: matches.value(i),
                 key_group: kg.value(i),
@@ -568,13 +699,23 @@ impl Operator for Join {
                     break;
                 }
                 let (_, keys) = entry.remove_entry();
+                let mut gone = vec![];
                 for key in keys {
                     if let Some(v) = st.rows.get_mut(&key) {
-                        v.retain(|e| e.expiry > watermark);
+                        v.retain(|e| {
+                            let keep = e.expiry > watermark;
+                            if !keep {
+                                gone.push(e.at);
+                            }
+                            keep
+                        });
                         if v.is_empty() {
                             st.rows.remove(&key);
                         }
                     }
+                }
+                for at in gone {
+                    st.release(at);
                 }
             }
         }
