@@ -250,38 +250,29 @@ fn lines_longer_than_the_read_buffer_are_read_whole() {
     assert_eq!(long_name, 3 << 20);
 }
 
-#[test]
-fn csv_lines_are_read_together_and_bad_ones_still_found_one_by_one() {
+/// Reads `text` as the only CSV file of a fresh directory, skipping bad lines: the rows' ids,
+/// the second row's name and how many lines were bad.
+fn read_csv(text: &str) -> (Vec<i64>, String, u64) {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in");
     std::fs::create_dir(&input).unwrap();
-    let csv = FileSourceFormat::Csv { delimiter: b',' };
-    // All good: read through one reader, in order.
-    std::fs::write(
-        input.join("a.csv"),
-        "1,a,2024-01-01T00:00:01\n2,\"b,c\",2024-01-01T00:00:02\n3,d,2024-01-01T00:00:03\n",
-    )
-    .unwrap();
+    std::fs::write(input.join("a.csv"), text).unwrap();
     let c = ctx(dir.path());
-    let mut src = FileSource::new(config(&input, csv, BadRecordPolicy::Skip));
+    let mut src = FileSource::new(config(&input, FileSourceFormat::Csv { delimiter: b',' }, BadRecordPolicy::Skip));
     src.open(&c, RestoredState::default()).unwrap();
     let SourcePoll::Batch(b) = src.poll().unwrap() else { panic!("expected rows") };
-    let ids: Vec<i64> = b.column(0).as_primitive::<Int64Type>().values().to_vec();
-    assert_eq!(ids, vec![1, 2, 3]);
-    assert_eq!(b.column(1).as_string::<i32>().value(1), "b,c");
+    let ids = b.column(0).as_primitive::<Int64Type>().values().to_vec();
+    let second = b.column(1).as_string::<i32>().value(1).to_string();
+    (ids, second, c.metrics.bad_records.load(std::sync::atomic::Ordering::Relaxed))
+}
 
+#[test]
+fn csv_lines_are_read_together_and_bad_ones_still_found_one_by_one() {
+    // All good: read through one reader, in order, quoting kept.
+    let all_good = "1,a,2024-01-01T00:00:01\n2,\"b,c\",2024-01-01T00:00:02\n3,d,2024-01-01T00:00:03\n";
+    assert_eq!(read_csv(all_good), (vec![1, 2, 3], "b,c".to_string(), 0));
     // A line with a text id and one with too few fields among good ones.
-    std::fs::remove_file(input.join("a.csv")).unwrap();
-    std::fs::write(
-        input.join("b.csv"),
-        "4,e,2024-01-01T00:00:04\nx,f,2024-01-01T00:00:05\n6,g,2024-01-01T00:00:06\n7,h\n8,i,2024-01-01T00:00:08\n",
-    )
-    .unwrap();
-    let c = ctx(dir.path());
-    let mut src = FileSource::new(config(&input, csv, BadRecordPolicy::Skip));
-    src.open(&c, RestoredState::default()).unwrap();
-    let SourcePoll::Batch(b) = src.poll().unwrap() else { panic!("expected rows") };
-    let ids: Vec<i64> = b.column(0).as_primitive::<Int64Type>().values().to_vec();
-    assert_eq!(ids, vec![4, 6, 8], "the good lines, in order");
-    assert_eq!(c.metrics.bad_records.load(std::sync::atomic::Ordering::Relaxed), 2);
+    let two_bad =
+        "4,e,2024-01-01T00:00:04\nx,f,2024-01-01T00:00:05\n6,g,2024-01-01T00:00:06\n7,h\n8,i,2024-01-01T00:00:08\n";
+    assert_eq!(read_csv(two_bad), (vec![4, 6, 8], "g".to_string(), 2), "the good lines, in order");
 }
