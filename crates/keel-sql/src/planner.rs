@@ -515,6 +515,24 @@ pub(crate) fn strip_alias(e: &Expr) -> &Expr {
     }
 }
 
+/// The COUNT(DISTINCT x) calls of `a` (indices among its aggregates) that share their argument
+/// and differ only in FILTER, grouped: the runtime keeps one map for each group of two or more.
+pub(crate) fn distinct_families(a: &datafusion::logical_expr::Aggregate) -> Vec<Vec<usize>> {
+    let mut by_arg: Vec<(Expr, Vec<usize>)> = vec![];
+    for (i, e) in a.aggr_expr.iter().enumerate() {
+        let Expr::AggregateFunction(f) = strip_alias(e) else { continue };
+        if !f.params.distinct || !f.func.name().eq_ignore_ascii_case("count") || f.params.args.len() != 1 {
+            continue;
+        }
+        let arg = f.params.args[0].clone();
+        match by_arg.iter_mut().find(|(x, _)| *x == arg) {
+            Some((_, calls)) => calls.push(i),
+            None => by_arg.push((arg, vec![i])),
+        }
+    }
+    by_arg.into_iter().map(|(_, calls)| calls).filter(|c| c.len() > 1).collect()
+}
+
 pub(crate) fn plan_aggregate(
     state: &SessionState,
     a: &datafusion::logical_expr::Aggregate,

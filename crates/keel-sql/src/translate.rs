@@ -415,6 +415,7 @@ impl Translator<'_> {
             aggregates: calls,
             output_schema: with_op_field(a.schema.as_arrow()),
             state_ttl: self.settings.state_ttl,
+            distinct_families: crate::planner::distinct_families(a),
         };
         let stage = self.new_stage(
             PlannedInput::Exchange { from: s.stage, keys: (0..nk).collect() },

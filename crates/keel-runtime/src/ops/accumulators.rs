@@ -221,6 +221,19 @@ impl Accumulator {
         Ok(())
     }
 
+    /// The integer distinct sets of a COUNT(DISTINCT) over an integer-like column, if this is one.
+    pub(crate) fn int_sets(&mut self) -> Option<&mut super::distinct::IntSets> {
+        match &mut self.values {
+            Values::DistinctInt(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Counts one more distinct value in slot `g` (a COUNT(DISTINCT) family updates its calls).
+    pub(crate) fn count_one(&mut self, g: usize) {
+        self.counts[g] += 1;
+    }
+
     /// Makes slots `0..n` exist.
     pub fn ensure(&mut self, n: usize) {
         if self.counts.len() >= n {

@@ -164,3 +164,102 @@ mod tests {
         assert!(damaged.restore(&[0], &cut).is_err(), "a value cut short is refused");
     }
 }
+
+/// COUNT(DISTINCT x) calls that differ only in their FILTER (q16's four `COUNT(DISTINCT bidder)
+/// FILTER (WHERE price ...)`), over append-only input: one map per group from value to a bit per
+/// call, so that a row costs one probe for the whole family instead of one per call. Each call's
+/// argument is `x` where its filter holds and NULL elsewhere, so the non-NULL arguments of a row
+/// are all the same value.
+///
+/// Invariant: the calls' own sets (`IntSets`) stay empty while the family holds the values; they
+/// are filled from the map for a snapshot and emptied again (`export`, `clear_exported`), and a
+/// restore loads them first and then moves them into the map (`import`), so the checkpoint format
+/// is that of separate calls.
+#[derive(Debug)]
+pub(crate) struct Family {
+    /// The aggregate calls, in bit order (at most 64).
+    pub calls: Vec<usize>,
+    maps: Vec<hashbrown::HashMap<i64, u64>>,
+}
+
+impl Family {
+    pub fn new(calls: Vec<usize>) -> Result<Self> {
+        if calls.len() > 64 {
+            return Err(RuntimeError::Internal("a COUNT(DISTINCT) family of more than 64 calls".into()));
+        }
+        Ok(Family { calls, maps: vec![] })
+    }
+
+    pub fn ensure(&mut self, n: usize) {
+        if self.maps.len() < n {
+            self.maps.resize_with(n, hashbrown::HashMap::new);
+        }
+    }
+
+    pub fn reset(&mut self, g: usize) {
+        self.maps[g] = hashbrown::HashMap::new();
+    }
+
+    /// Adds the rows of `groups`; `args[k]` is call `calls[k]`'s argument. Calls `counted(k, g)`
+    /// for each value new to call `k` in group `g`.
+    pub fn update(&mut self, groups: &[u32], args: &[ArrayRef], mut counted: impl FnMut(usize, u32)) -> Result<()> {
+        let args = args
+            .iter()
+            .map(|a| arrow::compute::cast(a, &DataType::Int64).map_err(RuntimeError::arrow("COUNT(DISTINCT) values")))
+            .collect::<Result<Vec<_>>>()?;
+        let args: Vec<&arrow::array::Int64Array> = args.iter().map(|a| a.as_primitive::<Int64Type>()).collect();
+        for (i, &g) in groups.iter().enumerate() {
+            let mut bits = 0u64;
+            let mut value = None;
+            for (k, a) in args.iter().enumerate() {
+                if a.is_valid(i) {
+                    bits |= 1 << k;
+                    value = Some(a.value(i));
+                }
+            }
+            let Some(v) = value else { continue };
+            let seen = self.maps[g as usize].entry(v).or_insert(0);
+            let new = bits & !*seen;
+            *seen |= bits;
+            for k in 0..args.len() {
+                if new & (1 << k) != 0 {
+                    counted(k, g);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Fills call `k`'s sets (`sets[k]`) for `groups` from the map, for a snapshot.
+    pub fn export(&self, groups: &[u32], sets: &mut [&mut IntSets]) {
+        for &g in groups {
+            for (v, bits) in &self.maps[g as usize] {
+                for (k, s) in sets.iter_mut().enumerate() {
+                    if bits & (1 << k) != 0 {
+                        s.sets[g as usize].insert(*v);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Empties the calls' sets again after a snapshot (the map holds the values).
+    pub fn clear_exported(groups: &[u32], sets: &mut [&mut IntSets]) {
+        for s in sets.iter_mut() {
+            for &g in groups {
+                s.sets[g as usize] = HashSet::new();
+            }
+        }
+    }
+
+    /// Moves restored per-call sets of `groups` into the map.
+    pub fn import(&mut self, groups: &[u32], sets: &mut [&mut IntSets]) {
+        for &g in groups {
+            for (k, s) in sets.iter_mut().enumerate() {
+                for v in std::mem::take(&mut s.sets[g as usize]) {
+                    *self.maps[g as usize].entry(v).or_insert(0) |= 1 << k;
+                }
+            }
+        }
+    }
+}

@@ -40,6 +40,9 @@ pub struct GroupAggregateSpec {
     pub output_schema: SchemaRef,
     /// Forget groups not updated for this long (processing time).
     pub state_ttl: Option<Duration>,
+    /// COUNT(DISTINCT) calls (indices into `aggregates`) over the same column that differ only in
+    /// their FILTER: over append-only input, each set of them shares one map (`distinct::Family`).
+    pub distinct_families: Vec<Vec<usize>>,
 }
 
 struct Slot {
@@ -57,8 +60,16 @@ pub struct GroupAggregate {
     slots: Vec<Option<Slot>>,
     free: Vec<u32>,
     accs: Vec<Accumulator>,
+    /// Families of COUNT(DISTINCT) calls sharing a map, and whether each call is in one.
+    families: Vec<crate::ops::distinct::Family>,
+    in_family: Vec<bool>,
     key_groups: u32,
     last_expiry: Instant,
+}
+
+/// The distinct sets of `calls` (in order), for a family's snapshot or restore.
+fn family_sets<'a>(accs: &'a mut [Accumulator], calls: &[usize]) -> Vec<&'a mut crate::ops::distinct::IntSets> {
+    accs.iter_mut().enumerate().filter(|(i, _)| calls.contains(i)).filter_map(|(_, a)| a.int_sets()).collect()
 }
 
 impl GroupAggregate {
@@ -76,6 +87,22 @@ impl GroupAggregate {
         for a in &spec.aggregates {
             accs.push(Accumulator::for_call(a, &spec.input_schema, spec.input_updating)?);
         }
+        // A family shares a map only over append-only input, between calls keeping integer sets.
+        let mut families = vec![];
+        let mut in_family = vec![false; accs.len()];
+        for calls in &spec.distinct_families {
+            let mut calls = calls.clone();
+            calls.sort_unstable();
+            calls.dedup();
+            let usable = calls.iter().all(|&c| c < accs.len() && !in_family[c] && accs[c].int_sets().is_some());
+            if spec.input_updating || calls.len() < 2 || !usable {
+                continue;
+            }
+            for &c in &calls {
+                in_family[c] = true;
+            }
+            families.push(crate::ops::distinct::Family::new(calls)?);
+        }
         Ok(GroupAggregate {
             spec,
             keys,
@@ -83,6 +110,8 @@ impl GroupAggregate {
             slots: vec![],
             free: vec![],
             accs,
+            families,
+            in_family,
             key_groups: keel_types::DEFAULT_KEY_GROUPS,
             last_expiry: Instant::now(),
         })
@@ -117,6 +146,10 @@ impl GroupAggregate {
         for a in &mut self.accs {
             a.ensure(self.slots.len());
             a.reset(s as usize);
+        }
+        for f in &mut self.families {
+            f.ensure(self.slots.len());
+            f.reset(s as usize);
         }
         self.index.insert(key.into(), s);
         (s, true)
@@ -219,7 +252,24 @@ impl GroupAggregate {
             let all = rows.len() == n;
             let idx = UInt32Array::from_iter_values(rows.iter().map(|&i| i as u32));
             let g: Vec<u32> = rows.iter().map(|&i| groups[i]).collect();
-            for (a, call) in self.accs.iter_mut().zip(&self.spec.aggregates) {
+            for f in &mut self.families {
+                // Families exist only over append-only input: every row adds.
+                let mut args: Vec<ArrayRef> = vec![];
+                for c in f.calls.iter().filter_map(|&c| self.spec.aggregates[c].arg) {
+                    args.push(if all {
+                        batch.column(c).clone()
+                    } else {
+                        arrow::compute::take(batch.column(c).as_ref(), &idx, None)
+                            .map_err(RuntimeError::arrow("aggregate input"))?
+                    });
+                }
+                let (accs, calls) = (&mut self.accs, f.calls.clone());
+                f.update(&g, &args, |k, slot| accs[calls[k]].count_one(slot as usize))?;
+            }
+            for ((a, call), &shared) in self.accs.iter_mut().zip(&self.spec.aggregates).zip(&self.in_family) {
+                if shared {
+                    continue;
+                }
                 let arg = match call.arg {
                     None => None,
                     Some(c) if all => Some(batch.column(c).clone()),
@@ -329,6 +379,9 @@ impl Operator for GroupAggregate {
                 a.restore(&slots, &batch.columns()[at..at + w])?;
                 at += w;
             }
+            for f in &mut self.families {
+                f.import(&slots, &mut family_sets(&mut self.accs, &f.calls));
+            }
         }
         Ok(())
     }
@@ -352,13 +405,30 @@ impl Operator for GroupAggregate {
             Arc::new(Int64Array::from_iter_values(live.iter().map(|&s| slot(s).map_or(0, |x| x.rows)))),
         ];
         cols.extend(self.key_columns(&live)?);
+        // A family's values go into its calls' own sets for the snapshot, and out again after.
+        for f in &self.families {
+            f.export(&live, &mut family_sets(&mut self.accs, &f.calls));
+        }
         let mut acc_fields = vec![];
+        let mut state = Ok(());
         for (i, a) in self.accs.iter().enumerate() {
-            for (f, c) in a.state(&live, &format!("agg{i}"))? {
-                acc_fields.push(f);
-                cols.push(c);
+            match a.state(&live, &format!("agg{i}")) {
+                Ok(s) => {
+                    for (f, c) in s {
+                        acc_fields.push(f);
+                        cols.push(c);
+                    }
+                }
+                Err(e) => {
+                    state = Err(e);
+                    break;
+                }
             }
         }
+        for f in &self.families {
+            crate::ops::distinct::Family::clear_exported(&live, &mut family_sets(&mut self.accs, &f.calls));
+        }
+        state?;
         let batch = RecordBatch::try_new(self.state_schema(&acc_fields), cols)
             .map_err(RuntimeError::arrow("group aggregate snapshot"))?;
         Ok(Some(keel_state::batch_to_ipc(&batch)?))
@@ -396,6 +466,7 @@ mod tests {
             ],
             output_schema: with_op_field(&out),
             state_ttl: ttl,
+            distinct_families: vec![],
         })
     }
 
@@ -519,6 +590,92 @@ mod tests {
             }
         }
         assert_eq!(table, expected);
+    }
+
+    #[test]
+    fn count_distinct_families_match_separate_calls_and_their_snapshots() {
+        // COUNT(DISTINCT v) and COUNT(DISTINCT v) FILTER (WHERE v < 500), as the planner gives
+        // them: the second call's argument is v where the filter holds, NULL elsewhere.
+        let input = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, true),
+            Field::new("v", DataType::Int64, true),
+            Field::new("v_small", DataType::Int64, true),
+        ]));
+        let out = Schema::new(vec![
+            Field::new("k", DataType::Utf8, true),
+            Field::new("d", DataType::Int64, false),
+            Field::new("d_small", DataType::Int64, false),
+        ]);
+        let distinct = |arg| AggregateCall {
+            func: AggregateFunction::CountDistinct,
+            arg: Some(arg),
+            output_type: DataType::Int64,
+            user: None,
+        };
+        let spec = |families: Vec<Vec<usize>>| {
+            Arc::new(GroupAggregateSpec {
+                input_schema: input.clone(),
+                input_updating: false,
+                num_keys: 1,
+                aggregates: vec![distinct(1), distinct(2)],
+                output_schema: with_op_field(&out),
+                state_ttl: None,
+                distinct_families: families,
+            })
+        };
+        let seed = 0x0d15_7111_u64;
+        println!("seed {seed}");
+        let mut x = seed;
+        let mut next = move || {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (x >> 33) as i64
+        };
+        let batches: Vec<RecordBatch> = (0..12)
+            .map(|_| {
+                let ks: Vec<String> = (0..50).map(|_| format!("k{}", next() % 5)).collect();
+                let vs: Vec<Option<i64>> = (0..50).map(|_| (next() % 10 != 0).then(|| next() % 1000)).collect();
+                let small: Vec<Option<i64>> = vs.iter().map(|v| v.filter(|v| *v < 500)).collect();
+                RecordBatch::try_new(
+                    input.clone(),
+                    vec![
+                        Arc::new(StringArray::from(ks)),
+                        Arc::new(Int64Array::from(vs)),
+                        Arc::new(Int64Array::from(small)),
+                    ],
+                )
+                .unwrap()
+            })
+            .collect();
+        let run = |op: &mut GroupAggregate, bs: &[RecordBatch]| -> Vec<RecordBatch> {
+            let mut out = vec![];
+            for b in bs {
+                op.process(b.clone(), &mut out).unwrap();
+            }
+            out
+        };
+        let fresh = |families: Vec<Vec<usize>>, restored: RestoredState| {
+            let mut op = GroupAggregate::new(spec(families)).unwrap();
+            op.open(&ctx(0, 1), restored).unwrap();
+            op
+        };
+        let mut shared = fresh(vec![vec![0, 1]], RestoredState::default());
+        assert_eq!(shared.families.len(), 1, "the two calls form a family");
+        let mut separate = fresh(vec![], RestoredState::default());
+        assert_eq!(run(&mut shared, &batches[..6]), run(&mut separate, &batches[..6]));
+        // Each one's snapshot restores into the other kind, and all four go on alike.
+        let restored = |op: &mut GroupAggregate| RestoredState {
+            parts: vec![op.snapshot(1).unwrap().unwrap()],
+            inherited: vec![0],
+            checkpoint: Some(1),
+        };
+        let (from_shared, from_separate) = (restored(&mut shared), restored(&mut separate));
+        let expected = run(&mut separate, &batches[6..]);
+        assert_eq!(run(&mut shared, &batches[6..]), expected, "the family went on after its snapshot");
+        for (families, state) in
+            [(vec![], from_shared.clone()), (vec![vec![0, 1]], from_separate), (vec![vec![0, 1]], from_shared)]
+        {
+            assert_eq!(run(&mut fresh(families.clone(), state), &batches[6..]), expected, "families {families:?}");
+        }
     }
 
     #[test]

@@ -266,6 +266,7 @@ mod tests {
             }],
             output_schema: with_op_field(&out),
             state_ttl: None,
+            distinct_families: vec![],
         })
     }
 
