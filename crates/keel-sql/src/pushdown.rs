@@ -41,23 +41,24 @@ fn kinds_of(e: &Expr) -> Option<Vec<i32>> {
     }
 }
 
-/// Whether a projection's `event_type` output is its input's `event_type` column, unchanged.
+/// Whether a projection's `event_type` output is its input's `event_type` column, unchanged
+/// (and no other expression is renamed to `event_type`).
 pub(crate) fn passes_event_type(exprs: &[Expr]) -> bool {
-    exprs.iter().any(|e| match e {
+    let named = |e: &&Expr| match e {
         Expr::Column(c) => c.name.eq_ignore_ascii_case("event_type"),
-        Expr::Alias(a) => {
-            a.name.eq_ignore_ascii_case("event_type")
-                && matches!(a.expr.as_ref(), Expr::Column(c) if c.name.eq_ignore_ascii_case("event_type"))
-        }
+        Expr::Alias(a) => a.name.eq_ignore_ascii_case("event_type"),
         _ => false,
-    }) && !exprs.iter().any(|e| match e {
-        // Another expression renamed to event_type would hide the real one.
-        Expr::Alias(a) => {
-            a.name.eq_ignore_ascii_case("event_type")
-                && !matches!(a.expr.as_ref(), Expr::Column(c) if c.name.eq_ignore_ascii_case("event_type"))
-        }
+    };
+    let mut outputs = exprs.iter().filter(named).peekable();
+    outputs.peek().is_some() && outputs.all(is_event_type_column)
+}
+
+fn is_event_type_column(e: &Expr) -> bool {
+    match e {
+        Expr::Column(c) => c.name.eq_ignore_ascii_case("event_type"),
+        Expr::Alias(a) => is_event_type_column(&a.expr),
         _ => false,
-    })
+    }
 }
 
 fn is_event_type(e: &Expr) -> bool {
@@ -102,5 +103,14 @@ mod tests {
         assert_eq!(nexmark_event_types(&col("event_type").in_list(vec![lit(0)], true)), None);
         assert_eq!(nexmark_event_types(&col("event_type").gt(lit(0))), None);
         assert_eq!(nexmark_event_types(&col("other").eq(lit(0))), None);
+    }
+
+    #[test]
+    fn only_projections_passing_event_type_through_are_crossed() {
+        assert!(passes_event_type(&[col("event_type"), col("bid")]));
+        assert!(passes_event_type(&[col("event_type").alias("event_type")]));
+        assert!(!passes_event_type(&[col("bid")]), "event_type dropped");
+        assert!(!passes_event_type(&[col("kind").alias("event_type")]), "another column renamed to it");
+        assert!(!passes_event_type(&[col("event_type"), lit(1).alias("event_type")]), "a second event_type");
     }
 }

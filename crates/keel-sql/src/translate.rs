@@ -630,16 +630,7 @@ impl Translator<'_> {
         let append_inner = matches!(join_type, JoinType::Inner | JoinType::LeftSemi | JoinType::RightSemi)
             && !l.updating
             && !r.updating;
-        let mut out = Stream {
-            stage: 0,
-            updating: !append_inner,
-            rowtime: None,
-            window_start: None,
-            window_end: None,
-            window: None,
-            proctime: None,
-            processing_time: false,
-        };
+        let mut out = Stream { updating: !append_inner, ..Stream::changelog(0) };
         if append_inner {
             let window_join = match (l.window_end, r.window_end) {
                 (Some(le), Some(re)) => lkeys.iter().zip(&rkeys).any(|(&a, &b)| a == le && b == re),

@@ -63,6 +63,8 @@ mod tests {
         let chunks = (0..2).map(|i| Ok::<_, String>(b.slice(i, 1)));
         let bytes = batches_to_ipc(&b.schema(), chunks).unwrap();
         assert_eq!(batch_from_ipc(&bytes, "test").unwrap(), b);
+        let none = batches_to_ipc(&b.schema(), std::iter::empty::<Result<RecordBatch, String>>()).unwrap();
+        assert_eq!(batch_from_ipc(&none, "test").unwrap().num_rows(), 0, "no chunk reads back as no rows");
         let failing = [Ok(b.slice(0, 1)), Err("no more".to_string())].into_iter();
         assert!(batches_to_ipc(&b.schema(), failing).is_err());
     }

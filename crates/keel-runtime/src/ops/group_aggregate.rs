@@ -409,26 +409,16 @@ impl Operator for GroupAggregate {
         for f in &self.families {
             f.export(&live, &mut family_sets(&mut self.accs, &f.calls));
         }
-        let mut acc_fields = vec![];
-        let mut state = Ok(());
-        for (i, a) in self.accs.iter().enumerate() {
-            match a.state(&live, &format!("agg{i}")) {
-                Ok(s) => {
-                    for (f, c) in s {
-                        acc_fields.push(f);
-                        cols.push(c);
-                    }
-                }
-                Err(e) => {
-                    state = Err(e);
-                    break;
-                }
-            }
-        }
+        let states: Result<Vec<_>> =
+            self.accs.iter().enumerate().map(|(i, a)| a.state(&live, &format!("agg{i}"))).collect();
         for f in &self.families {
             crate::ops::distinct::Family::clear_exported(&live, &mut family_sets(&mut self.accs, &f.calls));
         }
-        state?;
+        let mut acc_fields = vec![];
+        for (f, c) in states?.into_iter().flatten() {
+            acc_fields.push(f);
+            cols.push(c);
+        }
         let batch = RecordBatch::try_new(self.state_schema(&acc_fields), cols)
             .map_err(RuntimeError::arrow("group aggregate snapshot"))?;
         Ok(Some(keel_state::batch_to_ipc(&batch)?))
@@ -436,7 +426,7 @@ impl Operator for GroupAggregate {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::changelog::{all_inserts, with_op_field};
     use crate::ops::accumulators::AggregateFunction;
@@ -470,7 +460,8 @@ mod tests {
         })
     }
 
-    fn rows(k: &[&str], v: &[i64]) -> RecordBatch {
+    /// A batch of (k VARCHAR, v BIGINT) rows (also used by the user-aggregate tests).
+    pub(crate) fn rows(k: &[&str], v: &[i64]) -> RecordBatch {
         RecordBatch::try_from_iter(vec![
             ("k", Arc::new(StringArray::from(k.to_vec())) as ArrayRef),
             ("v", Arc::new(Int64Array::from(v.to_vec())) as ArrayRef),

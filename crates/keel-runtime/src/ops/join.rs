@@ -606,13 +606,8 @@ impl Join {
             RecordBatch::try_new(schema.clone(), cols).map_err(RuntimeError::arrow("join snapshot"))
         };
         const CHUNK: usize = 64 * 1024;
-        let chunks = entries.chunks(CHUNK).map(chunk);
-        let bytes = if entries.is_empty() {
-            keel_state::batch_to_ipc(&RecordBatch::new_empty(schema.clone()))?
-        } else {
-            keel_state::batches_to_ipc(&schema, chunks)?
-        };
-        Ok(bytes)
+        // An empty side is a stream with no batch, which reads back as zero rows.
+        Ok(keel_state::batches_to_ipc(&schema, entries.chunks(CHUNK).map(chunk))?)
     }
 
     fn restore_side(&mut self, s: usize, bytes: &[u8], range: KeyGroupRange) -> Result<()> {

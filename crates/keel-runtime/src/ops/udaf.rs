@@ -206,8 +206,9 @@ mod tests {
     use crate::changelog::{RowKind, all_inserts, row_kinds, with_op_field};
     use crate::operator::{Operator, RestoredState, TaskContext};
     use crate::ops::accumulators::AggregateFunction;
+    use crate::ops::group_aggregate::tests::rows;
     use crate::ops::{AggregateCall, GroupAggregate, GroupAggregateSpec};
-    use arrow::array::{AsArray, Int64Array, RecordBatch, StringArray};
+    use arrow::array::{AsArray, RecordBatch};
     use arrow::datatypes::Int64Type;
     use datafusion::logical_expr::{Volatility, create_udaf};
 
@@ -268,14 +269,6 @@ mod tests {
             state_ttl: None,
             distinct_families: vec![],
         })
-    }
-
-    fn rows(k: &[&str], v: &[i64]) -> RecordBatch {
-        RecordBatch::try_from_iter(vec![
-            ("k", Arc::new(StringArray::from(k.to_vec())) as ArrayRef),
-            ("v", Arc::new(Int64Array::from(v.to_vec())) as ArrayRef),
-        ])
-        .unwrap()
     }
 
     /// The final table of a changelog: key → value.
