@@ -40,6 +40,7 @@ fn spec() -> Arc<WindowAggregateSpec> {
         late_output: None,
         merge_sessions: false,
         processing_time: None,
+        hop_slices: None,
     })
 }
 

@@ -46,8 +46,12 @@ fn describe_op(o: &PlannedOp) -> String {
         PlannedOp::WindowAssign(spec, _, _) => format!("window assigner {spec:?}"),
         PlannedOp::Step(s) => describe_step(s),
         PlannedOp::WindowAggregate { spec, .. } => format!(
-            "window aggregate [{}] (keyed state, emits when the watermark passes window_end - 1)",
-            spec.aggregates.iter().map(|a| format!("{:?}", a.func)).collect::<Vec<_>>().join(", ")
+            "window aggregate [{}] (keyed state{}, emits when the watermark passes window_end - 1)",
+            spec.aggregates.iter().map(|a| format!("{:?}", a.func)).collect::<Vec<_>>().join(", "),
+            match spec.hop_slices {
+                Some((size, slide)) => format!(", HOP windows of {size} ms built from {slide} ms slices"),
+                None => String::new(),
+            }
         ),
         PlannedOp::WindowTopN(_) => "window top-n (numbers each window partition when the window closes)".into(),
         PlannedOp::GroupAggregate(g) => format!(
@@ -139,6 +143,9 @@ impl InsertBuilder<'_> {
                 PlannedInput::Source(n) => parts.push(Self::describe_source(n)),
                 PlannedInput::Exchange { from, keys } => {
                     let _ = writeln!(s, "    exchange: stage {from} hashed by columns {keys:?} over key groups");
+                }
+                PlannedInput::Forward { from } => {
+                    let _ = writeln!(s, "    forward: stage {from} (shared by several consumers)");
                 }
                 PlannedInput::Join { left, right } => {
                     let _ = writeln!(
@@ -364,6 +371,10 @@ impl InsertBuilder<'_> {
                 }
                 PlannedInput::Exchange { from, keys } => (
                     StageInput::Upstream { stage: first_stage + from, partitioning: Partitioning::Hash(keys.clone()) },
+                    format!("stage {si}"),
+                ),
+                PlannedInput::Forward { from } => (
+                    StageInput::Upstream { stage: first_stage + from, partitioning: Partitioning::Forward },
                     format!("stage {si}"),
                 ),
                 PlannedInput::Join { left, right } => (

@@ -16,6 +16,8 @@ mod pushdown;
 pub mod scalar;
 mod scalar_time;
 pub mod script;
+mod share;
+mod slicing;
 mod translate;
 
 pub use connectors::{SinkKind, SourcePlan};

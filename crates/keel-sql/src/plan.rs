@@ -1,6 +1,7 @@
 //! The planned form of one `INSERT`: a list of stages, each fed by a source, by one earlier
-//! stage through a hash exchange, or by two earlier stages (a join), running a chain of planned
-//! operators; the last stage ends in the sink. `planner`/`translate` produce it, `build` turns
+//! stage (through a hash exchange, or forwarded subtask to subtask), or by two earlier stages (a
+//! join), running a chain of planned operators; the last stage ends in the sink. A stage may feed
+//! several later stages (a subquery the query uses twice is planned once). `planner`/`translate` produce it, `build` turns
 //! it into the runtime's job graph, and the Rust API builds the linear case directly.
 //!
 //! Invariants: a stage only reads earlier stages; the last stage is the one the sink closes;
@@ -54,6 +55,7 @@ impl AggregatePlan {
             late_output: None,
             merge_sessions: false,
             processing_time: None,
+            hop_slices: None,
         };
         AggregatePlan { pre_projection: (pre_exprs, pre_schema), spec: Arc::new(spec) }
     }
@@ -78,6 +80,11 @@ pub enum PlannedInput {
     Exchange {
         from: usize,
         keys: Vec<usize>,
+    },
+    /// An earlier stage's rows, each subtask reading its own counterpart (no exchange): how a
+    /// stage whose output several consumers share hands it to each of them.
+    Forward {
+        from: usize,
     },
     /// Two earlier stages, each hash partitioned by its join keys.
     Join {

@@ -237,6 +237,8 @@ pub(crate) fn plan_insert(
         sink: &sink.name,
         job,
         stages: vec![],
+        shared: crate::share::shared_subplans(&plan),
+        planned_once: HashMap::new(),
     };
     let out = t.translate(&plan)?;
     if out.updating && !sink_kind.accepts_updates() {
@@ -284,7 +286,8 @@ pub(crate) fn plan_insert(
         casts.push(Arc::new(datafusion::physical_expr::expressions::Column::new(from.name(), i)));
     }
     t.project(&out, casts, sink_schema, out_schema.fields().len());
-    let stages = std::mem::take(&mut t.stages);
+    let mut stages = std::mem::take(&mut t.stages);
+    crate::share::elide_forwards(&mut stages);
     Ok(InsertPlan { stages, sink, sink_kind, updating: out.updating, logical_plan: plan.display_indent().to_string() })
 }
 

@@ -616,7 +616,13 @@ pub fn rewrite_window_calls(toks: &[Tok]) -> Result<(Vec<Tok>, Vec<WindowCall>)>
             }
         };
         spec.validate().map_err(|m| SqlError::invalid(fpos, m))?;
-        let alias = format!("__keel_window_{}", calls.len());
+        // An identical call (same table, time column, window and partitioning) reuses the
+        // earlier call's table, so that the planner sees one input and can share its plan.
+        let same = |w: &&WindowCall| {
+            w.table == table && w.time_column == time_column && w.spec == spec && w.partition_by == partition_by
+        };
+        let earlier = calls.iter().find(same).map(|w| w.alias.clone());
+        let alias = earlier.clone().unwrap_or_else(|| format!("__keel_window_{}", calls.len()));
         out.push(Tok {
             token: Token::Word(datafusion::sql::sqlparser::tokenizer::Word {
                 value: alias.clone(),
@@ -625,7 +631,9 @@ pub fn rewrite_window_calls(toks: &[Tok]) -> Result<(Vec<Tok>, Vec<WindowCall>)>
             }),
             pos,
         });
-        calls.push(WindowCall { alias, table, time_column, spec, pos, partition_by });
+        if earlier.is_none() {
+            calls.push(WindowCall { alias, table, time_column, spec, pos, partition_by });
+        }
         i += c.i;
     }
     Ok((out, calls))
@@ -796,6 +804,15 @@ mod tests {
         assert_eq!(render(&toks), "SELECT * FROM __keel_window_0 WHERE x > 1");
         assert_eq!(calls[0].spec, WindowSpec::Hop { slide: 2000, size: 10_000, offset: 0 });
         assert_eq!(calls[0].table, "events");
+        // The same call twice is one generated table; a different window is another.
+        let hop = "TABLE(HOP(TABLE events, DESCRIPTOR(ts), INTERVAL '2' SECOND, INTERVAL '10' SECOND))";
+        let tumble = "TABLE(TUMBLE(TABLE events, DESCRIPTOR(ts), INTERVAL '2' SECOND))";
+        let sql = format!("SELECT * FROM {hop} a JOIN {hop} b ON a.x = b.x JOIN {tumble} c ON a.x = c.x");
+        let (toks, calls) = rewrite_window_calls(&tokenize(&sql).unwrap()).unwrap();
+        let want =
+            "SELECT * FROM __keel_window_0 a JOIN __keel_window_0 b ON a.x = b.x JOIN __keel_window_1 c ON a.x = c.x";
+        assert_eq!(render(&toks), want);
+        assert_eq!(calls.len(), 2);
         let s = "SELECT * FROM TABLE(SESSION(TABLE e PARTITION BY k, DESCRIPTOR(ts), INTERVAL '5' SECOND))";
         let (_, calls) = rewrite_window_calls(&tokenize(s).unwrap()).unwrap();
         assert_eq!(

@@ -4,6 +4,8 @@
 //! its keys. Every stream knows whether it is a changelog (`updating`) and which of its columns
 //! still carry event time (`rowtime`, `window_end`), which decides what may follow it.
 //!
+//! A subtree the query uses more than once is planned once (see `share`).
+//!
 //! Invariants: operators planned over a changelog keep its `_op` column last (projections carry
 //! it); constructs that cannot take a changelog (window aggregates, window Top-N, OVER) refuse it
 //! here, before anything runs; every refusal names the construct and its position.
@@ -22,7 +24,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::Column;
 use keel_runtime::changelog::{op_field, with_op_field};
 use keel_runtime::ops::{GroupAggregateSpec, JoinSide, JoinSpec, JoinType, RankSpec};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// A stream under construction: the stage producing it and what its rows are.
@@ -54,6 +56,10 @@ pub(crate) struct Translator<'a> {
     pub sink: &'a str,
     pub job: &'a str,
     pub stages: Vec<PlannedStage>,
+    /// Subtrees the query uses more than once (`share::shared_subplans`), and the streams of
+    /// those already planned.
+    pub shared: HashSet<LogicalPlan>,
+    pub planned_once: HashMap<LogicalPlan, Stream>,
 }
 
 fn col(name: &str, i: usize) -> Arc<dyn PhysicalExpr> {
@@ -112,6 +118,24 @@ impl Translator<'_> {
     }
 
     pub(crate) fn translate(&mut self, node: &LogicalPlan) -> Result<Stream> {
+        if !self.shared.contains(node) {
+            return self.translate_node(node);
+        }
+        let s = match self.planned_once.get(node) {
+            Some(s) => s.clone(),
+            None => {
+                let s = self.translate_node(node)?;
+                self.planned_once.insert(node.clone(), s.clone());
+                s
+            }
+        };
+        // Each consumer continues in a stage of its own (empty ones are removed at the end).
+        let stage = self.stages.len();
+        self.stages.push(PlannedStage { input: PlannedInput::Forward { from: s.stage }, ops: vec![] });
+        Ok(Stream { stage, ..s })
+    }
+
+    fn translate_node(&mut self, node: &LogicalPlan) -> Result<Stream> {
         match node {
             LogicalPlan::TableScan(scan) => self.scan(scan),
             LogicalPlan::SubqueryAlias(a) => self.translate(&a.input),
@@ -380,6 +404,14 @@ impl Translator<'_> {
                 crate::planner::session_keys_check(a, &info.call, self.query)?;
                 let mut spec = plan.spec.as_ref().clone();
                 spec.merge_sessions = true;
+                plan.spec = Arc::new(spec);
+            }
+            if !s.processing_time
+                && let Some(hop) =
+                    crate::slicing::slice_hop(&mut self.stages[s.stage].ops, &plan.pre_projection.0, plan.spec.num_keys)
+            {
+                let mut spec = plan.spec.as_ref().clone();
+                spec.hop_slices = Some(hop);
                 plan.spec = Arc::new(spec);
             }
             let (exprs, schema) = plan.pre_projection.clone();

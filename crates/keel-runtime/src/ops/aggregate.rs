@@ -63,6 +63,9 @@ pub struct WindowAggregateSpec {
     /// the wall clock when it reaches this operator (its window columns are overwritten), and a
     /// window fires when the clock passes its end; watermarks only matter at the end of input.
     pub processing_time: Option<keel_types::WindowSpec>,
+    /// HOP windows of (size, slide) built from slices (see `slices.rs`): the input's window
+    /// columns are each row's slice `[s, s + slide)`, not its windows.
+    pub hop_slices: Option<(i64, i64)>,
 }
 
 /// Keys in Arrow's row format, or none at all (a window aggregate without GROUP BY keys: one
@@ -86,7 +89,7 @@ pub(super) struct Group {
     pub(super) end: i64,
     hash: u64,
     pub(super) key: Box<[u8]>,
-    key_group: u32,
+    pub(super) key_group: u32,
 }
 
 /// The operator (see the module docs).
@@ -106,8 +109,23 @@ pub struct WindowAggregate {
     late: Option<Box<dyn SideOutput>>,
 }
 
+/// Schema metadata of a snapshot holding HOP slices ("size/slide") rather than whole windows.
+const SLICES_KEY: &str = "hop_slices";
+
 fn group_hash(start: i64, end: i64, key: &[u8]) -> u64 {
     xxh3_64_with_seed(key, (start as u64) ^ (end as u64).rotate_left(29))
+}
+
+/// Late rows of a sliced HOP carry their slice; show the last window of it, `[s, s + size)`, the
+/// one whose closing made them late.
+fn last_window_of_slices(rows: RecordBatch, start: usize, end: usize, size: i64) -> Result<RecordBatch> {
+    let starts = millis(rows.column(start))?;
+    let ends: TimestampMillisecondArray =
+        starts.as_primitive::<TimestampMillisecondType>().unary(|s| s.saturating_add(size));
+    let ends = arrow::compute::cast(&ends, rows.column(end).data_type()).map_err(RuntimeError::arrow("late rows"))?;
+    let mut cols = rows.columns().to_vec();
+    cols[end] = ends;
+    RecordBatch::try_new(rows.schema(), cols).map_err(RuntimeError::arrow("late rows"))
 }
 
 fn millis(col: &ArrayRef) -> Result<ArrayRef> {
@@ -154,7 +172,7 @@ impl WindowAggregate {
     }
 
     /// The group id of (start, end, key), creating it if new.
-    fn group_of(&mut self, start: i64, end: i64, key: &[u8], key_group: impl FnOnce() -> u32) -> u32 {
+    pub(super) fn group_of(&mut self, start: i64, end: i64, key: &[u8], key_group: impl FnOnce() -> u32) -> u32 {
         let h = group_hash(start, end, key);
         let groups = &self.groups;
         if let Some(&g) = self.table.find(h, |&g| {
@@ -192,7 +210,7 @@ impl WindowAggregate {
     }
 
     /// Output rows for `gids`, all of window `[start, end)`.
-    fn emit(&mut self, start: i64, end: i64, gids: &[u32]) -> Result<RecordBatch> {
+    pub(super) fn emit(&mut self, start: i64, end: i64, gids: &[u32]) -> Result<RecordBatch> {
         let parser = self.converter.parser();
         let keys = self
             .converter
@@ -224,7 +242,7 @@ impl WindowAggregate {
         RecordBatch::try_new(self.spec.output_schema.clone(), cols).map_err(RuntimeError::arrow("window result"))
     }
 
-    fn forget(&mut self, g: u32) {
+    pub(super) fn forget(&mut self, g: u32) {
         if self.spec.merge_sessions {
             self.drop_session(g);
         }
@@ -241,6 +259,11 @@ impl WindowAggregate {
 
     /// Emits and forgets every window that `watermark` (or the clock) closes.
     fn fire(&mut self, watermark: i64, out: &mut Vec<RecordBatch>) -> Result<()> {
+        if let Some((size, slide)) = self.spec.hop_slices {
+            let old = self.watermark;
+            self.watermark = self.watermark.max(watermark);
+            return self.fire_slices(size, slide, old, self.watermark, out);
+        }
         self.watermark = self.watermark.max(watermark);
         while let Some((&(end, start), _)) = self.by_window.first_key_value() {
             if !is_late(end, self.watermark) {
@@ -267,7 +290,12 @@ impl WindowAggregate {
                 .map(|f| f.as_ref().clone().with_nullable(true)),
         );
         fields.extend(acc_fields.iter().cloned());
-        Arc::new(Schema::new(fields).with_metadata([("watermark".to_string(), self.watermark.to_string())].into()))
+        let mut meta: std::collections::HashMap<String, String> =
+            [("watermark".to_string(), self.watermark.to_string())].into();
+        if let Some((size, slide)) = self.spec.hop_slices {
+            meta.insert(SLICES_KEY.to_string(), format!("{size}/{slide}"));
+        }
+        Arc::new(Schema::new(fields).with_metadata(meta))
     }
 }
 
@@ -282,6 +310,20 @@ impl Operator for WindowAggregate {
         let mut wm: Option<i64> = None;
         for part in restored.parts.iter().filter(|p| !p.is_empty()) {
             let batch = keel_state::batch_from_ipc(part, "window aggregate state")?;
+            let slices = batch.schema().metadata().get(SLICES_KEY).cloned();
+            let want = self.spec.hop_slices.map(|(size, slide)| format!("{size}/{slide}"));
+            if slices != want {
+                let held = |s: &Option<String>| match s {
+                    Some(s) => format!("HOP slices (size/slide {s} ms)"),
+                    None => "whole windows".to_string(),
+                };
+                return Err(RuntimeError::User(format!(
+                    "the window aggregate's checkpoint holds {} but this plan aggregates {}: the query or the Keel \
+                     version changed how it is planned; start the job fresh (--fresh) to drop the old state",
+                    held(&slices),
+                    held(&want)
+                )));
+            }
             if let Some(w) = batch.schema().metadata().get("watermark").and_then(|w| w.parse::<i64>().ok()) {
                 wm = Some(wm.map_or(w, |m| m.min(w)));
             }
@@ -336,9 +378,12 @@ impl Operator for WindowAggregate {
         let mut keep = Vec::new();
         let mut late = 0u64;
         let (mut redirect, mut retired) = (std::collections::HashMap::new(), Vec::new());
+        // A slice is late only when its last window `[s, s + size)` has fired.
+        let hop = self.spec.hop_slices;
+        let last_end = |s: i64, e: i64| hop.map_or(e, |(size, _)| s + size);
         for (i, &kg) in key_groups.iter().enumerate() {
             let (s, e) = (starts.value(i), ends.value(i));
-            if is_late(e, self.watermark) {
+            if is_late(last_end(s, e), self.watermark) {
                 late += 1;
                 continue;
             }
@@ -365,8 +410,11 @@ impl Operator for WindowAggregate {
                     is_late_row[k as usize] = false;
                 }
                 let late_rows: Vec<u32> = (0..batch.num_rows() as u32).filter(|&i| is_late_row[i as usize]).collect();
-                let rows = arrow::compute::take_record_batch(&batch, &UInt32Array::from(late_rows))
+                let mut rows = arrow::compute::take_record_batch(&batch, &UInt32Array::from(late_rows))
                     .map_err(RuntimeError::arrow("late rows"))?;
+                if let Some((size, _)) = hop {
+                    rows = last_window_of_slices(rows, self.spec.window_start, self.spec.window_end, size)?;
+                }
                 let reason = format!(
                     "late: its window had already closed (watermark {})",
                     keel_types::time::format_watermark(self.watermark)

@@ -5,8 +5,8 @@
 //! Each side keeps its rows per join key, with multiplicities. The rows' columns stay columnar:
 //! the rows an input batch adds are copied (one `take`) into a stored batch, and each held row
 //! points at its place there; output, snapshots and the non-equi condition gather rows from those
-//! batches (`interleave`), with no per-row allocation or row-format round trip. A stored batch is
-//! freed when its last held row goes. A changelog side also keeps each row in Arrow's row format,
+//! batches (`interleave`), with no per-row allocation or row-format round trip (`held.rs`). A
+//! stored batch is freed when its last held row goes. A changelog side also keeps each row in Arrow's row format,
 //! to find the equal row a retraction removes. A row arriving
 //! on one side is matched against the other side's rows with the same key (and the optional
 //! non-equi condition); additions emit `+I` joined rows, retractions (`-U`/`-D` of a changelog
@@ -24,6 +24,7 @@ use crate::error::{Result, RuntimeError};
 use crate::exchange::row_key_groups;
 use crate::metrics::Metrics;
 use crate::operator::{Operator, RestoredState, TaskContext};
+use crate::ops::held::HeldBatches;
 use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit, UInt32Type};
 use arrow::row::{RowConverter, SortField};
@@ -124,54 +125,8 @@ struct SideState {
     rows: HashMap<Box<[u8]>, Vec<Entry>>,
     /// Expiry time → keys with a row expiring then (time-bounded sides only).
     expiries: BTreeMap<i64, Vec<Box<[u8]>>>,
-    /// The columns of held rows: one stored batch per input batch that added rows (`None`: a
-    /// freed slot, or one reserved for the batch being processed).
-    batches: Vec<Option<Stored>>,
-    free: Vec<u32>,
-}
-
-/// Rows' columns, and how many held rows still point into them.
-struct Stored {
-    cols: Vec<ArrayRef>,
-    live: usize,
-}
-
-impl SideState {
-    /// A slot for a stored batch (filled by `fill`, or given back by `unreserve`).
-    fn reserve(&mut self) -> u32 {
-        self.free.pop().unwrap_or_else(|| {
-            self.batches.push(None);
-            (self.batches.len() - 1) as u32
-        })
-    }
-
-    fn fill(&mut self, id: u32, cols: Vec<ArrayRef>, live: usize) {
-        self.batches[id as usize] = Some(Stored { cols, live });
-    }
-
-    fn unreserve(&mut self, id: u32) {
-        self.batches[id as usize] = None;
-        self.free.push(id);
-    }
-
-    /// A held row is gone: its stored batch is freed with its last row.
-    fn release(&mut self, at: (u32, u32)) {
-        if let Some(slot) = self.batches.get_mut(at.0 as usize)
-            && let Some(b) = slot
-        {
-            b.live = b.live.saturating_sub(1);
-            if b.live == 0 {
-                *slot = None;
-                self.free.push(at.0);
-            }
-        }
-    }
-
-    /// How many stored batches hold rows.
-    #[cfg(test)]
-    fn stored_batches(&self) -> usize {
-        self.batches.iter().flatten().count()
-    }
+    /// The columns of held rows: one stored batch per input batch that added rows.
+    held: HeldBatches,
 }
 
 /// Where an output row's part comes from: row `i` of the batch being processed, or a held row.
@@ -313,7 +268,7 @@ impl Join {
         let passes = self.evaluate_filter(s, batch, &keys, &cand)?;
         let mut results = OutRows::default();
         // The rows this batch adds to the state, copied into one stored batch at the end.
-        let new_id = self.state[s].reserve();
+        let new_id = self.state[s].held.reserve();
         let mut stored: Vec<u32> = vec![];
         let mut removed_new = 0usize;
         let mut c = 0;
@@ -419,7 +374,7 @@ impl Join {
                 }
                 match gone {
                     Some((id, _)) if id == new_id => removed_new += 1,
-                    Some(at) => st.release(at),
+                    Some(at) => st.held.release(at),
                     None => {}
                 }
             }
@@ -432,9 +387,9 @@ impl Join {
                 .map(|c| arrow::compute::take(c.as_ref(), &idx, None))
                 .collect::<std::result::Result<Vec<_>, _>>()
                 .map_err(RuntimeError::arrow("keeping join rows"))?;
-            st.fill(new_id, cols, idx.len() - removed_new);
+            st.held.fill(new_id, cols, idx.len() - removed_new);
         } else {
-            st.unreserve(new_id);
+            st.held.unreserve(new_id);
         }
         if let Some(b) = self.output(results, s, batch)? {
             out.push(b);
@@ -469,19 +424,14 @@ impl Join {
                 }
             });
         }
-        let mut held = Vec::with_capacity(order.len());
-        for b in &order {
-            let Some(Some(stored)) = st.batches.get(*b as usize) else {
-                return Err(RuntimeError::Internal(format!("join row points at freed stored batch {b}")));
-            };
-            held.push(stored);
-        }
         let mut cols = Vec::with_capacity(schema.fields().len());
         for (c, field) in schema.fields().iter().enumerate() {
             let null = arrow::array::new_null_array(field.data_type(), 1);
             let cur = current.map(|b| b.column(c).clone()).unwrap_or_else(|| null.clone());
             let mut sources: Vec<&dyn Array> = vec![null.as_ref(), cur.as_ref()];
-            sources.extend(held.iter().map(|h| h.cols[c].as_ref()));
+            for b in &order {
+                sources.push(st.held.column(*b, c, "join")?.as_ref());
+            }
             cols.push(arrow::compute::interleave(&sources, &picks).map_err(RuntimeError::arrow("join rows"))?);
         }
         Ok(cols)
@@ -577,7 +527,7 @@ impl Join {
                 !v.is_empty()
             });
             for at in gone {
-                st.release(at);
+                st.held.release(at);
             }
         }
     }
@@ -629,8 +579,8 @@ impl Join {
         let keys = self.keys.convert_columns(&key_cols).map_err(RuntimeError::arrow("restoring join state"))?;
         let now = Instant::now();
         let st = &mut self.state[s];
-        let id = st.reserve();
-        st.fill(id, data.to_vec(), batch.num_rows());
+        let id = st.held.reserve();
+        st.held.fill(id, data.to_vec(), batch.num_rows());
         for i in 0..batch.num_rows() {
             let key: Box<[u8]> = keys.row(i).data().into();
             let exp = expiry.value(i);
@@ -710,7 +660,7 @@ impl Operator for Join {
                     }
                 }
                 for at in gone {
-                    st.release(at);
+                    st.held.release(at);
                 }
             }
         }

@@ -179,8 +179,8 @@ fn time_bounded_rows_expire_and_late_rows_are_dropped() {
     assert_eq!(c.metrics.late_records.load(std::sync::atomic::Ordering::Relaxed), 1);
     assert_eq!(op.state[0].rows.len(), 0);
     assert_eq!(op.state[1].rows.values().flatten().count(), 1, "only y (111) is still held");
-    assert_eq!(op.state[0].stored_batches(), 0, "a side whose rows all expired holds no stored batch");
-    assert_eq!(op.state[1].stored_batches(), 1, "the batch holding y is kept");
+    assert_eq!(op.state[0].held.stored_batches(), 0, "a side whose rows all expired holds no stored batch");
+    assert_eq!(op.state[1].held.stored_batches(), 1, "the batch holding y is kept");
 }
 
 #[test]

@@ -1,9 +1,11 @@
 //! Unwindowed Top-N and deduplication: `ROW_NUMBER() OVER (PARTITION BY p ORDER BY o) <= N` over a
 //! whole stream (and RANK / DENSE_RANK), emitting a changelog of the result.
 //!
-//! Each partition holds its rows compactly, sorted: one shared byte buffer per row (the ordering
-//! key in arrow's row format followed by the data columns in row format) plus a tie-breaker derived
-//! from the row's arrival sequence (earlier first, or later first with `later_wins_ties`).
+//! Each partition holds its rows sorted by their ordering key (in arrow's row format) and a
+//! tie-breaker derived from the row's arrival sequence (earlier first, or later first with
+//! `later_wins_ties`). The rows' columns are held as Arrow batches (`held.rs`): output and
+//! snapshots gather them, with no row-format decoding. A changelog input also keeps each row's
+//! data in row format, to find the equal row a retraction removes.
 //!
 //! Invariants:
 //! - after each batch, every partition the batch changed emits exactly the difference between its
@@ -15,17 +17,22 @@
 //! - tie-breakers are unique within a partition: the arrival counter always lies above every held
 //!   sequence, including restored ones;
 //! - with a state TTL, a partition whose rows did not change for the TTL is forgotten without
-//!   output (lazily on access, and by a periodic sweep that frees the memory).
+//!   output (lazily on access, and by a periodic sweep that frees the memory);
+//! - a held row's stored batch lives at least until the batch that dropped the row has emitted
+//!   (rows leaving a partition are released after the output is built), and the stored batches
+//!   hold at most about twice the held rows (`compact` rewrites them beyond that).
 
 use crate::changelog::{RowKind, changelog_batch, data_columns, is_changelog, row_kinds};
 use crate::error::{Result, RuntimeError};
 use crate::exchange::row_key_groups;
 use crate::operator::{Operator, RestoredState, TaskContext};
+use crate::ops::held::HeldBatches;
+use crate::ops::short_bytes::ShortBytes;
 use crate::ops::topn::Numbering;
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array, UInt64Array};
 use arrow::compute::SortOptions;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt32Type, UInt64Type};
-use arrow::row::{RowConverter, RowParser, Rows, SortField};
+use arrow::row::{RowConverter, Rows, SortField};
 use datafusion::physical_expr::PhysicalExpr;
 use keel_types::KeyGroupRange;
 use std::cmp::Ordering;
@@ -62,6 +69,10 @@ pub struct RankSpec {
 const TREE_ABOVE: usize = 256;
 /// ...and back below this many.
 const VEC_BELOW: usize = 64;
+/// Stored batches are compacted when they hold more than twice the held rows plus this many.
+const COMPACT_SLACK: usize = 65_536;
+/// Rows per stored batch written by a compaction.
+const COMPACT_CHUNK: usize = 65_536;
 /// Name of the arrival-sequence column of a snapshot.
 const SEQ_COLUMN: &str = "__keel_rank_seq";
 
@@ -84,29 +95,32 @@ impl Cfg {
     }
 }
 
-/// One held row: ordering key bytes then data row bytes in one buffer, and its tie-breaker.
-/// Ordered by (ordering key, tie-breaker), which is unique within a partition.
+/// One held row: its ordering key bytes (then, for a changelog input, its data in row format) in
+/// one buffer, its tie-breaker, and where its columns are held. Ordered by (ordering key,
+/// tie-breaker), which is unique within a partition.
 #[derive(Debug, Clone)]
 struct Entry {
-    bytes: Arc<[u8]>,
+    bytes: ShortBytes,
     sort_len: u32,
+    at: (u32, u32),
     tie: u64,
 }
 
 impl Entry {
-    fn new(sort: &[u8], row: &[u8], tie: u64) -> Entry {
-        // Two slice copies (a byte-by-byte collect of the chained slices was a hot spot).
-        let mut joined = Vec::with_capacity(sort.len() + row.len());
-        joined.extend_from_slice(sort);
-        joined.extend_from_slice(row);
-        let bytes: Arc<[u8]> = joined.into();
-        Entry { bytes, sort_len: sort.len() as u32, tie }
+    fn new(sort: &[u8], row: &[u8], tie: u64, at: (u32, u32)) -> Entry {
+        Entry { bytes: ShortBytes::joined(&[sort, row]), sort_len: sort.len() as u32, at, tie }
     }
     fn sort(&self) -> &[u8] {
         &self.bytes[..self.sort_len as usize]
     }
+    /// The data in row format (changelog input only; empty otherwise).
     fn row(&self) -> &[u8] {
         &self.bytes[self.sort_len as usize..]
+    }
+    /// What makes two held rows the same row of a result: equal data for a changelog input (a
+    /// retracted row and its re-insertion are one), the same held row otherwise.
+    fn ident(&self) -> (&[u8], (u32, u32)) {
+        if self.row().is_empty() { (&[], self.at) } else { (self.row(), (0, 0)) }
     }
 }
 
@@ -204,16 +218,33 @@ impl Store {
         self.maybe_shrink();
     }
 
-    fn truncate(&mut self, len: usize) {
+    /// Keeps the first `len` rows; the positions of the others go to `gone`.
+    fn truncate(&mut self, len: usize, gone: &mut Vec<(u32, u32)>) {
         match self {
-            Store::Vec(v) => v.truncate(len),
+            Store::Vec(v) => gone.extend(v.drain(len.min(v.len())..).map(|e| e.at)),
             Store::Tree(t) => {
                 while t.len() > len {
-                    t.pop_last();
+                    gone.extend(t.pop_last().map(|e| e.at));
                 }
             }
         }
         self.maybe_shrink();
+    }
+
+    /// Rewrites every row's position with `f`, in `iter` order.
+    fn relocate(&mut self, mut f: impl FnMut() -> (u32, u32)) {
+        match self {
+            Store::Vec(v) => v.iter_mut().for_each(|e| e.at = f()),
+            Store::Tree(t) => {
+                *t = std::mem::take(t)
+                    .into_iter()
+                    .map(|mut e| {
+                        e.at = f();
+                        e
+                    })
+                    .collect()
+            }
+        }
     }
 
     fn maybe_shrink(&mut self) {
@@ -233,7 +264,7 @@ impl Store {
                 v[from..].iter().take_while(same).find(|x| x.row() == row).cloned()
             }
             Store::Tree(t) => {
-                let probe = Entry::new(sort, &[], 0);
+                let probe = Entry::new(sort, &[], 0, (0, 0));
                 t.range(probe..).take_while(same).find(|x| x.row() == row).cloned()
             }
         }
@@ -298,17 +329,23 @@ struct Partition {
 }
 
 /// The partitions a batch changed, with their results before the batch, in first-change order.
-type Touched = Vec<(Box<[u8]>, Ranked)>;
+type Touched = Vec<(ShortBytes, Ranked)>;
 
 /// The unwindowed Top-N operator (see the module comment).
 pub struct Rank {
     spec: Arc<RankSpec>,
     cfg: Cfg,
-    data_conv: RowConverter,
-    parser: RowParser,
+    /// Data rows in row format, for a changelog input only.
+    data_conv: Option<RowConverter>,
+    held: HeldBatches,
+    /// Positions of rows that left their partition during the current batch, released once its
+    /// output is built.
+    released: Vec<(u32, u32)>,
+    /// `COMPACT_SLACK`, lowered by tests.
+    compact_slack: usize,
     key_conv: Option<RowConverter>,
     ord_conv: Option<RowConverter>,
-    partitions: hashbrown::HashMap<Box<[u8]>, Partition>,
+    partitions: hashbrown::HashMap<ShortBytes, Partition>,
     next_seq: u64,
     batch_no: u64,
     key_groups: u32,
@@ -345,8 +382,11 @@ impl Rank {
             )));
         }
         let types: Vec<DataType> = spec.input_schema.fields().iter().map(|f| f.data_type().clone()).collect();
-        let data_conv = converter(types.iter().cloned().map(SortField::new).collect(), "these columns")?
-            .ok_or_else(|| RuntimeError::Internal("Top-N input has no columns".into()))?;
+        let data_conv = if spec.input_updating {
+            converter(types.iter().cloned().map(SortField::new).collect(), "these columns")?
+        } else {
+            None
+        };
         let key_conv =
             converter(spec.partition_cols.iter().map(|&c| SortField::new(types[c].clone())).collect(), "this key")?;
         let mut ord_fields = vec![];
@@ -365,8 +405,10 @@ impl Rank {
             sweep_ms: ttl_ms.map_or(0, |t| (t / 2).clamp(1_000, 60_000)),
         };
         Ok(Rank {
-            parser: data_conv.parser(),
             data_conv,
+            held: HeldBatches::default(),
+            released: Vec::new(),
+            compact_slack: COMPACT_SLACK,
             key_conv,
             ord_conv,
             cfg,
@@ -384,8 +426,10 @@ impl Rank {
         now.saturating_duration_since(self.epoch).as_millis() as u64
     }
 
-    /// Partition keys, ordering keys and data rows of `batch` (whose first columns are the data).
-    fn convert(&self, batch: &RecordBatch, data: &[ArrayRef]) -> Result<(Option<Rows>, Option<Rows>, Rows)> {
+    /// Partition keys, ordering keys and (for a changelog input) data rows of `batch` (whose
+    /// first columns are the data).
+    #[allow(clippy::type_complexity)]
+    fn convert(&self, batch: &RecordBatch, data: &[ArrayRef]) -> Result<(Option<Rows>, Option<Rows>, Option<Rows>)> {
         let keys = match &self.key_conv {
             Some(c) => {
                 let cols: Vec<ArrayRef> = self.spec.partition_cols.iter().map(|&i| data[i].clone()).collect();
@@ -404,12 +448,15 @@ impl Rank {
             }
             None => None,
         };
-        let rows = self.data_conv.convert_columns(data).map_err(RuntimeError::arrow("Top-N rows"))?;
+        let rows = match &self.data_conv {
+            Some(c) => Some(c.convert_columns(data).map_err(RuntimeError::arrow("Top-N rows"))?),
+            None => None,
+        };
         Ok((keys, sorts, rows))
     }
 
-    /// Applies one row to its partition. `seq` is given for restored rows; `touched` is None on
-    /// restore (no output).
+    /// Applies one row to its partition; returns whether it is now held (at `at`). `seq` is given
+    /// for restored rows; `touched` is None on restore (no output).
     #[allow(clippy::too_many_arguments)]
     fn apply(
         &mut self,
@@ -420,13 +467,16 @@ impl Rank {
         seq: Option<u64>,
         now_ms: u64,
         touched: Option<&mut Touched>,
-    ) {
+        at: (u32, u32),
+    ) -> bool {
         let cfg = self.cfg;
         if !add && !self.partitions.contains_key(key) {
-            return;
+            return false;
         }
+        // Append-only ROW_NUMBER partitions never hold more than N rows (see below).
+        let bounded = !cfg.keep_all && cfg.numbering == Numbering::RowNumber;
         let part = (self.partitions.entry_ref(key)).or_insert_with(|| Partition {
-            store: Store::Vec(Vec::new()),
+            store: Store::Vec(if bounded { Vec::with_capacity((cfg.limit as usize).min(16)) } else { Vec::new() }),
             touched_ms: now_ms,
             mark: 0,
         });
@@ -434,6 +484,7 @@ impl Rank {
             && part.mark != self.batch_no
             && now_ms.saturating_sub(part.touched_ms) >= ttl
         {
+            self.released.extend(part.store.iter().map(|e| e.at));
             part.store = Store::Vec(Vec::new());
         }
         let entry = if add {
@@ -441,13 +492,13 @@ impl Rank {
             self.next_seq = self.next_seq.max(seq.saturating_add(1));
             let tie = cfg.tie(seq);
             if !cfg.keep_all && !part.store.would_keep(sort, tie, &cfg) {
-                return;
+                return false;
             }
-            Entry::new(sort, row, tie)
+            Entry::new(sort, row, tie, at)
         } else {
             match part.store.find_equal(sort, row) {
                 Some(e) => e,
-                None => return,
+                None => return false,
             }
         };
         if let Some(t) = touched
@@ -457,15 +508,22 @@ impl Rank {
             t.push((key.into(), part.store.result(&cfg)));
         }
         if add {
+            if bounded {
+                // The row enters, so the N-th row (if any) leaves: drop it first, so that the
+                // store never grows past N.
+                part.store.truncate(cfg.limit as usize - 1, &mut self.released);
+            }
             part.store.insert(entry);
             if !cfg.keep_all {
                 let keep = part.store.walk(&cfg, |_, _| {});
-                part.store.truncate(keep);
+                part.store.truncate(keep, &mut self.released);
             }
         } else {
+            self.released.push(entry.at);
             part.store.remove(&entry);
         }
         part.touched_ms = now_ms;
+        add
     }
 
     /// Forgets expired and empty partitions, at most once per sweep interval.
@@ -475,7 +533,14 @@ impl Rank {
             return;
         }
         self.last_sweep_ms = now_ms;
-        self.partitions.retain(|_, p| !p.store.is_empty() && now_ms.saturating_sub(p.touched_ms) < ttl);
+        let released = &mut self.released;
+        self.partitions.retain(|_, p| {
+            let keep = !p.store.is_empty() && now_ms.saturating_sub(p.touched_ms) < ttl;
+            if !keep {
+                released.extend(p.store.iter().map(|e| e.at));
+            }
+            keep
+        });
     }
 
     /// `process` with an explicit clock reading.
@@ -485,7 +550,7 @@ impl Rank {
         self.batch_no += 1;
         let n = batch.num_rows();
         if n == 0 {
-            return Ok(());
+            return self.release_and_compact();
         }
         let width = self.spec.input_schema.fields().len();
         let expected = width + usize::from(self.spec.input_updating);
@@ -499,6 +564,9 @@ impl Rank {
         let data = if self.spec.input_updating { data_columns(&batch) } else { batch.columns() };
         let (keys, sorts, rows) = self.convert(&batch, data)?;
         let mut touched = Touched::new();
+        // The rows this batch adds are copied into one stored batch at the end.
+        let id = self.held.reserve();
+        let mut kept: Vec<u32> = Vec::new();
         for i in 0..n {
             let add = match &kinds {
                 Some(k) => RowKind::from_code(k.value(i))?.is_addition(),
@@ -506,8 +574,12 @@ impl Rank {
             };
             let key = keys.as_ref().map_or(&[][..], |k| k.row(i).data());
             let sort = sorts.as_ref().map_or(&[][..], |s| s.row(i).data());
-            self.apply(key, sort, rows.row(i).data(), add, None, now_ms, Some(&mut touched));
+            let row = rows.as_ref().map_or(&[][..], |r| r.row(i).data());
+            if self.apply(key, sort, row, add, None, now_ms, Some(&mut touched), (id, kept.len() as u32)) {
+                kept.push(i as u32);
+            }
         }
+        self.hold(id, data, kept)?;
         let (mut emitted, mut numbers, mut kinds) = (Vec::new(), Vec::new(), Vec::new());
         for (key, old) in touched {
             let Some(part) = self.partitions.get(&key) else { continue };
@@ -515,14 +587,14 @@ impl Rank {
             if self.spec.emit_number {
                 for i in 0..old.len().max(new.len()) {
                     match (old.get(i), new.get(i)) {
-                        (Some(o), Some(n)) if o.0.row() == n.0.row() && o.1 == n.1 => {}
+                        (Some(o), Some(n)) if o.0.ident() == n.0.ident() && o.1 == n.1 => {}
                         (Some(o), Some(n)) => {
-                            emitted.extend([o.0.clone(), n.0.clone()]);
+                            emitted.extend([o.0.at, n.0.at]);
                             numbers.extend([o.1, n.1]);
                             kinds.extend([RowKind::UpdateBefore, RowKind::UpdateAfter]);
                         }
                         (Some((e, num)), None) | (None, Some((e, num))) => {
-                            emitted.push(e.clone());
+                            emitted.push(e.at);
                             numbers.push(*num);
                             kinds.push(if i < old.len() { RowKind::Delete } else { RowKind::Insert });
                         }
@@ -531,12 +603,12 @@ impl Rank {
                 }
             } else {
                 for (e, n) in unmatched(&old, &new) {
-                    emitted.push(e.clone());
+                    emitted.push(e.at);
                     numbers.push(n);
                     kinds.push(RowKind::Delete);
                 }
                 for (e, n) in unmatched(&new, &old) {
-                    emitted.push(e.clone());
+                    emitted.push(e.at);
                     numbers.push(n);
                     kinds.push(RowKind::Insert);
                 }
@@ -546,29 +618,65 @@ impl Rank {
             }
         }
         if !emitted.is_empty() {
-            let mut cols = self.to_columns(emitted.iter().map(Entry::row))?;
+            let mut cols = self.held.gather(&emitted, width, "Top-N output rows")?;
             if self.spec.emit_number {
                 cols.push(Arc::new(UInt64Array::from(numbers)));
             }
             out.push(changelog_batch(self.spec.output_schema.clone(), cols, &kinds)?);
         }
+        self.release_and_compact()
+    }
+
+    /// Stores rows `kept` of `data` in the reserved slot `id` (their entries point there).
+    fn hold(&mut self, id: u32, data: &[ArrayRef], kept: Vec<u32>) -> Result<()> {
+        if kept.is_empty() {
+            self.held.unreserve(id);
+            return Ok(());
+        }
+        let live = kept.len();
+        let cols = if live == data.first().map_or(0, |c| c.len()) {
+            data.to_vec()
+        } else {
+            let idx = UInt32Array::from(kept);
+            (data.iter())
+                .map(|c| arrow::compute::take(c.as_ref(), &idx, None))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(RuntimeError::arrow("keeping Top-N rows"))?
+        };
+        self.held.fill(id, cols, live);
         Ok(())
     }
 
-    /// Data rows back to columns of the input's types.
-    fn to_columns<'a>(&self, rows: impl Iterator<Item = &'a [u8]>) -> Result<Vec<ArrayRef>> {
-        let cols = (self.data_conv.convert_rows(rows.map(|r| self.parser.parse(r))))
-            .map_err(RuntimeError::arrow("Top-N output rows"))?;
-        // The row format hydrates dictionaries: cast back where the input type differs.
-        (cols.into_iter().zip(self.spec.input_schema.fields()))
-            .map(|(c, f)| {
-                if c.data_type() == f.data_type() {
-                    Ok(c)
-                } else {
-                    arrow::compute::cast(&c, f.data_type()).map_err(RuntimeError::arrow("Top-N output rows"))
-                }
-            })
-            .collect()
+    /// Releases the rows that left their partitions, then compacts the stored batches when they
+    /// hold more than about twice the held rows.
+    fn release_and_compact(&mut self) -> Result<()> {
+        for at in std::mem::take(&mut self.released) {
+            self.held.release(at);
+        }
+        let (stored, live) = self.held.rows();
+        if stored <= 2 * live + self.compact_slack {
+            return Ok(());
+        }
+        // Gather every held row, partition by partition, into fresh batches, then point the rows
+        // at their new places in the same order (the map is not changed in between).
+        let width = self.spec.input_schema.fields().len();
+        let ats: Vec<(u32, u32)> = self.partitions.values().flat_map(|p| p.store.iter().map(|e| e.at)).collect();
+        let mut fresh = HeldBatches::default();
+        for chunk in ats.chunks(COMPACT_CHUNK) {
+            let cols = self.held.gather(chunk, width, "compacting Top-N rows")?;
+            let id = fresh.reserve();
+            fresh.fill(id, cols, chunk.len());
+        }
+        let mut next = 0usize;
+        for p in self.partitions.values_mut() {
+            p.store.relocate(|| {
+                let at = ((next / COMPACT_CHUNK) as u32, (next % COMPACT_CHUNK) as u32);
+                next += 1;
+                at
+            });
+        }
+        self.held = fresh;
+        Ok(())
     }
 
     /// Re-inserts the snapshot rows of `batch` (key group, data columns, sequence) that this
@@ -590,28 +698,34 @@ impl Rank {
             .map_err(RuntimeError::arrow("Top-N restore"))?;
         let seqs = batch.column(width + 1).as_primitive::<UInt64Type>().clone();
         let (keys, sorts, rows) = self.convert(&data, data.columns())?;
+        let id = self.held.reserve();
+        let mut kept = Vec::new();
         for i in 0..data.num_rows() {
             let key = keys.as_ref().map_or(&[][..], |k| k.row(i).data());
             let sort = sorts.as_ref().map_or(&[][..], |s| s.row(i).data());
-            self.apply(key, sort, rows.row(i).data(), true, Some(seqs.value(i)), now_ms, None);
+            let row = rows.as_ref().map_or(&[][..], |r| r.row(i).data());
+            if self.apply(key, sort, row, true, Some(seqs.value(i)), now_ms, None, (id, kept.len() as u32)) {
+                kept.push(i as u32);
+            }
         }
-        Ok(())
+        self.hold(id, data.columns(), kept)?;
+        self.release_and_compact()
     }
 }
 
-/// The rows of `a` (with their numbers) left over after matching them one-to-one with equal rows
-/// of `b`, in `a`'s order.
+/// The rows of `a` (with their numbers) left over after matching them one-to-one with the same
+/// rows (`Entry::ident`) of `b`, in `a`'s order.
 fn unmatched<'a>(a: &'a Ranked, b: &Ranked) -> Vec<(&'a Entry, u64)> {
     let by_row = |r: &Ranked| {
         let mut idx: Vec<usize> = (0..r.len()).collect();
-        idx.sort_by(|&x, &y| r[x].0.row().cmp(r[y].0.row()));
+        idx.sort_by(|&x, &y| r[x].0.ident().cmp(&r[y].0.ident()));
         idx
     };
     let (ai, bi) = (by_row(a), by_row(b));
     let mut matched = vec![false; a.len()];
     let (mut i, mut j) = (0, 0);
     while i < ai.len() && j < bi.len() {
-        match a[ai[i]].0.row().cmp(b[bi[j]].0.row()) {
+        match a[ai[i]].0.ident().cmp(&b[bi[j]].0.ident()) {
             Ordering::Less => i += 1,
             Ordering::Greater => j += 1,
             Ordering::Equal => {
@@ -647,7 +761,8 @@ impl Operator for Rank {
         if entries.is_empty() {
             return Ok(None);
         }
-        let cols = self.to_columns(entries.iter().map(|e| e.row()))?;
+        let ats: Vec<(u32, u32)> = entries.iter().map(|e| e.at).collect();
+        let cols = self.held.gather(&ats, self.spec.input_schema.fields().len(), "Top-N snapshot")?;
         let data = RecordBatch::try_new(self.spec.input_schema.clone(), cols)
             .map_err(RuntimeError::arrow("Top-N snapshot"))?;
         let groups = row_key_groups(&data, &self.spec.partition_cols, self.key_groups)?;
