@@ -35,6 +35,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt32Type, UInt64Typ
 use arrow::row::{RowConverter, Rows, SortField};
 use datafusion::physical_expr::PhysicalExpr;
 use keel_types::KeyGroupRange;
+use smallvec::SmallVec;
 use std::cmp::Ordering;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -141,10 +142,12 @@ impl PartialEq for Entry {
 }
 impl Eq for Entry {}
 
-/// A partition's rows in order: a sorted vector while small, a B-tree when large.
+/// A partition's rows in order: a sorted vector while small (its first row inline), a B-tree
+/// when large.
 #[derive(Debug)]
 enum Store {
-    Vec(Vec<Entry>),
+    /// One row is held inline (deduplication keeps one per partition, often millions of them).
+    Vec(SmallVec<[Entry; 1]>),
     Tree(BTreeSet<Entry>),
 }
 
@@ -476,7 +479,11 @@ impl Rank {
         // Append-only ROW_NUMBER partitions never hold more than N rows (see below).
         let bounded = !cfg.keep_all && cfg.numbering == Numbering::RowNumber;
         let part = (self.partitions.entry_ref(key)).or_insert_with(|| Partition {
-            store: Store::Vec(if bounded { Vec::with_capacity((cfg.limit as usize).min(16)) } else { Vec::new() }),
+            store: Store::Vec(if bounded {
+                SmallVec::with_capacity((cfg.limit as usize).min(16))
+            } else {
+                SmallVec::new()
+            }),
             touched_ms: now_ms,
             mark: 0,
         });
@@ -485,7 +492,7 @@ impl Rank {
             && now_ms.saturating_sub(part.touched_ms) >= ttl
         {
             self.released.extend(part.store.iter().map(|e| e.at));
-            part.store = Store::Vec(Vec::new());
+            part.store = Store::Vec(SmallVec::new());
         }
         let entry = if add {
             let seq = seq.unwrap_or(self.next_seq);
