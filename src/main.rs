@@ -42,9 +42,27 @@ enum Command {
     Bench(cli::bench::BenchArgs),
 }
 
+/// Turns transparent huge pages off for this process. With them, each page fault on memory the
+/// allocator had given back to the kernel zeroes a whole 2 MiB page, after the kernel compacted
+/// memory to find one: for the operators with GBs of state (Nexmark q4, q9, q18, q20) that was a
+/// third to a half of their CPU time, and it varied by 3x from run to run with the state of the
+/// machine's memory. The TLB misses of 4 KiB pages cost them 5-10% more user time instead
+/// (BENCHMARKS.md, Nexmark). Failing (a kernel without the call) only leaves the default.
+fn no_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: prctl(PR_SET_THP_DISABLE) only sets a flag of the calling process.
+        let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+        if rc != 0 {
+            tracing::debug!("transparent huge pages stay on: {}", std::io::Error::last_os_error());
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cli::init_logging(&cli.log);
+    no_transparent_huge_pages();
     let result = match cli.command {
         Command::Topic(a) => cli::topic::topic(&cli.data_dir, a),
         Command::Produce(a) => cli::topic::produce(&cli.data_dir, a),
