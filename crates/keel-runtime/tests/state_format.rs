@@ -229,7 +229,8 @@ fn hop_slices_match_whole_windows_across_a_restore() {
     let users = ["ann", "bob", "cid", "dee"];
     // Batches of (user, ts, amount), each followed by a watermark 1 s behind the largest ts so
     // far; rows go up to 3 s back, so some arrive after some or all of their windows fired.
-    let mut batches: Vec<(Vec<(&str, i64, i64)>, i64)> = vec![];
+    type Batch = (Vec<(&'static str, i64, i64)>, i64);
+    let mut batches: Vec<Batch> = vec![];
     let mut max_ts = 0i64;
     for b in 0..40 {
         let rows: Vec<(&str, i64, i64)> = (0..1 + below(6))
