@@ -171,17 +171,7 @@ fn sessions_merge_across_batches_and_a_restore() {
             b.process(batch(&[("ann", 5_000, 8), ("ann", 15_000, 16)]), &mut out).unwrap();
         }
         b.on_watermark(i64::MAX, &mut out).unwrap();
-        for o in out {
-            for r in 0..o.num_rows() {
-                rows.push((
-                    o.column(0).as_string::<i32>().value(r).to_string(),
-                    o.column(1).as_primitive::<arrow::datatypes::TimestampMillisecondType>().value(r),
-                    o.column(2).as_primitive::<arrow::datatypes::TimestampMillisecondType>().value(r),
-                    o.column(3).as_primitive::<Int64Type>().value(r),
-                    o.column(4).as_primitive::<Int64Type>().value(r),
-                ));
-            }
-        }
+        rows.extend(window_rows(&out));
     }
     rows.sort();
     assert_eq!(rows, vec![("ann".to_string(), 0, 25_000, 5, 31), ("bob".to_string(), 1_000, 6_000, 1, 10)]);
