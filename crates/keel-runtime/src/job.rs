@@ -214,6 +214,29 @@ pub fn run_job(
     }
 }
 
+/// Refuses a checkpoint that holds state for an operator the graph no longer has: restoring
+/// without it would silently lose that state (a plan that changed, through the pipeline or a
+/// Keel version that plans it differently, names its stateful operators differently).
+fn check_state_claimed(chk: &CompletedCheckpoint, graph: &JobGraph) -> Result<()> {
+    let uids: std::collections::HashSet<String> = graph.operator_parallelism().into_iter().map(|(u, _)| u).collect();
+    let Some(old) = chk.manifest.meta.get("operators").and_then(|o| o.as_object()) else { return Ok(()) };
+    for (uid, p) in old {
+        if uids.contains(uid) {
+            continue;
+        }
+        let files: Vec<String> = (0..p.as_u64().unwrap_or(0) as u32).map(|i| state_file_name(uid, i)).collect();
+        if chk.names().any(|n| files.iter().any(|f| f == n)) {
+            return Err(RuntimeError::User(format!(
+                "checkpoint {} holds the state of operator '{uid}', which this job's plan no longer has (the \
+                 pipeline, or how this Keel version plans it, changed); restoring without it would lose that \
+                 state. Start the job over with --fresh",
+                chk.id
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The state restored for one operator uid in one subtask.
 fn restored_for(chk: Option<&CompletedCheckpoint>, uid: &str, subtask: u32, parallelism: u32) -> Result<RestoredState> {
     let Some(chk) = chk else { return Ok(RestoredState::default()) };
@@ -238,6 +261,9 @@ fn run_attempt(
 ) -> Result<JobOutcome> {
     let store = job.checkpoint_store(config.retained_checkpoints)?;
     let restored = store.latest()?;
+    if let Some(c) = &restored {
+        check_state_claimed(c, graph)?;
+    }
     let next_id = store.ids()?.last().copied().unwrap_or(0).max(restored.as_ref().map_or(0, |c| c.id)) + 1;
     match &restored {
         Some(c) => tracing::info!("job '{}': restoring checkpoint {}", config.name, c.id),
@@ -371,5 +397,43 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         s.clone()
     } else {
         "unknown panic payload".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::{OperatorSpec, StageInput, StageSpec};
+
+    fn graph(ops: &[&str]) -> JobGraph {
+        let source: crate::operator::SourceFactory =
+            Arc::new(|_: &TaskContext| Err(RuntimeError::Internal("not started in this test".into())));
+        let op: crate::operator::OperatorFactory =
+            Arc::new(|_: &TaskContext| Err(RuntimeError::Internal("not started in this test".into())));
+        let chain = ops.iter().map(|u| OperatorSpec { uid: u.to_string(), factory: op.clone() }).collect();
+        let stage = StageSpec {
+            name: "s".into(),
+            parallelism: 1,
+            input: StageInput::Source { uid: "source".into(), factory: source },
+            chain,
+        };
+        JobGraph { stages: vec![stage] }
+    }
+
+    #[test]
+    fn state_of_an_operator_the_plan_lost_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = keel_state::CheckpointStore::open(dir.path(), 3).unwrap();
+        let mut w = store.writer(1).unwrap();
+        // Operator "agg" had state in two subtasks; "project" had none.
+        w.put(&state_file_name("agg", 1), b"state").unwrap();
+        let operators = serde_json::json!({ "source": 1, "agg": 2, "project": 2 });
+        w.commit(serde_json::json!({ "operators": operators })).unwrap();
+        let chk = store.latest().unwrap().unwrap();
+        assert!(check_state_claimed(&chk, &graph(&["agg", "project"])).is_ok());
+        assert!(check_state_claimed(&chk, &graph(&["agg"])).is_ok(), "a stateless operator may go");
+        let err = check_state_claimed(&chk, &graph(&["agg-2", "project"])).unwrap_err();
+        assert_eq!(err.class(), ErrorClass::User);
+        assert!(err.to_string().contains("operator 'agg'") && err.to_string().contains("--fresh"), "{err}");
     }
 }
