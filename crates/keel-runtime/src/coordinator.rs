@@ -174,7 +174,8 @@ impl Coordinator {
         for (task, snaps) in &p.acks {
             let subtask = self.tasks[*task].subtask;
             for s in snaps {
-                w.put(&state_file_name(&s.uid, subtask), &s.bytes)?;
+                let pieces: Vec<&[u8]> = s.pieces.iter().map(Vec::as_slice).collect();
+                w.put_pieces(&state_file_name(&s.uid, subtask), &pieces)?;
             }
         }
         keel_types::faults::hit("checkpoint.before-manifest");

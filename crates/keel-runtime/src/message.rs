@@ -40,7 +40,8 @@ pub enum Control {
 #[derive(Debug, Clone)]
 pub struct OperatorSnapshot {
     pub uid: String,
-    pub bytes: Vec<u8>,
+    /// The state file's contents, in pieces written one after another.
+    pub pieces: Vec<Vec<u8>>,
 }
 
 /// What a task tells the coordinator.

@@ -107,8 +107,8 @@ impl Chain {
 
     fn snapshot(&mut self, checkpoint: u64, out: &mut Vec<OperatorSnapshot>) -> Result<()> {
         for (uid, op) in &mut self.ops {
-            if let Some(bytes) = op.snapshot(checkpoint)? {
-                out.push(OperatorSnapshot { uid: uid.clone(), bytes });
+            if let Some(pieces) = op.snapshot_pieces(checkpoint)? {
+                out.push(OperatorSnapshot { uid: uid.clone(), pieces });
             }
         }
         Ok(())
@@ -210,7 +210,7 @@ pub(crate) fn run_source_task(uid: &str, mut source: Box<dyn Source>, mut chain:
             match control {
                 Control::Trigger(n) => {
                     let mut snaps = vec![];
-                    snaps.push(OperatorSnapshot { uid: uid.to_string(), bytes: source.snapshot(n)? });
+                    snaps.push(OperatorSnapshot { uid: uid.to_string(), pieces: vec![source.snapshot(n)?] });
                     chain.snapshot(n, &mut snaps)?;
                     link.ack(n, snaps);
                     chain.broadcast(Message::Barrier(n))?;
@@ -220,7 +220,7 @@ pub(crate) fn run_source_task(uid: &str, mut source: Box<dyn Source>, mut chain:
                         chain.watermark(MAX_WATERMARK)?;
                     }
                     let mut snaps =
-                        vec![OperatorSnapshot { uid: uid.to_string(), bytes: source.snapshot(checkpoint)? }];
+                        vec![OperatorSnapshot { uid: uid.to_string(), pieces: vec![source.snapshot(checkpoint)?] }];
                     chain.snapshot(checkpoint, &mut snaps)?;
                     link.ack(checkpoint, snaps);
                     chain.broadcast(Message::Barrier(checkpoint))?;

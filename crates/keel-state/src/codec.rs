@@ -34,6 +34,50 @@ pub fn batches_to_ipc<E: std::fmt::Display>(
     Ok(out)
 }
 
+/// Bytes written in pieces of about this size: a large state is never one growing buffer (copied
+/// again each time it doubles) nor one allocation of its whole size.
+const PIECE: usize = 8 << 20;
+
+/// A `Write` that keeps what it is given as pieces of about `PIECE` bytes.
+struct Pieces(Vec<Vec<u8>>);
+
+impl std::io::Write for Pieces {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.0.last_mut() {
+            Some(last) if last.len() + buf.len() <= PIECE => last.extend_from_slice(buf),
+            // The first piece grows as usual (most states are small); once a state is larger than
+            // a piece, each further piece is allocated whole.
+            None => self.0.push(buf.to_vec()),
+            Some(_) => {
+                let mut piece = Vec::with_capacity(PIECE.max(buf.len()));
+                piece.extend_from_slice(buf);
+                self.0.push(piece);
+            }
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `batches_to_ipc`, as pieces whose concatenation is the stream (for checkpoint files written
+/// piece by piece, `CheckpointWriter::put_pieces`).
+pub fn batches_to_ipc_pieces<E: std::fmt::Display>(
+    schema: &arrow::datatypes::SchemaRef,
+    chunks: impl Iterator<Item = std::result::Result<RecordBatch, E>>,
+) -> Result<Vec<Vec<u8>>> {
+    let mut out = Pieces(vec![]);
+    let mut w = StreamWriter::try_new(&mut out, schema).map_err(|e| StateError::Encode(e.to_string()))?;
+    for chunk in chunks {
+        let chunk = chunk.map_err(|e| StateError::Encode(e.to_string()))?;
+        w.write(&chunk).map_err(|e| StateError::Encode(e.to_string()))?;
+    }
+    w.finish().map_err(|e| StateError::Encode(e.to_string()))?;
+    drop(w);
+    Ok(out.0)
+}
+
 /// Decodes an Arrow IPC stream written by `batch_to_ipc` or `batches_to_ipc` (all its batches, concatenated).
 pub fn batch_from_ipc(bytes: &[u8], context: &str) -> Result<RecordBatch> {
     let err = |e: arrow::error::ArrowError| StateError::Decode { context: context.to_string(), reason: e.to_string() };
@@ -67,5 +111,17 @@ mod tests {
         assert_eq!(batch_from_ipc(&none, "test").unwrap().num_rows(), 0, "no chunk reads back as no rows");
         let failing = [Ok(b.slice(0, 1)), Err("no more".to_string())].into_iter();
         assert!(batches_to_ipc(&b.schema(), failing).is_err());
+        // In pieces: the same bytes; a stream larger than a piece is several.
+        let chunks = (0..2).map(|i| Ok::<_, String>(b.slice(i, 1)));
+        let pieces = batches_to_ipc_pieces(&b.schema(), chunks).unwrap();
+        assert_eq!(pieces.concat(), bytes);
+        let big = RecordBatch::try_from_iter(vec![(
+            "v",
+            Arc::new(Int64Array::from_iter_values(0..(PIECE as i64 / 8 * 3 / 2))) as _,
+        )])
+        .unwrap();
+        let pieces = batches_to_ipc_pieces(&big.schema(), [Ok::<_, String>(big.clone())].into_iter()).unwrap();
+        assert!(pieces.len() >= 2, "{} pieces", pieces.len());
+        assert_eq!(batch_from_ipc(&pieces.concat(), "test").unwrap(), big);
     }
 }

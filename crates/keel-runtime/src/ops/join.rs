@@ -532,7 +532,7 @@ impl Join {
         }
     }
 
-    fn snapshot_side(&self, s: usize) -> Result<Vec<u8>> {
+    fn snapshot_side(&self, s: usize) -> Result<Vec<Vec<u8>>> {
         let st = &self.state[s];
         let entries: Vec<&Entry> = st.rows.values().flatten().collect();
         let mut fields = vec![
@@ -557,7 +557,7 @@ impl Join {
         };
         const CHUNK: usize = 64 * 1024;
         // An empty side is a stream with no batch, which reads back as zero rows.
-        Ok(keel_state::batches_to_ipc(&schema, entries.chunks(CHUNK).map(chunk))?)
+        Ok(keel_state::batches_to_ipc_pieces(&schema, entries.chunks(CHUNK).map(chunk))?)
     }
 
     fn restore_side(&mut self, s: usize, bytes: &[u8], range: KeyGroupRange) -> Result<()> {
@@ -667,17 +667,21 @@ impl Operator for Join {
         Ok(())
     }
 
-    fn snapshot(&mut self, _checkpoint: u64) -> Result<Option<Vec<u8>>> {
+    fn snapshot(&mut self, checkpoint: u64) -> Result<Option<Vec<u8>>> {
+        Ok(self.snapshot_pieces(checkpoint)?.map(|p| p.concat()))
+    }
+
+    /// watermark (8 bytes) | left length (8 bytes) | left IPC | right IPC, in pieces.
+    fn snapshot_pieces(&mut self, _checkpoint: u64) -> Result<Option<Vec<Vec<u8>>>> {
         if self.state.iter().all(|s| s.rows.is_empty()) {
             return Ok(None);
         }
         let (l, r) = (self.snapshot_side(0)?, self.snapshot_side(1)?);
-        let mut out = Vec::with_capacity(16 + l.len() + r.len());
-        out.extend_from_slice(&self.watermark.to_le_bytes());
-        out.extend_from_slice(&(l.len() as u64).to_le_bytes());
-        out.extend_from_slice(&l);
-        out.extend_from_slice(&r);
-        Ok(Some(out))
+        let l_len: usize = l.iter().map(Vec::len).sum();
+        let mut head = Vec::with_capacity(16);
+        head.extend_from_slice(&self.watermark.to_le_bytes());
+        head.extend_from_slice(&(l_len as u64).to_le_bytes());
+        Ok(Some([vec![head], l, r].concat()))
     }
 }
 

@@ -72,8 +72,8 @@ const TREE_ABOVE: usize = 256;
 const VEC_BELOW: usize = 64;
 /// Stored batches are compacted when they hold more than twice the held rows plus this many.
 const COMPACT_SLACK: usize = 65_536;
-/// Rows per stored batch written by a compaction.
-const COMPACT_CHUNK: usize = 65_536;
+/// Rows per stored batch written by a compaction, and per encoded chunk of a snapshot.
+const CHUNK_ROWS: usize = 65_536;
 /// Name of the arrival-sequence column of a snapshot.
 const SEQ_COLUMN: &str = "__keel_rank_seq";
 
@@ -669,7 +669,7 @@ impl Rank {
         let width = self.spec.input_schema.fields().len();
         let ats: Vec<(u32, u32)> = self.partitions.values().flat_map(|p| p.store.iter().map(|e| e.at)).collect();
         let mut fresh = HeldBatches::default();
-        for chunk in ats.chunks(COMPACT_CHUNK) {
+        for chunk in ats.chunks(CHUNK_ROWS) {
             let cols = self.held.gather(chunk, width, "compacting Top-N rows")?;
             let id = fresh.reserve();
             fresh.fill(id, cols, chunk.len());
@@ -677,7 +677,7 @@ impl Rank {
         let mut next = 0usize;
         for p in self.partitions.values_mut() {
             p.store.relocate(|| {
-                let at = ((next / COMPACT_CHUNK) as u32, (next % COMPACT_CHUNK) as u32);
+                let at = ((next / CHUNK_ROWS) as u32, (next % CHUNK_ROWS) as u32);
                 next += 1;
                 at
             });
@@ -761,28 +761,36 @@ impl Operator for Rank {
         self.process_at(batch, out, Instant::now())
     }
 
-    fn snapshot(&mut self, _checkpoint: u64) -> Result<Option<Vec<u8>>> {
+    fn snapshot(&mut self, checkpoint: u64) -> Result<Option<Vec<u8>>> {
+        Ok(self.snapshot_pieces(checkpoint)?.map(|p| p.concat()))
+    }
+
+    /// (key group, data columns, sequence) of every held row, gathered and encoded 64 K rows at
+    /// a time.
+    fn snapshot_pieces(&mut self, _checkpoint: u64) -> Result<Option<Vec<Vec<u8>>>> {
         let now_ms = self.ms(Instant::now());
         let live = |p: &&Partition| self.cfg.ttl_ms.is_none_or(|ttl| now_ms.saturating_sub(p.touched_ms) < ttl);
         let entries: Vec<&Entry> = self.partitions.values().filter(live).flat_map(|p| p.store.iter()).collect();
         if entries.is_empty() {
             return Ok(None);
         }
-        let ats: Vec<(u32, u32)> = entries.iter().map(|e| e.at).collect();
-        let cols = self.held.gather(&ats, self.spec.input_schema.fields().len(), "Top-N snapshot")?;
-        let data = RecordBatch::try_new(self.spec.input_schema.clone(), cols)
-            .map_err(RuntimeError::arrow("Top-N snapshot"))?;
-        let groups = row_key_groups(&data, &self.spec.partition_cols, self.key_groups)?;
-        let seqs: UInt64Array = entries.iter().map(|e| self.cfg.tie(e.tie)).collect::<Vec<u64>>().into();
         let mut fields = vec![Field::new("key_group", DataType::UInt32, false)];
         fields.extend(self.spec.input_schema.fields().iter().map(|f| f.as_ref().clone()));
         fields.push(Field::new(SEQ_COLUMN, DataType::UInt64, false));
-        let mut cols: Vec<ArrayRef> = vec![Arc::new(UInt32Array::from(groups))];
-        cols.extend(data.columns().iter().cloned());
-        cols.push(Arc::new(seqs));
-        let batch =
-            RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).map_err(RuntimeError::arrow("Top-N snapshot"))?;
-        Ok(Some(keel_state::batch_to_ipc(&batch)?))
+        let schema = Arc::new(Schema::new(fields));
+        let chunk = |part: &[&Entry]| -> Result<RecordBatch> {
+            let ats: Vec<(u32, u32)> = part.iter().map(|e| e.at).collect();
+            let cols = self.held.gather(&ats, self.spec.input_schema.fields().len(), "Top-N snapshot")?;
+            let data = RecordBatch::try_new(self.spec.input_schema.clone(), cols)
+                .map_err(RuntimeError::arrow("Top-N snapshot"))?;
+            let groups = row_key_groups(&data, &self.spec.partition_cols, self.key_groups)?;
+            let seqs: UInt64Array = part.iter().map(|e| self.cfg.tie(e.tie)).collect::<Vec<u64>>().into();
+            let mut cols: Vec<ArrayRef> = vec![Arc::new(UInt32Array::from(groups))];
+            cols.extend(data.columns().iter().cloned());
+            cols.push(Arc::new(seqs));
+            RecordBatch::try_new(schema.clone(), cols).map_err(RuntimeError::arrow("Top-N snapshot"))
+        };
+        Ok(Some(keel_state::batches_to_ipc_pieces(&schema, entries.chunks(CHUNK_ROWS).map(chunk))?))
     }
 }
 
