@@ -19,6 +19,7 @@ pub mod script;
 mod share;
 mod slicing;
 mod translate;
+mod window_calls;
 
 pub use connectors::{SinkKind, SourcePlan};
 pub use error::{Pos, SqlError};

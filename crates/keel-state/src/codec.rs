@@ -8,22 +8,15 @@ use arrow::ipc::writer::StreamWriter;
 
 /// Encodes one batch as an Arrow IPC stream.
 pub fn batch_to_ipc(batch: &RecordBatch) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut w = StreamWriter::try_new(&mut out, batch.schema_ref()).map_err(|e| StateError::Encode(e.to_string()))?;
-    w.write(batch).map_err(|e| StateError::Encode(e.to_string()))?;
-    w.finish().map_err(|e| StateError::Encode(e.to_string()))?;
-    drop(w);
-    Ok(out)
+    write_stream(Vec::new(), batch.schema_ref(), std::iter::once(Ok::<_, String>(batch.clone())))
 }
 
-/// Encodes the batches `chunks` yields (all of `schema`) as one Arrow IPC stream, one message per
-/// chunk, so that a large state is never gathered into one batch before it is encoded.
-/// `batch_from_ipc` reads it back as one batch.
-pub fn batches_to_ipc<E: std::fmt::Display>(
+/// Writes the chunks as one IPC stream into `out`, and returns it.
+fn write_stream<W: std::io::Write, E: std::fmt::Display>(
+    mut out: W,
     schema: &arrow::datatypes::SchemaRef,
     chunks: impl Iterator<Item = std::result::Result<RecordBatch, E>>,
-) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
+) -> Result<W> {
     let mut w = StreamWriter::try_new(&mut out, schema).map_err(|e| StateError::Encode(e.to_string()))?;
     for chunk in chunks {
         let chunk = chunk.map_err(|e| StateError::Encode(e.to_string()))?;
@@ -61,24 +54,19 @@ impl std::io::Write for Pieces {
     }
 }
 
-/// `batches_to_ipc`, as pieces whose concatenation is the stream (for checkpoint files written
-/// piece by piece, `CheckpointWriter::put_pieces`).
+/// Encodes the batches `chunks` yields (all of `schema`) as one Arrow IPC stream, one message per
+/// chunk, so that a large state is never gathered into one batch before it is encoded; the
+/// stream comes as pieces whose concatenation it is (for checkpoint files written piece by
+/// piece, `CheckpointWriter::put_pieces`). `batch_from_ipc` reads it back as one batch.
 pub fn batches_to_ipc_pieces<E: std::fmt::Display>(
     schema: &arrow::datatypes::SchemaRef,
     chunks: impl Iterator<Item = std::result::Result<RecordBatch, E>>,
 ) -> Result<Vec<Vec<u8>>> {
-    let mut out = Pieces(vec![]);
-    let mut w = StreamWriter::try_new(&mut out, schema).map_err(|e| StateError::Encode(e.to_string()))?;
-    for chunk in chunks {
-        let chunk = chunk.map_err(|e| StateError::Encode(e.to_string()))?;
-        w.write(&chunk).map_err(|e| StateError::Encode(e.to_string()))?;
-    }
-    w.finish().map_err(|e| StateError::Encode(e.to_string()))?;
-    drop(w);
-    Ok(out.0)
+    Ok(write_stream(Pieces(vec![]), schema, chunks)?.0)
 }
 
-/// Decodes an Arrow IPC stream written by `batch_to_ipc` or `batches_to_ipc` (all its batches, concatenated).
+/// Decodes an Arrow IPC stream written by `batch_to_ipc` or `batches_to_ipc_pieces` (all its
+/// batches, concatenated).
 pub fn batch_from_ipc(bytes: &[u8], context: &str) -> Result<RecordBatch> {
     let err = |e: arrow::error::ArrowError| StateError::Decode { context: context.to_string(), reason: e.to_string() };
     let reader = StreamReader::try_new(bytes, None).map_err(err)?;
@@ -105,16 +93,14 @@ mod tests {
         assert!(batch_from_ipc(&bytes[..bytes.len() / 2], "test").is_err());
         // In chunks, read back as the one batch.
         let chunks = (0..2).map(|i| Ok::<_, String>(b.slice(i, 1)));
-        let bytes = batches_to_ipc(&b.schema(), chunks).unwrap();
+        let bytes = batches_to_ipc_pieces(&b.schema(), chunks).unwrap().concat();
         assert_eq!(batch_from_ipc(&bytes, "test").unwrap(), b);
-        let none = batches_to_ipc(&b.schema(), std::iter::empty::<Result<RecordBatch, String>>()).unwrap();
+        let none =
+            batches_to_ipc_pieces(&b.schema(), std::iter::empty::<Result<RecordBatch, String>>()).unwrap().concat();
         assert_eq!(batch_from_ipc(&none, "test").unwrap().num_rows(), 0, "no chunk reads back as no rows");
         let failing = [Ok(b.slice(0, 1)), Err("no more".to_string())].into_iter();
-        assert!(batches_to_ipc(&b.schema(), failing).is_err());
-        // In pieces: the same bytes; a stream larger than a piece is several.
-        let chunks = (0..2).map(|i| Ok::<_, String>(b.slice(i, 1)));
-        let pieces = batches_to_ipc_pieces(&b.schema(), chunks).unwrap();
-        assert_eq!(pieces.concat(), bytes);
+        assert!(batches_to_ipc_pieces(&b.schema(), failing).is_err());
+        // A stream larger than a piece is several pieces.
         let big = RecordBatch::try_from_iter(vec![(
             "v",
             Arc::new(Int64Array::from_iter_values(0..(PIECE as i64 / 8 * 3 / 2))) as _,

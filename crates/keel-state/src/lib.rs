@@ -19,7 +19,7 @@ mod codec;
 mod error;
 mod store;
 
-pub use codec::{batch_from_ipc, batch_to_ipc, batches_to_ipc, batches_to_ipc_pieces};
+pub use codec::{batch_from_ipc, batch_to_ipc, batches_to_ipc_pieces};
 pub use error::StateError;
 pub use store::{
     CheckpointStore, CheckpointWriter, CompletedCheckpoint, Manifest, ManifestFile, read_json, write_json_atomic,
