@@ -287,13 +287,16 @@ impl Join {
             }
             let key = keys.row(i).data();
             let mut matched = 0i64;
+            // The partners' entries under this key, looked up once for all of them.
+            let has_cand = c < cand.len() && cand[c].0 == i;
+            let mut partners = if has_cand { self.state[o].rows.get_mut(key) } else { None };
             while c < cand.len() && cand[c].0 == i {
                 if passes[c] {
                     let j = cand[c].1;
                     let jt = self.spec.join_type;
                     let preserves_other = jt.preserves(o);
                     let semi_other = jt.semi(o);
-                    if let Some(e) = self.state[o].rows.get_mut(key).and_then(|v| v.get_mut(j)) {
+                    if let Some(e) = partners.as_mut().and_then(|v| v.get_mut(j)) {
                         matched += e.count;
                         let before = e.matches;
                         e.matches += if add { 1 } else { -1 };
@@ -327,12 +330,8 @@ impl Join {
             }
             let st = &mut self.state[s];
             if add {
-                if !st.rows.contains_key(key) {
-                    st.rows.insert(key.into(), vec![]);
-                }
-                let Some(entries) = st.rows.get_mut(key) else {
-                    return Err(RuntimeError::Internal("a join key vanished right after its insertion".into()));
-                };
+                // One probe: the key is copied only when it is new.
+                let entries = st.rows.entry_ref(key).or_default();
                 // Equal rows share an entry only where retractions must find them (a changelog
                 // input); an append-only side just keeps each row.
                 let same = match me_bytes {
