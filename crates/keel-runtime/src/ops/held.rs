@@ -51,6 +51,27 @@ impl HeldBatches {
         self.free.push(id);
     }
 
+    /// Fills the reserved slot `id` with rows `kept` (increasing) of `data`, `live` of which are
+    /// held; a batch whose rows are all kept is stored as it is, the others are copied with
+    /// `take`. With no row left to hold, the slot is given back.
+    pub(crate) fn fill_rows(&mut self, id: u32, data: &[ArrayRef], kept: Vec<u32>, live: usize) -> Result<()> {
+        if live == 0 {
+            self.unreserve(id);
+            return Ok(());
+        }
+        let cols = if kept.len() == data.first().map_or(0, |c| c.len()) {
+            data.to_vec()
+        } else {
+            let idx = arrow::array::UInt32Array::from(kept);
+            (data.iter())
+                .map(|c| arrow::compute::take(c.as_ref(), &idx, None))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(RuntimeError::arrow("keeping rows"))?
+        };
+        self.fill(id, cols, live);
+        Ok(())
+    }
+
     /// A held row is gone: its stored batch is freed with its last row.
     pub(crate) fn release(&mut self, at: (u32, u32)) {
         if let Some(slot) = self.batches.get_mut(at.0 as usize)
@@ -139,5 +160,21 @@ mod tests {
         let err = h.gather(&[(a, 0)], 1, "test").unwrap_err().to_string();
         assert!(err.contains("freed stored batch"), "{err}");
         assert_eq!(h.reserve(), a, "a freed slot is reused");
+    }
+
+    #[test]
+    fn rows_are_kept_whole_copied_or_not_at_all() {
+        let mut h = HeldBatches::default();
+        let data = ints(&[7, 8, 9]);
+        let all = h.reserve();
+        h.fill_rows(all, &data, vec![0, 1, 2], 3).unwrap();
+        assert!(Arc::ptr_eq(h.column(all, 0, "test").unwrap(), &data[0]), "a whole batch is not copied");
+        let some = h.reserve();
+        h.fill_rows(some, &data, vec![0, 2], 2).unwrap();
+        assert_eq!(h.column(some, 0, "test").unwrap().as_primitive::<Int64Type>().values().to_vec(), vec![7, 9]);
+        let none = h.reserve();
+        h.fill_rows(none, &data, vec![1], 0).unwrap();
+        assert_eq!((h.stored_batches(), h.rows()), (2, (5, 5)), "a slot with no held row is given back");
+        assert_eq!(h.reserve(), none);
     }
 }

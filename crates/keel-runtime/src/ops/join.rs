@@ -378,23 +378,8 @@ impl Join {
                 }
             }
         }
-        let st = &mut self.state[s];
-        if stored.len() > removed_new {
-            let live = stored.len() - removed_new;
-            // `stored` is increasing: holding every row of the batch is holding its columns.
-            let cols = if stored.len() == n {
-                data.to_vec()
-            } else {
-                let idx = UInt32Array::from(stored);
-                (data.iter())
-                    .map(|c| arrow::compute::take(c.as_ref(), &idx, None))
-                    .collect::<std::result::Result<Vec<_>, _>>()
-                    .map_err(RuntimeError::arrow("keeping join rows"))?
-            };
-            st.held.fill(new_id, cols, live);
-        } else {
-            st.held.unreserve(new_id);
-        }
+        let live = stored.len() - removed_new;
+        self.state[s].held.fill_rows(new_id, data, stored, live)?;
         if let Some(b) = self.output(results, s, batch)? {
             out.push(b);
         }

@@ -636,22 +636,8 @@ impl Rank {
 
     /// Stores rows `kept` of `data` in the reserved slot `id` (their entries point there).
     fn hold(&mut self, id: u32, data: &[ArrayRef], kept: Vec<u32>) -> Result<()> {
-        if kept.is_empty() {
-            self.held.unreserve(id);
-            return Ok(());
-        }
         let live = kept.len();
-        let cols = if live == data.first().map_or(0, |c| c.len()) {
-            data.to_vec()
-        } else {
-            let idx = UInt32Array::from(kept);
-            (data.iter())
-                .map(|c| arrow::compute::take(c.as_ref(), &idx, None))
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(RuntimeError::arrow("keeping Top-N rows"))?
-        };
-        self.held.fill(id, cols, live);
-        Ok(())
+        self.held.fill_rows(id, data, kept, live)
     }
 
     /// Releases the rows that left their partitions, then compacts the stored batches when they
