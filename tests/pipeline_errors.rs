@@ -251,6 +251,36 @@ fn late_records_are_counted_and_kept_out_of_closed_windows() {
     assert!(letters[0]["error"].as_str().unwrap().starts_with("late: its window had already closed"), "{}", letters[0]);
     assert_eq!(letters[0]["record"]["amount"].as_i64(), Some(100), "{}", letters[0]);
     assert_eq!(letters[0]["record"]["window_start"].as_str(), Some("2024-01-01T00:00:00.000Z"));
+
+    // HOP windows (5 s slide, 10 s size) are built from slices: the late row is one dead letter
+    // (not one per window), shown with the last of its windows, [0 s, 10 s).
+    let hop = "HOP(TABLE events, DESCRIPTOR(ts), INTERVAL '5' SECOND, INTERVAL '10' SECOND)";
+    let hop_sql = window_sql(", 'late-records' = 'dead-letter'")
+        .replace("TUMBLE(TABLE events, DESCRIPTOR(ts), INTERVAL '10' SECOND)", hop);
+    std::fs::write(&sql, hop_sql).unwrap();
+    run_ok(keel(dir.path()).args(["run", sql.to_str().unwrap(), "--bounded", "--quiet", "-p", "1", "--fresh"]));
+    let letters = topic_rows(dir.path(), "job-dead-letter");
+    let hop_letters: Vec<_> = letters.iter().skip(1).collect();
+    assert_eq!(hop_letters.len(), 1, "{letters:?}");
+    assert_eq!(hop_letters[0]["record"]["amount"].as_i64(), Some(100), "{}", hop_letters[0]);
+    assert_eq!(hop_letters[0]["record"]["window_start"].as_str(), Some("2024-01-01T00:00:00.000Z"));
+    assert_eq!(hop_letters[0]["record"]["window_end"].as_str(), Some("2024-01-01T00:00:10.000Z"));
+    let mut rows: Vec<(String, i64, i64)> = topic_rows(dir.path(), "out")
+        .iter()
+        .map(|r| {
+            (r["window_start"].as_str().unwrap().to_string(), r["n"].as_i64().unwrap(), r["total"].as_i64().unwrap())
+        })
+        .collect();
+    rows.sort();
+    let hop_rows = [
+        ("2023-12-31T23:59:55.000Z", 1, 1),
+        ("2024-01-01T00:00:00.000Z", 1, 1),
+        ("2024-01-01T00:00:20.000Z", 2, 1010),
+        ("2024-01-01T00:00:25.000Z", 2, 1010),
+    ];
+    for (w, n, total) in hop_rows {
+        assert!(rows.contains(&(w.to_string(), n, total)), "{w} missing from {rows:?}");
+    }
 }
 
 #[test]
