@@ -205,6 +205,18 @@ fn a_bad_record_can_fail_the_job_naming_its_position_without_restarting() {
     assert!(!err.contains("restart 1"), "a user error must not be retried:\n{err}");
 }
 
+/// The rows of topic `out` as (window start, n, total), sorted.
+fn window_rows(dir: &std::path::Path) -> Vec<(String, i64, i64)> {
+    let mut rows: Vec<(String, i64, i64)> = topic_rows(dir, "out")
+        .iter()
+        .map(|r| {
+            (r["window_start"].as_str().unwrap().to_string(), r["n"].as_i64().unwrap(), r["total"].as_i64().unwrap())
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
 #[test]
 fn late_records_are_counted_and_kept_out_of_closed_windows() {
     let dir = tempfile::tempdir().unwrap();
@@ -225,13 +237,7 @@ fn late_records_are_counted_and_kept_out_of_closed_windows() {
     let out = run_ok(keel(dir.path()).args(["run", sql.to_str().unwrap(), "--bounded", "--quiet", "-p", "1"]));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("1 late record(s)"), "{stderr}");
-    let mut rows: Vec<(String, i64, i64)> = topic_rows(dir.path(), "out")
-        .iter()
-        .map(|r| {
-            (r["window_start"].as_str().unwrap().to_string(), r["n"].as_i64().unwrap(), r["total"].as_i64().unwrap())
-        })
-        .collect();
-    rows.sort();
+    let rows = window_rows(dir.path());
     assert_eq!(rows, vec![("2024-01-01T00:00:00.000Z".into(), 1, 1), ("2024-01-01T00:00:20.000Z".into(), 2, 1010)]);
     assert!(
         keel::log::Log::open(dir.path())
@@ -265,13 +271,7 @@ fn late_records_are_counted_and_kept_out_of_closed_windows() {
     assert_eq!(hop_letters[0]["record"]["amount"].as_i64(), Some(100), "{}", hop_letters[0]);
     assert_eq!(hop_letters[0]["record"]["window_start"].as_str(), Some("2024-01-01T00:00:00.000Z"));
     assert_eq!(hop_letters[0]["record"]["window_end"].as_str(), Some("2024-01-01T00:00:10.000Z"));
-    let mut rows: Vec<(String, i64, i64)> = topic_rows(dir.path(), "out")
-        .iter()
-        .map(|r| {
-            (r["window_start"].as_str().unwrap().to_string(), r["n"].as_i64().unwrap(), r["total"].as_i64().unwrap())
-        })
-        .collect();
-    rows.sort();
+    let rows = window_rows(dir.path());
     let hop_rows = [
         ("2023-12-31T23:59:55.000Z", 1, 1),
         ("2024-01-01T00:00:00.000Z", 1, 1),

@@ -20,6 +20,8 @@ pub mod metrics;
 pub mod operator;
 pub mod ops;
 mod task;
+#[cfg(test)]
+mod test_rng;
 
 pub use changelog::RowKind;
 pub use coordinator::JobOutcome;

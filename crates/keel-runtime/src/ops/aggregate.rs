@@ -103,7 +103,7 @@ pub struct WindowAggregate {
     pub(super) accs: Vec<Accumulator>,
     /// Session windows only: the open sessions of each key.
     pub(super) sessions: std::collections::HashMap<Box<[u8]>, Vec<u32>>,
-    watermark: i64,
+    pub(super) watermark: i64,
     key_groups: u32,
     metrics: Option<Arc<Metrics>>,
     late: Option<Box<dyn SideOutput>>,
@@ -259,12 +259,11 @@ impl WindowAggregate {
 
     /// Emits and forgets every window that `watermark` (or the clock) closes.
     fn fire(&mut self, watermark: i64, out: &mut Vec<RecordBatch>) -> Result<()> {
-        if let Some((size, slide)) = self.spec.hop_slices {
-            let old = self.watermark;
-            self.watermark = self.watermark.max(watermark);
-            return self.fire_slices(size, slide, old, self.watermark, out);
-        }
+        let old = self.watermark;
         self.watermark = self.watermark.max(watermark);
+        if let Some((size, slide)) = self.spec.hop_slices {
+            return self.fire_slices(size, slide, old, out);
+        }
         while let Some((&(end, start), _)) = self.by_window.first_key_value() {
             if !is_late(end, self.watermark) {
                 break;

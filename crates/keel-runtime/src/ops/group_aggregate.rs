@@ -530,13 +530,8 @@ pub(crate) mod tests {
 
     #[test]
     fn snapshot_restores_at_another_parallelism() {
-        let seed = 0x5eed_u64;
-        println!("seed {seed}");
-        let mut x = seed;
-        let mut next = || {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (x >> 33) as i64
-        };
+        let mut rng = crate::test_rng::Lcg::fixed("group aggregate", 0x5eed_u64);
+        let mut next = || rng.next() as i64;
         let keys: Vec<String> = (0..40).map(|i| format!("k{i}")).collect();
         let mut batches = vec![];
         for _ in 0..20 {
@@ -614,13 +609,8 @@ pub(crate) mod tests {
                 distinct_families: families,
             })
         };
-        let seed = 0x0d15_7111_u64;
-        println!("seed {seed}");
-        let mut x = seed;
-        let mut next = move || {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (x >> 33) as i64
-        };
+        let mut rng = crate::test_rng::Lcg::fixed("group aggregate", 0x0d15_7111_u64);
+        let mut next = move || rng.next() as i64;
         let batches: Vec<RecordBatch> = (0..12)
             .map(|_| {
                 let ks: Vec<String> = (0..50).map(|_| format!("k{}", next() % 5)).collect();

@@ -3,13 +3,13 @@
 //! rows are dropped once the watermark says no partner can arrive any more.
 //!
 //! Each side keeps its rows per join key, with multiplicities. The rows' columns stay columnar:
-//! the rows an input batch adds are copied (one `take`) into a stored batch, and each held row
-//! points at its place there; output, snapshots and the non-equi condition gather rows from those
-//! batches (`interleave`), with no per-row allocation or row-format round trip (`held.rs`). A
-//! stored batch is freed when its last held row goes. A changelog side also keeps each row in Arrow's row format,
-//! to find the equal row a retraction removes. A row arriving
-//! on one side is matched against the other side's rows with the same key (and the optional
-//! non-equi condition); additions emit `+I` joined rows, retractions (`-U`/`-D` of a changelog
+//! the rows an input batch adds go into a stored batch (the batch itself when all are kept, a
+//! `take` otherwise), and each held row points at its place there; output, snapshots and the
+//! non-equi condition gather rows from those batches (`interleave`), with no per-row allocation
+//! or row-format round trip (`held.rs`). A stored batch is freed when its last held row goes. A
+//! changelog side also keeps each row in Arrow's row format, to find the equal row a retraction
+//! removes. A row arriving on one side is matched against the other side's rows with the same
+//! key (and the optional non-equi condition); additions emit `+I` joined rows, retractions (`-U`/`-D` of a changelog
 //! input) emit `-D` for the rows they had produced. For outer joins a row without partner is
 //! emitted padded with NULLs, and retracted (`-D`) when its first partner arrives, as Flink does.
 //!

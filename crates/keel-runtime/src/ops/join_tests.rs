@@ -185,13 +185,8 @@ fn time_bounded_rows_expire_and_late_rows_are_dropped() {
 
 #[test]
 fn restore_at_another_parallelism_gives_the_same_results() {
-    let seed = 0x10_1a_u64;
-    println!("seed {seed}");
-    let mut x = seed;
-    let mut next = move || {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (x >> 33) as i64
-    };
+    let mut rng = crate::test_rng::Lcg::fixed("join restore", 0x10_1a_u64);
+    let mut next = move || rng.next() as i64;
     let names: Vec<String> = (0..50).map(|i| format!("v{i}")).collect();
     let mut batches = vec![];
     for _ in 0..30 {

@@ -604,14 +604,7 @@ mod tests {
     }
 
     /// A tiny linear congruential generator (Knuth's MMIX constants).
-    struct Lcg(u64);
-
-    impl Lcg {
-        fn below(&mut self, n: u64) -> u64 {
-            self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-            (self.0 >> 33) % n
-        }
-    }
+    use crate::test_rng::Lcg;
 
     const KEYS: [&str; 8] = ["a", "b", "c", "d", "e", "f", "g", "h"];
 
@@ -678,11 +671,8 @@ mod tests {
 
     #[test]
     fn random_input_matches_brute_force() {
-        let seed = std::env::var("KEEL_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(7, |d| d.as_nanos() as u64)
-        });
-        println!("seed {seed} (rerun with KEEL_TEST_SEED={seed})");
-        let mut rng = Lcg(seed);
+        let mut rng = Lcg::seeded("OVER against brute force");
+        let seed = rng.seed();
         let frames = [
             OverFrame::Rows(0),
             OverFrame::Rows(3),
@@ -719,7 +709,7 @@ mod tests {
     fn restore_at_other_parallelism_continues_identically() {
         for frame in [OverFrame::Rows(2), OverFrame::RangeMillis(5), OverFrame::Unbounded] {
             let spec = spec(frame, &ALL);
-            let mut rng = Lcg(42);
+            let mut rng = Lcg::fixed("OVER restore", 42);
             let (mut clock, mut id) = (0, 0);
             let phases: Vec<_> = (0..3).map(|_| random_steps(&mut rng, 40, KEYS.len(), &mut clock, &mut id)).collect();
             let mut whole = open(&spec, &ctx(0, 1), vec![]);

@@ -586,7 +586,8 @@ impl Rank {
                 kept.push(i as u32);
             }
         }
-        self.hold(id, data, kept)?;
+        let live = kept.len();
+        self.held.fill_rows(id, data, kept, live)?;
         let (mut emitted, mut numbers, mut kinds) = (Vec::new(), Vec::new(), Vec::new());
         for (key, old) in touched {
             let Some(part) = self.partitions.get(&key) else { continue };
@@ -632,12 +633,6 @@ impl Rank {
             out.push(changelog_batch(self.spec.output_schema.clone(), cols, &kinds)?);
         }
         self.release_and_compact()
-    }
-
-    /// Stores rows `kept` of `data` in the reserved slot `id` (their entries point there).
-    fn hold(&mut self, id: u32, data: &[ArrayRef], kept: Vec<u32>) -> Result<()> {
-        let live = kept.len();
-        self.held.fill_rows(id, data, kept, live)
     }
 
     /// Releases the rows that left their partitions, then compacts the stored batches when they
@@ -701,7 +696,8 @@ impl Rank {
                 kept.push(i as u32);
             }
         }
-        self.hold(id, data.columns(), kept)?;
+        let live = kept.len();
+        self.held.fill_rows(id, data.columns(), kept, live)?;
         self.release_and_compact()
     }
 }

@@ -3,6 +3,7 @@
 use super::*;
 use crate::changelog::with_op_field;
 use crate::exchange::split_by_key;
+use crate::test_rng::Lcg;
 use RowKind::{Delete, Insert, UpdateAfter, UpdateBefore};
 use arrow::array::Int64Array;
 use arrow::util::display::array_value_to_string;
@@ -148,21 +149,6 @@ fn brute(rows: &[Row3], o: Opts) -> Vec<String> {
     }
     res.sort();
     res
-}
-
-struct Lcg(u64);
-impl Lcg {
-    fn seeded(name: &str) -> Lcg {
-        let seed = std::env::var("KEEL_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
-        });
-        println!("{name}: seed {seed} (set KEEL_TEST_SEED to replay)");
-        Lcg(seed)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (self.0 >> 33) % n
-    }
 }
 
 #[test]

@@ -17,16 +17,10 @@ use arrow::array::RecordBatch;
 use keel_types::window::is_late;
 
 impl WindowAggregate {
-    /// Emits every window that the watermark moving from `old` to `wm` closes, then forgets the
-    /// slices none of whose windows is still open.
-    pub(super) fn fire_slices(
-        &mut self,
-        size: i64,
-        slide: i64,
-        old: i64,
-        wm: i64,
-        out: &mut Vec<RecordBatch>,
-    ) -> Result<()> {
+    /// Emits every window that the watermark moving from `old` to the current one closes, then
+    /// forgets the slices none of whose windows is still open.
+    pub(super) fn fire_slices(&mut self, size: i64, slide: i64, old: i64, out: &mut Vec<RecordBatch>) -> Result<()> {
+        let wm = self.watermark;
         // Every window with an end at or below `fired` has been emitted.
         let mut fired = old.saturating_add(1);
         while let Some((&(first_end, _), _)) = self.by_window.first_key_value() {

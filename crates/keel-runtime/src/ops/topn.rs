@@ -269,13 +269,8 @@ mod tests {
 
     #[test]
     fn a_known_limit_compacts_an_open_window_without_changing_its_result() {
-        let seed = 0x7099_u64;
-        println!("seed {seed}");
-        let mut x = seed;
-        let mut next = move || {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((x >> 33) % 50_000) as i64
-        };
+        let mut rng = crate::test_rng::Lcg::fixed("window top-n compaction", 0x7099_u64);
+        let mut next = move || rng.below(50_000) as i64;
         let batches: Vec<RecordBatch> = (0..20)
             .map(|_| {
                 let v: Vec<i64> = (0..10_000).map(|_| next()).collect();
