@@ -24,11 +24,14 @@ use crate::error::{Result, RuntimeError};
 use crate::exchange::row_key_groups;
 use crate::metrics::Metrics;
 use crate::operator::{Operator, RestoredState, TaskContext};
-use crate::ops::held::HeldBatches;
+use crate::ops::held::{HeldBatches, snapshot_chunks, sort_by_position};
 use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit, UInt32Type};
 use arrow::row::{RowConverter, SortField};
+use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::utils::collect_columns;
 use hashbrown::HashMap;
 use keel_types::KeyGroupRange;
 use keel_types::time::MIN_WATERMARK;
@@ -154,8 +157,55 @@ impl OutRows {
     }
 }
 
+/// The non-equi condition, rewritten to read only the columns it uses: `cols[s]` of side `s`
+/// (left ones first, then right ones, in `schema`).
+struct JoinFilter {
+    expr: Arc<dyn PhysicalExpr>,
+    cols: [Vec<usize>; 2],
+    schema: SchemaRef,
+}
+
+impl JoinFilter {
+    fn new(spec: &JoinSpec) -> Result<Option<Self>> {
+        let Some(filter) = &spec.filter else { return Ok(None) };
+        let nl = spec.left.schema.fields().len();
+        let mut used: Vec<usize> = collect_columns(filter).iter().map(|c| c.index()).collect();
+        used.sort_unstable();
+        used.dedup();
+        let cols = [
+            used.iter().filter(|&&i| i < nl).copied().collect::<Vec<_>>(),
+            used.iter().filter(|&&i| i >= nl).map(|&i| i - nl).collect::<Vec<_>>(),
+        ];
+        let field = |s: &JoinSide, i: usize| {
+            s.schema.fields().get(i).map(|f| f.as_ref().clone().with_nullable(true)).ok_or_else(|| {
+                RuntimeError::Internal(format!("the join condition reads column {i}, which its side does not have"))
+            })
+        };
+        let mut fields = vec![];
+        for &i in &cols[0] {
+            fields.push(field(&spec.left, i)?);
+        }
+        for &i in &cols[1] {
+            fields.push(field(&spec.right, i)?);
+        }
+        let expr = filter
+            .clone()
+            .transform(|e| match e.downcast_ref::<Column>() {
+                Some(c) => {
+                    let at = used.binary_search(&c.index()).unwrap_or(usize::MAX);
+                    Ok(Transformed::yes(Arc::new(Column::new(c.name(), at)) as Arc<dyn PhysicalExpr>))
+                }
+                None => Ok(Transformed::no(e)),
+            })
+            .map_err(RuntimeError::expr("join condition"))?
+            .data;
+        Ok(Some(JoinFilter { expr, cols, schema: Arc::new(Schema::new(fields)) }))
+    }
+}
+
 pub struct Join {
     spec: Arc<JoinSpec>,
+    filter: Option<JoinFilter>,
     /// Converters for each side's data columns and for the join keys (shared by both sides).
     rows: [RowConverter; 2],
     keys: RowConverter,
@@ -197,6 +247,7 @@ impl Join {
         }
         let keys = converter(&spec.left.schema, &spec.left.keys)?;
         Ok(Join {
+            filter: JoinFilter::new(&spec)?,
             spec,
             rows,
             keys,
@@ -256,16 +307,17 @@ impl Join {
             Metrics::add(&m.late_records, late);
         }
         // Candidate partners of every row, from the other side's state (fixed for this batch).
-        let mut cand: Vec<(usize, usize)> = vec![]; // (input row, entry index under its key)
+        // (input row, entry index under its key, the entry's held row)
+        let mut cand: Vec<(usize, usize, (u32, u32))> = vec![];
         for i in 0..n {
             if has_null[i] || !live[i] {
                 continue;
             }
             if let Some(entries) = self.state[o].rows.get(keys.row(i).data()) {
-                cand.extend((0..entries.len()).map(|j| (i, j)));
+                cand.extend(entries.iter().enumerate().map(|(j, e)| (i, j, e.at)));
             }
         }
-        let passes = self.evaluate_filter(s, batch, &keys, &cand)?;
+        let passes = self.evaluate_filter(s, batch, &cand)?;
         let mut results = OutRows::default();
         // The rows this batch adds to the state, copied into one stored batch at the end.
         let new_id = self.state[s].held.reserve();
@@ -389,6 +441,18 @@ impl Join {
     /// Columns of the rows `refs` of side `s` (`None`: NULLs), gathered from the held batches
     /// and, when side `s` is the one being processed, from `current`.
     fn gather(&self, s: usize, refs: &[Option<Ref>], current: Option<&RecordBatch>) -> Result<Vec<ArrayRef>> {
+        let all: Vec<usize> = (0..self.side(s).schema.fields().len()).collect();
+        self.gather_cols(s, refs, current, &all)
+    }
+
+    /// Columns `cols` of side `s` of the rows `refs`, as `gather`.
+    fn gather_cols(
+        &self,
+        s: usize,
+        refs: &[Option<Ref>],
+        current: Option<&RecordBatch>,
+        cols: &[usize],
+    ) -> Result<Vec<ArrayRef>> {
         let schema = &self.side(s).schema;
         let st = &self.state[s];
         // Source arrays: 0 = one NULL row, 1 = the current batch, then each held batch used.
@@ -413,63 +477,47 @@ impl Join {
                 }
             });
         }
-        let mut cols = Vec::with_capacity(schema.fields().len());
-        for (c, field) in schema.fields().iter().enumerate() {
-            let null = arrow::array::new_null_array(field.data_type(), 1);
+        let mut out = Vec::with_capacity(cols.len());
+        for &c in cols {
+            let null = arrow::array::new_null_array(schema.field(c).data_type(), 1);
             let cur = current.map(|b| b.column(c).clone()).unwrap_or_else(|| null.clone());
             let mut sources: Vec<&dyn Array> = vec![null.as_ref(), cur.as_ref()];
             for b in &order {
                 sources.push(st.held.column(*b, c, "join")?.as_ref());
             }
-            cols.push(arrow::compute::interleave(&sources, &picks).map_err(RuntimeError::arrow("join rows"))?);
+            out.push(arrow::compute::interleave(&sources, &picks).map_err(RuntimeError::arrow("join rows"))?);
         }
-        Ok(cols)
+        Ok(out)
     }
 
-    /// Whether each candidate pair passes the non-equi condition.
-    fn evaluate_filter(
-        &self,
-        s: usize,
-        batch: &RecordBatch,
-        keys: &arrow::row::Rows,
-        cand: &[(usize, usize)],
-    ) -> Result<Vec<bool>> {
-        let Some(filter) = &self.spec.filter else { return Ok(vec![true; cand.len()]) };
+    /// Whether each candidate pair passes the non-equi condition, evaluated over only the columns
+    /// it reads.
+    fn evaluate_filter(&self, s: usize, batch: &RecordBatch, cand: &[(usize, usize, (u32, u32))]) -> Result<Vec<bool>> {
+        let Some(filter) = &self.filter else { return Ok(vec![true; cand.len()]) };
         if cand.is_empty() {
             return Ok(vec![]);
         }
         let o = 1 - s;
-        let ncols = self.side(s).schema.fields().len();
         let idx = UInt32Array::from_iter_values(cand.iter().map(|c| c.0 as u32));
-        let mine: Vec<ArrayRef> = batch.columns()[..ncols]
-            .iter()
-            .map(|c| arrow::compute::take(c.as_ref(), &idx, None))
+        let mine: Vec<ArrayRef> = (filter.cols[s].iter())
+            .map(|&c| arrow::compute::take(batch.column(c).as_ref(), &idx, None))
             .collect::<std::result::Result<_, _>>()
             .map_err(RuntimeError::arrow("join condition"))?;
-        let mut others = vec![];
-        for &(i, j) in cand {
-            let e = self.state[o].rows.get(keys.row(i).data()).and_then(|v| v.get(j)).ok_or_else(|| {
-                RuntimeError::Internal("a join candidate vanished from state while its batch was processed".into())
-            })?;
-            others.push(Some(Ref::Held(e.at.0, e.at.1)));
-        }
-        let theirs = self.gather(o, &others, None)?;
+        let others: Vec<Option<Ref>> = cand.iter().map(|c| Some(Ref::Held(c.2.0, c.2.1))).collect();
+        let theirs = self.gather_cols(o, &others, None, &filter.cols[o])?;
         let cols = if s == 0 { [mine, theirs].concat() } else { [theirs, mine].concat() };
-        let schema = self.joined_schema();
-        let joined = RecordBatch::try_new(schema, cols).map_err(RuntimeError::arrow("join condition"))?;
-        let v = filter
+        let joined = RecordBatch::try_new_with_options(
+            filter.schema.clone(),
+            cols,
+            &arrow::array::RecordBatchOptions::new().with_row_count(Some(cand.len())),
+        )
+        .map_err(RuntimeError::arrow("join condition"))?;
+        let v = (filter.expr)
             .evaluate(&joined)
             .and_then(|v| v.into_array(joined.num_rows()))
             .map_err(RuntimeError::expr("join condition"))?;
         let b = v.as_boolean_opt().ok_or_else(|| RuntimeError::Internal("join condition is not boolean".into()))?;
         Ok((0..b.len()).map(|i| b.is_valid(i) && b.value(i)).collect())
-    }
-
-    fn joined_schema(&self) -> SchemaRef {
-        let mut fields: Vec<Field> =
-            self.spec.left.schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
-        fields.extend(self.spec.right.schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)));
-        Arc::new(Schema::new(fields))
     }
 
     /// Turns output rows into a batch of the output schema; `current` is the batch of side
@@ -523,30 +571,35 @@ impl Join {
 
     fn snapshot_side(&self, s: usize) -> Result<Vec<Vec<u8>>> {
         let st = &self.state[s];
-        let entries: Vec<&Entry> = st.rows.values().flatten().collect();
+        // In stored order: each chunk reads its stored batches front to back, and a stretch of a
+        // stored batch whose rows are all held is written as it is (`held::snapshot_chunks`).
+        let mut sorted: Vec<((u32, u32), &Entry)> = st.rows.values().flatten().map(|e| (e.at, e)).collect();
+        sort_by_position(&mut sorted);
+        let (ats, entries): (Vec<(u32, u32)>, Vec<&Entry>) = sorted.into_iter().unzip();
         let mut fields = vec![
             Field::new("key_group", DataType::UInt32, false),
             Field::new("count", DataType::Int64, false),
             Field::new("matches", DataType::Int64, false),
             Field::new("expiry", DataType::Int64, false),
         ];
-        fields.extend(self.side(s).schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)));
+        let side = &self.side(s).schema;
+        fields.extend(side.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)));
         let schema = Arc::new(Schema::new(fields));
-        // Gathered and encoded a chunk at a time: a state of GBs is never copied whole first.
-        let chunk = |part: &[&Entry]| -> Result<RecordBatch> {
-            let refs: Vec<Option<Ref>> = part.iter().map(|e| Some(Ref::Held(e.at.0, e.at.1))).collect();
+        // Encoded a chunk at a time: a state of GBs is never copied whole first.
+        let chunk = |r: std::ops::Range<usize>| -> Result<RecordBatch> {
+            let part = &entries[r.clone()];
             let mut cols: Vec<ArrayRef> = vec![
                 Arc::new(UInt32Array::from_iter_values(part.iter().map(|e| e.key_group))),
                 Arc::new(Int64Array::from_iter_values(part.iter().map(|e| e.count))),
                 Arc::new(Int64Array::from_iter_values(part.iter().map(|e| e.matches))),
                 Arc::new(Int64Array::from_iter_values(part.iter().map(|e| e.expiry))),
             ];
-            cols.extend(self.gather(s, &refs, None)?);
+            cols.extend(st.held.columns_of(&ats[r], side.fields().len(), "join snapshot")?);
             RecordBatch::try_new(schema.clone(), cols).map_err(RuntimeError::arrow("join snapshot"))
         };
         const CHUNK: usize = 64 * 1024;
         // An empty side is a stream with no batch, which reads back as zero rows.
-        Ok(keel_state::batches_to_ipc_pieces(&schema, entries.chunks(CHUNK).map(chunk))?)
+        Ok(keel_state::batches_to_ipc_pieces(&schema, snapshot_chunks(&ats, CHUNK).into_iter().map(chunk))?)
     }
 
     fn restore_side(&mut self, s: usize, bytes: &[u8], range: KeyGroupRange) -> Result<()> {
@@ -670,7 +723,12 @@ impl Operator for Join {
         let mut head = Vec::with_capacity(16);
         head.extend_from_slice(&self.watermark.to_le_bytes());
         head.extend_from_slice(&(l_len as u64).to_le_bytes());
-        Ok(Some([vec![head], l, r].concat()))
+        // Moved, not cloned: `concat` of the piece lists would copy every piece.
+        let mut pieces = Vec::with_capacity(1 + l.len() + r.len());
+        pieces.push(head);
+        pieces.extend(l);
+        pieces.extend(r);
+        Ok(Some(pieces))
     }
 }
 

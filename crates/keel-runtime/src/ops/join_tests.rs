@@ -160,6 +160,18 @@ fn the_non_equi_condition_filters_pairs() {
     op.open(&ctx(0, 1), RestoredState::default()).unwrap();
     assert_eq!(feed(&mut op, 0, rows(&[Some(1), Some(1)], &["a", "b"], &[10, 30], None)), ["+I a -", "+I b -"]);
     assert_eq!(feed(&mut op, 1, rows(&[Some(1)], &["x"], &[20], None)), ["-D a -", "+I a x"], "only a has t < 20");
+    let f = op.filter.as_ref().unwrap();
+    assert_eq!(f.cols, [vec![2], vec![2]], "the condition is evaluated over the two columns it reads");
+
+    // r.v <> l.v AND l.t < r.t: columns of both sides, named out of order.
+    let ne = Arc::new(BinaryExpr::new(Arc::new(Column::new("rv", 4)), BinOp::NotEq, Arc::new(Column::new("lv", 1))));
+    let lt = Arc::new(BinaryExpr::new(Arc::new(Column::new("lt", 2)), BinOp::Lt, Arc::new(Column::new("rt", 5))));
+    let cond: Arc<dyn PhysicalExpr> = Arc::new(BinaryExpr::new(ne, BinOp::And, lt));
+    let mut op = Join::new(spec(JoinType::Inner, [false, false], Some(cond))).unwrap();
+    op.open(&ctx(0, 1), RestoredState::default()).unwrap();
+    feed(&mut op, 0, rows(&[Some(1), Some(1), Some(1)], &["a", "x", "c"], &[10, 10, 30], None));
+    assert_eq!(feed(&mut op, 1, rows(&[Some(1)], &["x"], &[20], None)), ["+I a x"], "x = x and 30 > 20 fail");
+    assert_eq!(op.filter.as_ref().unwrap().cols, [vec![1, 2], vec![1, 2]]);
 }
 
 #[test]

@@ -26,7 +26,7 @@ use crate::changelog::{RowKind, changelog_batch, data_columns, is_changelog, row
 use crate::error::{Result, RuntimeError};
 use crate::exchange::row_key_groups;
 use crate::operator::{Operator, RestoredState, TaskContext};
-use crate::ops::held::HeldBatches;
+use crate::ops::held::{HeldBatches, snapshot_chunks, sort_by_position};
 use crate::ops::short_bytes::ShortBytes;
 use crate::ops::topn::Numbering;
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array, UInt64Array};
@@ -752,27 +752,33 @@ impl Operator for Rank {
     fn snapshot_pieces(&mut self, _checkpoint: u64) -> Result<Option<Vec<Vec<u8>>>> {
         let now_ms = self.ms(Instant::now());
         let live = |p: &&Partition| self.cfg.ttl_ms.is_none_or(|ttl| now_ms.saturating_sub(p.touched_ms) < ttl);
-        let entries: Vec<&Entry> = self.partitions.values().filter(live).flat_map(|p| p.store.iter()).collect();
-        if entries.is_empty() {
+        // In stored order, chunked as `held::snapshot_chunks` says (runs of a stored batch go
+        // out as they are).
+        let mut sorted: Vec<((u32, u32), &Entry)> =
+            self.partitions.values().filter(live).flat_map(|p| p.store.iter()).map(|e| (e.at, e)).collect();
+        if sorted.is_empty() {
             return Ok(None);
         }
+        sort_by_position(&mut sorted);
+        let (ats, entries): (Vec<(u32, u32)>, Vec<&Entry>) = sorted.into_iter().unzip();
         let mut fields = vec![Field::new("key_group", DataType::UInt32, false)];
         fields.extend(self.spec.input_schema.fields().iter().map(|f| f.as_ref().clone()));
         fields.push(Field::new(SEQ_COLUMN, DataType::UInt64, false));
         let schema = Arc::new(Schema::new(fields));
-        let chunk = |part: &[&Entry]| -> Result<RecordBatch> {
-            let ats: Vec<(u32, u32)> = part.iter().map(|e| e.at).collect();
-            let cols = self.held.gather(&ats, self.spec.input_schema.fields().len(), "Top-N snapshot")?;
+        let chunk = |r: std::ops::Range<usize>| -> Result<RecordBatch> {
+            let cols =
+                self.held.columns_of(&ats[r.clone()], self.spec.input_schema.fields().len(), "Top-N snapshot")?;
             let data = RecordBatch::try_new(self.spec.input_schema.clone(), cols)
                 .map_err(RuntimeError::arrow("Top-N snapshot"))?;
             let groups = row_key_groups(&data, &self.spec.partition_cols, self.key_groups)?;
-            let seqs: UInt64Array = part.iter().map(|e| self.cfg.tie(e.tie)).collect::<Vec<u64>>().into();
+            let seqs: UInt64Array = entries[r].iter().map(|e| self.cfg.tie(e.tie)).collect::<Vec<u64>>().into();
             let mut cols: Vec<ArrayRef> = vec![Arc::new(UInt32Array::from(groups))];
             cols.extend(data.columns().iter().cloned());
             cols.push(Arc::new(seqs));
             RecordBatch::try_new(schema.clone(), cols).map_err(RuntimeError::arrow("Top-N snapshot"))
         };
-        Ok(Some(keel_state::batches_to_ipc_pieces(&schema, entries.chunks(CHUNK_ROWS).map(chunk))?))
+        let chunks = snapshot_chunks(&ats, CHUNK_ROWS);
+        Ok(Some(keel_state::batches_to_ipc_pieces(&schema, chunks.into_iter().map(chunk))?))
     }
 }
 
