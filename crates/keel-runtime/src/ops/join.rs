@@ -26,7 +26,7 @@ use crate::metrics::Metrics;
 use crate::operator::{Operator, RestoredState, TaskContext};
 use crate::ops::held::{HeldBatches, snapshot_chunks, sort_by_position};
 use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
-use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit, UInt32Type};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
 use arrow::row::{RowConverter, SortField};
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::physical_expr::PhysicalExpr;
@@ -118,10 +118,15 @@ struct Entry {
     count: i64,
     /// Partner rows (with multiplicity) on the other side, for outer joins.
     matches: i64,
-    key_group: u32,
     expiry: i64,
-    touched: Instant,
+    /// When the row was last added, in milliseconds since the operator's `epoch` (state TTL).
+    touched: u64,
 }
+
+// A regular join holds one entry per row for ever (q20: 9 M of them at 10 M events), so its size
+// matters: the key group is computed again from the key columns when a snapshot is written, and
+// the time is 8 bytes rather than an `Instant`'s 16.
+const _: () = assert!(std::mem::size_of::<Entry>() == 56);
 
 #[derive(Default)]
 struct SideState {
@@ -212,6 +217,8 @@ pub struct Join {
     state: [SideState; 2],
     watermark: i64,
     key_groups: u32,
+    /// The zero of `Entry::touched`.
+    epoch: Instant,
     last_expiry: Instant,
     metrics: Option<Arc<Metrics>>,
 }
@@ -254,18 +261,25 @@ impl Join {
             state: [SideState::default(), SideState::default()],
             watermark: MIN_WATERMARK,
             key_groups: keel_types::DEFAULT_KEY_GROUPS,
+            epoch: Instant::now(),
             last_expiry: Instant::now(),
             metrics: None,
         })
+    }
+
+    /// Milliseconds from the operator's epoch to `t`.
+    fn ms(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
     }
 
     fn side(&self, s: usize) -> &JoinSide {
         if s == 0 { &self.spec.left } else { &self.spec.right }
     }
 
-    fn on_batch(&mut self, s: usize, batch: &RecordBatch, out: &mut Vec<RecordBatch>) -> Result<()> {
-        let now = Instant::now();
+    /// Processes a batch of side `s` arriving at `now` (the clock of the state TTL).
+    fn on_batch(&mut self, s: usize, batch: &RecordBatch, out: &mut Vec<RecordBatch>, now: Instant) -> Result<()> {
         self.expire_ttl(now);
+        let now_ms = self.ms(now);
         // The spec is shared (an Arc): a handle to it, not a copy of the side, per batch.
         let spec = self.spec.clone();
         let side = if s == 0 { &spec.left } else { &spec.right };
@@ -292,7 +306,6 @@ impl Join {
             None
         };
         let has_null: Vec<bool> = (0..n).map(|i| key_cols.iter().any(|c| c.is_null(i))).collect();
-        let key_groups = row_key_groups(batch, &side.keys, self.key_groups)?;
         let mut late = 0u64;
         let live: Vec<bool> = (0..n)
             .map(|i| {
@@ -393,7 +406,7 @@ impl Join {
                 match same {
                     Some(e) => {
                         e.count += 1;
-                        e.touched = now;
+                        e.touched = now_ms;
                     }
                     None => {
                         let exp = expiry.as_ref().map_or(i64::MAX, |e| e[i]);
@@ -402,9 +415,8 @@ impl Join {
                             row: me_bytes.map(Box::from),
                             count: 1,
                             matches: matched,
-                            key_group: key_groups[i],
                             expiry: exp,
-                            touched: now,
+                            touched: now_ms,
                         });
                         stored.push(i as u32);
                         if exp != i64::MAX {
@@ -551,11 +563,12 @@ impl Join {
             return;
         }
         self.last_expiry = now;
+        let (now_ms, ttl_ms) = (self.ms(now), u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
         for st in &mut self.state {
             let mut gone = vec![];
             st.rows.retain(|_, v| {
                 v.retain(|e| {
-                    let keep = now.duration_since(e.touched) < ttl;
+                    let keep = now_ms.saturating_sub(e.touched) < ttl_ms;
                     if !keep {
                         gone.push(e.at);
                     }
@@ -586,15 +599,18 @@ impl Join {
         fields.extend(side.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)));
         let schema = Arc::new(Schema::new(fields));
         // Encoded a chunk at a time: a state of GBs is never copied whole first.
+        let keys = &self.side(s).keys;
         let chunk = |r: std::ops::Range<usize>| -> Result<RecordBatch> {
             let part = &entries[r.clone()];
+            let data = st.held.columns_of(&ats[r], side.fields().len(), "join snapshot")?;
+            let data = RecordBatch::try_new(side.clone(), data).map_err(RuntimeError::arrow("join snapshot"))?;
             let mut cols: Vec<ArrayRef> = vec![
-                Arc::new(UInt32Array::from_iter_values(part.iter().map(|e| e.key_group))),
+                Arc::new(UInt32Array::from(row_key_groups(&data, keys, self.key_groups)?)),
                 Arc::new(Int64Array::from_iter_values(part.iter().map(|e| e.count))),
                 Arc::new(Int64Array::from_iter_values(part.iter().map(|e| e.matches))),
                 Arc::new(Int64Array::from_iter_values(part.iter().map(|e| e.expiry))),
             ];
-            cols.extend(st.held.columns_of(&ats[r], side.fields().len(), "join snapshot")?);
+            cols.extend(data.columns().iter().cloned());
             RecordBatch::try_new(schema.clone(), cols).map_err(RuntimeError::arrow("join snapshot"))
         };
         const CHUNK: usize = 64 * 1024;
@@ -610,7 +626,6 @@ impl Join {
         }
         let num = |c: usize| batch.column(c).as_primitive::<Int64Type>().clone();
         let (count, matches, expiry) = (num(1), num(2), num(3));
-        let kg = batch.column(0).as_primitive::<UInt32Type>().clone();
         let data = &batch.columns()[4..];
         let rows = if self.side(s).updating {
             Some(self.rows[s].convert_columns(data).map_err(RuntimeError::arrow("restoring join state"))?)
@@ -619,7 +634,7 @@ impl Join {
         };
         let key_cols: Vec<ArrayRef> = self.side(s).keys.iter().map(|&k| data[k].clone()).collect();
         let keys = self.keys.convert_columns(&key_cols).map_err(RuntimeError::arrow("restoring join state"))?;
-        let now = Instant::now();
+        let now_ms = self.ms(Instant::now());
         let st = &mut self.state[s];
         let id = st.held.reserve();
         st.held.fill(id, data.to_vec(), batch.num_rows());
@@ -634,9 +649,8 @@ impl Join {
                 row: rows.as_ref().map(|r| r.row(i).data().into()),
                 count: count.value(i),
                 matches: matches.value(i),
-                key_group: kg.value(i),
                 expiry: exp,
-                touched: now,
+                touched: now_ms,
             });
         }
         Ok(())
@@ -668,14 +682,14 @@ impl Operator for Join {
     }
 
     fn process(&mut self, batch: RecordBatch, out: &mut Vec<RecordBatch>) -> Result<()> {
-        self.on_batch(0, &batch, out)
+        self.on_batch(0, &batch, out, Instant::now())
     }
 
     fn process_side(&mut self, side: usize, batch: RecordBatch, out: &mut Vec<RecordBatch>) -> Result<()> {
         if side > 1 {
             return Err(RuntimeError::Internal(format!("a join has two inputs, not input {side}")));
         }
-        self.on_batch(side, &batch, out)
+        self.on_batch(side, &batch, out, Instant::now())
     }
 
     fn on_watermark(&mut self, watermark: i64, _out: &mut Vec<RecordBatch>) -> Result<()> {

@@ -257,3 +257,27 @@ fn a_truncated_snapshot_is_refused_on_restore() {
     let mut again = Join::new(spec(JoinType::Inner, [false, false], None)).unwrap();
     assert!(again.open(&ctx(0, 1), restored).is_err(), "half a snapshot must not restore as if it were whole");
 }
+
+#[test]
+fn rows_idle_for_the_state_ttl_are_forgotten() {
+    let mut s = spec(JoinType::Inner, [false, false], None).as_ref().clone();
+    s.state_ttl = Some(Duration::from_secs(10));
+    let mut op = Join::new(Arc::new(s)).unwrap();
+    op.open(&ctx(0, 1), RestoredState::default()).unwrap();
+    let t0 = op.epoch;
+    let at = |secs: u64| t0 + Duration::from_secs(secs);
+    let mut feed_at = |op: &mut Join, side: usize, b: RecordBatch, secs: u64| {
+        let mut out = vec![];
+        op.on_batch(side, &b, &mut out, at(secs)).unwrap();
+        out.iter().map(|b| b.num_rows()).sum::<usize>()
+    };
+    feed_at(&mut op, 0, rows(&[Some(1)], &["a"], &[0], None), 0);
+    assert_eq!(feed_at(&mut op, 1, rows(&[Some(1)], &["x"], &[0], None), 5), 1, "a is held at 5 s");
+    assert_eq!(feed_at(&mut op, 1, rows(&[Some(2)], &["y"], &[0], None), 12), 0);
+    assert_eq!(op.state[0].rows.len(), 0, "a, idle since 0 s, is gone at 12 s");
+    assert_eq!(op.state[0].held.stored_batches(), 0, "with its stored batch");
+    assert_eq!(op.state[1].rows.len(), 2, "x (5 s) and y (12 s) are still held");
+    assert_eq!(feed_at(&mut op, 0, rows(&[Some(1)], &["b"], &[0], None), 14), 1, "b meets x");
+    feed_at(&mut op, 0, rows(&[Some(3)], &["c"], &[0], None), 16);
+    assert_eq!(op.state[1].rows.len(), 1, "x (5 s) is gone at 16 s, y (12 s) is not");
+}
