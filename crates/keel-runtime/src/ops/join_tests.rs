@@ -266,7 +266,7 @@ fn rows_idle_for_the_state_ttl_are_forgotten() {
     op.open(&ctx(0, 1), RestoredState::default()).unwrap();
     let t0 = op.epoch;
     let at = |secs: u64| t0 + Duration::from_secs(secs);
-    let mut feed_at = |op: &mut Join, side: usize, b: RecordBatch, secs: u64| {
+    let feed_at = |op: &mut Join, side: usize, b: RecordBatch, secs: u64| {
         let mut out = vec![];
         op.on_batch(side, &b, &mut out, at(secs)).unwrap();
         out.iter().map(|b| b.num_rows()).sum::<usize>()
