@@ -5,6 +5,7 @@
 //! records first-start facts in the job file, and returns the runtime's job graph.
 
 pub mod build;
+mod case_lookup;
 pub mod connectors;
 mod cse;
 pub mod error;

@@ -310,7 +310,8 @@ fn names(s: &Schema) -> String {
 }
 
 pub(crate) fn physical(state: &SessionState, e: Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>> {
-    state.create_physical_expr(e, schema).map_err(planning("compiling an expression"))
+    let e = state.create_physical_expr(e, schema).map_err(planning("compiling an expression"))?;
+    crate::case_lookup::rewrite(e, schema.as_arrow()).map_err(planning("compiling an expression"))
 }
 
 /// Registers the generated table of a window call; returns its spec, time column and schema.
