@@ -9,6 +9,7 @@
 //! and the print and blackhole sinks (`changelog_format`).
 
 pub mod changelog_format;
+mod csv_rows;
 pub mod datagen;
 pub mod error;
 pub mod file_source;

@@ -242,11 +242,8 @@ fn write_rows(
             }
         }
         FileFormat::Csv => {
-            let mut cw = arrow::csv::WriterBuilder::new()
-                .with_header(false)
-                .with_timestamp_format("%Y-%m-%dT%H:%M:%S%.3fZ".to_string())
-                .build(&mut *w);
-            cw.write(batch).map_err(|e| ConnectorError::Encode { what: "CSV rows".into(), reason: e.to_string() })?;
+            crate::csv_rows::write_csv(batch, &mut *w)
+                .map_err(|e| ConnectorError::Encode { what: "CSV rows".into(), reason: e.to_string() })?;
         }
         FileFormat::DebeziumJson => {
             let changes = Changes::of(batch)?;
