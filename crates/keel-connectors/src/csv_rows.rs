@@ -24,13 +24,15 @@ fn timestamps_as_text(batch: &RecordBatch) -> Result<RecordBatch, arrow::error::
             cols.push(col.clone());
             continue;
         }
-        // Milliseconds, rounded down (as chrono's `%.3f` cuts a time's fraction of a second).
-        let to_ms = |x: i64| match f.data_type() {
-            DataType::Timestamp(TimeUnit::Second, _) => x.saturating_mul(1000),
-            DataType::Timestamp(TimeUnit::Microsecond, _) => x.div_euclid(1_000),
-            DataType::Timestamp(TimeUnit::Nanosecond, _) => x.div_euclid(1_000_000),
-            _ => x,
+        // Milliseconds, rounded down (as chrono's `%.3f` cuts a time's fraction of a second):
+        // times `mul`, then divided by `div`.
+        let (mul, div) = match f.data_type() {
+            DataType::Timestamp(TimeUnit::Second, _) => (1000, 1),
+            DataType::Timestamp(TimeUnit::Microsecond, _) => (1, 1_000),
+            DataType::Timestamp(TimeUnit::Nanosecond, _) => (1, 1_000_000),
+            _ => (1, 1),
         };
+        let to_ms = |x: i64| x.saturating_mul(mul).div_euclid(div);
         let raw = arrow::compute::cast(col, &DataType::Int64)?;
         let ms = raw.as_primitive::<Int64Type>();
         let mut out = StringBuilder::with_capacity(ms.len(), ms.len() * 24);
@@ -53,11 +55,7 @@ fn timestamps_as_text(batch: &RecordBatch) -> Result<RecordBatch, arrow::error::
 /// Appends `batch` as CSV lines (no header) to `w`.
 pub(crate) fn write_csv(batch: &RecordBatch, w: &mut impl std::io::Write) -> Result<(), arrow::error::ArrowError> {
     let batch = timestamps_as_text(batch)?;
-    let mut cw = arrow::csv::WriterBuilder::new()
-        .with_header(false)
-        .with_timestamp_format("%Y-%m-%dT%H:%M:%S%.3fZ".to_string())
-        .build(w);
-    cw.write(&batch)
+    arrow::csv::WriterBuilder::new().with_header(false).build(w).write(&batch)
 }
 
 #[cfg(test)]

@@ -224,8 +224,7 @@ fn check_state_claimed(chk: &CompletedCheckpoint, graph: &JobGraph) -> Result<()
         if uids.contains(uid) {
             continue;
         }
-        let files: Vec<String> = (0..p.as_u64().unwrap_or(0) as u32).map(|i| state_file_name(uid, i)).collect();
-        if chk.names().any(|n| files.iter().any(|f| f == n)) {
+        if (0..p.as_u64().unwrap_or(0) as u32).any(|i| has_state(chk, uid, i)) {
             return Err(RuntimeError::User(format!(
                 "checkpoint {} holds the state of operator '{uid}', which this job's plan no longer has (the \
                  pipeline, or how this Keel version plans it, changed); restoring without it would lose that \
@@ -237,6 +236,12 @@ fn check_state_claimed(chk: &CompletedCheckpoint, graph: &JobGraph) -> Result<()
     Ok(())
 }
 
+/// Whether `chk` holds a state file of operator `uid`'s subtask `subtask`.
+fn has_state(chk: &CompletedCheckpoint, uid: &str, subtask: u32) -> bool {
+    let name = state_file_name(uid, subtask);
+    chk.names().any(|n| n == name)
+}
+
 /// The state restored for one operator uid in one subtask.
 fn restored_for(chk: Option<&CompletedCheckpoint>, uid: &str, subtask: u32, parallelism: u32) -> Result<RestoredState> {
     let Some(chk) = chk else { return Ok(RestoredState::default()) };
@@ -244,8 +249,7 @@ fn restored_for(chk: Option<&CompletedCheckpoint>, uid: &str, subtask: u32, para
         chk.manifest.meta.get("operators").and_then(|o| o.get(uid)).and_then(|v| v.as_u64()).unwrap_or(0) as u32;
     let mut parts = Vec::with_capacity(old_p as usize);
     for i in 0..old_p {
-        let name = state_file_name(uid, i);
-        parts.push(if chk.names().any(|n| n == name) { chk.read(&name)? } else { Vec::new() });
+        parts.push(if has_state(chk, uid, i) { chk.read(&state_file_name(uid, i))? } else { Vec::new() });
     }
     let inherited = (0..old_p as usize).filter(|i| *i as u32 % parallelism == subtask).collect();
     Ok(RestoredState { parts, inherited, checkpoint: Some(chk.id) })

@@ -102,8 +102,18 @@ fn rewrite_one(e: &Arc<dyn PhysicalExpr>, schema: &Schema) -> Result<Option<Arc<
     Ok(Some(Arc::new(ElseColumn { lookup, otherwise: otherwise.clone(), original: e.clone() })))
 }
 
+/// DataFusion's physical expression for `e`, with such CASEs evaluated by lookup: every
+/// expression a query or a computed column evaluates is compiled here.
+pub(crate) fn compile(
+    state: &datafusion::execution::SessionState,
+    e: datafusion::logical_expr::Expr,
+    schema: &datafusion::common::DFSchema,
+) -> Result<Arc<dyn PhysicalExpr>> {
+    rewrite(state.create_physical_expr(e, schema)?, schema.as_arrow())
+}
+
 /// `e` with every CASE of the form above evaluated by lookup.
-pub(crate) fn rewrite(e: Arc<dyn PhysicalExpr>, schema: &Schema) -> Result<Arc<dyn PhysicalExpr>> {
+fn rewrite(e: Arc<dyn PhysicalExpr>, schema: &Schema) -> Result<Arc<dyn PhysicalExpr>> {
     e.transform_up(|x| match rewrite_one(&x, schema)? {
         Some(new) => Ok(Transformed::yes(new)),
         None => Ok(Transformed::no(x)),

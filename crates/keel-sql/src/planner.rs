@@ -64,7 +64,7 @@ pub fn resolve_computed(def: &mut TableDef) -> Result<Option<Computed>> {
                 let e = state.create_logical_expr(&sql, &df).map_err(bad)?;
                 let (_, f) = e.to_field(&df).map_err(bad)?;
                 col.data_type = f.data_type().clone();
-                exprs.push(state.create_physical_expr(e, &df).map_err(bad)?);
+                exprs.push(crate::case_lookup::compile(&state, e, &df).map_err(bad)?);
             }
         }
     }
@@ -310,8 +310,7 @@ fn names(s: &Schema) -> String {
 }
 
 pub(crate) fn physical(state: &SessionState, e: Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>> {
-    let e = state.create_physical_expr(e, schema).map_err(planning("compiling an expression"))?;
-    crate::case_lookup::rewrite(e, schema.as_arrow()).map_err(planning("compiling an expression"))
+    crate::case_lookup::compile(state, e, schema).map_err(planning("compiling an expression"))
 }
 
 /// Registers the generated table of a window call; returns its spec, time column and schema.

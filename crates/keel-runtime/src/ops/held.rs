@@ -2,7 +2,7 @@
 //! columns: each input batch that adds rows gives one stored batch with just those rows, and a
 //! held row is its position `(stored batch, row)`. Output and snapshots gather rows from the
 //! stored batches with `interleave`, rather than decoding a row format row by row; snapshots take
-//! rows in position order (`sort_by_position`, `snapshot_chunks`), so that long stretches of a
+//! rows in position order (`by_position`, `snapshot_chunks`), so that long stretches of a
 //! stored batch are written as slices of it (`columns_of`).
 //!
 //! Invariants: a stored batch counts the held rows that point into it and is freed with the last
@@ -145,29 +145,30 @@ impl HeldBatches {
     }
 }
 
-/// `items` in position order: bucketed by stored batch (a counting sort, as slot ids are small
-/// and dense), then each bucket sorted by row. A comparison sort of millions of held rows, with
-/// the positions read through references, took a tenth of a large join's checkpoint.
-pub(crate) fn sort_by_position<T: Copy>(items: &mut [((u32, u32), T)]) {
-    let Some(slots) = items.iter().map(|x| x.0.0 as usize + 1).max() else { return };
+/// The positions and values of `items`, in position order: bucketed by stored batch (a counting
+/// sort, as slot ids are small and dense), then each bucket sorted by row. A comparison sort of
+/// millions of held rows, with the positions read through references, took a tenth of a large
+/// join's checkpoint.
+pub(crate) fn by_position<T: Copy>(items: Vec<((u32, u32), T)>) -> (Vec<(u32, u32)>, Vec<T>) {
+    let Some(slots) = items.iter().map(|x| x.0.0 as usize + 1).max() else { return (vec![], vec![]) };
     let mut start = vec![0usize; slots + 1];
-    for x in items.iter() {
+    for x in &items {
         start[x.0.0 as usize + 1] += 1;
     }
     for b in 1..=slots {
         start[b] += start[b - 1];
     }
     let mut next = start.clone();
-    let mut out = items.to_vec();
-    for x in items.iter() {
+    let mut out = items.clone();
+    for x in items {
         let b = x.0.0 as usize;
-        out[next[b]] = *x;
+        out[next[b]] = x;
         next[b] += 1;
     }
     for b in 0..slots {
         out[start[b]..start[b + 1]].sort_unstable_by_key(|x| x.0.1);
     }
-    items.copy_from_slice(&out);
+    out.into_iter().unzip()
 }
 
 /// Stretches of consecutive rows of one stored batch at least this long are a chunk of their own
@@ -312,19 +313,18 @@ mod tests {
     }
 
     #[test]
-    fn sort_by_position_sorts_as_a_comparison_sort_does() {
-        let mut rng = crate::test_rng::Lcg::seeded("sort_by_position");
+    fn by_position_sorts_as_a_comparison_sort_does() {
+        let mut rng = crate::test_rng::Lcg::seeded("by_position");
         for _ in 0..20 {
             let n = rng.below(5000) as usize;
             let slots = 1 + rng.below(40) as u32;
-            let mut items: Vec<((u32, u32), usize)> =
+            let items: Vec<((u32, u32), usize)> =
                 (0..n).map(|i| ((rng.below(slots as u64) as u32, rng.below(100_000) as u32), i)).collect();
             let mut want = items.clone();
             want.sort_unstable_by_key(|x| x.0);
-            sort_by_position(&mut items);
+            let (positions, mut ids) = by_position(items);
             let keys = |v: &[((u32, u32), usize)]| v.iter().map(|x| x.0).collect::<Vec<_>>();
-            assert_eq!(keys(&items), keys(&want), "seed {}", rng.seed());
-            let mut ids: Vec<usize> = items.iter().map(|x| x.1).collect();
+            assert_eq!(positions, keys(&want), "seed {}", rng.seed());
             ids.sort_unstable();
             assert_eq!(ids, (0..n).collect::<Vec<_>>(), "every item once (seed {})", rng.seed());
         }

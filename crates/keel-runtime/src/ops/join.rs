@@ -24,7 +24,7 @@ use crate::error::{Result, RuntimeError};
 use crate::exchange::row_key_groups;
 use crate::metrics::Metrics;
 use crate::operator::{Operator, RestoredState, TaskContext};
-use crate::ops::held::{HeldBatches, snapshot_chunks, sort_by_position};
+use crate::ops::held::{HeldBatches, by_position, snapshot_chunks};
 use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
 use arrow::row::{RowConverter, SortField};
@@ -587,9 +587,7 @@ impl Join {
         let st = &self.state[s];
         // In stored order: each chunk reads its stored batches front to back, and a stretch of a
         // stored batch whose rows are all held is written as it is (`held::snapshot_chunks`).
-        let mut sorted: Vec<((u32, u32), &Entry)> = st.rows.values().flatten().map(|e| (e.at, e)).collect();
-        sort_by_position(&mut sorted);
-        let (ats, entries): (Vec<(u32, u32)>, Vec<&Entry>) = sorted.into_iter().unzip();
+        let (ats, entries) = by_position(st.rows.values().flatten().map(|e| (e.at, e)).collect());
         let mut fields = vec![
             Field::new("key_group", DataType::UInt32, false),
             Field::new("count", DataType::Int64, false),

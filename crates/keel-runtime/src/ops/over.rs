@@ -603,7 +603,6 @@ mod tests {
         assert_eq!(results(&out), vec![(1, some(&[1])), (4, some(&[2]))]);
     }
 
-    /// A tiny linear congruential generator (Knuth's MMIX constants).
     use crate::test_rng::Lcg;
 
     const KEYS: [&str; 8] = ["a", "b", "c", "d", "e", "f", "g", "h"];

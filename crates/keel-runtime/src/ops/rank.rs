@@ -26,7 +26,7 @@ use crate::changelog::{RowKind, changelog_batch, data_columns, is_changelog, row
 use crate::error::{Result, RuntimeError};
 use crate::exchange::row_key_groups;
 use crate::operator::{Operator, RestoredState, TaskContext};
-use crate::ops::held::{HeldBatches, snapshot_chunks, sort_by_position};
+use crate::ops::held::{HeldBatches, by_position, snapshot_chunks};
 use crate::ops::short_bytes::ShortBytes;
 use crate::ops::topn::Numbering;
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array, UInt64Array};
@@ -754,13 +754,12 @@ impl Operator for Rank {
         let live = |p: &&Partition| self.cfg.ttl_ms.is_none_or(|ttl| now_ms.saturating_sub(p.touched_ms) < ttl);
         // In stored order, chunked as `held::snapshot_chunks` says (runs of a stored batch go
         // out as they are).
-        let mut sorted: Vec<((u32, u32), &Entry)> =
-            self.partitions.values().filter(live).flat_map(|p| p.store.iter()).map(|e| (e.at, e)).collect();
-        if sorted.is_empty() {
+        let (ats, entries) = by_position(
+            self.partitions.values().filter(live).flat_map(|p| p.store.iter()).map(|e| (e.at, e)).collect(),
+        );
+        if ats.is_empty() {
             return Ok(None);
         }
-        sort_by_position(&mut sorted);
-        let (ats, entries): (Vec<(u32, u32)>, Vec<&Entry>) = sorted.into_iter().unzip();
         let mut fields = vec![Field::new("key_group", DataType::UInt32, false)];
         fields.extend(self.spec.input_schema.fields().iter().map(|f| f.as_ref().clone()));
         fields.push(Field::new(SEQ_COLUMN, DataType::UInt64, false));
