@@ -90,6 +90,7 @@ impl HeldBatches {
     }
 
     /// Rows in stored batches, and how many of them are held.
+    #[cfg(test)]
     pub(crate) fn rows(&self) -> (usize, usize) {
         (self.stored_rows, self.live_rows)
     }
@@ -119,6 +120,79 @@ impl HeldBatches {
         }
     }
 
+    /// The stored batches a compaction rewrites (`mask[slot]`): none (an empty mask) while the
+    /// stored batches hold at most twice the held rows plus `slack`; past that, every batch less
+    /// than half of whose rows are held. Rewriting only those copies each held row at most once
+    /// per time its batch loses half its rows, and leaves every batch at least half held, so the
+    /// stored rows are again at most twice the held ones.
+    pub(crate) fn compaction_victims(&self, slack: usize) -> Vec<bool> {
+        if self.stored_rows <= 2 * self.live_rows + slack {
+            return vec![];
+        }
+        self.batches.iter().map(|b| b.as_ref().is_some_and(|s| 2 * s.live < s.rows)).collect()
+    }
+
+    /// Rewrites the held rows `at` into fresh stored batches of at most `chunk` rows, in position
+    /// order, and frees the stored batches of `victims` (a mask from `compaction_victims`). `at`
+    /// must be every held row of the victims, in any order; a missing or foreign row is an
+    /// internal error (the caller's rows and the batches' counts disagree).
+    pub(crate) fn compact(
+        &mut self,
+        victims: &[bool],
+        at: Vec<(u32, u32)>,
+        ncols: usize,
+        chunk: usize,
+        what: &str,
+    ) -> Result<Relocation> {
+        let is_victim = |b: u32| victims.get(b as usize).copied().unwrap_or(false);
+        let counted: usize = (0..self.batches.len() as u32)
+            .filter(|&b| is_victim(b))
+            .map(|b| self.batches[b as usize].as_ref().map_or(0, |s| s.live))
+            .sum();
+        let rows = |b: u32| self.batches.get(b as usize).and_then(Option::as_ref).map_or(0, |s| s.rows);
+        if at.len() != counted || at.iter().any(|&(b, i)| !is_victim(b) || i as usize >= rows(b)) {
+            return Err(RuntimeError::Internal(format!(
+                "{what}: compaction was given {} rows for stored batches that hold {counted}",
+                at.len()
+            )));
+        }
+        let (at, _) = by_position(at.into_iter().map(|a| (a, ())).collect());
+        let mut base = vec![None; self.batches.len()];
+        let mut total = 0;
+        for (b, slot) in self.batches.iter().enumerate() {
+            if is_victim(b as u32)
+                && let Some(s) = slot
+            {
+                base[b] = Some(total);
+                total += s.rows;
+            }
+        }
+        let mut to = vec![UNMOVED; total];
+        for part in at.chunks(chunk.max(1)) {
+            let cols = self.columns_of(part, ncols, what)?;
+            let id = self.reserve();
+            self.fill(id, cols, part.len());
+            for (k, &(b, i)) in part.iter().enumerate() {
+                // In range (checked above); a row given twice is a caller's bug.
+                let t = &mut to[base[b as usize].unwrap_or(0) + i as usize];
+                if *t != UNMOVED {
+                    return Err(RuntimeError::Internal(format!("{what}: held row {b}:{i} given twice to compaction")));
+                }
+                *t = (id, k as u32);
+            }
+        }
+        for (b, slot) in self.batches.iter_mut().enumerate() {
+            if is_victim(b as u32)
+                && let Some(s) = slot.take()
+            {
+                self.stored_rows -= s.rows;
+                self.live_rows -= s.live;
+                self.free.push(b as u32);
+            }
+        }
+        Ok(Relocation { base, to })
+    }
+
     /// `ncols` columns of the held rows `at`, in order.
     pub(crate) fn gather(&self, at: &[(u32, u32)], ncols: usize, what: &str) -> Result<Vec<ArrayRef>> {
         let mut used: hashbrown::HashMap<u32, usize> = hashbrown::HashMap::new();
@@ -142,6 +216,35 @@ impl HeldBatches {
                 arrow::compute::interleave(&sources, &picks).map_err(RuntimeError::arrow(what))
             })
             .collect()
+    }
+}
+
+/// Where a compaction moved held rows (see `HeldBatches::compact`).
+#[derive(Debug)]
+pub(crate) struct Relocation {
+    /// Per slot at the time of the compaction: where its rows start in `to`, for rewritten slots.
+    base: Vec<Option<usize>>,
+    /// The new position of each row of each rewritten slot (rows not held: `UNMOVED`).
+    to: Vec<(u32, u32)>,
+}
+
+const UNMOVED: (u32, u32) = (u32::MAX, u32::MAX);
+
+impl Relocation {
+    /// The new position of held row `at`, or `at` itself when its stored batch was not rewritten.
+    pub(crate) fn new_position(&self, at: (u32, u32)) -> (u32, u32) {
+        match self.base.get(at.0 as usize) {
+            Some(Some(base)) => match self.to.get(base + at.1 as usize) {
+                Some(&to) if to != UNMOVED => to,
+                _ => at,
+            },
+            _ => at,
+        }
+    }
+
+    /// Whether held row `at` was moved.
+    pub(crate) fn moves(&self, at: (u32, u32)) -> bool {
+        self.new_position(at) != at
     }
 }
 
@@ -310,6 +413,87 @@ mod tests {
         assert_eq!(values.as_ptr(), base.wrapping_add(3), "the run shares the stored batch's buffer");
         let gathered = h.columns_of(&[(id, 3), (id, 5)], 1, "test").unwrap();
         assert_eq!(gathered[0].as_primitive::<Int64Type>().values().to_vec(), vec![3, 5]);
+    }
+
+    #[test]
+    fn compaction_rewrites_only_batches_less_than_half_held() {
+        let mut rng = crate::test_rng::Lcg::seeded("compaction");
+        for _ in 0..40 {
+            let seed = rng.seed();
+            let mut h = HeldBatches::default();
+            let mut held: Vec<(u32, u32)> = vec![];
+            let mut next = 0i64;
+            for _ in 0..1 + rng.below(10) {
+                let len = 1 + rng.below(500) as usize;
+                let id = h.reserve();
+                h.fill(id, ints(&(next..next + len as i64).collect::<Vec<_>>()), len);
+                next += len as i64;
+                // Each batch keeps a random share of its rows.
+                let keep = rng.below(5);
+                for i in 0..len as u32 {
+                    if rng.below(4) < keep { held.push((id, i)) } else { h.release((id, i)) }
+                }
+            }
+            let (stored, live) = h.rows();
+            assert_eq!(live, held.len(), "seed {seed}");
+            let victims = h.compaction_victims(0);
+            if stored <= 2 * live {
+                assert!(victims.is_empty(), "no compaction within the bound (seed {seed})");
+                continue;
+            }
+            let values = |h: &HeldBatches, at: &[(u32, u32)]| {
+                h.gather(at, 1, "test").unwrap()[0].as_primitive::<Int64Type>().values().to_vec()
+            };
+            let before = values(&h, &held);
+            let was_victim: Vec<bool> = held.iter().map(|a| victims[a.0 as usize]).collect();
+            let moving: Vec<(u32, u32)> = held.iter().copied().filter(|a| victims[a.0 as usize]).collect();
+            // Given in a shuffled order: the compaction sorts them itself.
+            let mut shuffled = moving.clone();
+            for i in (1..shuffled.len()).rev() {
+                shuffled.swap(i, rng.below(i as u64 + 1) as usize);
+            }
+            let moved = h.compact(&victims, shuffled, 1, 1 + rng.below(300) as usize, "test").unwrap();
+            let after: Vec<(u32, u32)> = held.iter().map(|&a| moved.new_position(a)).collect();
+            assert_eq!(values(&h, &after), before, "every held row keeps its values (seed {seed})");
+            for (i, &a) in held.iter().enumerate() {
+                assert_eq!(moved.moves(a), was_victim[i], "only rows of rewritten batches move (seed {seed})");
+            }
+            let (stored, live) = h.rows();
+            assert_eq!(live, held.len(), "seed {seed}");
+            assert!(stored <= 2 * live, "{stored} stored rows for {live} held after compaction (seed {seed})");
+            for (b, &v) in victims.iter().enumerate() {
+                if v && !after.iter().any(|a| a.0 == b as u32) {
+                    assert!(h.column(b as u32, 0, "test").is_err(), "rewritten batch {b} freed (seed {seed})");
+                }
+            }
+            // Moved rows keep their position order, packed: later snapshots slice long runs.
+            let mut sorted = moving;
+            sorted.sort_unstable();
+            let news: Vec<(u32, u32)> = sorted.iter().map(|&a| moved.new_position(a)).collect();
+            for w in news.windows(2) {
+                assert!(w[0].0 != w[1].0 || w[1].1 == w[0].1 + 1, "{w:?} (seed {seed})");
+            }
+        }
+    }
+
+    #[test]
+    fn compaction_refuses_rows_that_do_not_match_the_counts() {
+        let mut h = HeldBatches::default();
+        let a = h.reserve();
+        h.fill(a, ints(&[1, 2, 3, 4]), 4);
+        h.release((a, 0));
+        h.release((a, 1));
+        h.release((a, 2));
+        let victims = h.compaction_victims(0);
+        assert_eq!(victims, vec![true]);
+        let err = h.compact(&victims, vec![], 1, 10, "test").unwrap_err().to_string();
+        assert!(err.contains("compaction was given 0 rows for stored batches that hold 1"), "{err}");
+        let err = h.compact(&victims, vec![(a, 9)], 1, 10, "test").unwrap_err().to_string();
+        assert!(err.contains("compaction was given"), "{err}");
+        let moved = h.compact(&victims, vec![(a, 3)], 1, 10, "test").unwrap();
+        let at = moved.new_position((a, 3));
+        assert_eq!(h.gather(&[at], 1, "test").unwrap()[0].as_primitive::<Int64Type>().value(0), 4);
+        assert_eq!(h.rows(), (1, 1));
     }
 
     #[test]

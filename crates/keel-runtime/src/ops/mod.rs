@@ -11,6 +11,7 @@ mod held;
 pub mod join;
 pub mod over;
 pub mod rank;
+mod rank_store;
 mod session;
 mod short_bytes;
 mod slices;

@@ -27,6 +27,7 @@ use crate::error::{Result, RuntimeError};
 use crate::exchange::row_key_groups;
 use crate::operator::{Operator, RestoredState, TaskContext};
 use crate::ops::held::{HeldBatches, by_position, snapshot_chunks};
+use crate::ops::rank_store::{Cfg, Entry, Ranked, Store, unmatched};
 use crate::ops::short_bytes::ShortBytes;
 use crate::ops::topn::Numbering;
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array, UInt64Array};
@@ -36,8 +37,6 @@ use arrow::row::{RowConverter, Rows, SortField};
 use datafusion::physical_expr::PhysicalExpr;
 use keel_types::KeyGroupRange;
 use smallvec::SmallVec;
-use std::cmp::Ordering;
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -66,10 +65,6 @@ pub struct RankSpec {
     pub output_schema: SchemaRef,
 }
 
-/// A partition's store switches from a sorted vector to a B-tree above this many rows...
-const TREE_ABOVE: usize = 256;
-/// ...and back below this many.
-const VEC_BELOW: usize = 64;
 /// Stored batches are compacted when they hold more than twice the held rows plus this many.
 const COMPACT_SLACK: usize = 65_536;
 /// Rows per stored batch written by a compaction, and per encoded chunk of a snapshot.
@@ -77,262 +72,36 @@ const CHUNK_ROWS: usize = 65_536;
 /// Name of the arrival-sequence column of a snapshot.
 const SEQ_COLUMN: &str = "__keel_rank_seq";
 
-/// The scalar settings the per-row path needs (copied out of the spec).
-#[derive(Debug, Clone, Copy)]
-struct Cfg {
-    limit: u64,
-    numbering: Numbering,
-    later_wins: bool,
-    /// Keep every row (changelog input) rather than only the result.
-    keep_all: bool,
-    ttl_ms: Option<u64>,
-    sweep_ms: u64,
-}
-
-impl Cfg {
-    /// The tie-breaker of a row with arrival sequence `seq` (its own inverse).
-    fn tie(&self, seq: u64) -> u64 {
-        if self.later_wins { u64::MAX - seq } else { seq }
-    }
-}
-
-/// One held row: its ordering key bytes (then, for a changelog input, its data in row format) in
-/// one buffer, its tie-breaker, and where its columns are held. Ordered by (ordering key,
-/// tie-breaker), which is unique within a partition.
-#[derive(Debug, Clone)]
-struct Entry {
-    bytes: ShortBytes,
-    sort_len: u32,
-    at: (u32, u32),
-    tie: u64,
-}
-
-impl Entry {
-    fn new(sort: &[u8], row: &[u8], tie: u64, at: (u32, u32)) -> Entry {
-        Entry { bytes: ShortBytes::joined(&[sort, row]), sort_len: sort.len() as u32, at, tie }
-    }
-    fn sort(&self) -> &[u8] {
-        &self.bytes[..self.sort_len as usize]
-    }
-    /// The data in row format (changelog input only; empty otherwise).
-    fn row(&self) -> &[u8] {
-        &self.bytes[self.sort_len as usize..]
-    }
-    /// What makes two held rows the same row of a result: equal data for a changelog input (a
-    /// retracted row and its re-insertion are one), the same held row otherwise.
-    fn ident(&self) -> (&[u8], (u32, u32)) {
-        if self.row().is_empty() { (&[], self.at) } else { (self.row(), (0, 0)) }
-    }
-}
-
-impl Ord for Entry {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.sort().cmp(other.sort()).then(self.tie.cmp(&other.tie))
-    }
-}
-impl PartialOrd for Entry {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl PartialEq for Entry {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-impl Eq for Entry {}
-
-/// A partition's rows in order: a sorted vector while small (its first row inline), a B-tree
-/// when large.
-#[derive(Debug)]
-enum Store {
-    /// One row is held inline (deduplication keeps one per partition, often millions of them).
-    Vec(SmallVec<[Entry; 1]>),
-    Tree(BTreeSet<Entry>),
-}
-
-enum StoreIter<'a> {
-    Vec(std::slice::Iter<'a, Entry>),
-    Tree(std::collections::btree_set::Iter<'a, Entry>),
-}
-
-impl<'a> Iterator for StoreIter<'a> {
-    type Item = &'a Entry;
-    fn next(&mut self) -> Option<&'a Entry> {
-        match self {
-            StoreIter::Vec(i) => i.next(),
-            StoreIter::Tree(i) => i.next(),
-        }
-    }
-}
-
-/// A result: rows in order with their numbers.
-type Ranked = Vec<(Entry, u64)>;
-
-impl Store {
-    fn len(&self) -> usize {
-        match self {
-            Store::Vec(v) => v.len(),
-            Store::Tree(t) => t.len(),
-        }
-    }
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    fn last(&self) -> Option<&Entry> {
-        match self {
-            Store::Vec(v) => v.last(),
-            Store::Tree(t) => t.last(),
-        }
-    }
-    fn iter(&self) -> StoreIter<'_> {
-        match self {
-            Store::Vec(v) => StoreIter::Vec(v.iter()),
-            Store::Tree(t) => StoreIter::Tree(t.iter()),
-        }
-    }
-
-    fn insert(&mut self, e: Entry) {
-        match self {
-            Store::Vec(v) => {
-                let at = v.partition_point(|x| x < &e);
-                v.insert(at, e);
-                if v.len() > TREE_ABOVE {
-                    *self = Store::Tree(std::mem::take(v).into_iter().collect());
-                }
-            }
-            Store::Tree(t) => {
-                t.insert(e);
-            }
-        }
-    }
-
-    fn remove(&mut self, e: &Entry) {
-        match self {
-            Store::Vec(v) => {
-                if let Ok(at) = v.binary_search(e) {
-                    v.remove(at);
-                }
-            }
-            Store::Tree(t) => {
-                t.remove(e);
-            }
-        }
-        self.maybe_shrink();
-    }
-
-    /// Keeps the first `len` rows; the positions of the others go to `gone`.
-    fn truncate(&mut self, len: usize, gone: &mut Vec<(u32, u32)>) {
-        match self {
-            Store::Vec(v) => gone.extend(v.drain(len.min(v.len())..).map(|e| e.at)),
-            Store::Tree(t) => {
-                while t.len() > len {
-                    gone.extend(t.pop_last().map(|e| e.at));
-                }
-            }
-        }
-        self.maybe_shrink();
-    }
-
-    /// Rewrites every row's position with `f`, in `iter` order.
-    fn relocate(&mut self, mut f: impl FnMut() -> (u32, u32)) {
-        match self {
-            Store::Vec(v) => v.iter_mut().for_each(|e| e.at = f()),
-            Store::Tree(t) => {
-                *t = std::mem::take(t)
-                    .into_iter()
-                    .map(|mut e| {
-                        e.at = f();
-                        e
-                    })
-                    .collect()
-            }
-        }
-    }
-
-    fn maybe_shrink(&mut self) {
-        if let Store::Tree(t) = self
-            && t.len() < VEC_BELOW
-        {
-            *self = Store::Vec(std::mem::take(t).into_iter().collect());
-        }
-    }
-
-    /// A held row with ordering key `sort` and data `row` (the first in order).
-    fn find_equal(&self, sort: &[u8], row: &[u8]) -> Option<Entry> {
-        let same = |x: &&Entry| x.sort() == sort;
-        match self {
-            Store::Vec(v) => {
-                let from = v.partition_point(|x| x.sort() < sort);
-                v[from..].iter().take_while(same).find(|x| x.row() == row).cloned()
-            }
-            Store::Tree(t) => {
-                let probe = Entry::new(sort, &[], 0, (0, 0));
-                t.range(probe..).take_while(same).find(|x| x.row() == row).cloned()
-            }
-        }
-    }
-
-    /// Calls `f` with each row of the result and its number, in order; returns how many.
-    fn walk<'a>(&'a self, cfg: &Cfg, mut f: impl FnMut(&'a Entry, u64)) -> usize {
-        let (mut position, mut number, mut count) = (0u64, 0u64, 0usize);
-        let mut prev: Option<&[u8]> = None;
-        for e in self.iter() {
-            position += 1;
-            let tie = prev == Some(e.sort());
-            number = match cfg.numbering {
-                Numbering::RowNumber => position,
-                Numbering::Rank | Numbering::DenseRank if tie => number,
-                Numbering::Rank => position,
-                Numbering::DenseRank => number + 1,
-            };
-            if number > cfg.limit {
-                break;
-            }
-            f(e, number);
-            count += 1;
-            prev = Some(e.sort());
-        }
-        count
-    }
-
-    fn result(&self, cfg: &Cfg) -> Ranked {
-        let mut out = Vec::new();
-        self.walk(cfg, |e, n| out.push((e.clone(), n)));
-        out
-    }
-
-    /// Whether a new row would enter a store that holds exactly its result (append-only input).
-    fn would_keep(&self, sort: &[u8], tie: u64, cfg: &Cfg) -> bool {
-        let Some(last) = self.last() else { return true };
-        if (sort, tie) < (last.sort(), last.tie) {
-            return true;
-        }
-        let ties_last = sort == last.sort();
-        let below_limit = (self.len() as u64) < cfg.limit;
-        match cfg.numbering {
-            Numbering::RowNumber => below_limit,
-            Numbering::Rank => ties_last || below_limit,
-            Numbering::DenseRank => {
-                let mut distinct = 0;
-                self.walk(cfg, |_, n| distinct = n);
-                ties_last || distinct < cfg.limit
-            }
-        }
-    }
-}
-
 #[derive(Debug)]
 struct Partition {
     store: Store,
     /// When the rows last changed (ms since the operator's epoch).
     touched_ms: u64,
-    /// The batch that last captured this partition's result before changing it.
+    /// The batch that last changed this partition (`mark_of`): its number (low 40 bits) in the
+    /// high bits, and the partition's index in that batch's `Touched` in the low `INDEX_BITS`.
     mark: u64,
 }
 
-/// The partitions a batch changed, with their results before the batch, in first-change order.
-type Touched = Vec<(ShortBytes, Ranked)>;
+/// Bits of a partition's mark that hold its index in `Touched` (`NO_INDEX`: too far in to say).
+const INDEX_BITS: u32 = 24;
+const NO_INDEX: u64 = (1 << INDEX_BITS) - 1;
+
+/// The mark of batch `batch_no` (kept to 40 bits: after 2^40 batches, decades at a thousand
+/// batches a second, a mark could be mistaken for one 2^40 batches older).
+fn mark_of(batch_no: u64) -> u64 {
+    batch_no & ((1 << (64 - INDEX_BITS)) - 1)
+}
+
+/// A partition a batch changed: its result before the batch and, while the batch has changed it
+/// only once, its result after (computed then, so that the output needs no second look-up).
+struct TouchedPart {
+    key: ShortBytes,
+    old: Ranked,
+    new: Option<Ranked>,
+}
+
+/// The partitions a batch changed, in first-change order.
+type Touched = Vec<TouchedPart>;
 
 /// The unwindowed Top-N operator (see the module comment).
 pub struct Rank {
@@ -488,7 +257,7 @@ impl Rank {
             mark: 0,
         });
         if let Some(ttl) = cfg.ttl_ms
-            && part.mark != self.batch_no
+            && part.mark >> INDEX_BITS != mark_of(self.batch_no)
             && now_ms.saturating_sub(part.touched_ms) >= ttl
         {
             self.released.extend(part.store.iter().map(|e| e.at));
@@ -508,12 +277,8 @@ impl Rank {
                 None => return false,
             }
         };
-        if let Some(t) = touched
-            && part.mark != self.batch_no
-        {
-            part.mark = self.batch_no;
-            t.push((key.into(), part.store.result(&cfg)));
-        }
+        let first_change = touched.is_some() && part.mark >> INDEX_BITS != mark_of(self.batch_no);
+        let old = if first_change { Some(part.store.result(&cfg)) } else { None };
         if add {
             if bounded {
                 // The row enters, so the N-th row (if any) leaves: drop it first, so that the
@@ -521,7 +286,8 @@ impl Rank {
                 part.store.truncate(cfg.limit as usize - 1, &mut self.released);
             }
             part.store.insert(entry);
-            if !cfg.keep_all {
+            // (A bounded ROW_NUMBER store holds at most N rows already.)
+            if !cfg.keep_all && !bounded {
                 let keep = part.store.walk(&cfg, |_, _| {});
                 part.store.truncate(keep, &mut self.released);
             }
@@ -530,6 +296,23 @@ impl Rank {
             part.store.remove(&entry);
         }
         part.touched_ms = now_ms;
+        if let Some(t) = touched {
+            match old {
+                Some(old) => {
+                    part.mark = mark_of(self.batch_no) << INDEX_BITS | (t.len() as u64).min(NO_INDEX);
+                    t.push(TouchedPart { key: key.into(), old, new: Some(part.store.result(&cfg)) });
+                }
+                // Changed again: the result after the batch is read at its end.
+                None => match part.mark & NO_INDEX {
+                    NO_INDEX => {}
+                    i => {
+                        if let Some(p) = t.get_mut(i as usize) {
+                            p.new = None;
+                        }
+                    }
+                },
+            }
+        }
         add
     }
 
@@ -589,9 +372,14 @@ impl Rank {
         let live = kept.len();
         self.held.fill_rows(id, data, kept, live)?;
         let (mut emitted, mut numbers, mut kinds) = (Vec::new(), Vec::new(), Vec::new());
-        for (key, old) in touched {
-            let Some(part) = self.partitions.get(&key) else { continue };
-            let new = part.store.result(&self.cfg);
+        for TouchedPart { key, old, new } in touched {
+            let new = match new {
+                Some(new) => new,
+                None => match self.partitions.get(&key) {
+                    Some(part) => part.store.result(&self.cfg),
+                    None => continue,
+                },
+            };
             if self.spec.emit_number {
                 for i in 0..old.len().max(new.len()) {
                     match (old.get(i), new.get(i)) {
@@ -621,7 +409,7 @@ impl Rank {
                     kinds.push(RowKind::Insert);
                 }
             }
-            if part.store.is_empty() {
+            if new.is_empty() && self.partitions.get(&key).is_some_and(|p| p.store.is_empty()) {
                 self.partitions.remove(&key);
             }
         }
@@ -635,35 +423,25 @@ impl Rank {
         self.release_and_compact()
     }
 
-    /// Releases the rows that left their partitions, then compacts the stored batches when they
-    /// hold more than about twice the held rows.
+    /// Releases the rows that left their partitions, then, when the stored batches hold more than
+    /// about twice the held rows, rewrites the batches that are less than half held
+    /// (`HeldBatches::compaction_victims`) and points their rows at their new places.
     fn release_and_compact(&mut self) -> Result<()> {
         for at in std::mem::take(&mut self.released) {
             self.held.release(at);
         }
-        let (stored, live) = self.held.rows();
-        if stored <= 2 * live + self.compact_slack {
+        let victims = self.held.compaction_victims(self.compact_slack);
+        if victims.is_empty() {
             return Ok(());
         }
-        // Gather every held row, partition by partition, into fresh batches, then point the rows
-        // at their new places in the same order (the map is not changed in between).
+        let in_victim = |at: &(u32, u32)| victims.get(at.0 as usize).copied().unwrap_or(false);
+        let moving: Vec<(u32, u32)> =
+            self.partitions.values().flat_map(|p| p.store.iter().map(|e| e.at)).filter(in_victim).collect();
         let width = self.spec.input_schema.fields().len();
-        let ats: Vec<(u32, u32)> = self.partitions.values().flat_map(|p| p.store.iter().map(|e| e.at)).collect();
-        let mut fresh = HeldBatches::default();
-        for chunk in ats.chunks(CHUNK_ROWS) {
-            let cols = self.held.gather(chunk, width, "compacting Top-N rows")?;
-            let id = fresh.reserve();
-            fresh.fill(id, cols, chunk.len());
-        }
-        let mut next = 0usize;
+        let moved = self.held.compact(&victims, moving, width, CHUNK_ROWS, "compacting Top-N rows")?;
         for p in self.partitions.values_mut() {
-            p.store.relocate(|| {
-                let at = ((next / CHUNK_ROWS) as u32, (next % CHUNK_ROWS) as u32);
-                next += 1;
-                at
-            });
+            p.store.relocate(&moved);
         }
-        self.held = fresh;
         Ok(())
     }
 
@@ -700,31 +478,6 @@ impl Rank {
         self.held.fill_rows(id, data.columns(), kept, live)?;
         self.release_and_compact()
     }
-}
-
-/// The rows of `a` (with their numbers) left over after matching them one-to-one with the same
-/// rows (`Entry::ident`) of `b`, in `a`'s order.
-fn unmatched<'a>(a: &'a Ranked, b: &Ranked) -> Vec<(&'a Entry, u64)> {
-    let by_row = |r: &Ranked| {
-        let mut idx: Vec<usize> = (0..r.len()).collect();
-        idx.sort_by(|&x, &y| r[x].0.ident().cmp(&r[y].0.ident()));
-        idx
-    };
-    let (ai, bi) = (by_row(a), by_row(b));
-    let mut matched = vec![false; a.len()];
-    let (mut i, mut j) = (0, 0);
-    while i < ai.len() && j < bi.len() {
-        match a[ai[i]].0.ident().cmp(&b[bi[j]].0.ident()) {
-            Ordering::Less => i += 1,
-            Ordering::Greater => j += 1,
-            Ordering::Equal => {
-                matched[ai[i]] = true;
-                i += 1;
-                j += 1;
-            }
-        }
-    }
-    a.iter().zip(matched).filter(|(_, m)| !m).map(|((e, n), _)| (e, *n)).collect()
 }
 
 impl Operator for Rank {
