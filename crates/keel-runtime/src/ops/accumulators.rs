@@ -221,6 +221,14 @@ impl Accumulator {
         Ok(())
     }
 
+    /// `int_sets`, read-only.
+    pub(crate) fn int_sets_ref(&self) -> Option<&super::distinct::IntSets> {
+        match &self.values {
+            Values::DistinctInt(s) => Some(s),
+            _ => None,
+        }
+    }
+
     /// The integer distinct sets of a COUNT(DISTINCT) over an integer-like column, if this is one.
     pub(crate) fn int_sets(&mut self) -> Option<&mut super::distinct::IntSets> {
         match &mut self.values {
@@ -510,13 +518,27 @@ impl Accumulator {
 
     /// The state of `groups` as columns (for checkpoints), named with `prefix`.
     pub fn state(&self, groups: &[u32], prefix: &str) -> Result<Vec<(Field, ArrayRef)>> {
+        self.state_with(groups, prefix, None)
+    }
+
+    /// `state`, with the distinct values of a COUNT(DISTINCT) given as `distinct` (written by the
+    /// `distinct::Family` that holds them) rather than read from this accumulator's own sets.
+    pub(crate) fn state_with(
+        &self,
+        groups: &[u32],
+        prefix: &str,
+        distinct: Option<ArrayRef>,
+    ) -> Result<Vec<(Field, ArrayRef)>> {
         if let Values::User(u) = &self.values {
             return u.state(groups, prefix);
         }
         let counts: ArrayRef = Arc::new(Int64Array::from_iter_values(groups.iter().map(|&g| self.counts[g as usize])));
         let mut out = vec![(Field::new(format!("{prefix}_count"), DataType::Int64, false), counts)];
         let vals: Option<ArrayRef> = match &self.values {
-            Values::DistinctInt(sets) => Some(sets.state(groups)?),
+            Values::DistinctInt(sets) => match distinct {
+                Some(given) => Some(given),
+                None => Some(sets.state(groups)?),
+            },
             Values::Distinct(sets, _) => {
                 Some(Arc::new(arrow::array::BinaryArray::from_iter_values(groups.iter().map(|&g| {
                     // Length-prefixed row-format values.

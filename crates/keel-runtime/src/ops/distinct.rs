@@ -65,19 +65,28 @@ impl IntSets {
 
     /// Per group, its values length-prefixed in row format (see the module's invariant).
     pub fn state(&self, groups: &[u32]) -> Result<ArrayRef> {
-        let values = Int64Array::from_iter_values(groups.iter().flat_map(|&g| self.sets[g as usize].iter().copied()));
-        let values =
-            arrow::compute::cast(&values, &self.arg_type).map_err(RuntimeError::arrow("COUNT(DISTINCT) state"))?;
+        self.encode(groups, |g, out| out.extend(self.sets[g as usize].iter().copied()))
+    }
+
+    /// Per group, the values `values(g, ..)` appends, in this call's checkpoint format.
+    fn encode(&self, groups: &[u32], mut values: impl FnMut(u32, &mut Vec<i64>)) -> Result<ArrayRef> {
+        let (mut all, mut ends) = (Vec::new(), Vec::with_capacity(groups.len()));
+        for &g in groups {
+            values(g, &mut all);
+            ends.push(all.len());
+        }
+        let values = arrow::compute::cast(&Int64Array::from(all), &self.arg_type)
+            .map_err(RuntimeError::arrow("COUNT(DISTINCT) state"))?;
         let rows = self.conv.convert_columns(&[values]).map_err(RuntimeError::arrow("COUNT(DISTINCT) state"))?;
         let mut at = 0;
-        let blobs = groups.iter().map(|&g| {
+        let blobs = ends.into_iter().map(|end| {
             let mut blob = Vec::new();
-            for _ in 0..self.sets[g as usize].len() {
-                let v = rows.row(at).data();
-                at += 1;
+            for i in at..end {
+                let v = rows.row(i).data();
                 blob.extend_from_slice(&(v.len() as u32).to_le_bytes());
                 blob.extend_from_slice(v);
             }
+            at = end;
             blob
         });
         Ok(std::sync::Arc::new(BinaryArray::from_iter_values(blobs)))
@@ -171,10 +180,10 @@ mod tests {
 /// argument is `x` where its filter holds and NULL elsewhere, so the non-NULL arguments of a row
 /// are all the same value.
 ///
-/// Invariant: the calls' own sets (`IntSets`) stay empty while the family holds the values; they
-/// are filled from the map for a snapshot and emptied again (`export`, `clear_exported`), and a
-/// restore loads them first and then moves them into the map (`import`), so the checkpoint format
-/// is that of separate calls.
+/// Invariant: the calls' own sets (`IntSets`) stay empty while the family holds the values; a
+/// snapshot writes each call's values from the map in the calls' own format (`state`), and a
+/// restore loads them into the calls' sets first and then moves them into the map (`import`), so
+/// the checkpoint format is that of separate calls.
 #[derive(Debug)]
 pub(crate) struct Family {
     /// The aggregate calls, in bit order (at most 64).
@@ -230,26 +239,13 @@ impl Family {
         Ok(())
     }
 
-    /// Fills call `k`'s sets (`sets[k]`) for `groups` from the map, for a snapshot.
-    pub fn export(&self, groups: &[u32], sets: &mut [&mut IntSets]) {
-        for &g in groups {
-            for (v, bits) in &self.maps[g as usize] {
-                for (k, s) in sets.iter_mut().enumerate() {
-                    if bits & (1 << k) != 0 {
-                        s.sets[g as usize].insert(*v);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Empties the calls' sets again after a snapshot (the map holds the values).
-    pub fn clear_exported(groups: &[u32], sets: &mut [&mut IntSets]) {
-        for s in sets.iter_mut() {
-            for &g in groups {
-                s.sets[g as usize] = HashSet::new();
-            }
-        }
+    /// Call `k`'s state for `groups` (its distinct values, as its own sets `sets` would write
+    /// them), straight from the map.
+    pub fn state(&self, k: usize, sets: &IntSets, groups: &[u32]) -> Result<ArrayRef> {
+        let bit = 1u64 << k;
+        sets.encode(groups, |g, out| {
+            out.extend(self.maps[g as usize].iter().filter(|(_, b)| *b & bit != 0).map(|(v, _)| *v))
+        })
     }
 
     /// Moves restored per-call sets of `groups` into the map.

@@ -405,15 +405,18 @@ impl Operator for GroupAggregate {
             Arc::new(Int64Array::from_iter_values(live.iter().map(|&s| slot(s).map_or(0, |x| x.rows)))),
         ];
         cols.extend(self.key_columns(&live)?);
-        // A family's values go into its calls' own sets for the snapshot, and out again after.
+        // A family's calls write their values from the family's maps, in their own format.
+        let mut given: Vec<Option<ArrayRef>> = vec![None; self.accs.len()];
         for f in &self.families {
-            f.export(&live, &mut family_sets(&mut self.accs, &f.calls));
+            for (k, &call) in f.calls.iter().enumerate() {
+                if let Some(sets) = self.accs.get(call).and_then(|a| a.int_sets_ref()) {
+                    given[call] = Some(f.state(k, sets, &live)?);
+                }
+            }
         }
-        let states: Result<Vec<_>> =
-            self.accs.iter().enumerate().map(|(i, a)| a.state(&live, &format!("agg{i}"))).collect();
-        for f in &self.families {
-            crate::ops::distinct::Family::clear_exported(&live, &mut family_sets(&mut self.accs, &f.calls));
-        }
+        let states: Result<Vec<_>> = (self.accs.iter().zip(given).enumerate())
+            .map(|(i, (a, values))| a.state_with(&live, &format!("agg{i}"), values))
+            .collect();
         let mut acc_fields = vec![];
         for (f, c) in states?.into_iter().flatten() {
             acc_fields.push(f);
