@@ -1,6 +1,7 @@
-//! The checkpoint coordinator: triggers checkpoints on an interval, collects every task's
-//! acknowledgement and state, makes the checkpoint durable, then tells tasks to commit; it also
-//! decides when a bounded job ends and carries out a graceful stop.
+//! The checkpoint coordinator: makes each checkpoint's directory and triggers it on an interval,
+//! collects every task's acknowledgement (the tasks write their operators' state files into the
+//! directory themselves), fsyncs those files and writes the manifest, then tells tasks to commit;
+//! it also decides when a bounded job ends and carries out a graceful stop.
 //!
 //! Invariants: at most one checkpoint is in flight; a checkpoint is complete only when every task
 //! acknowledged it and its manifest is durable, and only then is `CheckpointComplete` sent; the
@@ -8,10 +9,10 @@
 //! checkpoint is triggered; checkpoint ids only grow, across restarts too.
 
 use crate::error::{Result, RuntimeError};
-use crate::message::{Control, Event, OperatorSnapshot};
+use crate::message::{Control, Event};
 use crate::metrics::Metrics;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use keel_state::CheckpointStore;
+use keel_state::{CheckpointStore, CheckpointWriter, ManifestFile};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,7 +29,6 @@ pub enum JobOutcome {
 
 pub(crate) struct TaskInfo {
     pub name: String,
-    pub subtask: u32,
     pub is_source: bool,
     pub control: Sender<Control>,
 }
@@ -36,7 +36,9 @@ pub(crate) struct TaskInfo {
 struct Pending {
     id: u64,
     started: Instant,
-    acks: HashMap<usize, Vec<OperatorSnapshot>>,
+    /// The checkpoint's directory, made before the trigger went out (tasks write into it).
+    writer: CheckpointWriter,
+    acks: HashMap<usize, Vec<ManifestFile>>,
     final_drain: Option<bool>,
 }
 
@@ -74,24 +76,25 @@ impl Coordinator {
         loop {
             let wait = Duration::from_millis(50);
             match self.events.recv_timeout(wait) {
-                Ok(Event::Ack { task, checkpoint, snapshots }) => {
+                Ok(Event::Ack { task, checkpoint, files }) => {
                     let Some(p) = pending.as_mut().filter(|p| p.id == checkpoint) else {
                         // An ack of an aborted checkpoint: ignore it.
                         continue;
                     };
-                    p.acks.insert(task, snapshots);
+                    p.acks.insert(task, files);
                     if p.acks.len() == self.tasks.len() {
                         let Some(done) = pending.take() else { continue };
-                        self.complete(&done)?;
-                        if let Some(drain) = done.final_drain {
+                        let (id, final_drain) = (done.id, done.final_drain);
+                        self.complete(done)?;
+                        if let Some(drain) = final_drain {
                             self.send_all(Control::Shutdown, false);
                             // The last commits happen as tasks receive CheckpointComplete: the job
                             // is done only if every task then exits cleanly.
                             self.await_clean_exit()?;
                             return Ok(if drain {
-                                JobOutcome::Finished { checkpoint: done.id }
+                                JobOutcome::Finished { checkpoint: id }
                             } else {
-                                JobOutcome::Stopped { checkpoint: done.id }
+                                JobOutcome::Stopped { checkpoint: id }
                             });
                         }
                     }
@@ -132,15 +135,23 @@ impl Coordinator {
                     "{} with final checkpoint {id}",
                     if drained { "input fully read; finishing" } else { "stopping" }
                 );
-                pending =
-                    Some(Pending { id, started: Instant::now(), acks: HashMap::new(), final_drain: Some(drained) });
+                let writer = self.store.writer(id)?;
+                pending = Some(Pending {
+                    id,
+                    started: Instant::now(),
+                    writer,
+                    acks: HashMap::new(),
+                    final_drain: Some(drained),
+                });
                 self.send_all(Control::Finish { checkpoint: id, drain: drained }, true);
             } else if let Some(interval) = self.interval
                 && last_trigger.elapsed() >= interval
             {
                 last_trigger = Instant::now();
                 let id = self.take_id();
-                pending = Some(Pending { id, started: Instant::now(), acks: HashMap::new(), final_drain: None });
+                let writer = self.store.writer(id)?;
+                pending =
+                    Some(Pending { id, started: Instant::now(), writer, acks: HashMap::new(), final_drain: None });
                 self.send_all(Control::Trigger(id), true);
             }
         }
@@ -168,24 +179,23 @@ impl Coordinator {
         id
     }
 
-    /// Writes the checkpoint's files and manifest, then tells every task it is complete.
-    fn complete(&mut self, p: &Pending) -> Result<()> {
-        let mut w = self.store.writer(p.id)?;
-        for (task, snaps) in &p.acks {
-            let subtask = self.tasks[*task].subtask;
-            for s in snaps {
-                let pieces: Vec<&[u8]> = s.pieces.iter().map(Vec::as_slice).collect();
-                w.put_pieces(&state_file_name(&s.uid, subtask), &pieces)?;
+    /// Fsyncs the state files the tasks wrote, writes the manifest, then tells every task the
+    /// checkpoint is complete.
+    fn complete(&mut self, p: Pending) -> Result<()> {
+        let Pending { id, started, mut writer, acks, .. } = p;
+        for files in acks.into_values() {
+            for f in files {
+                writer.adopt(f)?;
             }
         }
         keel_types::faults::hit("checkpoint.before-manifest");
-        w.commit(self.meta.clone())?;
+        writer.commit(self.meta.clone())?;
         keel_types::faults::hit("checkpoint.after-manifest");
-        self.metrics.last_checkpoint.store(p.id, Ordering::Relaxed);
+        self.metrics.last_checkpoint.store(id, Ordering::Relaxed);
         self.metrics.last_checkpoint_ms.store(keel_types::time::now_ms(), Ordering::Relaxed);
         Metrics::add(&self.metrics.checkpoints_completed, 1);
-        tracing::debug!("checkpoint {} complete in {:?}", p.id, p.started.elapsed());
-        self.send_all(Control::CheckpointComplete(p.id), false);
+        tracing::debug!("checkpoint {} complete in {:?}", id, started.elapsed());
+        self.send_all(Control::CheckpointComplete(id), false);
         Ok(())
     }
 

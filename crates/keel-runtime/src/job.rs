@@ -309,7 +309,6 @@ fn run_attempt(
             let name = format!("{}[{}/{}]", stage.name, sub + 1, stage.parallelism);
             tasks.push(TaskInfo {
                 name: name.clone(),
-                subtask: sub,
                 is_source: matches!(stage.input, StageInput::Source { .. }),
                 control: ctl_tx,
             });
@@ -327,7 +326,7 @@ fn run_attempt(
             };
             let my_inputs = std::mem::take(&mut inputs[si][sub as usize]);
             let my_outputs = std::mem::take(&mut outputs[si][sub as usize]);
-            let link = TaskLink { task, control: ctl_rx, events: events_tx.clone() };
+            let link = TaskLink { task, control: ctl_rx, events: events_tx.clone(), store: store.clone() };
             let stage = stage.clone();
             let chk = restored.clone();
             let is_last_stage = si == n - 1;

@@ -36,19 +36,24 @@ pub enum Control {
     Shutdown,
 }
 
-/// A snapshot of one operator in one subtask.
-#[derive(Debug, Clone)]
-pub struct OperatorSnapshot {
-    pub uid: String,
-    /// The state file's contents, in pieces written one after another.
-    pub pieces: Vec<Vec<u8>>,
-}
-
 /// What a task tells the coordinator.
 #[derive(Debug)]
 pub enum Event {
-    Ack { task: usize, checkpoint: u64, snapshots: Vec<OperatorSnapshot> },
-    SourceExhausted { task: usize },
-    TaskEnded { task: usize },
-    TaskFailed { task: usize, error: RuntimeError },
+    /// The task's operators wrote their state files into the checkpoint's directory (not yet
+    /// fsynced): what the manifest is to record of them.
+    Ack {
+        task: usize,
+        checkpoint: u64,
+        files: Vec<keel_state::ManifestFile>,
+    },
+    SourceExhausted {
+        task: usize,
+    },
+    TaskEnded {
+        task: usize,
+    },
+    TaskFailed {
+        task: usize,
+        error: RuntimeError,
+    },
 }

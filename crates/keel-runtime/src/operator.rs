@@ -6,7 +6,7 @@
 //! pre-commits in `snapshot` and commits in `checkpoint_complete`, so what it writes becomes
 //! visible exactly once.
 
-use crate::error::Result;
+use crate::error::{Result, RuntimeError};
 use crate::metrics::Metrics;
 use arrow::array::RecordBatch;
 use std::path::PathBuf;
@@ -86,9 +86,7 @@ pub trait Operator: Send {
     fn process_side(&mut self, side: usize, batch: RecordBatch, out: &mut Vec<RecordBatch>) -> Result<()> {
         match side {
             0 => self.process(batch, out),
-            _ => Err(crate::error::RuntimeError::Internal(format!(
-                "operator got a batch on input side {side} but has one input"
-            ))),
+            _ => Err(RuntimeError::Internal(format!("operator got a batch on input side {side} but has one input"))),
         }
     }
     /// The task's watermark advanced to `watermark`; emit what it completes.
@@ -104,11 +102,18 @@ pub trait Operator: Send {
     fn snapshot(&mut self, _checkpoint: u64) -> Result<Option<Vec<u8>>> {
         Ok(None)
     }
-    /// `snapshot` as pieces that are written one after another (what the task calls). Operators
-    /// with states of GBs give their state in pieces, so that it is never one buffer; `snapshot`
-    /// is then their pieces joined.
-    fn snapshot_pieces(&mut self, checkpoint: u64) -> Result<Option<Vec<Vec<u8>>>> {
-        Ok(self.snapshot(checkpoint)?.map(|b| vec![b]))
+    /// `snapshot`, written into `out` (what the task calls: `out` is the operator's state file in
+    /// the checkpoint's directory); false when there is no state (nothing written). Operators
+    /// with states of GBs override it to encode their state a chunk at a time straight into the
+    /// file, so that it is never held whole as bytes; their `snapshot` is then this into memory.
+    fn snapshot_into(&mut self, checkpoint: u64, out: &mut dyn keel_state::StateOut) -> Result<bool> {
+        match self.snapshot(checkpoint)? {
+            Some(bytes) => {
+                out.write_all(&bytes).map_err(|e| write_error(out, e))?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
     /// Checkpoint `checkpoint` is durable (sinks commit here).
     fn checkpoint_complete(&mut self, _checkpoint: u64) -> Result<()> {
@@ -176,3 +181,8 @@ impl std::fmt::Debug for SideOutputFactory {
 
 pub type OperatorFactory = Arc<dyn Fn(&TaskContext) -> Result<Box<dyn Operator>> + Send + Sync>;
 pub type SourceFactory = Arc<dyn Fn(&TaskContext) -> Result<Box<dyn Source>> + Send + Sync>;
+
+/// A failed write of a snapshot into `out`, naming its file.
+pub(crate) fn write_error(out: &dyn keel_state::StateOut, source: std::io::Error) -> RuntimeError {
+    keel_state::StateError::Io { action: "cannot write state to", path: out.path().to_path_buf(), source }.into()
+}

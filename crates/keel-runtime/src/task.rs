@@ -9,14 +9,17 @@
 //!   moves forward, and operators see it before it is forwarded.
 //! - A task that fails reports the error and drops its edges, which stops its neighbours.
 
+use crate::coordinator::state_file_name;
 use crate::error::{Result, RuntimeError};
 use crate::exchange::{Partitioning, split_by_key};
-use crate::message::{Control, Event, Message, OperatorSnapshot};
+use crate::message::{Control, Event, Message};
 use crate::metrics::Metrics;
-use crate::operator::{Operator, Source, SourcePoll, TaskContext, WatermarkStatus};
+use crate::operator::{Operator, Source, SourcePoll, TaskContext, WatermarkStatus, write_error};
 use arrow::array::RecordBatch;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender, TryRecvError};
+use keel_state::{CheckpointStore, ManifestFile};
 use keel_types::time::{MAX_WATERMARK, MIN_WATERMARK};
+use std::io::Write;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -105,13 +108,30 @@ impl Chain {
         Ok(())
     }
 
-    fn snapshot(&mut self, checkpoint: u64, out: &mut Vec<OperatorSnapshot>) -> Result<()> {
+    /// Writes every operator's state file of checkpoint `checkpoint`; the files go to `out`.
+    fn snapshot(&mut self, checkpoint: u64, store: &CheckpointStore, out: &mut Vec<ManifestFile>) -> Result<()> {
         for (uid, op) in &mut self.ops {
-            if let Some(pieces) = op.snapshot_pieces(checkpoint)? {
-                out.push(OperatorSnapshot { uid: uid.clone(), pieces });
-            }
+            let mut file = store.state_file(checkpoint, &state_file_name(uid, self.ctx.subtask));
+            op.snapshot_into(checkpoint, &mut file)?;
+            out.extend(file.finish()?);
         }
         Ok(())
+    }
+
+    /// The source's state file, then the chain's: every state file of this source task.
+    fn snapshot_source(
+        &mut self,
+        source: &mut dyn Source,
+        uid: &str,
+        n: u64,
+        store: &CheckpointStore,
+    ) -> Result<Vec<ManifestFile>> {
+        let mut file = store.state_file(n, &state_file_name(uid, self.ctx.subtask));
+        let bytes = source.snapshot(n)?;
+        file.write_all(&bytes).map_err(|e| write_error(&file, e))?;
+        let mut files: Vec<ManifestFile> = file.finish()?.into_iter().collect();
+        self.snapshot(n, store, &mut files)?;
+        Ok(files)
     }
 
     fn complete(&mut self, checkpoint: u64) -> Result<()> {
@@ -155,16 +175,18 @@ impl Chain {
     }
 }
 
-/// What every task shares: its identity and its line to the coordinator.
+/// What every task shares: its identity, its line to the coordinator, and where it writes its
+/// operators' state files.
 pub(crate) struct TaskLink {
     pub task: usize,
     pub control: Receiver<Control>,
     pub events: Sender<Event>,
+    pub store: CheckpointStore,
 }
 
 impl TaskLink {
-    fn ack(&self, checkpoint: u64, snapshots: Vec<OperatorSnapshot>) {
-        let _ = self.events.send(Event::Ack { task: self.task, checkpoint, snapshots });
+    fn ack(&self, checkpoint: u64, files: Vec<ManifestFile>) {
+        let _ = self.events.send(Event::Ack { task: self.task, checkpoint, files });
     }
 
     /// After the task's last message went out: serve commits until shutdown.
@@ -209,20 +231,16 @@ pub(crate) fn run_source_task(uid: &str, mut source: Box<dyn Source>, mut chain:
         if let Some(control) = control {
             match control {
                 Control::Trigger(n) => {
-                    let mut snaps = vec![];
-                    snaps.push(OperatorSnapshot { uid: uid.to_string(), pieces: vec![source.snapshot(n)?] });
-                    chain.snapshot(n, &mut snaps)?;
-                    link.ack(n, snaps);
+                    let files = chain.snapshot_source(source.as_mut(), uid, n, &link.store)?;
+                    link.ack(n, files);
                     chain.broadcast(Message::Barrier(n))?;
                 }
                 Control::Finish { checkpoint, drain } => {
                     if drain {
                         chain.watermark(MAX_WATERMARK)?;
                     }
-                    let mut snaps =
-                        vec![OperatorSnapshot { uid: uid.to_string(), pieces: vec![source.snapshot(checkpoint)?] }];
-                    chain.snapshot(checkpoint, &mut snaps)?;
-                    link.ack(checkpoint, snaps);
+                    let files = chain.snapshot_source(source.as_mut(), uid, checkpoint, &link.store)?;
+                    link.ack(checkpoint, files);
                     chain.broadcast(Message::Barrier(checkpoint))?;
                     chain.broadcast(Message::End)?;
                     return link.serve_until_shutdown(|n| {
@@ -334,9 +352,9 @@ pub(crate) fn run_input_task(inputs: Vec<(usize, Receiver<Message>)>, mut chain:
         if let Some(n) = barrier
             && st.iter().all(|s| s.blocked || s.ended)
         {
-            let mut snaps = vec![];
-            chain.snapshot(n, &mut snaps)?;
-            link.ack(n, snaps);
+            let mut files = vec![];
+            chain.snapshot(n, &link.store, &mut files)?;
+            link.ack(n, files);
             chain.broadcast(Message::Barrier(n))?;
             for s in &mut st {
                 s.blocked = false;
@@ -436,6 +454,8 @@ mod tests {
         let (out_tx, out_rx) = unbounded();
         let (ctl_tx, ctl_rx) = unbounded();
         let (ev_tx, ev_rx) = unbounded();
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path(), 1).unwrap();
         let chain = Chain {
             ops: vec![("rec".into(), Box::new(Recorder(seen.clone())))],
             outputs: vec![OutputEdge { partitioning: Partitioning::Forward, senders: vec![out_tx], next: 0 }],
@@ -444,7 +464,7 @@ mod tests {
             is_last_stage: false,
         };
         let handle = std::thread::spawn(move || {
-            run_input_task(vec![(0, ra), (0, rb)], chain, TaskLink { task: 0, control: ctl_rx, events: ev_tx })
+            run_input_task(vec![(0, ra), (0, rb)], chain, TaskLink { task: 0, control: ctl_rx, events: ev_tx, store })
         });
         let mut events = vec![];
         // The task reports TaskEnded once every input ended; then it waits for shutdown.

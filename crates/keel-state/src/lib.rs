@@ -8,8 +8,9 @@
 //!
 //! Invariants:
 //! - A checkpoint is complete exactly when its `_manifest.json` exists. The manifest is written
-//!   last: state files are written and fsynced, then the manifest goes to a temporary file that
-//!   is fsynced, renamed into place, and the directory fsynced.
+//!   last: state files are written (by the tasks, `StateFileWriter`) and fsynced (by the
+//!   coordinator, `CheckpointWriter::adopt`), then the manifest goes to a temporary file that is
+//!   fsynced, renamed into place, and the directory fsynced.
 //! - The manifest records each state file's size and CRC32C; recovery uses the newest checkpoint
 //!   whose manifest parses and whose files all match, and warns about each one it skips.
 //! - Only the newest `retained` complete checkpoints are kept; older ones, and incomplete ones
@@ -17,10 +18,12 @@
 
 mod codec;
 mod error;
+mod state_file;
 mod store;
 
-pub use codec::{batch_from_ipc, batch_to_ipc, batches_to_ipc_pieces};
+pub use codec::{batch_from_ipc, batch_to_ipc, write_batches};
 pub use error::StateError;
+pub use state_file::{StateFileWriter, StateOut};
 pub use store::{
     CheckpointStore, CheckpointWriter, CompletedCheckpoint, Manifest, ManifestFile, read_json, write_json_atomic,
 };

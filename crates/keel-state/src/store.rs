@@ -1,6 +1,6 @@
 //! Checkpoint directories: writing one atomically, finding the newest good one, pruning.
 
-use crate::{Result, StateError};
+use crate::{Result, StateError, StateFileWriter};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use std::fs::{self, File};
 use std::io::Write;
@@ -78,6 +78,12 @@ impl CheckpointStore {
         Ok(CheckpointWriter { id, dir, files: vec![], store: self.clone() })
     }
 
+    /// A writer of state file `name` of checkpoint `id`, whose directory `writer(id)` made (tasks
+    /// write their operators' states there while the coordinator waits for every task).
+    pub fn state_file(&self, id: u64, name: &str) -> StateFileWriter {
+        StateFileWriter::new(name, self.dir.join(chk_dir_name(id)).join(name))
+    }
+
     /// The newest checkpoint that is complete and intact; each newer one skipped is logged with why.
     pub fn latest(&self) -> Result<Option<CompletedCheckpoint>> {
         for id in self.ids()?.into_iter().rev() {
@@ -124,21 +130,29 @@ pub struct CheckpointWriter {
 impl CheckpointWriter {
     /// Writes and fsyncs one state file.
     pub fn put(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
-        self.put_pieces(name, &[bytes])
-    }
-
-    /// Writes and fsyncs one state file whose contents are `pieces` one after another.
-    pub fn put_pieces(&mut self, name: &str, pieces: &[&[u8]]) -> Result<()> {
         let path = self.dir.join(name);
         let mut f = File::create(&path).map_err(StateError::io("cannot create", &path))?;
-        let (mut size, mut crc) = (0u64, 0u32);
-        for piece in pieces {
-            f.write_all(piece).map_err(StateError::io("cannot write", &path))?;
-            size += piece.len() as u64;
-            crc = crc32c::crc32c_append(crc, piece);
+        f.write_all(bytes).map_err(StateError::io("cannot write", &path))?;
+        f.sync_all().map_err(StateError::io("cannot fsync", &path))?;
+        self.files.push(ManifestFile {
+            name: name.to_string(),
+            size: bytes.len() as u64,
+            crc32c: crc32c::crc32c(bytes),
+        });
+        Ok(())
+    }
+
+    /// Takes a state file a task wrote (`CheckpointStore::state_file`) into the checkpoint: checks
+    /// that its size is what the task reported, and fsyncs it.
+    pub fn adopt(&mut self, file: ManifestFile) -> Result<()> {
+        let path = self.dir.join(&file.name);
+        let f = File::open(&path).map_err(StateError::io("cannot open", &path))?;
+        let size = f.metadata().map_err(StateError::io("cannot read the size of", &path))?.len();
+        if size != file.size {
+            return Err(StateError::Damaged { path, reason: format!("{size} bytes, but {} were written", file.size) });
         }
         f.sync_all().map_err(StateError::io("cannot fsync", &path))?;
-        self.files.push(ManifestFile { name: name.to_string(), size, crc32c: crc });
+        self.files.push(file);
         Ok(())
     }
 
@@ -269,16 +283,26 @@ mod tests {
     }
 
     #[test]
-    fn a_file_written_in_pieces_verifies_as_their_concatenation() {
+    fn a_state_file_written_by_a_task_is_adopted_and_verified() {
         let dir = tempfile::tempdir().unwrap();
         let store = CheckpointStore::open(dir.path(), 3).unwrap();
         let mut w = store.writer(1).unwrap();
-        w.put_pieces("a", &[b"he", b"", b"llo"]).unwrap();
+        let mut f = store.state_file(1, "a");
+        f.write_all(b"he").unwrap();
+        f.write_all(b"llo").unwrap();
+        assert!(store.state_file(1, "unused").finish().unwrap().is_none(), "nothing written, no file");
+        let file = f.finish().unwrap().unwrap();
+        let mut short = file.clone();
+        short.size += 1;
+        let err = w.adopt(short).unwrap_err().to_string();
+        assert!(err.contains("6 were written"), "{err}");
+        w.adopt(file).unwrap();
         w.commit(serde_json::json!({})).unwrap();
         let latest = store.latest().unwrap().unwrap();
         assert_eq!(latest.read("a").unwrap(), b"hello");
+        assert_eq!(latest.manifest.files.len(), 1);
         assert_eq!(latest.manifest.files[0].crc32c, crc32c::crc32c(b"hello"));
-        // A flipped byte is found by the checksum of the pieces.
+        // A flipped byte is found by the checksum.
         fs::write(dir.path().join(chk_dir_name(1)).join("a"), b"hellO").unwrap();
         assert!(store.latest().unwrap().is_none());
     }

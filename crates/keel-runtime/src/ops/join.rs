@@ -23,7 +23,7 @@ use crate::changelog::{RowKind, changelog_batch, row_kinds};
 use crate::error::{Result, RuntimeError};
 use crate::exchange::row_key_groups;
 use crate::metrics::Metrics;
-use crate::operator::{Operator, RestoredState, TaskContext};
+use crate::operator::{Operator, RestoredState, TaskContext, write_error};
 use crate::ops::held::{HeldBatches, by_position, snapshot_chunks};
 use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
@@ -33,6 +33,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::utils::collect_columns;
 use hashbrown::HashMap;
+use keel_state::StateOut;
 use keel_types::KeyGroupRange;
 use keel_types::time::MIN_WATERMARK;
 use std::collections::BTreeMap;
@@ -583,7 +584,7 @@ impl Join {
         }
     }
 
-    fn snapshot_side(&self, s: usize) -> Result<Vec<Vec<u8>>> {
+    fn snapshot_side(&self, s: usize, out: &mut dyn StateOut) -> Result<()> {
         let st = &self.state[s];
         // In stored order: each chunk reads its stored batches front to back, and a stretch of a
         // stored batch whose rows are all held is written as it is (`held::snapshot_chunks`).
@@ -614,7 +615,7 @@ impl Join {
         };
         const CHUNK: usize = 64 * 1024;
         // An empty side is a stream with no batch, which reads back as zero rows.
-        Ok(keel_state::batches_to_ipc_pieces(&schema, snapshot_chunks(&ats, CHUNK).into_iter().map(chunk))?)
+        Ok(keel_state::write_batches(out, &schema, snapshot_chunks(&ats, CHUNK).into_iter().map(chunk))?)
     }
 
     fn restore_side(&mut self, s: usize, bytes: &[u8], range: KeyGroupRange) -> Result<()> {
@@ -723,25 +724,54 @@ impl Operator for Join {
     }
 
     fn snapshot(&mut self, checkpoint: u64) -> Result<Option<Vec<u8>>> {
-        Ok(self.snapshot_pieces(checkpoint)?.map(|p| p.concat()))
+        let mut out = Vec::new();
+        Ok(self.snapshot_into(checkpoint, &mut out)?.then_some(out))
     }
 
-    /// watermark (8 bytes) | left length (8 bytes) | left IPC | right IPC, in pieces.
-    fn snapshot_pieces(&mut self, _checkpoint: u64) -> Result<Option<Vec<Vec<u8>>>> {
+    /// watermark (8 bytes) | left length (8 bytes) | left IPC | right IPC, each side encoded a
+    /// chunk at a time straight into `out` (the left length is filled in once it is known).
+    fn snapshot_into(&mut self, _checkpoint: u64, out: &mut dyn StateOut) -> Result<bool> {
         if self.state.iter().all(|s| s.rows.is_empty()) {
-            return Ok(None);
+            return Ok(false);
         }
-        let (l, r) = (self.snapshot_side(0)?, self.snapshot_side(1)?);
-        let l_len: usize = l.iter().map(Vec::len).sum();
-        let mut head = Vec::with_capacity(16);
-        head.extend_from_slice(&self.watermark.to_le_bytes());
-        head.extend_from_slice(&(l_len as u64).to_le_bytes());
-        // Moved, not cloned: `concat` of the piece lists would copy every piece.
-        let mut pieces = Vec::with_capacity(1 + l.len() + r.len());
-        pieces.push(head);
-        pieces.extend(l);
-        pieces.extend(r);
-        Ok(Some(pieces))
+        out.write_all(&self.watermark.to_le_bytes()).map_err(|e| write_error(out, e))?;
+        let at = out.set_aside(8).map_err(|e| write_error(out, e))?;
+        let mut counted = Counted { out, written: 0 };
+        self.snapshot_side(0, &mut counted)?;
+        let l_len = counted.written;
+        out.fill(at, &l_len.to_le_bytes()).map_err(|e| write_error(out, e))?;
+        self.snapshot_side(1, out)?;
+        Ok(true)
+    }
+}
+
+/// A writer that counts what goes through it (the join's left side, whose length heads the state).
+struct Counted<'a> {
+    out: &'a mut dyn StateOut,
+    written: u64,
+}
+
+impl std::io::Write for Counted<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+impl StateOut for Counted<'_> {
+    fn set_aside(&mut self, n: usize) -> std::io::Result<u64> {
+        self.written += n as u64;
+        self.out.set_aside(n)
+    }
+    fn fill(&mut self, at: u64, bytes: &[u8]) -> std::io::Result<()> {
+        self.out.fill(at, bytes)
+    }
+    fn path(&self) -> &std::path::Path {
+        self.out.path()
     }
 }
 

@@ -35,6 +35,7 @@ use arrow::compute::SortOptions;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt32Type, UInt64Type};
 use arrow::row::{RowConverter, Rows, SortField};
 use datafusion::physical_expr::PhysicalExpr;
+use keel_state::StateOut;
 use keel_types::KeyGroupRange;
 use smallvec::SmallVec;
 use std::sync::Arc;
@@ -497,12 +498,13 @@ impl Operator for Rank {
     }
 
     fn snapshot(&mut self, checkpoint: u64) -> Result<Option<Vec<u8>>> {
-        Ok(self.snapshot_pieces(checkpoint)?.map(|p| p.concat()))
+        let mut out = Vec::new();
+        Ok(self.snapshot_into(checkpoint, &mut out)?.then_some(out))
     }
 
     /// (key group, data columns, sequence) of every held row, gathered and encoded 64 K rows at
-    /// a time.
-    fn snapshot_pieces(&mut self, _checkpoint: u64) -> Result<Option<Vec<Vec<u8>>>> {
+    /// a time straight into `out`.
+    fn snapshot_into(&mut self, _checkpoint: u64, out: &mut dyn StateOut) -> Result<bool> {
         let now_ms = self.ms(Instant::now());
         let live = |p: &&Partition| self.cfg.ttl_ms.is_none_or(|ttl| now_ms.saturating_sub(p.touched_ms) < ttl);
         // In stored order, chunked as `held::snapshot_chunks` says (runs of a stored batch go
@@ -511,7 +513,7 @@ impl Operator for Rank {
             self.partitions.values().filter(live).flat_map(|p| p.store.iter()).map(|e| (e.at, e)).collect(),
         );
         if ats.is_empty() {
-            return Ok(None);
+            return Ok(false);
         }
         let mut fields = vec![Field::new("key_group", DataType::UInt32, false)];
         fields.extend(self.spec.input_schema.fields().iter().map(|f| f.as_ref().clone()));
@@ -530,7 +532,8 @@ impl Operator for Rank {
             RecordBatch::try_new(schema.clone(), cols).map_err(RuntimeError::arrow("Top-N snapshot"))
         };
         let chunks = snapshot_chunks(&ats, CHUNK_ROWS);
-        Ok(Some(keel_state::batches_to_ipc_pieces(&schema, chunks.into_iter().map(chunk))?))
+        keel_state::write_batches(out, &schema, chunks.into_iter().map(chunk))?;
+        Ok(true)
     }
 }
 
