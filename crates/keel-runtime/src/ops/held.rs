@@ -319,6 +319,14 @@ mod tests {
         vec![Arc::new(Int64Array::from(v.to_vec()))]
     }
 
+    /// Stores a batch of `len` rows, all held, valued `next..`; returns its slot.
+    fn add_batch(h: &mut HeldBatches, next: &mut i64, len: usize) -> u32 {
+        let id = h.reserve();
+        h.fill(id, ints(&(*next..*next + len as i64).collect::<Vec<_>>()), len);
+        *next += len as i64;
+        id
+    }
+
     #[test]
     fn batches_are_freed_with_their_last_row_and_slots_reused() {
         let mut h = HeldBatches::default();
@@ -364,9 +372,7 @@ mod tests {
             let mut next = 0i64;
             for _ in 0..1 + rng.below(8) {
                 let len = 1 + rng.below(3000) as usize;
-                let id = h.reserve();
-                h.fill(id, ints(&(next..next + len as i64).collect::<Vec<_>>()), len);
-                next += len as i64;
+                let id = add_batch(&mut h, &mut next, len);
                 let keep_all = rng.below(2) == 0;
                 at.extend((0..len as u32).filter(|_| keep_all || rng.below(4) > 0).map(|i| (id, i)));
             }
@@ -425,9 +431,7 @@ mod tests {
             let mut next = 0i64;
             for _ in 0..1 + rng.below(10) {
                 let len = 1 + rng.below(500) as usize;
-                let id = h.reserve();
-                h.fill(id, ints(&(next..next + len as i64).collect::<Vec<_>>()), len);
-                next += len as i64;
+                let id = add_batch(&mut h, &mut next, len);
                 // Each batch keeps a random share of its rows.
                 let keep = rng.below(5);
                 for i in 0..len as u32 {
