@@ -157,6 +157,12 @@ impl HeldBatches {
             )));
         }
         let (at, _) = by_position(at.into_iter().map(|a| (a, ())).collect());
+        if let Some(w) = at.windows(2).find(|w| w[0] == w[1]) {
+            return Err(RuntimeError::Internal(format!(
+                "{what}: held row {}:{} given twice to compaction",
+                w[0].0, w[0].1
+            )));
+        }
         let mut base = vec![None; self.batches.len()];
         let mut total = 0;
         for (b, slot) in self.batches.iter().enumerate() {
@@ -169,16 +175,13 @@ impl HeldBatches {
         }
         let mut to = vec![UNMOVED; total];
         for part in at.chunks(chunk.max(1)) {
-            let cols = self.columns_of(part, ncols, what)?;
+            // Copied, never sliced: a slice would keep the victim's buffers alive.
+            let cols = self.gather(part, ncols, what)?;
             let id = self.reserve();
             self.fill(id, cols, part.len());
             for (k, &(b, i)) in part.iter().enumerate() {
-                // In range (checked above); a row given twice is a caller's bug.
-                let t = &mut to[base[b as usize].unwrap_or(0) + i as usize];
-                if *t != UNMOVED {
-                    return Err(RuntimeError::Internal(format!("{what}: held row {b}:{i} given twice to compaction")));
-                }
-                *t = (id, k as u32);
+                // In range and given once (checked above).
+                to[base[b as usize].unwrap_or(0) + i as usize] = (id, k as u32);
             }
         }
         for (b, slot) in self.batches.iter_mut().enumerate() {
@@ -484,7 +487,8 @@ mod tests {
     fn compaction_refuses_rows_that_do_not_match_the_counts() {
         let mut h = HeldBatches::default();
         let a = h.reserve();
-        h.fill(a, ints(&[1, 2, 3, 4]), 4);
+        let data = ints(&[1, 2, 3, 4]);
+        h.fill(a, data.clone(), 4);
         h.release((a, 0));
         h.release((a, 1));
         h.release((a, 2));
@@ -494,9 +498,20 @@ mod tests {
         assert!(err.contains("compaction was given 0 rows for stored batches that hold 1"), "{err}");
         let err = h.compact(&victims, vec![(a, 9)], 1, 10, "test").unwrap_err().to_string();
         assert!(err.contains("compaction was given"), "{err}");
+        assert_eq!(h.rows(), (4, 1), "a refused compaction changes nothing");
+        let mut twice = HeldBatches::default();
+        let b = twice.reserve();
+        twice.fill(b, ints(&[1, 2, 3, 4, 5]), 5);
+        (0..3).for_each(|i| twice.release((b, i)));
+        let err = twice.compact(&[true], vec![(b, 4), (b, 4)], 1, 10, "test").unwrap_err().to_string();
+        assert!(err.contains("held row 0:4 given twice"), "{err}");
+        assert_eq!(twice.rows(), (5, 2), "a refused compaction changes nothing");
         let moved = h.compact(&victims, vec![(a, 3)], 1, 10, "test").unwrap();
         let at = moved.new_position((a, 3));
         assert_eq!(h.gather(&[at], 1, "test").unwrap()[0].as_primitive::<Int64Type>().value(0), 4);
+        let kept = h.column(at.0, 0, "test").unwrap().as_primitive::<Int64Type>().values().as_ptr();
+        let old = data[0].as_primitive::<Int64Type>().values().as_ptr();
+        assert_ne!(kept, old.wrapping_add(3), "a compacted row is copied, not a slice keeping the old buffer");
         assert_eq!(h.rows(), (1, 1));
     }
 

@@ -87,10 +87,10 @@ struct Partition {
 const INDEX_BITS: u32 = 24;
 const NO_INDEX: u64 = (1 << INDEX_BITS) - 1;
 
-/// The mark of batch `batch_no` (kept to 40 bits: after 2^40 batches, decades at a thousand
-/// batches a second, a mark could be mistaken for one 2^40 batches older).
+/// The mark of batch `batch_no`: 1 to 2^40 - 1, never 0 (a new partition's mark). After 2^40
+/// batches, decades at a thousand batches a second, a mark could be mistaken for one that old.
 fn mark_of(batch_no: u64) -> u64 {
-    batch_no & ((1 << (64 - INDEX_BITS)) - 1)
+    batch_no % ((1 << (64 - INDEX_BITS)) - 1) + 1
 }
 
 /// A partition a batch changed: its result before the batch and, while the batch has changed it
@@ -300,8 +300,11 @@ impl Rank {
         if let Some(t) = touched {
             match old {
                 Some(old) => {
-                    part.mark = mark_of(self.batch_no) << INDEX_BITS | (t.len() as u64).min(NO_INDEX);
-                    t.push(TouchedPart { key: key.into(), old, new: Some(part.store.result(&cfg)) });
+                    // Past NO_INDEX a later change could not clear `new`: read it at the end.
+                    let i = t.len() as u64;
+                    part.mark = mark_of(self.batch_no) << INDEX_BITS | i.min(NO_INDEX);
+                    let new = (i < NO_INDEX).then(|| part.store.result(&cfg));
+                    t.push(TouchedPart { key: key.into(), old, new });
                 }
                 // Changed again: the result after the batch is read at its end.
                 None => match part.mark & NO_INDEX {
