@@ -25,6 +25,7 @@ use crate::exchange::row_key_groups;
 use crate::metrics::Metrics;
 use crate::operator::{Operator, RestoredState, TaskContext, write_error};
 use crate::ops::held::{HeldBatches, by_position, snapshot_chunks};
+use crate::ops::short_bytes::ShortBytes;
 use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
 use arrow::row::{RowConverter, SortField};
@@ -132,9 +133,9 @@ const _: () = assert!(std::mem::size_of::<Entry>() == 56);
 
 #[derive(Default)]
 struct SideState {
-    rows: HashMap<Box<[u8]>, Vec<Entry>>,
+    rows: HashMap<ShortBytes, Vec<Entry>>,
     /// Expiry time → keys with a row expiring then (time-bounded sides only).
-    expiries: BTreeMap<i64, Vec<Box<[u8]>>>,
+    expiries: BTreeMap<i64, Vec<ShortBytes>>,
     /// The columns of held rows: one stored batch per input batch that added rows.
     held: HeldBatches,
 }
@@ -639,7 +640,7 @@ impl Join {
         let id = st.held.reserve();
         st.held.fill(id, data.to_vec(), batch.num_rows());
         for i in 0..batch.num_rows() {
-            let key: Box<[u8]> = keys.row(i).data().into();
+            let key: ShortBytes = keys.row(i).data().into();
             let exp = expiry.value(i);
             if exp != i64::MAX {
                 st.expiries.entry(exp).or_default().push(key.clone());
