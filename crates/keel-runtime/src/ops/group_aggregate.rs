@@ -19,10 +19,11 @@ use crate::exchange::row_key_groups;
 use crate::operator::{Operator, RestoredState, TaskContext};
 use crate::ops::accumulators::Accumulator;
 use crate::ops::aggregate::AggregateCall;
+use crate::ops::short_bytes::ShortBytes;
 use arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, UInt32Type};
 use arrow::row::{RowConverter, SortField};
-use hashbrown::{HashMap, HashSet};
+use hashbrown::HashMap;
 use keel_types::KeyGroupRange;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,7 +47,8 @@ pub struct GroupAggregateSpec {
 }
 
 struct Slot {
-    key: Box<[u8]>,
+    /// The group's key in row format (inline when short, shared with `index` otherwise).
+    key: ShortBytes,
     key_group: u32,
     /// Rows accumulated minus rows retracted.
     rows: i64,
@@ -56,7 +58,10 @@ struct Slot {
 pub struct GroupAggregate {
     spec: Arc<GroupAggregateSpec>,
     keys: Option<RowConverter>,
-    index: HashMap<Box<[u8]>, u32>,
+    index: HashMap<ShortBytes, u32>,
+    /// Per slot, the last batch (`batch_no`) that touched it.
+    marks: Vec<u64>,
+    batch_no: u64,
     slots: Vec<Option<Slot>>,
     free: Vec<u32>,
     accs: Vec<Accumulator>,
@@ -107,6 +112,8 @@ impl GroupAggregate {
             spec,
             keys,
             index: HashMap::new(),
+            marks: Vec::new(),
+            batch_no: 0,
             slots: vec![],
             free: vec![],
             accs,
@@ -132,7 +139,8 @@ impl GroupAggregate {
         if let Some(&s) = self.index.get(key) {
             return (s, false);
         }
-        let slot = Slot { key: key.into(), key_group: key_group(), rows: 0, touched: now };
+        let key = ShortBytes::from(key);
+        let slot = Slot { key: key.clone(), key_group: key_group(), rows: 0, touched: now };
         let s = match self.free.pop() {
             Some(s) => {
                 self.slots[s as usize] = Some(slot);
@@ -151,7 +159,7 @@ impl GroupAggregate {
             f.ensure(self.slots.len());
             f.reset(s as usize);
         }
-        self.index.insert(key.into(), s);
+        self.index.insert(key, s);
         (s, true)
     }
 
@@ -219,7 +227,7 @@ impl GroupAggregate {
         let mut groups = Vec::with_capacity(n);
         // Touched slots in first-touch order, and whether each existed with rows before.
         let mut touched: Vec<(u32, bool)> = vec![];
-        let mut seen: HashSet<u32> = HashSet::new();
+        self.batch_no += 1;
         for i in 0..n {
             let key = key_rows.as_ref().map_or(&[][..], |r| r.row(i).data());
             let (s, new) = match self.index.get(key) {
@@ -233,7 +241,12 @@ impl GroupAggregate {
                 }
             };
             groups.push(s);
-            if seen.insert(s) {
+            let su = s as usize;
+            if self.marks.len() <= su {
+                self.marks.resize(su + 1, 0);
+            }
+            if self.marks[su] != self.batch_no {
+                self.marks[su] = self.batch_no;
                 let existed = !new && self.slots[s as usize].as_ref().is_some_and(|slot| slot.rows > 0);
                 touched.push((s, existed));
             }
