@@ -61,6 +61,29 @@ pub(crate) struct Pattern {
     items: Vec<Item>,
     /// Whether any item needs the calendar date (not only the time of day).
     needs_date: bool,
+    /// The pattern's text is the same for every instant of one epoch-aligned stretch of this many
+    /// milliseconds (its finest field's unit: a day for a date, a minute for `HH:mm`), so that
+    /// consecutive rows of one stretch are formatted once.
+    step_ms: i64,
+}
+
+impl Item {
+    /// The unit of the finest field this item prints, in milliseconds.
+    fn unit_ms(&self) -> i64 {
+        match self {
+            Item::Fraction(_) => 1,
+            Item::Number(Num::Second, _) => 1_000,
+            Item::Number(Num::Minute, _) => 60_000,
+            Item::Number(Num::Hour | Num::ClockHourOfHalf | Num::ClockHourOfDay | Num::HourOfHalf, _) | Item::AmPm => {
+                3_600_000
+            }
+            Item::Literal(_)
+            | Item::Year2
+            | Item::MonthName(_)
+            | Item::DayName(_)
+            | Item::Number(Num::Year | Num::Month | Num::Day | Num::DayOfYear, _) => DAY_MS,
+        }
+    }
 }
 
 const MONTHS: [&str; 12] = [
@@ -166,7 +189,8 @@ pub(crate) fn compile(pattern: &str) -> std::result::Result<Pattern, String> {
                 | Item::Number(Num::Year | Num::Month | Num::Day | Num::DayOfYear, _)
         )
     });
-    Ok(Pattern { items, needs_date })
+    let step_ms = items.iter().map(Item::unit_ms).min().unwrap_or(DAY_MS);
+    Ok(Pattern { items, needs_date, step_ms })
 }
 
 /// Appends `v` zero-padded to `width` digits (a sign first when negative).
@@ -396,6 +420,8 @@ impl ScalarUDFImpl for DateFormat {
         let strings = values.as_string_opt::<i32>();
         let mut out = StringBuilder::with_capacity(rows, rows * 16);
         let mut buf = String::with_capacity(64);
+        // The stretch (`Pattern::step_ms`) whose text `buf` holds, for the current pattern.
+        let mut formatted: Option<i64> = None;
         // A pattern per row: the last one compiled, and the row it came from.
         let mut last: Option<(usize, Arc<Pattern>)> = None;
         for i in 0..rows {
@@ -406,6 +432,7 @@ impl ScalarUDFImpl for DateFormat {
                 }
                 if last.as_ref().is_none_or(|(j, _)| ps.value(*j) != ps.value(i)) {
                     last = Some((i, self.pattern(ps.value(i))?));
+                    formatted = None;
                 }
             }
             let p: &Pattern = match (&fixed, &last) {
@@ -419,11 +446,16 @@ impl ScalarUDFImpl for DateFormat {
                 // coerce_types makes the value a TIMESTAMP(3) or a string; anything else is NULL.
                 (None, None) => None,
             };
-            buf.clear();
-            match ms {
-                Some(ms) if p.format(ms, &mut buf) => out.append_value(&buf),
-                _ => out.append_null(),
+            let Some(ms) = ms else {
+                out.append_null();
+                continue;
+            };
+            let stretch = ms.div_euclid(p.step_ms);
+            if formatted != Some(stretch) {
+                buf.clear();
+                formatted = p.format(ms, &mut buf).then_some(stretch);
             }
+            if formatted.is_some() { out.append_value(&buf) } else { out.append_null() }
         }
         super::done(Arc::new(out.finish()), all_scalar)
     }
@@ -513,6 +545,42 @@ mod tests {
             return_field: Arc::new(arrow::datatypes::Field::new("f", DataType::Utf8, true)),
             config_options: Default::default(),
         })
+    }
+
+    #[test]
+    fn rows_of_one_stretch_format_as_each_row_alone() {
+        let seed = std::env::var("KEEL_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0xda7e_u64);
+        println!("rows_of_one_stretch_format_as_each_row_alone: seed {seed} (set KEEL_TEST_SEED to replay)");
+        let mut x = seed;
+        let mut next = move |n: u64| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (x >> 33) % n
+        };
+        // Runs of nearby instants (many in one second, minute, hour or day; some crossing a
+        // boundary), before and after the epoch, with NULLs among them.
+        let mut ms = T - 400 * DAY_MS;
+        let mut values = vec![];
+        for _ in 0..3000 {
+            let jump = [0, 1, 999, 59_000, 3_599_000, DAY_MS - 1][next(6) as usize];
+            ms += jump * next(2) as i64 + next(3) as i64;
+            if next(500) == 0 {
+                ms = -ms;
+            }
+            values.push((next(20) > 0).then_some(ms));
+        }
+        let ts: ArrayRef = Arc::new(arrow::array::TimestampMillisecondArray::from(values.clone()));
+        for pattern in ["yyyy-MM-dd", "HH:mm", "HH:mm:ss.SSS", "EEEE h a", "yy MMM D", "'at' k:mm:ss"] {
+            let p = ColumnarValue::Scalar(ScalarValue::Utf8(Some(pattern.into())));
+            let out =
+                invoke(ColumnarValue::Array(ts.clone()), p, values.len()).unwrap().into_array(values.len()).unwrap();
+            let out = out.as_string::<i32>();
+            for (i, v) in values.iter().enumerate() {
+                match v {
+                    Some(ms) => assert_eq!(out.value(i), fmt(pattern, *ms), "{pattern} at {ms} (seed {seed})"),
+                    None => assert!(out.is_null(i), "{pattern} row {i} (seed {seed})"),
+                }
+            }
+        }
     }
 
     #[test]
