@@ -21,7 +21,7 @@ mod error;
 mod state_file;
 mod store;
 
-pub use codec::{batch_from_ipc, batch_to_ipc, write_batches};
+pub use codec::{batch_from_ipc, batch_to_ipc, batches_from_ipc, write_batches};
 pub use error::StateError;
 pub use state_file::{StateFileWriter, StateOut};
 pub use store::{

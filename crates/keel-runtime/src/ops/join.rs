@@ -619,9 +619,17 @@ impl Join {
         Ok(keel_state::write_batches(out, &schema, snapshot_chunks(&ats, CHUNK).into_iter().map(chunk))?)
     }
 
+    /// Restores side `s` from its IPC stream, chunk by chunk (each chunk a stored batch).
     fn restore_side(&mut self, s: usize, bytes: &[u8], range: KeyGroupRange) -> Result<()> {
-        let batch = keel_state::batch_from_ipc(bytes, "join state")?;
-        let Some(batch) = crate::exchange::owned_rows(&batch, range)? else { return Ok(()) };
+        for chunk in keel_state::batches_from_ipc(bytes, "join state")? {
+            self.restore_chunk(s, &chunk, range)?;
+        }
+        Ok(())
+    }
+
+    /// Restores the rows of one snapshot chunk of side `s` that this subtask owns.
+    fn restore_chunk(&mut self, s: usize, chunk: &RecordBatch, range: KeyGroupRange) -> Result<()> {
+        let Some(batch) = crate::exchange::owned_rows(chunk, range)? else { return Ok(()) };
         if batch.num_rows() == 0 {
             return Ok(());
         }

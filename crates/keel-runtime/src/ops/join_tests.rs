@@ -292,3 +292,42 @@ fn rows_idle_for_the_state_ttl_are_forgotten() {
     feed_at(&mut op, 0, rows(&[Some(3)], &["c"], &[0], None), 16);
     assert_eq!(op.state[1].rows.len(), 1, "x (5 s) is gone at 16 s, y (12 s) is not");
 }
+
+#[test]
+fn a_snapshot_of_several_chunks_restores_chunk_by_chunk() {
+    // Three input batches of 1500 left rows, all held: each is a run long enough to be a chunk
+    // of its own in the snapshot, so the left side's stream holds several batches.
+    let mut first = Join::new(spec(JoinType::Inner, [false, false], None)).unwrap();
+    first.open(&ctx(0, 1), RestoredState::default()).unwrap();
+    let n = 1500;
+    let names: Vec<String> = (0..3 * n).map(|i| format!("l{i}")).collect();
+    for b in 0..3 {
+        let k: Vec<Option<i64>> = (0..n).map(|i| Some(((b * n + i) % 1000) as i64)).collect();
+        let v: Vec<&str> = names[b * n..(b + 1) * n].iter().map(String::as_str).collect();
+        assert!(feed(&mut first, 0, rows(&k, &v, &vec![0; n], None)).is_empty());
+    }
+    let snap = first.snapshot(1).unwrap().unwrap();
+    let l = u64::from_le_bytes(snap[8..16].try_into().unwrap()) as usize;
+    let chunks = keel_state::batches_from_ipc(&snap[16..16 + l], "test").unwrap();
+    assert!(chunks.len() >= 3, "{} chunks", chunks.len());
+    // Each key k < 1000 has rows k, k + 1000, ... among the 4500: a right row with key k
+    // matches every one of them, at parallelism 1 and split over two subtasks.
+    let probe: Vec<Option<i64>> = (0..1000).map(Some).collect();
+    let r = rows(&probe, &vec!["r"; 1000], &vec![0; 1000], None);
+    for parallelism in [1u32, 2] {
+        let restored = RestoredState { parts: vec![snap.clone()], inherited: vec![0], checkpoint: Some(1) };
+        let mut matched = vec![];
+        for subtask in 0..parallelism {
+            let mut op = Join::new(spec(JoinType::Inner, [false, false], None)).unwrap();
+            op.open(&ctx(subtask, parallelism), restored.clone()).unwrap();
+            let mine = crate::exchange::split_by_key(&r, &[0], 128, parallelism).unwrap();
+            if let Some(part) = mine[subtask as usize].clone() {
+                matched.extend(feed(&mut op, 1, part));
+            }
+        }
+        matched.sort();
+        let mut want: Vec<String> = names.iter().map(|v| format!("+I {v} r")).collect();
+        want.sort();
+        assert_eq!(matched, want, "parallelism {parallelism}");
+    }
+}

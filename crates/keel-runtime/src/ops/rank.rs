@@ -489,9 +489,11 @@ impl Operator for Rank {
         self.key_groups = ctx.key_groups;
         let range = KeyGroupRange::of_subtask(ctx.subtask, ctx.key_groups, ctx.parallelism);
         let now_ms = self.ms(Instant::now());
+        // Chunk by chunk, as written: a restored state of GBs is never concatenated.
         for part in restored.parts.iter().filter(|p| !p.is_empty()) {
-            let batch = keel_state::batch_from_ipc(part, "Top-N state")?;
-            self.restore_part(&batch, range, now_ms)?;
+            for chunk in keel_state::batches_from_ipc(part, "Top-N state")? {
+                self.restore_part(&chunk, range, now_ms)?;
+            }
         }
         Ok(())
     }
