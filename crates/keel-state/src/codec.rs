@@ -55,12 +55,13 @@ pub fn write_batches<E: std::fmt::Display>(
 }
 
 /// Decodes an Arrow IPC stream written by `batch_to_ipc` or `write_batches`: its batches, one per
-/// chunk written, not concatenated, so that a restored state of GBs is held once rather than
-/// twice.
-pub fn batches_from_ipc(bytes: &[u8], context: &str) -> Result<Vec<RecordBatch>> {
-    let err = |e: arrow::error::ArrowError| StateError::Decode { context: context.to_string(), reason: e.to_string() };
-    let reader = StreamReader::try_new(bytes, None).map_err(err)?;
-    reader.collect::<std::result::Result<Vec<_>, _>>().map_err(err)
+/// chunk written, each decoded only when the iterator reaches it and never concatenated, so that
+/// a restored state of GBs is not held twice.
+pub fn batches_from_ipc<'a>(bytes: &'a [u8], context: &str) -> Result<impl Iterator<Item = Result<RecordBatch>> + 'a> {
+    let context = context.to_string();
+    let err = move |e: arrow::error::ArrowError| StateError::Decode { context: context.clone(), reason: e.to_string() };
+    let reader = StreamReader::try_new(bytes, None).map_err(&err)?;
+    Ok(reader.map(move |b| b.map_err(&err)))
 }
 
 /// `batches_from_ipc`, concatenated into one batch (for small states).
@@ -95,7 +96,8 @@ mod tests {
         };
         let bytes = write((0..2).map(|i| Ok(b.slice(i, 1))).collect()).unwrap();
         assert_eq!(batch_from_ipc(&bytes, "test").unwrap(), b);
-        assert_eq!(batches_from_ipc(&bytes, "test").unwrap(), vec![b.slice(0, 1), b.slice(1, 1)], "one per chunk");
+        let chunks: Vec<RecordBatch> = batches_from_ipc(&bytes, "test").unwrap().map(Result::unwrap).collect();
+        assert_eq!(chunks, vec![b.slice(0, 1), b.slice(1, 1)], "one per chunk");
         let none = write(vec![]).unwrap();
         assert_eq!(batch_from_ipc(&none, "test").unwrap().num_rows(), 0, "no chunk reads back as no rows");
         let err = write(vec![Ok(b.slice(0, 1)), Err("no more".to_string())]).unwrap_err().to_string();

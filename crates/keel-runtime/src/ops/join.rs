@@ -622,7 +622,7 @@ impl Join {
     /// Restores side `s` from its IPC stream, chunk by chunk (each chunk a stored batch).
     fn restore_side(&mut self, s: usize, bytes: &[u8], range: KeyGroupRange) -> Result<()> {
         for chunk in keel_state::batches_from_ipc(bytes, "join state")? {
-            self.restore_chunk(s, &chunk, range)?;
+            self.restore_chunk(s, &chunk?, range)?;
         }
         Ok(())
     }
@@ -646,7 +646,14 @@ impl Join {
         let now_ms = self.ms(Instant::now());
         let st = &mut self.state[s];
         let id = st.held.reserve();
-        st.held.fill(id, data.to_vec(), batch.num_rows());
+        // Copied: the decoded columns are slices of one buffer per chunk, which also holds the
+        // key group, count, matches and expiry columns the held rows do not need.
+        let all = UInt32Array::from_iter_values(0..batch.num_rows() as u32);
+        let data = (data.iter())
+            .map(|c| arrow::compute::take(c.as_ref(), &all, None))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(RuntimeError::arrow("restoring join state"))?;
+        st.held.fill(id, data, batch.num_rows());
         for i in 0..batch.num_rows() {
             let key: ShortBytes = keys.row(i).data().into();
             let exp = expiry.value(i);
@@ -703,9 +710,12 @@ impl Operator for Join {
 
     fn on_watermark(&mut self, watermark: i64, _out: &mut Vec<RecordBatch>) -> Result<()> {
         self.watermark = self.watermark.max(watermark);
+        // The operator's watermark, not the one just received: that may be lower (after a
+        // restore), and a row kept here would have lost its expiry entry for good.
+        let wm = self.watermark;
         for st in &mut self.state {
             while let Some(entry) = st.expiries.first_entry() {
-                if *entry.key() > self.watermark {
+                if *entry.key() > wm {
                     break;
                 }
                 let (_, keys) = entry.remove_entry();
@@ -713,7 +723,7 @@ impl Operator for Join {
                 for key in keys {
                     if let Some(v) = st.rows.get_mut(&key) {
                         v.retain(|e| {
-                            let keep = e.expiry > watermark;
+                            let keep = e.expiry > wm;
                             if !keep {
                                 gone.push(e.at);
                             }

@@ -492,7 +492,7 @@ impl Operator for Rank {
         // Chunk by chunk, as written: a restored state of GBs is never concatenated.
         for part in restored.parts.iter().filter(|p| !p.is_empty()) {
             for chunk in keel_state::batches_from_ipc(part, "Top-N state")? {
-                self.restore_part(&chunk, range, now_ms)?;
+                self.restore_part(&chunk?, range, now_ms)?;
             }
         }
         Ok(())
