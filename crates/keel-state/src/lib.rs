@@ -23,7 +23,7 @@ mod store;
 
 pub use codec::{batch_from_ipc, batch_to_ipc, batches_from_ipc, write_batches};
 pub use error::StateError;
-pub use state_file::{StateFileWriter, StateOut};
+pub use state_file::{Counted, StateFileWriter, StateOut};
 pub use store::{
     CheckpointStore, CheckpointWriter, CompletedCheckpoint, Manifest, ManifestFile, read_json, write_json_atomic,
 };

@@ -162,6 +162,48 @@ impl StateOut for StateFileWriter {
     }
 }
 
+/// A `StateOut` that counts the bytes written through it (the length of one part of a state,
+/// to be filled in ahead of it).
+pub struct Counted<'a> {
+    out: &'a mut dyn StateOut,
+    written: u64,
+}
+
+impl<'a> Counted<'a> {
+    pub fn new(out: &'a mut dyn StateOut) -> Self {
+        Counted { out, written: 0 }
+    }
+    /// Bytes written (and set aside) through this so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+}
+
+impl Write for Counted<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+impl StateOut for Counted<'_> {
+    fn set_aside(&mut self, n: usize) -> std::io::Result<u64> {
+        let at = self.out.set_aside(n)?;
+        self.written += n as u64;
+        Ok(at)
+    }
+    fn fill(&mut self, at: u64, bytes: &[u8]) -> std::io::Result<()> {
+        self.out.fill(at, bytes)
+    }
+    fn path(&self) -> &Path {
+        self.out.path()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,6 +233,18 @@ mod tests {
         mem.write_all(b"tail").unwrap();
         mem.fill(at, &42u64.to_le_bytes()).unwrap();
         assert_eq!(mem, bytes, "memory and file hold the same bytes");
+    }
+
+    #[test]
+    fn counted_counts_what_goes_through() {
+        let mut mem = Vec::new();
+        mem.write_all(b"xy").unwrap();
+        let mut c = Counted::new(&mut mem);
+        c.write_all(b"abc").unwrap();
+        let at = c.set_aside(4).unwrap();
+        assert_eq!((c.written(), at), (7, 5));
+        c.fill(at, b"1234").unwrap();
+        assert_eq!(mem, b"xyabc1234");
     }
 
     #[test]

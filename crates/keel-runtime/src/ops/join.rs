@@ -34,7 +34,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::utils::collect_columns;
 use hashbrown::HashMap;
-use keel_state::StateOut;
+use keel_state::{Counted, StateOut};
 use keel_types::KeyGroupRange;
 use keel_types::time::MIN_WATERMARK;
 use std::collections::BTreeMap;
@@ -755,42 +755,12 @@ impl Operator for Join {
         }
         out.write_all(&self.watermark.to_le_bytes()).map_err(|e| write_error(out, e))?;
         let at = out.set_aside(8).map_err(|e| write_error(out, e))?;
-        let mut counted = Counted { out, written: 0 };
+        let mut counted = Counted::new(out);
         self.snapshot_side(0, &mut counted)?;
-        let l_len = counted.written;
+        let l_len = counted.written();
         out.fill(at, &l_len.to_le_bytes()).map_err(|e| write_error(out, e))?;
         self.snapshot_side(1, out)?;
         Ok(true)
-    }
-}
-
-/// A writer that counts what goes through it (the join's left side, whose length heads the state).
-struct Counted<'a> {
-    out: &'a mut dyn StateOut,
-    written: u64,
-}
-
-impl std::io::Write for Counted<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.out.write(buf)?;
-        self.written += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.out.flush()
-    }
-}
-
-impl StateOut for Counted<'_> {
-    fn set_aside(&mut self, n: usize) -> std::io::Result<u64> {
-        self.written += n as u64;
-        self.out.set_aside(n)
-    }
-    fn fill(&mut self, at: u64, bytes: &[u8]) -> std::io::Result<()> {
-        self.out.fill(at, bytes)
-    }
-    fn path(&self) -> &std::path::Path {
-        self.out.path()
     }
 }
 
