@@ -21,7 +21,7 @@ pub mod operator;
 pub mod ops;
 mod task;
 #[cfg(test)]
-mod test_rng;
+use keel_types::test_rng;
 
 pub use changelog::RowKind;
 pub use coordinator::JobOutcome;

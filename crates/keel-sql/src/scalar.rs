@@ -320,18 +320,13 @@ mod tests {
         }
         // Seeded random texts across several 8-byte words, of bytes next to the delimiter's value
         // (and multi-byte characters) that an inexact word test would take for it.
-        let seed = std::env::var("KEEL_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_u64);
-        println!("byte_split_matches_str_split: seed {seed} (set KEEL_TEST_SEED to replay)");
-        let mut x = seed;
-        let mut next = || {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            x
-        };
+        let mut rng = keel_types::test_rng::Lcg::seeded("byte_split_matches_str_split");
+        let seed = rng.seed();
         let alphabet = ["/", ".", "0", "\u{1}", "\u{7f}", "a", "é", "€", "//"];
         for _ in 0..2000 {
             let mut t = String::new();
-            for _ in 0..(next() >> 59) * 2 {
-                t.push_str(alphabet[(next() >> 33) as usize % alphabet.len()]);
+            for _ in 0..rng.below(32) * 2 {
+                t.push_str(alphabet[rng.below(alphabet.len() as u64) as usize]);
             }
             for d in [b'/', b'.', 1u8] {
                 for k in 0..12 {

@@ -54,22 +54,27 @@ pub fn write_batches<E: std::fmt::Display>(
     }
 }
 
+/// How a decoding error of the state `context` names is reported.
+fn decode_error(context: &str) -> impl Fn(arrow::error::ArrowError) -> StateError + use<> {
+    let context = context.to_string();
+    move |e| StateError::Decode { context: context.clone(), reason: e.to_string() }
+}
+
 /// Decodes an Arrow IPC stream written by `batch_to_ipc` or `write_batches`: its batches, one per
 /// chunk written, each decoded only when the iterator reaches it and never concatenated, so that
 /// a restored state of GBs is not held twice.
 pub fn batches_from_ipc<'a>(bytes: &'a [u8], context: &str) -> Result<impl Iterator<Item = Result<RecordBatch>> + 'a> {
-    let context = context.to_string();
-    let err = move |e: arrow::error::ArrowError| StateError::Decode { context: context.clone(), reason: e.to_string() };
+    let err = decode_error(context);
     let reader = StreamReader::try_new(bytes, None).map_err(&err)?;
     Ok(reader.map(move |b| b.map_err(&err)))
 }
 
 /// `batches_from_ipc`, concatenated into one batch (for small states).
 pub fn batch_from_ipc(bytes: &[u8], context: &str) -> Result<RecordBatch> {
-    let err = |e: arrow::error::ArrowError| StateError::Decode { context: context.to_string(), reason: e.to_string() };
-    let reader = StreamReader::try_new(bytes, None).map_err(err)?;
+    let err = decode_error(context);
+    let reader = StreamReader::try_new(bytes, None).map_err(&err)?;
     let schema = reader.schema();
-    let batches = reader.collect::<std::result::Result<Vec<_>, _>>().map_err(err)?;
+    let batches = reader.collect::<std::result::Result<Vec<_>, _>>().map_err(&err)?;
     arrow::compute::concat_batches(&schema, &batches).map_err(err)
 }
 
@@ -102,5 +107,16 @@ mod tests {
         assert_eq!(batch_from_ipc(&none, "test").unwrap().num_rows(), 0, "no chunk reads back as no rows");
         let err = write(vec![Ok(b.slice(0, 1)), Err("no more".to_string())]).unwrap_err().to_string();
         assert!(err.contains("no more"), "{err}");
+    }
+
+    #[test]
+    fn a_failed_write_is_an_io_error_naming_the_file() {
+        let b = RecordBatch::try_from_iter(vec![("v", Arc::new(Int64Array::from(vec![1, 2])) as _)]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut out = crate::StateFileWriter::new("s", dir.path().join("no-such-dir").join("s"));
+        let err = write_batches(&mut out, &b.schema(), std::iter::once(Ok::<_, String>(b.clone()))).unwrap_err();
+        assert!(matches!(err, StateError::Io { .. }), "{err:?}");
+        assert_eq!(err.class(), keel_types::ErrorClass::External);
+        assert!(err.to_string().contains("no-such-dir"), "{err}");
     }
 }

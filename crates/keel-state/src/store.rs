@@ -296,6 +296,9 @@ mod tests {
         short.size += 1;
         let err = w.adopt(short).unwrap_err().to_string();
         assert!(err.contains("6 were written"), "{err}");
+        let missing = ManifestFile { name: "never-written".into(), size: 1, crc32c: 0 };
+        let err = w.adopt(missing).unwrap_err().to_string();
+        assert!(err.contains("cannot open") && err.contains("never-written"), "{err}");
         w.adopt(file).unwrap();
         w.commit(serde_json::json!({})).unwrap();
         let latest = store.latest().unwrap().unwrap();

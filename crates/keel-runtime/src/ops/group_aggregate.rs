@@ -547,7 +547,7 @@ pub(crate) mod tests {
     #[test]
     fn snapshot_restores_at_another_parallelism() {
         let mut rng = crate::test_rng::Lcg::fixed("group aggregate", 0x5eed_u64);
-        let mut next = || rng.next() as i64;
+        let mut next = || rng.bits() as i64;
         let keys: Vec<String> = (0..40).map(|i| format!("k{i}")).collect();
         let mut batches = vec![];
         for _ in 0..20 {
@@ -626,7 +626,7 @@ pub(crate) mod tests {
             })
         };
         let mut rng = crate::test_rng::Lcg::fixed("group aggregate", 0x0d15_7111_u64);
-        let mut next = move || rng.next() as i64;
+        let mut next = move || rng.bits() as i64;
         let batches: Vec<RecordBatch> = (0..12)
             .map(|_| {
                 let ks: Vec<String> = (0..50).map(|_| format!("k{}", next() % 5)).collect();

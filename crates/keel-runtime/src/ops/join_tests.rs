@@ -198,7 +198,7 @@ fn time_bounded_rows_expire_and_late_rows_are_dropped() {
 #[test]
 fn restore_at_another_parallelism_gives_the_same_results() {
     let mut rng = crate::test_rng::Lcg::fixed("join restore", 0x10_1a_u64);
-    let mut next = move || rng.next() as i64;
+    let mut next = move || rng.bits() as i64;
     let names: Vec<String> = (0..50).map(|i| format!("v{i}")).collect();
     let mut batches = vec![];
     for _ in 0..30 {

@@ -413,7 +413,8 @@ impl Rank {
                     kinds.push(RowKind::Insert);
                 }
             }
-            if new.is_empty() && self.partitions.get(&key).is_some_and(|p| p.store.is_empty()) {
+            // An empty result is an empty store (N is at least 1).
+            if new.is_empty() {
                 self.partitions.remove(&key);
             }
         }

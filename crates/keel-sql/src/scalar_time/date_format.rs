@@ -549,13 +549,9 @@ mod tests {
 
     #[test]
     fn rows_of_one_stretch_format_as_each_row_alone() {
-        let seed = std::env::var("KEEL_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0xda7e_u64);
-        println!("rows_of_one_stretch_format_as_each_row_alone: seed {seed} (set KEEL_TEST_SEED to replay)");
-        let mut x = seed;
-        let mut next = move |n: u64| {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (x >> 33) % n
-        };
+        let mut rng = keel_types::test_rng::Lcg::seeded("rows_of_one_stretch_format_as_each_row_alone");
+        let seed = rng.seed();
+        let mut next = move |n: u64| rng.below(n);
         // Runs of nearby instants (many in one second, minute, hour or day; some crossing a
         // boundary), before and after the epoch, with NULLs among them.
         let mut ms = T - 400 * DAY_MS;
