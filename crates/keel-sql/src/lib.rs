@@ -14,6 +14,7 @@ mod over;
 pub mod plan;
 pub mod planner;
 mod pushdown;
+mod regex_extract;
 pub mod scalar;
 mod scalar_time;
 pub mod script;

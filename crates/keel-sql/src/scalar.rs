@@ -208,32 +208,35 @@ fn delimiters_in(word: &[u8], b: u8) -> u64 {
 fn regexp_extract(args: &[ColumnarValue]) -> Result<ColumnarValue> {
     let (a, n, scalar) = arrays(args)?;
     let (s, p, g) = (a[0].as_string::<i32>(), a[1].as_string::<i32>(), a[2].as_primitive::<Int64Type>());
-    // The compiled pattern and its reusable capture slots; compiled again only when the pattern
-    // changes from row to row (it is almost always a constant).
-    let mut cache: Option<(String, regex::Regex, regex::CaptureLocations)> = None;
     let mut out = StringBuilder::with_capacity(n, n * 8);
-    for i in 0..n {
-        let (is, ip, ig) = (at(s, i), at(p, i), at(g, i));
-        if s.is_null(is) || p.is_null(ip) || g.is_null(ig) || g.value(ig) < 0 {
-            out.append_null();
-            continue;
-        }
-        let pattern = p.value(ip);
-        let (_, re, slots) = match &mut cache {
-            Some(c) if c.0 == pattern => c,
-            _ => match regex::Regex::new(pattern) {
-                Ok(r) => {
-                    let slots = r.capture_locations();
-                    cache.insert((pattern.to_string(), r, slots))
+    crate::regex_extract::with_extractors(|extractors| {
+        // The pattern is almost always a constant: its extractor is looked up again only when the
+        // row's pattern is another row of the pattern column.
+        let mut current: Option<(usize, usize)> = None;
+        for i in 0..n {
+            let (is, ip, ig) = (at(s, i), at(p, i), at(g, i));
+            if s.is_null(is) || p.is_null(ip) || g.is_null(ig) || g.value(ig) < 0 {
+                out.append_null();
+                continue;
+            }
+            let k = match current {
+                Some((row, k)) if row == ip => k,
+                _ => {
+                    let pattern = p.value(ip);
+                    match extractors.index_of(pattern) {
+                        Ok(k) => {
+                            current = Some((ip, k));
+                            k
+                        }
+                        Err(e) => return exec_err!("REGEXP_EXTRACT: invalid pattern '{pattern}': {e}"),
+                    }
                 }
-                Err(e) => return exec_err!("REGEXP_EXTRACT: invalid pattern '{pattern}': {e}"),
-            },
-        };
-        let text = s.value(is);
-        let group = usize::try_from(g.value(ig)).unwrap_or(usize::MAX);
-        let found = re.captures_read(slots, text).and_then(|_| slots.get(group)).map(|(from, to)| &text[from..to]);
-        out.append_option(found);
-    }
+            };
+            let group = usize::try_from(g.value(ig)).unwrap_or(usize::MAX);
+            out.append_option(extractors.get(k).extract(s.value(is), group));
+        }
+        Ok(())
+    })?;
     done(Arc::new(out.finish()), scalar)
 }
 

@@ -7,6 +7,7 @@
 //! checkpoint taken by either representation restores into the other.
 
 use crate::error::{Result, RuntimeError};
+use crate::ops::bits_map::BitsMap;
 use arrow::array::{Array, ArrayRef, AsArray, BinaryArray, Int64Array};
 use arrow::datatypes::{DataType, Int64Type};
 use arrow::row::{RowConverter, SortField};
@@ -188,8 +189,11 @@ mod tests {
 pub(crate) struct Family {
     /// The aggregate calls, in bit order (at most 64).
     pub calls: Vec<usize>,
-    maps: Vec<hashbrown::HashMap<i64, u64>>,
+    maps: Vec<BitsMap>,
 }
+
+/// How many rows ahead `Family::update` prefetches a row's slot (its map's header twice as far).
+const AHEAD: usize = 8;
 
 impl Family {
     pub fn new(calls: Vec<usize>) -> Result<Self> {
@@ -201,12 +205,12 @@ impl Family {
 
     pub fn ensure(&mut self, n: usize) {
         if self.maps.len() < n {
-            self.maps.resize_with(n, hashbrown::HashMap::new);
+            self.maps.resize_with(n, BitsMap::default);
         }
     }
 
     pub fn reset(&mut self, g: usize) {
-        self.maps[g] = hashbrown::HashMap::new();
+        self.maps[g] = BitsMap::default();
     }
 
     /// Adds the rows of `groups`; `args[k]` is call `calls[k]`'s argument. Calls `counted(k, g)`
@@ -217,6 +221,9 @@ impl Family {
             .map(|a| arrow::compute::cast(a, &DataType::Int64).map_err(RuntimeError::arrow("COUNT(DISTINCT) values")))
             .collect::<Result<Vec<_>>>()?;
         let args: Vec<&arrow::array::Int64Array> = args.iter().map(|a| a.as_primitive::<Int64Type>()).collect();
+        // Each row's group, value and call bits first, so that the slots of rows `AHEAD` on can be
+        // prefetched while this row's is probed (the maps miss the cache: see `bits_map`).
+        let mut rows: Vec<(u32, i64, u64)> = Vec::with_capacity(groups.len());
         for (i, &g) in groups.iter().enumerate() {
             let mut bits = 0u64;
             let mut value = None;
@@ -226,10 +233,19 @@ impl Family {
                     value = Some(a.value(i));
                 }
             }
-            let Some(v) = value else { continue };
-            let seen = self.maps[g as usize].entry(v).or_insert(0);
-            let new = bits & !*seen;
-            *seen |= bits;
+            if let Some(v) = value {
+                rows.push((g, v, bits));
+            }
+        }
+        for (j, &(g, v, bits)) in rows.iter().enumerate() {
+            if let Some(&(g, _, _)) = rows.get(j + 2 * AHEAD) {
+                self.maps[g as usize].prefetch_header();
+            }
+            if let Some(&(g, v, _)) = rows.get(j + AHEAD) {
+                self.maps[g as usize].prefetch(v);
+            }
+            let seen = self.maps[g as usize].or_insert(v, bits);
+            let new = bits & !seen;
             for k in 0..args.len() {
                 if new & (1 << k) != 0 {
                     counted(k, g);
@@ -244,7 +260,7 @@ impl Family {
     pub fn state(&self, k: usize, sets: &IntSets, groups: &[u32]) -> Result<ArrayRef> {
         let bit = 1u64 << k;
         sets.encode(groups, |g, out| {
-            out.extend(self.maps[g as usize].iter().filter(|(_, b)| *b & bit != 0).map(|(v, _)| *v))
+            out.extend(self.maps[g as usize].iter().filter(|(_, b)| *b & bit != 0).map(|(v, _)| v))
         })
     }
 
@@ -253,7 +269,7 @@ impl Family {
         for &g in groups {
             for (k, s) in sets.iter_mut().enumerate() {
                 for v in std::mem::take(&mut s.sets[g as usize]) {
-                    *self.maps[g as usize].entry(v).or_insert(0) |= 1 << k;
+                    self.maps[g as usize].or_insert(v, 1 << k);
                 }
             }
         }

@@ -24,6 +24,7 @@ use arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, UInt32Type};
 use arrow::row::{RowConverter, SortField};
 use hashbrown::HashMap;
+use keel_state::StateOut;
 use keel_types::KeyGroupRange;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -69,6 +70,8 @@ pub struct GroupAggregate {
     families: Vec<crate::ops::distinct::Family>,
     in_family: Vec<bool>,
     key_groups: u32,
+    /// Groups per snapshot chunk (`SNAPSHOT_GROUPS`; smaller in tests).
+    snapshot_groups: usize,
     last_expiry: Instant,
 }
 
@@ -110,6 +113,7 @@ impl GroupAggregate {
         }
         Ok(GroupAggregate {
             spec,
+            snapshot_groups: SNAPSHOT_GROUPS,
             keys,
             index: HashMap::new(),
             marks: Vec::new(),
@@ -364,36 +368,78 @@ impl GroupAggregate {
         fields.extend(acc_fields.iter().cloned());
         Arc::new(Schema::new(fields))
     }
+
+    /// Restores one chunk of a snapshot (rows of key groups this subtask owns).
+    fn restore_chunk(&mut self, batch: &RecordBatch, now: Instant) -> Result<()> {
+        let nk = self.spec.num_keys;
+        let kg = batch.column(0).as_primitive::<UInt32Type>().clone();
+        let rows = batch.column(1).as_primitive::<Int64Type>().clone();
+        let keys = self.key_bytes(&batch.columns()[2..2 + nk], batch.num_rows())?;
+        let mut slots = Vec::with_capacity(keys.len());
+        for (i, key) in keys.iter().enumerate() {
+            let (s, _) = self.slot_of(key, || kg.value(i), now);
+            if let Some(slot) = self.slots[s as usize].as_mut() {
+                slot.rows = rows.value(i);
+            }
+            slots.push(s);
+        }
+        let mut at = 2 + nk;
+        for a in &mut self.accs {
+            let w = a.state(&[], "x")?.len();
+            a.restore(&slots, &batch.columns()[at..at + w])?;
+            at += w;
+        }
+        for f in &mut self.families {
+            f.import(&slots, &mut family_sets(&mut self.accs, &f.calls));
+        }
+        Ok(())
+    }
+
+    /// The state of the groups in slots `live` as one table: key group, row count, keys, then
+    /// each aggregate's state columns.
+    fn state_chunk(&self, live: &[u32]) -> Result<RecordBatch> {
+        let slot = |s: u32| self.slots[s as usize].as_ref();
+        let mut cols: Vec<ArrayRef> = vec![
+            Arc::new(UInt32Array::from_iter_values(live.iter().map(|&s| slot(s).map_or(0, |x| x.key_group)))),
+            Arc::new(Int64Array::from_iter_values(live.iter().map(|&s| slot(s).map_or(0, |x| x.rows)))),
+        ];
+        cols.extend(self.key_columns(live)?);
+        // A family's calls write their values from the family's maps, in their own format.
+        let mut given: Vec<Option<ArrayRef>> = vec![None; self.accs.len()];
+        for f in &self.families {
+            for (k, &call) in f.calls.iter().enumerate() {
+                if let Some(sets) = self.accs.get(call).and_then(|a| a.int_sets_ref()) {
+                    given[call] = Some(f.state(k, sets, live)?);
+                }
+            }
+        }
+        let states: Result<Vec<_>> = (self.accs.iter().zip(given).enumerate())
+            .map(|(i, (a, values))| a.state_with(live, &format!("agg{i}"), values))
+            .collect();
+        let mut acc_fields = vec![];
+        for (f, c) in states?.into_iter().flatten() {
+            acc_fields.push(f);
+            cols.push(c);
+        }
+        RecordBatch::try_new(self.state_schema(&acc_fields), cols)
+            .map_err(RuntimeError::arrow("group aggregate snapshot"))
+    }
 }
+
+/// Groups per chunk of a snapshot: a chunk's columns are built in memory before they are encoded.
+const SNAPSHOT_GROUPS: usize = 4096;
 
 impl Operator for GroupAggregate {
     fn open(&mut self, ctx: &TaskContext, restored: RestoredState) -> Result<()> {
         self.key_groups = ctx.key_groups;
         let range = KeyGroupRange::of_subtask(ctx.subtask, ctx.key_groups, ctx.parallelism);
         let now = Instant::now();
-        let nk = self.spec.num_keys;
+        // Chunk by chunk, as written (`snapshot_into`): a large state is not decoded whole first.
         for part in restored.parts.iter().filter(|p| !p.is_empty()) {
-            let batch = keel_state::batch_from_ipc(part, "group aggregate state")?;
-            let Some(batch) = crate::exchange::owned_rows(&batch, range)? else { continue };
-            let kg = batch.column(0).as_primitive::<UInt32Type>().clone();
-            let rows = batch.column(1).as_primitive::<Int64Type>().clone();
-            let keys = self.key_bytes(&batch.columns()[2..2 + nk], batch.num_rows())?;
-            let mut slots = Vec::with_capacity(keys.len());
-            for (i, key) in keys.iter().enumerate() {
-                let (s, _) = self.slot_of(key, || kg.value(i), now);
-                if let Some(slot) = self.slots[s as usize].as_mut() {
-                    slot.rows = rows.value(i);
+            for batch in keel_state::batches_from_ipc(part, "group aggregate state")? {
+                if let Some(batch) = crate::exchange::owned_rows(&batch?, range)? {
+                    self.restore_chunk(&batch, now)?;
                 }
-                slots.push(s);
-            }
-            let mut at = 2 + nk;
-            for a in &mut self.accs {
-                let w = a.state(&[], "x")?.len();
-                a.restore(&slots, &batch.columns()[at..at + w])?;
-                at += w;
-            }
-            for f in &mut self.families {
-                f.import(&slots, &mut family_sets(&mut self.accs, &f.calls));
             }
         }
         Ok(())
@@ -407,37 +453,21 @@ impl Operator for GroupAggregate {
         Ok(())
     }
 
-    fn snapshot(&mut self, _checkpoint: u64) -> Result<Option<Vec<u8>>> {
+    fn snapshot(&mut self, checkpoint: u64) -> Result<Option<Vec<u8>>> {
+        let mut out = Vec::new();
+        Ok(self.snapshot_into(checkpoint, &mut out)?.then_some(out))
+    }
+
+    /// The live groups as an Arrow IPC stream, `SNAPSHOT_GROUPS` groups a chunk, each chunk
+    /// encoded straight into `out`: the state (GBs of distinct values, for q16) is never built
+    /// whole as columns nor as bytes.
+    fn snapshot_into(&mut self, _checkpoint: u64, out: &mut dyn StateOut) -> Result<bool> {
         let live: Vec<u32> = (0..self.slots.len() as u32).filter(|&s| self.slots[s as usize].is_some()).collect();
-        if live.is_empty() {
-            return Ok(None);
-        }
-        let slot = |s: u32| self.slots[s as usize].as_ref();
-        let mut cols: Vec<ArrayRef> = vec![
-            Arc::new(UInt32Array::from_iter_values(live.iter().map(|&s| slot(s).map_or(0, |x| x.key_group)))),
-            Arc::new(Int64Array::from_iter_values(live.iter().map(|&s| slot(s).map_or(0, |x| x.rows)))),
-        ];
-        cols.extend(self.key_columns(&live)?);
-        // A family's calls write their values from the family's maps, in their own format.
-        let mut given: Vec<Option<ArrayRef>> = vec![None; self.accs.len()];
-        for f in &self.families {
-            for (k, &call) in f.calls.iter().enumerate() {
-                if let Some(sets) = self.accs.get(call).and_then(|a| a.int_sets_ref()) {
-                    given[call] = Some(f.state(k, sets, &live)?);
-                }
-            }
-        }
-        let states: Result<Vec<_>> = (self.accs.iter().zip(given).enumerate())
-            .map(|(i, (a, values))| a.state_with(&live, &format!("agg{i}"), values))
-            .collect();
-        let mut acc_fields = vec![];
-        for (f, c) in states?.into_iter().flatten() {
-            acc_fields.push(f);
-            cols.push(c);
-        }
-        let batch = RecordBatch::try_new(self.state_schema(&acc_fields), cols)
-            .map_err(RuntimeError::arrow("group aggregate snapshot"))?;
-        Ok(Some(keel_state::batch_to_ipc(&batch)?))
+        let mut chunks = live.chunks(self.snapshot_groups).map(|c| self.state_chunk(c));
+        let Some(first) = chunks.next().transpose()? else { return Ok(false) };
+        let schema = first.schema();
+        keel_state::write_batches(out, &schema, std::iter::once(Ok(first)).chain(chunks))?;
+        Ok(true)
     }
 }
 
@@ -573,7 +603,11 @@ pub(crate) mod tests {
             first.process(b.clone(), &mut out).unwrap();
             out.iter().for_each(|b| replay(&mut table, b));
         }
+        // Written three groups a chunk, so that the restore reads many chunks.
+        first.snapshot_groups = 3;
         let snap = first.snapshot(1).unwrap().unwrap();
+        let chunks = keel_state::batches_from_ipc(&snap, "test").unwrap().count();
+        assert!(chunks >= 5, "the snapshot was written in {chunks} chunks");
         let restored = RestoredState { parts: vec![snap], inherited: vec![0], checkpoint: Some(1) };
         let mut two: Vec<GroupAggregate> = (0..2)
             .map(|s| {

@@ -4,6 +4,7 @@
 
 pub mod accumulators;
 pub mod aggregate;
+mod bits_map;
 mod distinct;
 pub mod expr;
 pub mod group_aggregate;
