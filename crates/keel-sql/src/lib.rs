@@ -12,6 +12,8 @@ pub mod error;
 pub mod functions;
 mod over;
 pub mod plan;
+#[cfg(test)]
+mod plan_tests;
 pub mod planner;
 mod pushdown;
 mod regex_extract;

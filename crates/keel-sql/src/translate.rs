@@ -44,6 +44,11 @@ pub(crate) struct Stream {
     pub proctime: Option<usize>,
     /// The window columns come from a processing-time window.
     pub processing_time: bool,
+    /// The columns, in order, whose values decide which subtask of `stage` holds a row (the keys
+    /// its input was exchanged by), while they are still plain columns: a keyed operator over
+    /// exactly these columns can join `stage` instead of starting one behind another exchange.
+    /// The key group of a row is the same either way, so its state is placed the same.
+    pub partitioned: Option<Vec<usize>>,
 }
 
 pub(crate) struct Translator<'a> {
@@ -82,6 +87,7 @@ impl Stream {
             window: None,
             proctime: None,
             processing_time: false,
+            partitioned: None,
         }
     }
 }
@@ -170,6 +176,7 @@ impl Translator<'_> {
                 s.window_start = moved(s.window_start);
                 s.window_end = moved(s.window_end);
                 s.proctime = p.expr.iter().position(crate::planner::is_proctime).or(moved(s.proctime));
+                s.partitioned = s.partitioned.and_then(|cols| cols.iter().map(|&c| moved(Some(c))).collect());
                 self.project(&s, exprs, arrow_schema(&p.schema), input.fields().len());
                 Ok(s)
             }
@@ -186,7 +193,7 @@ impl Translator<'_> {
                 let spec = crate::planner::plan_top_n(self.state, w, self.query)?;
                 let keys = spec.partition_cols.clone();
                 let stage = self.new_stage(PlannedInput::Exchange { from: s.stage, keys }, PlannedOp::WindowTopN(spec));
-                Ok(Stream { stage, updating: false, rowtime: None, ..s })
+                Ok(Stream { stage, updating: false, rowtime: None, partitioned: None, ..s })
             }
             LogicalPlan::Window(w) => crate::over::plan_over(self, w),
             LogicalPlan::Join(j) => self.join(j),
@@ -362,6 +369,7 @@ impl Translator<'_> {
             window: window.map(|w| w.call.alias.clone()),
             proctime,
             processing_time: window.is_some_and(|w| w.processing_time),
+            partitioned: None,
         };
         Ok((s, full))
     }
@@ -434,6 +442,7 @@ impl Translator<'_> {
                 window: None,
                 proctime: None,
                 processing_time: false,
+                partitioned: None,
             });
         }
         // An unwindowed GROUP BY: an updating result.
@@ -575,8 +584,14 @@ impl Translator<'_> {
             state_ttl: self.settings.state_ttl,
             output_schema: with_op_field(w.schema.as_arrow()),
         };
-        let stage = self
-            .new_stage(PlannedInput::Exchange { from: s.stage, keys: partition_cols }, PlannedOp::Rank(Arc::new(spec)));
+        // Rows already partitioned by these columns (a join on them: q9) are ranked in their stage.
+        let op = PlannedOp::Rank(Arc::new(spec));
+        let stage = if s.partitioned.as_ref() == Some(&partition_cols) {
+            self.push(&s, op);
+            s.stage
+        } else {
+            self.new_stage(PlannedInput::Exchange { from: s.stage, keys: partition_cols }, op)
+        };
         let mut out = Stream::changelog(stage);
         for n in chain.into_iter().rev() {
             if let LogicalPlan::Projection(p) = n {
@@ -703,6 +718,11 @@ impl Translator<'_> {
             output_updating: out.updating,
             state_ttl: self.settings.state_ttl,
         };
+        // The left side's key columns stay where they are in the output (left columns first); a
+        // key computed into an extra column is projected away below.
+        if sides[0] && lkeys.iter().all(|&k| k < nl) {
+            out.partitioned = Some(lkeys.clone());
+        }
         out.stage = self.new_stage(
             PlannedInput::Join { left: (l.stage, lkeys), right: (r.stage, rkeys) },
             PlannedOp::Join(Arc::new(spec)),

@@ -1,0 +1,78 @@
+//! Tests of how queries are cut into stages: which keyed operators join the stage before them
+//! because its rows are already partitioned by their keys (`Stream::partitioned`).
+
+use crate::plan::{PlannedInput, PlannedOp, PlannedStage};
+
+fn stages(query: &str) -> Vec<PlannedStage> {
+    let sql = format!("{}\n{query}", include_str!("../../../nexmark/ddl.sql").replace("${EVENTS}", "1000"));
+    let opts = crate::PipelineOptions {
+        job: "plan-test".into(),
+        data_dir: ".".into(),
+        parallelism: 2,
+        bounded: true,
+        udfs: vec![],
+        udafs: vec![],
+    };
+    let planned = crate::plan(&sql, &opts).map_err(|e| e.to_string()).unwrap();
+    planned.inserts[0].stages.clone()
+}
+
+/// For each stage, whether it holds a join and whether it holds a Top-N, and how rows reach it.
+fn shape(stages: &[PlannedStage]) -> Vec<(bool, bool, &'static str)> {
+    stages
+        .iter()
+        .map(|s| {
+            let has = |f: fn(&PlannedOp) -> bool| s.ops.iter().any(f);
+            let input = match s.input {
+                PlannedInput::Source(_) => "source",
+                PlannedInput::Exchange { .. } => "exchange",
+                PlannedInput::Forward { .. } => "forward",
+                PlannedInput::Join { .. } => "join",
+            };
+            (has(|o| matches!(o, PlannedOp::Join(_))), has(|o| matches!(o, PlannedOp::Rank(_))), input)
+        })
+        .collect()
+}
+
+const SINK: &str = "CREATE TABLE out_t (id BIGINT, bidder BIGINT, price BIGINT) WITH ('connector' = 'blackhole');";
+
+fn top_bid(partition: &str) -> String {
+    format!(
+        "{SINK}
+INSERT INTO out_t SELECT id, bidder, price FROM (
+  SELECT A.id, B.bidder, B.price, ROW_NUMBER() OVER (PARTITION BY {partition} ORDER BY B.price DESC) AS rn
+  FROM auction A, bid B WHERE A.id = B.auction) WHERE rn <= 1;"
+    )
+}
+
+#[test]
+fn nexmark_q9_ranks_in_the_joins_stage() {
+    let got = shape(&stages(include_str!("../../../nexmark/q9.sql")));
+    let joins: Vec<_> = got.iter().filter(|s| s.0).collect();
+    assert_eq!(joins, [&(true, true, "join")], "the top-1 per auction runs in the join's stage: {got:?}");
+    assert!(!got.iter().any(|s| s.2 == "exchange"), "no exchange after the join: {got:?}");
+}
+
+#[test]
+fn a_top_n_on_the_join_key_under_another_name_is_chained() {
+    // Partitioned by the left key, with the partition column renamed by a projection on the way.
+    let query = format!(
+        "{SINK}
+INSERT INTO out_t SELECT aid, bidder, price FROM (
+  SELECT aid, bidder, price, ROW_NUMBER() OVER (PARTITION BY aid ORDER BY price DESC) AS rn
+  FROM (SELECT B.price, A.id AS aid, B.bidder FROM auction A JOIN bid B ON A.id = B.auction)) WHERE rn <= 1;"
+    );
+    let got = shape(&stages(&query));
+    assert!(got.contains(&(true, true, "join")), "{got:?}");
+}
+
+#[test]
+fn a_top_n_on_other_columns_starts_its_own_stage() {
+    for partition in ["B.bidder", "A.id, B.bidder"] {
+        let got = shape(&stages(&top_bid(partition)));
+        assert!(got.contains(&(true, false, "join")), "{partition}: {got:?}");
+        assert!(got.contains(&(false, true, "exchange")), "{partition}: the Top-N is behind an exchange: {got:?}");
+    }
+    // The same query on the join key is chained: the difference is the partition alone.
+    assert!(shape(&stages(&top_bid("A.id"))).contains(&(true, true, "join")));
+}
