@@ -325,14 +325,22 @@ impl Join {
         // Candidate partners of every row, from the other side's state (fixed for this batch).
         // (input row, entry index under its key, the entry's held row)
         let mut cand: Vec<(usize, usize, (u32, u32))> = vec![];
+        // Each candidate's multiplicity, for joins that need nothing else of the partner's entry.
+        let mut cand_count: Vec<i64> = vec![];
         for i in 0..n {
             if has_null[i] || !live[i] {
                 continue;
             }
             if let Some(entries) = self.state[o].rows.get(keys.row(i).data()) {
                 cand.extend(entries.iter().enumerate().map(|(j, e)| (i, j, e.at)));
+                cand_count.extend(entries.iter().map(|e| e.count));
             }
         }
+        // Only outer and semi joins read a partner's match count (its first match retracts its
+        // NULL-padded row, ...); an inner join neither looks the partners up again nor writes
+        // to them, so their entries' `matches` stay as they were (0).
+        let jt = self.spec.join_type;
+        let track_partners = jt.preserves(o) || jt.semi(o);
         let passes = self.evaluate_filter(s, batch, &cand)?;
         let mut results = OutRows::default();
         // The rows this batch adds to the state, copied into one stored batch at the end.
@@ -355,6 +363,19 @@ impl Join {
             }
             let key = keys.row(i).data();
             let mut matched = 0i64;
+            if !track_partners {
+                while c < cand.len() && cand[c].0 == i {
+                    if passes[c] {
+                        let (at, count) = (cand[c].2, cand_count[c]);
+                        matched += count;
+                        let kind = if add { RowKind::Insert } else { RowKind::Delete };
+                        for _ in 0..if jt.pairs() { count } else { 0 } {
+                            results.push_from(s, me, Some(Ref::Held(at.0, at.1)), kind);
+                        }
+                    }
+                    c += 1;
+                }
+            }
             // The partners' entries under this key, looked up once for all of them.
             let has_cand = c < cand.len() && cand[c].0 == i;
             let mut partners = if has_cand { self.state[o].rows.get_mut(key) } else { None };
