@@ -28,6 +28,11 @@ pub struct BenchArgs {
     /// Partitions of the windows benchmark's topic.
     #[arg(long, default_value_t = 4)]
     partitions: u32,
+    /// Runs of each configuration: the row shows the run with the median CPU time, and the range
+    /// of events per CPU-second over all of them (on a shared or virtual machine the large-state
+    /// queries vary by 10-20% from run to run).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    repeat: u32,
     /// Nexmark queries to run, comma-separated.
     #[arg(long, default_value = "q0,q1,q2,q3,q4,q5,q7,q8,q9,q10,q11,q12,q13,q14,q15,q16,q17,q18,q19,q20,q21,q22")]
     queries: String,
@@ -138,15 +143,37 @@ fn run_child(dir: &Path, pipeline: &Path, p: u32, interval: &str) -> Result<RunC
     })
 }
 
-/// Runs one pipeline and prints its table row.
-fn measure(dir: &Path, label: &str, pipeline: std::path::PathBuf, p: u32, interval: &str, events: u64) -> Result<()> {
-    let c = run_child(dir, &pipeline, p, interval)?;
-    // The run's checkpoints (GBs for the largest states) are of no use once it is measured, and
-    // left behind they fill the disk and the page cache, which slows the runs after it.
-    let job = pipeline.file_stem().map(|stem| dir.join("jobs").join(stem));
-    if let Some(job) = job.filter(|j| j.exists()) {
-        std::fs::remove_dir_all(&job).with_context(|| format!("removing the measured job's data {}", job.display()))?;
+/// Runs one pipeline `repeat` times and prints its table row (the median run by CPU time).
+#[allow(clippy::too_many_arguments)]
+fn measure(
+    dir: &Path,
+    label: &str,
+    pipeline: std::path::PathBuf,
+    p: u32,
+    interval: &str,
+    events: u64,
+    repeat: u32,
+) -> Result<()> {
+    let mut runs = vec![];
+    for _ in 0..repeat {
+        runs.push(run_child(dir, &pipeline, p, interval)?);
+        // The run's checkpoints (GBs for the largest states) are of no use once it is measured,
+        // and left behind they fill the disk and the page cache, which slows the runs after it.
+        let job = pipeline.file_stem().map(|stem| dir.join("jobs").join(stem));
+        if let Some(job) = job.filter(|j| j.exists()) {
+            std::fs::remove_dir_all(&job)
+                .with_context(|| format!("removing the measured job's data {}", job.display()))?;
+        }
     }
+    runs.sort_by(|a, b| a.cpu.total_cmp(&b.cpu));
+    let per_cpu = |r: &RunCost| events as f64 / r.cpu;
+    let spread = match (runs.last(), runs.first()) {
+        (Some(slowest), Some(fastest)) if runs.len() > 1 => {
+            format!(" ({:.2}–{:.2} M over {} runs)", per_cpu(slowest) / 1e6, per_cpu(fastest) / 1e6, runs.len())
+        }
+        _ => String::new(),
+    };
+    let c = &runs[runs.len() / 2];
     // A bounded run ends only once every source is exhausted, so all `events` were generated. The
     // rows read are fewer when a query reads only some kinds of event (the generator then builds
     // only those: 2% of events are persons, 6% auctions, 92% bids), and more when it reads the
@@ -154,11 +181,11 @@ fn measure(dir: &Path, label: &str, pipeline: std::path::PathBuf, p: u32, interv
     anyhow::ensure!(c.events > 0, "{label}: the benchmark read no rows");
     // Rates count the stream's events once, however many sources read it.
     println!(
-        "| {label} | {p} | {interval} | {:.2} | {:.0} | {:.2} | {:.0} | {} | {:.0} |",
+        "| {label} | {p} | {interval} | {:.2} | {:.0} | {:.2} | {:.0}{spread} | {} | {:.0} |",
         c.wall,
         events as f64 / c.wall,
         c.cpu,
-        events as f64 / c.cpu,
+        per_cpu(c),
         c.checkpoints,
         c.peak_rss_mb
     );
@@ -211,7 +238,7 @@ pub fn bench(data_dir: &Path, args: BenchArgs) -> Result<()> {
                     }
                     let pipeline = dir.join(format!("bench-p{p}-{ci}.sql"));
                     std::fs::write(&pipeline, demo_sql(&source, &sink))?;
-                    measure(&dir, "windows", pipeline, p, ci, args.events)?;
+                    measure(&dir, "windows", pipeline, p, ci, args.events, args.repeat)?;
                 }
             }
         }
@@ -240,7 +267,7 @@ pub fn bench(data_dir: &Path, args: BenchArgs) -> Result<()> {
                             &pipeline,
                             format!("{}\n{sql}", NEXMARK_DDL.replace("${EVENTS}", &args.events.to_string())),
                         )?;
-                        measure(&dir, &format!("nexmark {q}"), pipeline, p, ci, args.events)?;
+                        measure(&dir, &format!("nexmark {q}"), pipeline, p, ci, args.events, args.repeat)?;
                     }
                 }
             }
