@@ -111,6 +111,34 @@ fn wrong_names_types_and_options_are_explained() {
 }
 
 #[test]
+fn type_errors_name_the_column_and_the_types() {
+    // Refused at plan time (DataFusion would cast the string on each row and fail at run time).
+    refused(
+        "INSERT INTO out_t SELECT user_id, ts, ts AS t2, amount, amount AS a2 FROM events WHERE user_id > 5;",
+        &["line 7, column", "type error: user_id (VARCHAR) > 5 (BIGINT)", "CAST(user_id AS BIGINT)"],
+    );
+    refused(
+        "INSERT INTO out_t SELECT user_id, ts, ts AS t2, amount, amount AS a2 FROM events WHERE amount = 'ten';",
+        &["type error: amount (BIGINT) = 'ten' (VARCHAR)", "CAST('ten' AS BIGINT)"],
+    );
+    refused(
+        "INSERT INTO out_t SELECT user_id, window_start, window_end, COUNT(*), SUM(user_id)\nFROM TABLE(TUMBLE(TABLE events, DESCRIPTOR(ts), INTERVAL '10' SECOND)) GROUP BY user_id, window_start, window_end;",
+        &["line 7, column 71: type error: SUM(user_id) takes no argument of type VARCHAR"],
+    );
+    refused(
+        "INSERT INTO out_t SELECT user_id, ts, ts AS t2, amount, amount + user_id FROM events;",
+        &["line 7, column 64: type error: BIGINT + VARCHAR"],
+    );
+    refused(
+        "INSERT INTO out_t SELECT user_id, ts, ts AS t2, amount, user_id AS a2 FROM events;",
+        &[
+            "line 7, column 13: type error: INSERT INTO out_t: column total (BIGINT) cannot take query column a2 (VARCHAR)",
+            "CAST(a2 AS BIGINT)",
+        ],
+    );
+}
+
+#[test]
 fn a_missing_source_topic_says_how_to_create_it() {
     let dir = tempfile::tempdir().unwrap();
     let sql = dir.path().join("p.sql");

@@ -492,12 +492,13 @@ impl NexmarkSource {
     /// The event time of event `n`.
     fn time_of(&self, n: u64) -> i64 {
         let g = self.cfg.out_of_order_group.max(1);
-        // A fixed permutation inside the group: multiply by a step coprime with g.
+        // A fixed permutation inside the group: i -> (i * step + 1) mod g, with the step coprime
+        // with g, is one-to-one and never the identity (a multiplication alone is, for g = 2).
         let slot = if g == 1 {
             n
         } else {
             let group = n / g * g;
-            group + ((n - group) * self.step) % g
+            group + ((n - group) * self.step + 1) % g
         };
         let rate = self.cfg.rate.max(1);
         let offset = match slot.checked_mul(1000) {
@@ -702,6 +703,42 @@ mod tests {
                     assert_eq!(some.column(i).null_count(), some.num_rows(), "kinds {kinds:?}, column {name}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn out_of_order_groups_permute_times_within_each_group() {
+        let source = |group: u64| {
+            NexmarkSource::new(NexmarkConfig {
+                table: "t".into(),
+                events: Some(1000),
+                rate: 1000,
+                splits: 1,
+                out_of_order_group: group,
+                seed: 1,
+                base_time_ms: 0,
+                batch_size: 100,
+                schema: flink_schema(),
+                computed: None,
+                event_time: None,
+                event_types: None,
+            })
+        };
+        let in_order = source(1);
+        assert!((0..1000).all(|n| in_order.time_of(n) == n as i64), "group 1: event n at n ms");
+        for group in [2, 4, 10, 12] {
+            let s = source(group);
+            let times: Vec<i64> = (0..1000).map(|n| s.time_of(n)).collect();
+            let mut moved = 0;
+            for (g, chunk) in times.chunks_exact(group as usize).enumerate() {
+                // Each group holds exactly its own in-order times, in another order.
+                let mut sorted = chunk.to_vec();
+                sorted.sort_unstable();
+                let own: Vec<i64> = (0..chunk.len() as i64).map(|k| g as i64 * group as i64 + k).collect();
+                assert_eq!(sorted, own, "group size {group}, group {g}");
+                moved += chunk.windows(2).filter(|w| w[0] > w[1]).count();
+            }
+            assert!(moved > 0, "group size {group}: some events are out of order");
         }
     }
 

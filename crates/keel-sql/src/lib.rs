@@ -23,6 +23,7 @@ pub mod script;
 mod share;
 mod slicing;
 mod translate;
+mod type_check;
 mod window_calls;
 
 pub use connectors::{SinkKind, SourcePlan};

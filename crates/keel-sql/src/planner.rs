@@ -197,6 +197,7 @@ pub(crate) fn plan_insert(
     let sql = script::render(&rewritten);
     let state = ctx.state();
     let plan = futures::executor::block_on(state.create_logical_plan(&sql)).map_err(|e| located(e, query))?;
+    crate::type_check::check_plan(&plan, query)?;
     // Refuse what the optimizer might otherwise quietly drop (an ORDER BY, for one).
     let mut refusal = None;
     let _ = plan.apply(|node| {
@@ -226,7 +227,11 @@ pub(crate) fn plan_insert(
     if let Some(e) = refusal {
         return Err(e);
     }
-    let plan = state.optimize(&plan).map_err(planning("optimizing the query"))?;
+    let plan = state.optimize(&plan).map_err(|e| {
+        let message = e.strip_backtrace();
+        crate::type_check::coercion_error(&message, query)
+            .unwrap_or_else(|| SqlError::Planning { context: "optimizing the query".into(), message })
+    })?;
     let mut t = crate::translate::Translator {
         state: &state,
         query,
@@ -270,16 +275,18 @@ pub(crate) fn plan_insert(
     }
     let mut casts: Vec<Arc<dyn PhysicalExpr>> = vec![];
     for (i, (from, to)) in out_schema.fields().iter().zip(sink_schema.fields()).enumerate() {
-        if !arrow::compute::can_cast_types(from.data_type(), to.data_type()) {
+        if !crate::type_check::sink_accepts(from.data_type(), to.data_type()) {
+            let (want, have) =
+                (crate::type_check::sql_type(to.data_type()), crate::type_check::sql_type(from.data_type()));
             return Err(SqlError::invalid(
                 sink_name.1,
                 format!(
-                    "INSERT INTO {}: column {} ({}) cannot take query column {} of type {}",
+                    "type error: INSERT INTO {}: column {} ({want}) cannot take query column {} ({have}); write \
+                     CAST({} AS {want}) in the query, or declare the column {have}",
                     sink.name,
                     to.name(),
-                    to.data_type(),
                     from.name(),
-                    from.data_type()
+                    from.name(),
                 ),
             ));
         }
@@ -294,6 +301,9 @@ pub(crate) fn plan_insert(
 /// A DataFusion planning error, placed at the name it complains about when there is one.
 fn located(e: datafusion::error::DataFusionError, query: &[Tok]) -> SqlError {
     let message = e.strip_backtrace();
+    if let Some(type_error) = crate::type_check::coercion_error(&message, query) {
+        return type_error;
+    }
     let name = ["No field named ", "table '", "Invalid function '"].iter().find_map(|marker| {
         let rest = &message[message.find(marker)? + marker.len()..];
         let end = rest.find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.')).unwrap_or(rest.len());
