@@ -139,6 +139,58 @@ fn type_errors_name_the_column_and_the_types() {
 }
 
 #[test]
+fn late_rows_of_an_interval_join_go_to_the_dead_letter_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    run_ok(keel(dir.path()).args(["topic", "create", "events"]));
+    // One record per append, so that each is its own batch: the 00:00:02 row comes after the
+    // watermark reached 00:00:24 and is late on whichever side has seen that (each side reads the
+    // topic through its own source, so how many sides have is a race; the count below is not).
+    for l in [
+        r#"{"user_id":"a","amount":1,"ts":"2024-01-01T00:00:01Z"}"#,
+        r#"{"user_id":"a","amount":10,"ts":"2024-01-01T00:00:25Z"}"#,
+        r#"{"user_id":"a","amount":100,"ts":"2024-01-01T00:00:02Z"}"#,
+        r#"{"user_id":"a","amount":1000,"ts":"2024-01-01T00:00:26Z"}"#,
+    ] {
+        assert!(produce(dir.path(), "events", &format!("{l}\n")).status.success());
+    }
+    let sql = dir.path().join("j.sql");
+    std::fs::write(
+        &sql,
+        "CREATE TABLE events (user_id VARCHAR, amount BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
+WITH ('connector' = 'topic', 'topic' = 'events', 'format' = 'json', 'late-records' = 'dead-letter');
+CREATE TABLE out_j (user_id VARCHAR, a1 BIGINT, a2 BIGINT) WITH ('connector' = 'topic', 'topic' = 'outj', 'format' = 'json');
+INSERT INTO out_j SELECT x.user_id, x.amount, y.amount FROM events x JOIN events y
+ON x.user_id = y.user_id AND y.ts BETWEEN x.ts - INTERVAL '1' SECOND AND x.ts + INTERVAL '1' SECOND;",
+    )
+    .unwrap();
+    let mut letters_before = 0;
+    let mut some_late = false;
+    for _ in 0..5 {
+        let out = run_ok(keel(dir.path()).args(["run", sql.to_str().unwrap(), "--bounded", "--fresh", "-p", "1"]));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let late: usize = stderr
+            .split(" late record(s)")
+            .next()
+            .and_then(|s| s.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        let letters = topic_rows(dir.path(), "j-dead-letter");
+        let new = &letters[letters_before.min(letters.len())..];
+        assert_eq!(new.len(), late, "every late row counted is one dead letter, once: {stderr}\n{new:?}");
+        for l in new {
+            assert_eq!(l["record"]["amount"].as_i64(), Some(100), "only the 00:00:02 row can be late: {l}");
+            assert!(l["error"].as_str().unwrap().starts_with("late: "), "{l}");
+        }
+        letters_before = letters.len();
+        some_late |= late > 0;
+        if some_late {
+            break;
+        }
+    }
+    assert!(some_late, "in five runs the late row never reached the join after the watermark passed it");
+}
+
+#[test]
 fn a_missing_source_topic_says_how_to_create_it() {
     let dir = tempfile::tempdir().unwrap();
     let sql = dir.path().join("p.sql");

@@ -90,7 +90,10 @@ pub fn run(data_dir: &Path, args: RunArgs) -> Result<()> {
     }
     let (bad, late) = (Metrics::get(&m.bad_records), Metrics::get(&m.late_records));
     if bad > 0 || late > 0 {
-        eprintln!("{bad} bad record(s), {late} late record(s) dropped from closed windows");
+        eprintln!(
+            "{bad} bad record(s), {late} late record(s) kept out of closed windows and expired joins (dropped, or \
+             written to the dead-letter topic where the table says 'late-records' = 'dead-letter')"
+        );
     }
     Ok(())
 }

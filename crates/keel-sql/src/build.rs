@@ -59,7 +59,7 @@ fn describe_op(o: &PlannedOp) -> String {
             g.aggregates.iter().map(|a| format!("{:?}", a.func)).collect::<Vec<_>>().join(", "),
             g.state_ttl.map(|t| format!(", TTL {t:?}")).unwrap_or_default()
         ),
-        PlannedOp::Join(j) => {
+        PlannedOp::Join(j, _) => {
             let kind = match (j.left.expiry, j.output_updating) {
                 (Some(_), _) => "time-bounded (interval or window) join, rows dropped as the watermark passes",
                 (None, true) => "regular join, emits a changelog",
@@ -415,7 +415,18 @@ impl InsertBuilder<'_> {
                     PlannedOp::GroupAggregate(spec) => {
                         op(uid_of("group-aggregate", si), move || Ok(Box::new(GroupAggregate::new(spec.clone())?)))
                     }
-                    PlannedOp::Join(spec) => op(uid_of("join", si), move || Ok(Box::new(Join::new(spec.clone())?))),
+                    PlannedOp::Join(spec, late_tables) => {
+                        let uid = uid_of("join", si);
+                        let mut spec = spec.as_ref().clone();
+                        for (side, table) in late_tables.iter().enumerate() {
+                            if let Some(t) = table {
+                                let name = if side == 0 { "left" } else { "right" };
+                                spec.late_output[side] = self.late_output(t, &format!("{uid}-late-{name}"))?;
+                            }
+                        }
+                        let spec = Arc::new(spec);
+                        op(uid, move || Ok(Box::new(Join::new(spec.clone())?)))
+                    }
                     PlannedOp::Rank(spec) => op(uid_of("rank", si), move || Ok(Box::new(Rank::new(spec.clone())?))),
                     PlannedOp::Over(spec) => {
                         op(uid_of("over", si), move || Ok(Box::new(OverAggregate::new(spec.clone())?)))
@@ -434,7 +445,8 @@ impl InsertBuilder<'_> {
         Ok(out)
     }
 
-    /// The side output for late rows of a window aggregate over `table`, if it asks for one.
+    /// The side output for late rows of a window aggregate or a time-bounded join side over
+    /// `table`, if it asks for one.
     fn late_output(
         &self,
         table: &crate::script::TableDef,

@@ -147,5 +147,5 @@ pub(crate) fn plan_over(t: &mut Translator<'_>, w: &datafusion::logical_expr::Wi
         input: PlannedInput::Exchange { from: s.stage, keys: partition_cols },
         ops: vec![PlannedOp::Over(Arc::new(spec))],
     });
-    Ok(Stream { stage: t.stages.len() - 1, partitioned: None, ..s })
+    Ok(Stream { stage: t.stages.len() - 1, partitioned: None, table: None, ..s })
 }

@@ -106,7 +106,8 @@ pub enum PlannedOp {
     },
     WindowTopN(Arc<TopNSpec>),
     GroupAggregate(Arc<GroupAggregateSpec>),
-    Join(Arc<JoinSpec>),
+    /// A join, with the tables whose 'late-records' option applies to each side's late rows.
+    Join(Arc<JoinSpec>, Box<[Option<TableDef>; 2]>),
     Rank(Arc<RankSpec>),
     Over(Arc<OverSpec>),
 }

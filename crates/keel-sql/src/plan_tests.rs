@@ -29,7 +29,7 @@ fn shape(stages: &[PlannedStage]) -> Vec<(bool, bool, &'static str)> {
                 PlannedInput::Forward { .. } => "forward",
                 PlannedInput::Join { .. } => "join",
             };
-            (has(|o| matches!(o, PlannedOp::Join(_))), has(|o| matches!(o, PlannedOp::Rank(_))), input)
+            (has(|o| matches!(o, PlannedOp::Join(..))), has(|o| matches!(o, PlannedOp::Rank(_))), input)
         })
         .collect()
 }
@@ -99,4 +99,25 @@ FROM (SELECT MAX(B.price) AS final, A.seller, MAX(B.dateTime) AS dateTime FROM a
     };
     let err = crate::plan(&sql, &opts).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(err.contains("an OVER aggregation over an updating input is not supported"), "{err}");
+}
+
+#[test]
+fn time_bounded_join_sides_carry_their_tables_late_records_option() {
+    let late_tables = |query: &str| -> Vec<Option<String>> {
+        let stages = stages(query);
+        let op = stages.iter().flat_map(|s| &s.ops).find(|o| matches!(o, PlannedOp::Join(..)));
+        match op {
+            Some(PlannedOp::Join(_, tables)) => tables.iter().map(|t| t.as_ref().map(|t| t.name.clone())).collect(),
+            _ => panic!("no join planned"),
+        }
+    };
+    // An interval join: both sides are bounded by time, and both read the generator's table.
+    let interval = format!(
+        "{SINK}
+INSERT INTO out_t SELECT A.id, B.bidder, B.price FROM auction A, bid B
+WHERE A.id = B.auction AND B.dateTime BETWEEN A.dateTime AND A.dateTime + INTERVAL '10' SECOND;"
+    );
+    assert_eq!(late_tables(&interval), [Some("datagen".to_string()), Some("datagen".to_string())]);
+    // q9's regular join keeps its rows (no row is ever late), so no side has a late-row output.
+    assert_eq!(late_tables(include_str!("../../../nexmark/q9.sql")), [None, None]);
 }

@@ -49,6 +49,9 @@ pub(crate) struct Stream {
     /// exactly these columns can join `stage` instead of starting one behind another exchange.
     /// The key group of a row is the same either way, so its state is placed the same.
     pub partitioned: Option<Vec<usize>>,
+    /// The table whose rows (filtered, projected, assigned to windows) this stream still is, for
+    /// its options about them ('late-records').
+    pub table: Option<String>,
 }
 
 pub(crate) struct Translator<'a> {
@@ -88,6 +91,7 @@ impl Stream {
             proctime: None,
             processing_time: false,
             partitioned: None,
+            table: None,
         }
     }
 }
@@ -193,7 +197,7 @@ impl Translator<'_> {
                 let spec = crate::planner::plan_top_n(self.state, w, self.query)?;
                 let keys = spec.partition_cols.clone();
                 let stage = self.new_stage(PlannedInput::Exchange { from: s.stage, keys }, PlannedOp::WindowTopN(spec));
-                Ok(Stream { stage, updating: false, rowtime: None, partitioned: None, ..s })
+                Ok(Stream { stage, updating: false, rowtime: None, partitioned: None, table: None, ..s })
             }
             LogicalPlan::Window(w) => crate::over::plan_over(self, w),
             LogicalPlan::Join(j) => self.join(j),
@@ -370,6 +374,7 @@ impl Translator<'_> {
             proctime,
             processing_time: window.is_some_and(|w| w.processing_time),
             partitioned: None,
+            table: Some(table_name.clone()),
         };
         Ok((s, full))
     }
@@ -443,6 +448,7 @@ impl Translator<'_> {
                 proctime: None,
                 processing_time: false,
                 partitioned: None,
+                table: None,
             });
         }
         // An unwindowed GROUP BY: an updating result.
@@ -709,6 +715,11 @@ impl Translator<'_> {
         if out.updating {
             fields.push(op_field());
         }
+        // A time-bounded side drops late rows; its table's 'late-records' says where they go.
+        let late_table = |st: &Stream, bounded: bool| {
+            st.table.as_ref().filter(|_| bounded).and_then(|name| self.tables.get(name)).cloned()
+        };
+        let late_tables = [late_table(&l, left.expiry.is_some()), late_table(&r, right.expiry.is_some())];
         let spec = JoinSpec {
             left,
             right,
@@ -717,6 +728,7 @@ impl Translator<'_> {
             output_schema: Arc::new(Schema::new(fields)),
             output_updating: out.updating,
             state_ttl: self.settings.state_ttl,
+            late_output: [None, None],
         };
         // The left side's key columns stay where they are in the output (left columns first); a
         // key computed into an extra column is projected away below.
@@ -725,7 +737,7 @@ impl Translator<'_> {
         }
         out.stage = self.new_stage(
             PlannedInput::Join { left: (l.stage, lkeys), right: (r.stage, rkeys) },
-            PlannedOp::Join(Arc::new(spec)),
+            PlannedOp::Join(Arc::new(spec), Box::new(late_tables)),
         );
         if !lextra.is_empty() || !rextra.is_empty() {
             // Back to the join's own columns.

@@ -17,22 +17,21 @@
 //! subtask; a key containing NULL never matches (SQL equality), so such rows are not kept (an
 //! outer side emits them padded at once); state is checkpointed per key group and restored by key
 //! group; a time-bounded side's row is forgotten once `watermark >= time + offset`, and a row that
-//! arrives already past that point is late (counted and dropped).
+//! arrives already past that point is late (counted, and dropped or written to its table's
+//! dead-letter output, staged with each checkpoint and committed when it completes).
 
 use crate::changelog::{RowKind, changelog_batch, row_kinds};
 use crate::error::{Result, RuntimeError};
 use crate::exchange::row_key_groups;
 use crate::metrics::Metrics;
-use crate::operator::{Operator, RestoredState, TaskContext, write_error};
+use crate::operator::{Operator, RestoredState, SideOutput, SideOutputFactory, TaskContext, write_error};
 use crate::ops::held::{HeldBatches, by_position, snapshot_chunks};
+use crate::ops::join_filter::JoinFilter;
 use crate::ops::short_bytes::ShortBytes;
 use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
 use arrow::row::{RowConverter, SortField};
-use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_expr::expressions::Column;
-use datafusion::physical_expr::utils::collect_columns;
 use hashbrown::HashMap;
 use keel_state::{Counted, StateOut};
 use keel_types::KeyGroupRange;
@@ -110,6 +109,9 @@ pub struct JoinSpec {
     /// False only when no retraction can come out (inner join of append-only inputs).
     pub output_updating: bool,
     pub state_ttl: Option<Duration>,
+    /// Where each side's late rows go (`'late-records' = 'dead-letter'` on its table); `None`
+    /// drops them (they are counted either way).
+    pub late_output: [Option<SideOutputFactory>; 2],
 }
 
 struct Entry {
@@ -165,52 +167,6 @@ impl OutRows {
     }
 }
 
-/// The non-equi condition, rewritten to read only the columns it uses: `cols[s]` of side `s`
-/// (left ones first, then right ones, in `schema`).
-struct JoinFilter {
-    expr: Arc<dyn PhysicalExpr>,
-    cols: [Vec<usize>; 2],
-    schema: SchemaRef,
-}
-
-impl JoinFilter {
-    fn new(spec: &JoinSpec) -> Result<Option<Self>> {
-        let Some(filter) = &spec.filter else { return Ok(None) };
-        let nl = spec.left.schema.fields().len();
-        let mut used: Vec<usize> = collect_columns(filter).iter().map(|c| c.index()).collect();
-        used.sort_unstable();
-        used.dedup();
-        let cols = [
-            used.iter().filter(|&&i| i < nl).copied().collect::<Vec<_>>(),
-            used.iter().filter(|&&i| i >= nl).map(|&i| i - nl).collect::<Vec<_>>(),
-        ];
-        let field = |s: &JoinSide, i: usize| {
-            s.schema.fields().get(i).map(|f| f.as_ref().clone().with_nullable(true)).ok_or_else(|| {
-                RuntimeError::Internal(format!("the join condition reads column {i}, which its side does not have"))
-            })
-        };
-        let mut fields = vec![];
-        for &i in &cols[0] {
-            fields.push(field(&spec.left, i)?);
-        }
-        for &i in &cols[1] {
-            fields.push(field(&spec.right, i)?);
-        }
-        let expr = filter
-            .clone()
-            .transform(|e| match e.downcast_ref::<Column>() {
-                Some(c) => {
-                    let at = used.binary_search(&c.index()).unwrap_or(usize::MAX);
-                    Ok(Transformed::yes(Arc::new(Column::new(c.name(), at)) as Arc<dyn PhysicalExpr>))
-                }
-                None => Ok(Transformed::no(e)),
-            })
-            .map_err(RuntimeError::expr("join condition"))?
-            .data;
-        Ok(Some(JoinFilter { expr, cols, schema: Arc::new(Schema::new(fields)) }))
-    }
-}
-
 pub struct Join {
     spec: Arc<JoinSpec>,
     filter: Option<JoinFilter>,
@@ -224,6 +180,8 @@ pub struct Join {
     epoch: Instant,
     last_expiry: Instant,
     metrics: Option<Arc<Metrics>>,
+    /// Each side's late-row output, when it has one (see `JoinSpec::late_output`).
+    late: [Option<Box<dyn SideOutput>>; 2],
 }
 
 fn converter(schema: &Schema, cols: &[usize]) -> Result<RowConverter> {
@@ -267,6 +225,7 @@ impl Join {
             epoch: Instant::now(),
             last_expiry: Instant::now(),
             metrics: None,
+            late: [None, None],
         })
     }
 
@@ -321,6 +280,18 @@ impl Join {
             && let Some(m) = &self.metrics
         {
             Metrics::add(&m.late_records, late);
+        }
+        if late > 0
+            && let Some(out) = &mut self.late[s]
+        {
+            let rows: Vec<u32> = (0..n as u32).filter(|&i| !live[i as usize]).collect();
+            let data = RecordBatch::try_new(side.schema.clone(), data.to_vec())
+                .and_then(|b| arrow::compute::take_record_batch(&b, &UInt32Array::from(rows)))
+                .map_err(RuntimeError::arrow("late join rows"))?;
+            out.emit(
+                &data,
+                "late: the watermark had passed the time bound of the join, so no row it could match was left",
+            )?;
         }
         // Candidate partners of every row, from the other side's state (fixed for this batch).
         // (input row, entry index under its key, the entry's held row)
@@ -698,6 +669,9 @@ impl Operator for Join {
     fn open(&mut self, ctx: &TaskContext, restored: RestoredState) -> Result<()> {
         self.key_groups = ctx.key_groups;
         self.metrics = Some(ctx.metrics.clone());
+        for (late, factory) in self.late.iter_mut().zip(&self.spec.late_output) {
+            *late = factory.as_ref().map(|f| (f.0)(ctx, restored.checkpoint)).transpose()?;
+        }
         let range = KeyGroupRange::of_subtask(ctx.subtask, ctx.key_groups, ctx.parallelism);
         let mut wm: Option<i64> = None;
         for part in restored.parts.iter().filter(|p| p.len() >= 16) {
@@ -770,7 +744,18 @@ impl Operator for Join {
 
     /// watermark (8 bytes) | left length (8 bytes) | left IPC | right IPC, each side encoded a
     /// chunk at a time straight into `out` (the left length is filled in once it is known).
-    fn snapshot_into(&mut self, _checkpoint: u64, out: &mut dyn StateOut) -> Result<bool> {
+    fn checkpoint_complete(&mut self, checkpoint: u64) -> Result<()> {
+        for out in self.late.iter_mut().flatten() {
+            out.commit(checkpoint)?;
+        }
+        Ok(())
+    }
+
+    fn snapshot_into(&mut self, checkpoint: u64, out: &mut dyn StateOut) -> Result<bool> {
+        // Late rows written since the last barrier are staged with this checkpoint.
+        for late in self.late.iter_mut().flatten() {
+            late.pre_commit(checkpoint)?;
+        }
         if self.state.iter().all(|s| s.rows.is_empty()) {
             return Ok(false);
         }

@@ -28,6 +28,7 @@ fn spec(join_type: JoinType, updating: [bool; 2], filter: Option<Arc<dyn Physica
         fields.push(crate::changelog::op_field());
     }
     Arc::new(JoinSpec {
+        late_output: [None, None],
         left: side("l", updating[0]),
         right: side("r", updating[1]),
         join_type,
@@ -193,6 +194,63 @@ fn time_bounded_rows_expire_and_late_rows_are_dropped() {
     assert_eq!(op.state[1].rows.values().flatten().count(), 1, "only y (111) is still held");
     assert_eq!(op.state[0].held.stored_batches(), 0, "a side whose rows all expired holds no stored batch");
     assert_eq!(op.state[1].held.stored_batches(), 1, "the batch holding y is kept");
+}
+
+/// A side output that records what happens to it: (rows' values, reason) emitted, and the
+/// pre-commits and commits in order.
+#[derive(Default)]
+struct Recorded {
+    emitted: Vec<(Vec<String>, String)>,
+    events: Vec<String>,
+}
+
+struct RecordingOutput(Arc<std::sync::Mutex<Recorded>>);
+
+impl SideOutput for RecordingOutput {
+    fn emit(&mut self, rows: &RecordBatch, reason: &str) -> Result<()> {
+        let v = rows.column(1).as_string::<i32>();
+        let values = (0..rows.num_rows()).map(|i| v.value(i).to_string()).collect();
+        self.0.lock().unwrap().emitted.push((values, reason.to_string()));
+        Ok(())
+    }
+    fn pre_commit(&mut self, checkpoint: u64) -> Result<()> {
+        self.0.lock().unwrap().events.push(format!("pre-commit {checkpoint}"));
+        Ok(())
+    }
+    fn commit(&mut self, checkpoint: u64) -> Result<()> {
+        self.0.lock().unwrap().events.push(format!("commit {checkpoint}"));
+        Ok(())
+    }
+}
+
+#[test]
+fn late_rows_go_to_their_sides_output_and_commit_with_checkpoints() {
+    let record = Arc::new(std::sync::Mutex::new(Recorded::default()));
+    let mut s = spec(JoinType::Inner, [false, false], None).as_ref().clone();
+    s.left.expiry = Some((2, 10));
+    s.right.expiry = Some((2, 0));
+    let r = record.clone();
+    // Only the left side's table sends late rows somewhere; the right side's are dropped.
+    s.late_output[0] = Some(SideOutputFactory(Arc::new(move |_, restored| {
+        assert_eq!(restored, Some(4), "the output is told the checkpoint it restores from");
+        Ok(Box::new(RecordingOutput(r.clone())) as Box<dyn SideOutput>)
+    })));
+    let mut op = Join::new(Arc::new(s)).unwrap();
+    let c = ctx(0, 1);
+    op.open(&c, RestoredState { checkpoint: Some(4), ..RestoredState::default() }).unwrap();
+    op.on_watermark(110, &mut vec![]).unwrap();
+    // b (99 + 10 <= 110) and d (100 + 10) are late; c (101 + 10 > 110) is not.
+    let left = rows(&[Some(1), Some(1), Some(2)], &["b", "c", "d"], &[99, 101, 100], None);
+    assert!(feed(&mut op, 0, left).is_empty());
+    assert!(feed(&mut op, 1, rows(&[Some(1)], &["y"], &[105], None)).is_empty(), "y (105 + 0) is late");
+    assert_eq!(c.metrics.late_records.load(std::sync::atomic::Ordering::Relaxed), 3, "counted either way");
+    op.snapshot_into(5, &mut Vec::new()).unwrap();
+    op.checkpoint_complete(5).unwrap();
+    let got = record.lock().unwrap();
+    assert_eq!(got.emitted.len(), 1, "one batch of late left rows: {:?}", got.emitted);
+    assert_eq!(got.emitted[0].0, ["b", "d"]);
+    assert!(got.emitted[0].1.starts_with("late: "), "{}", got.emitted[0].1);
+    assert_eq!(got.events, ["pre-commit 5", "commit 5"]);
 }
 
 #[test]

@@ -10,6 +10,7 @@ pub mod expr;
 pub mod group_aggregate;
 mod held;
 pub mod join;
+mod join_filter;
 pub mod over;
 pub mod rank;
 mod rank_store;
