@@ -191,6 +191,39 @@ ON x.user_id = y.user_id AND y.ts BETWEEN x.ts - INTERVAL '1' SECOND AND x.ts + 
 }
 
 #[test]
+fn late_rows_of_a_window_top_n_go_to_the_dead_letter_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    run_ok(keel(dir.path()).args(["topic", "create", "events"]));
+    for l in [
+        r#"{"user_id":"a","amount":1,"ts":"2024-01-01T00:00:01Z"}"#,
+        r#"{"user_id":"a","amount":10,"ts":"2024-01-01T00:00:25Z"}"#,
+        r#"{"user_id":"a","amount":100,"ts":"2024-01-01T00:00:02Z"}"#,
+        r#"{"user_id":"a","amount":1000,"ts":"2024-01-01T00:00:26Z"}"#,
+    ] {
+        assert!(produce(dir.path(), "events", &format!("{l}\n")).status.success());
+    }
+    let sql = dir.path().join("t.sql");
+    std::fs::write(
+        &sql,
+        "CREATE TABLE events (user_id VARCHAR, amount BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
+WITH ('connector' = 'topic', 'topic' = 'events', 'format' = 'json', 'late-records' = 'dead-letter');
+CREATE TABLE out_t (user_id VARCHAR, amount BIGINT, rn BIGINT) WITH ('connector' = 'topic', 'topic' = 'outt', 'format' = 'json');
+INSERT INTO out_t SELECT user_id, amount, rn FROM (
+  SELECT user_id, amount, ROW_NUMBER() OVER (PARTITION BY window_start, window_end ORDER BY amount DESC) AS rn
+  FROM TABLE(TUMBLE(TABLE events, DESCRIPTOR(ts), INTERVAL '10' SECOND))) WHERE rn <= 1;",
+    )
+    .unwrap();
+    let out = run_ok(keel(dir.path()).args(["run", sql.to_str().unwrap(), "--bounded", "-p", "1"]));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 late record(s)"));
+    let letters = topic_rows(dir.path(), "t-dead-letter");
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0]["record"]["amount"].as_i64(), Some(100));
+    assert_eq!(letters[0]["error"].as_str(), Some("late: its window had already closed and been ranked"));
+    let amounts: Vec<i64> = topic_rows(dir.path(), "outt").iter().map(|r| r["amount"].as_i64().unwrap()).collect();
+    assert_eq!(amounts, [1, 1000], "the late row took no part in its window's ranking");
+}
+
+#[test]
 fn a_missing_source_topic_says_how_to_create_it() {
     let dir = tempfile::tempdir().unwrap();
     let sql = dir.path().join("p.sql");

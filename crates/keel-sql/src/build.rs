@@ -53,7 +53,7 @@ fn describe_op(o: &PlannedOp) -> String {
                 None => String::new(),
             }
         ),
-        PlannedOp::WindowTopN(_) => "window top-n (numbers each window partition when the window closes)".into(),
+        PlannedOp::WindowTopN(..) => "window top-n (numbers each window partition when the window closes)".into(),
         PlannedOp::GroupAggregate(g) => format!(
             "group aggregate [{}] (keyed state{}, emits a changelog)",
             g.aggregates.iter().map(|a| format!("{:?}", a.func)).collect::<Vec<_>>().join(", "),
@@ -73,7 +73,9 @@ fn describe_op(o: &PlannedOp) -> String {
             r.partition_cols,
             if r.input_updating { "all rows kept" } else { "only the top rows kept" }
         ),
-        PlannedOp::Over(o) => format!("OVER aggregation {:?} (emits each row when the watermark passes it)", o.frame),
+        PlannedOp::Over(o, _) => {
+            format!("OVER aggregation {:?} (emits each row when the watermark passes it)", o.frame)
+        }
     }
 }
 
@@ -409,8 +411,14 @@ impl InsertBuilder<'_> {
                         let spec = Arc::new(spec);
                         op(uid, move || Ok(Box::new(WindowAggregate::new(spec.clone())?)))
                     }
-                    PlannedOp::WindowTopN(spec) => {
-                        op(uid_of("window-top-n", si), move || Ok(Box::new(WindowTopN::new(spec.clone()))))
+                    PlannedOp::WindowTopN(spec, late_table) => {
+                        let uid = uid_of("window-top-n", si);
+                        let mut spec = spec.as_ref().clone();
+                        if let Some(t) = &late_table {
+                            spec.late_output = self.late_output(t, &format!("{uid}-late"))?;
+                        }
+                        let spec = Arc::new(spec);
+                        op(uid, move || Ok(Box::new(WindowTopN::new(spec.clone()))))
                     }
                     PlannedOp::GroupAggregate(spec) => {
                         op(uid_of("group-aggregate", si), move || Ok(Box::new(GroupAggregate::new(spec.clone())?)))
@@ -428,8 +436,14 @@ impl InsertBuilder<'_> {
                         op(uid, move || Ok(Box::new(Join::new(spec.clone())?)))
                     }
                     PlannedOp::Rank(spec) => op(uid_of("rank", si), move || Ok(Box::new(Rank::new(spec.clone())?))),
-                    PlannedOp::Over(spec) => {
-                        op(uid_of("over", si), move || Ok(Box::new(OverAggregate::new(spec.clone())?)))
+                    PlannedOp::Over(spec, late_table) => {
+                        let uid = uid_of("over", si);
+                        let mut spec = spec.as_ref().clone();
+                        if let Some(t) = &late_table {
+                            spec.late_output = self.late_output(t, &format!("{uid}-late"))?;
+                        }
+                        let spec = Arc::new(spec);
+                        op(uid, move || Ok(Box::new(OverAggregate::new(spec.clone())?)))
                     }
                 };
                 chain.push(spec);
@@ -445,8 +459,8 @@ impl InsertBuilder<'_> {
         Ok(out)
     }
 
-    /// The side output for late rows of a window aggregate or a time-bounded join side over
-    /// `table`, if it asks for one.
+    /// The side output for late rows of a window aggregate, a time-bounded join side, a window
+    /// Top-N or an OVER aggregation over `table`, if it asks for one.
     fn late_output(
         &self,
         table: &crate::script::TableDef,

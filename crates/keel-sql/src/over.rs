@@ -142,10 +142,14 @@ pub(crate) fn plan_over(t: &mut Translator<'_>, w: &datafusion::logical_expr::Wi
         frame,
         aggregates: calls,
         output_schema: Arc::new(w.schema.as_arrow().clone()),
+        late_output: None,
     };
     t.stages.push(crate::plan::PlannedStage {
         input: PlannedInput::Exchange { from: s.stage, keys: partition_cols },
-        ops: vec![PlannedOp::Over(Arc::new(spec))],
+        ops: vec![PlannedOp::Over(
+            Arc::new(spec),
+            s.table.as_ref().and_then(|n| t.tables.get(n)).cloned().map(Box::new),
+        )],
     });
     Ok(Stream { stage: t.stages.len() - 1, partitioned: None, table: None, ..s })
 }

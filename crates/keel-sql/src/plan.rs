@@ -104,12 +104,14 @@ pub enum PlannedOp {
         spec: Arc<WindowAggregateSpec>,
         late_table: Option<TableDef>,
     },
-    WindowTopN(Arc<TopNSpec>),
+    /// A window Top-N, with the table whose 'late-records' option applies to its late rows.
+    WindowTopN(Arc<TopNSpec>, Option<Box<TableDef>>),
     GroupAggregate(Arc<GroupAggregateSpec>),
     /// A join, with the tables whose 'late-records' option applies to each side's late rows.
     Join(Arc<JoinSpec>, Box<[Option<TableDef>; 2]>),
     Rank(Arc<RankSpec>),
-    Over(Arc<OverSpec>),
+    /// An OVER aggregation, with the table whose 'late-records' option applies to its late rows.
+    Over(Arc<OverSpec>, Option<Box<TableDef>>),
 }
 
 #[derive(Clone)]

@@ -518,6 +518,7 @@ pub(crate) fn plan_top_n(
         numbering: numbering(f.fun.name()).unwrap_or(keel_runtime::ops::Numbering::RowNumber),
         output_schema: Arc::new(w.schema.as_arrow().clone()),
         limit: None,
+        late_output: None,
     }))
 }
 

@@ -196,7 +196,9 @@ impl Translator<'_> {
                 }
                 let spec = crate::planner::plan_top_n(self.state, w, self.query)?;
                 let keys = spec.partition_cols.clone();
-                let stage = self.new_stage(PlannedInput::Exchange { from: s.stage, keys }, PlannedOp::WindowTopN(spec));
+                let late_table = s.table.as_ref().and_then(|t| self.tables.get(t)).cloned().map(Box::new);
+                let stage = self
+                    .new_stage(PlannedInput::Exchange { from: s.stage, keys }, PlannedOp::WindowTopN(spec, late_table));
                 Ok(Stream { stage, updating: false, rowtime: None, partitioned: None, table: None, ..s })
             }
             LogicalPlan::Window(w) => crate::over::plan_over(self, w),
@@ -529,7 +531,7 @@ impl Translator<'_> {
             // A window Top-N: translated as usual, and told the limit so that it can drop rows
             // that can no longer make it while a window is open.
             let s = self.translate(&f.input)?;
-            if let Some(PlannedOp::WindowTopN(spec)) = self.stages[s.stage].ops.first_mut()
+            if let Some(PlannedOp::WindowTopN(spec, _)) = self.stages[s.stage].ops.first_mut()
                 && w.schema.field(w.schema.fields().len() - 1).name() == &name
                 && limit >= 1
             {

@@ -24,9 +24,10 @@ use crate::changelog::{RowKind, changelog_batch, row_kinds};
 use crate::error::{Result, RuntimeError};
 use crate::exchange::row_key_groups;
 use crate::metrics::Metrics;
-use crate::operator::{Operator, RestoredState, SideOutput, SideOutputFactory, TaskContext, write_error};
+use crate::operator::{Operator, RestoredState, SideOutputFactory, TaskContext, write_error};
 use crate::ops::held::{HeldBatches, by_position, snapshot_chunks};
 use crate::ops::join_filter::JoinFilter;
+use crate::ops::late::LateRows;
 use crate::ops::short_bytes::ShortBytes;
 use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
@@ -180,8 +181,8 @@ pub struct Join {
     epoch: Instant,
     last_expiry: Instant,
     metrics: Option<Arc<Metrics>>,
-    /// Each side's late-row output, when it has one (see `JoinSpec::late_output`).
-    late: [Option<Box<dyn SideOutput>>; 2],
+    /// Each side's late rows (see `JoinSpec::late_output`).
+    late: [LateRows; 2],
 }
 
 fn converter(schema: &Schema, cols: &[usize]) -> Result<RowConverter> {
@@ -225,7 +226,7 @@ impl Join {
             epoch: Instant::now(),
             last_expiry: Instant::now(),
             metrics: None,
-            late: [None, None],
+            late: [LateRows::default(), LateRows::default()],
         })
     }
 
@@ -268,30 +269,13 @@ impl Join {
             None
         };
         let has_null: Vec<bool> = (0..n).map(|i| key_cols.iter().any(|c| c.is_null(i))).collect();
-        let mut late = 0u64;
-        let live: Vec<bool> = (0..n)
-            .map(|i| {
-                let ok = expiry.as_ref().is_none_or(|e| e[i] > self.watermark);
-                late += u64::from(!ok);
-                ok
-            })
-            .collect();
-        if late > 0
-            && let Some(m) = &self.metrics
-        {
-            Metrics::add(&m.late_records, late);
-        }
-        if late > 0
-            && let Some(out) = &mut self.late[s]
-        {
-            let rows: Vec<u32> = (0..n as u32).filter(|&i| !live[i as usize]).collect();
-            let data = RecordBatch::try_new(side.schema.clone(), data.to_vec())
-                .and_then(|b| arrow::compute::take_record_batch(&b, &UInt32Array::from(rows)))
+        let live: Vec<bool> = (0..n).map(|i| expiry.as_ref().is_none_or(|e| e[i] > self.watermark)).collect();
+        let late: Vec<u32> = (0..n as u32).filter(|&i| !live[i as usize]).collect();
+        if !late.is_empty() {
+            let rows = RecordBatch::try_new(side.schema.clone(), data.to_vec())
                 .map_err(RuntimeError::arrow("late join rows"))?;
-            out.emit(
-                &data,
-                "late: the watermark had passed the time bound of the join, so no row it could match was left",
-            )?;
+            let reason = "late: the watermark had passed the time bound of the join, so no row it could match was left";
+            self.late[s].found(self.metrics.as_deref(), &rows, late, reason)?;
         }
         // Candidate partners of every row, from the other side's state (fixed for this batch).
         // (input row, entry index under its key, the entry's held row)
@@ -670,7 +654,7 @@ impl Operator for Join {
         self.key_groups = ctx.key_groups;
         self.metrics = Some(ctx.metrics.clone());
         for (late, factory) in self.late.iter_mut().zip(&self.spec.late_output) {
-            *late = factory.as_ref().map(|f| (f.0)(ctx, restored.checkpoint)).transpose()?;
+            *late = LateRows::open(factory.as_ref(), ctx, restored.checkpoint)?;
         }
         let range = KeyGroupRange::of_subtask(ctx.subtask, ctx.key_groups, ctx.parallelism);
         let mut wm: Option<i64> = None;
@@ -745,15 +729,15 @@ impl Operator for Join {
     /// watermark (8 bytes) | left length (8 bytes) | left IPC | right IPC, each side encoded a
     /// chunk at a time straight into `out` (the left length is filled in once it is known).
     fn checkpoint_complete(&mut self, checkpoint: u64) -> Result<()> {
-        for out in self.late.iter_mut().flatten() {
-            out.commit(checkpoint)?;
+        for late in &mut self.late {
+            late.commit(checkpoint)?;
         }
         Ok(())
     }
 
     fn snapshot_into(&mut self, checkpoint: u64, out: &mut dyn StateOut) -> Result<bool> {
         // Late rows written since the last barrier are staged with this checkpoint.
-        for late in self.late.iter_mut().flatten() {
+        for late in &mut self.late {
             late.pre_commit(checkpoint)?;
         }
         if self.state.iter().all(|s| s.rows.is_empty()) {

@@ -11,6 +11,7 @@ pub mod group_aggregate;
 mod held;
 pub mod join;
 mod join_filter;
+mod late;
 pub mod over;
 pub mod rank;
 mod rank_store;

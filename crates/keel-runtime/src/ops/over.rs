@@ -4,8 +4,9 @@
 //!
 //! Invariants:
 //! - A row whose time is at or below the watermark when it arrives (or NULL) is late: counted in
-//!   `late_records` and dropped. Every other row is buffered until the watermark reaches its time,
-//!   then emitted; one watermark emits one batch ordered by (time, arrival).
+//!   `late_records` and dropped, or written to the dead-letter output (`late.rs`). Every other
+//!   row is buffered until the watermark reaches its time, then emitted; one watermark emits one
+//!   batch ordered by (time, arrival).
 //! - Within a partition rows are taken in (time, arrival) order. A ROWS frame is the row and the N
 //!   rows before it in that order; a RANGE frame is every row of the partition with time in
 //!   `[t - r, t]`, so rows of equal time are in each other's frame and share their results.
@@ -24,9 +25,10 @@
 use crate::error::{Result, RuntimeError};
 use crate::exchange::row_key_groups;
 use crate::metrics::Metrics;
-use crate::operator::{Operator, RestoredState, TaskContext};
+use crate::operator::{Operator, RestoredState, SideOutputFactory, TaskContext};
 use crate::ops::accumulators::Accumulator;
 use crate::ops::aggregate::AggregateCall;
+use crate::ops::late::LateRows;
 use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array, UInt64Array};
 use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit, TimestampMillisecondType};
@@ -64,6 +66,9 @@ pub struct OverSpec {
     pub aggregates: Vec<AggregateCall>,
     /// Input columns + one per aggregate.
     pub output_schema: SchemaRef,
+    /// Where late rows go (`'late-records' = 'dead-letter'` on the input's table); `None` drops
+    /// them (they are counted either way).
+    pub late_output: Option<SideOutputFactory>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -115,6 +120,7 @@ pub struct OverAggregate {
     watermark: i64,
     key_groups: u32,
     metrics: Option<Arc<Metrics>>,
+    late: LateRows,
 }
 
 fn event_times(col: &ArrayRef) -> Result<Int64Array> {
@@ -184,6 +190,7 @@ impl OverAggregate {
             watermark: MIN_WATERMARK,
             key_groups: keel_types::DEFAULT_KEY_GROUPS,
             metrics: None,
+            late: LateRows::default(),
             spec,
         })
     }
@@ -326,6 +333,7 @@ impl Operator for OverAggregate {
     fn open(&mut self, ctx: &TaskContext, restored: RestoredState) -> Result<()> {
         self.key_groups = ctx.key_groups;
         self.metrics = Some(ctx.metrics.clone());
+        self.late = LateRows::open(self.spec.late_output.as_ref(), ctx, restored.checkpoint)?;
         self.restore(ctx, &restored)
     }
 
@@ -336,11 +344,12 @@ impl Operator for OverAggregate {
             .filter(|&i| times.is_valid(i) && times.value(i) > self.watermark)
             .map(|i| i as u32)
             .collect();
-        let late = (batch.num_rows() - keep.len()) as u64;
-        if late > 0
-            && let Some(m) = &self.metrics
-        {
-            Metrics::add(&m.late_records, late);
+        if keep.len() < batch.num_rows() {
+            let mut is_late = vec![true; batch.num_rows()];
+            keep.iter().for_each(|&i| is_late[i as usize] = false);
+            let late = (0..batch.num_rows() as u32).filter(|&i| is_late[i as usize]).collect();
+            let reason = "late: the watermark had passed its time, so the rows of its frame had been emitted";
+            self.late.found(self.metrics.as_deref(), &batch, late, reason)?;
         }
         let base = self.next_seq;
         self.next_seq += batch.num_rows() as u64;
@@ -385,8 +394,13 @@ impl Operator for OverAggregate {
         Ok(())
     }
 
-    fn snapshot(&mut self, _checkpoint: u64) -> Result<Option<Vec<u8>>> {
+    fn snapshot(&mut self, checkpoint: u64) -> Result<Option<Vec<u8>>> {
+        self.late.pre_commit(checkpoint)?;
         self.snapshot_state().map(Some)
+    }
+
+    fn checkpoint_complete(&mut self, checkpoint: u64) -> Result<()> {
+        self.late.commit(checkpoint)
     }
 }
 
@@ -425,6 +439,7 @@ mod tests {
             frame,
             aggregates,
             output_schema: Arc::new(Schema::new(fields)),
+            late_output: None,
         })
     }
 
@@ -601,6 +616,32 @@ mod tests {
         assert_eq!(results(&out), vec![(1, some(&[1]))], "nothing emitted before its time");
         step(&mut op, &[], 200, &mut out);
         assert_eq!(results(&out), vec![(1, some(&[1])), (4, some(&[2]))]);
+    }
+
+    #[test]
+    fn late_rows_go_to_the_dead_letter_output_and_commit_with_checkpoints() {
+        use crate::operator::{SideOutput, SideOutputFactory};
+        use crate::ops::late::testing::{Recorded, RecordingOutput};
+        let record = Arc::new(std::sync::Mutex::new(Recorded::default()));
+        let mut s = spec(OverFrame::Rows(5), &[(F::CountStar, None)]).as_ref().clone();
+        let r = record.clone();
+        s.late_output = Some(SideOutputFactory(Arc::new(move |_, _| {
+            Ok(Box::new(RecordingOutput(r.clone())) as Box<dyn SideOutput>)
+        })));
+        let c = ctx(0, 1);
+        let mut op = open(&Arc::new(s), &c, vec![]);
+        let mut out = Out::new();
+        step(&mut op, &[("a", 100, Some(1), 1)], 100, &mut out);
+        step(&mut op, &[("a", 100, Some(1), 2), ("a", 50, Some(1), 3), ("a", 101, Some(1), 4)], 100, &mut out);
+        op.snapshot(2).unwrap();
+        op.checkpoint_complete(2).unwrap();
+        let got = record.lock().unwrap();
+        let ids: Vec<i64> =
+            got.emitted.iter().flat_map(|(b, _)| b.column(3).as_primitive::<Int64Type>().values().to_vec()).collect();
+        assert_eq!(ids, [2, 3], "the rows at and before the watermark, counted and written");
+        assert!(got.emitted[0].1.starts_with("late: "));
+        assert_eq!(Metrics::get(&c.metrics.late_records), 2);
+        assert_eq!(got.events, ["pre-commit 2", "commit 2"]);
     }
 
     use crate::test_rng::Lcg;

@@ -4,13 +4,14 @@
 //!
 //! Invariants: rows are held per window until the watermark reaches the window's end − 1, then
 //! numbered and emitted once, and forgotten; a row of an already closed window is late (counted,
-//! dropped); the held rows are checkpointed with the key group of their partition, so a restore at
+//! and dropped or written to the dead-letter output, `late.rs`); the held rows are checkpointed with the key group of their partition, so a restore at
 //! any parallelism gives each subtask the partitions it owns.
 
 use crate::error::{Result, RuntimeError};
 use crate::exchange::row_key_groups;
 use crate::metrics::Metrics;
-use crate::operator::{Operator, RestoredState, TaskContext};
+use crate::operator::{Operator, RestoredState, SideOutputFactory, TaskContext};
+use crate::ops::late::LateRows;
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array, UInt64Array};
 use arrow::compute::{SortColumn, SortOptions};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit, TimestampMillisecondType};
@@ -49,6 +50,9 @@ pub struct TopNSpec {
     /// window's rows are then compacted while it is open to those that can still be numbered
     /// N or less (input only adds rows, so a row's number never goes down).
     pub limit: Option<u64>,
+    /// Where late rows go (`'late-records' = 'dead-letter'` on the input's table); `None` drops
+    /// them (they are counted either way).
+    pub late_output: Option<SideOutputFactory>,
 }
 
 pub struct WindowTopN {
@@ -59,6 +63,7 @@ pub struct WindowTopN {
     watermark: i64,
     key_groups: u32,
     metrics: Option<Arc<Metrics>>,
+    late: LateRows,
 }
 
 fn window_ends(batch: &RecordBatch, col: usize) -> Result<ArrayRef> {
@@ -75,18 +80,20 @@ impl WindowTopN {
             watermark: MIN_WATERMARK,
             key_groups: keel_types::DEFAULT_KEY_GROUPS,
             metrics: None,
+            late: LateRows::default(),
         }
     }
 
-    fn hold(&mut self, batch: &RecordBatch) -> Result<u64> {
+    /// Holds the rows of `batch` whose windows are open; returns the others (late).
+    fn hold(&mut self, batch: &RecordBatch) -> Result<Vec<u32>> {
         let ends = window_ends(batch, self.spec.window_end)?;
         let ends = ends.as_primitive::<TimestampMillisecondType>();
         let mut by_end: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
-        let mut late = 0;
+        let mut late = vec![];
         for i in 0..batch.num_rows() {
             let e = ends.value(i);
             if is_late(e, self.watermark) {
-                late += 1;
+                late.push(i as u32);
             } else {
                 by_end.entry(e).or_default().push(i as u32);
             }
@@ -183,6 +190,7 @@ impl Operator for WindowTopN {
     fn open(&mut self, ctx: &TaskContext, restored: RestoredState) -> Result<()> {
         self.key_groups = ctx.key_groups;
         self.metrics = Some(ctx.metrics.clone());
+        self.late = LateRows::open(self.spec.late_output.as_ref(), ctx, restored.checkpoint)?;
         let range = KeyGroupRange::of_subtask(ctx.subtask, ctx.key_groups, ctx.parallelism);
         let mut wm: Option<i64> = None;
         for part in restored.parts.iter().filter(|p| !p.is_empty()) {
@@ -203,12 +211,8 @@ impl Operator for WindowTopN {
 
     fn process(&mut self, batch: RecordBatch, _out: &mut Vec<RecordBatch>) -> Result<()> {
         let late = self.hold(&batch)?;
-        if late > 0
-            && let Some(m) = &self.metrics
-        {
-            Metrics::add(&m.late_records, late);
-        }
-        Ok(())
+        let reason = "late: its window had already closed and been ranked";
+        self.late.found(self.metrics.as_deref(), &batch, late, reason)
     }
 
     fn on_watermark(&mut self, watermark: i64, out: &mut Vec<RecordBatch>) -> Result<()> {
@@ -228,7 +232,12 @@ impl Operator for WindowTopN {
         Ok(())
     }
 
-    fn snapshot(&mut self, _checkpoint: u64) -> Result<Option<Vec<u8>>> {
+    fn checkpoint_complete(&mut self, checkpoint: u64) -> Result<()> {
+        self.late.commit(checkpoint)
+    }
+
+    fn snapshot(&mut self, checkpoint: u64) -> Result<Option<Vec<u8>>> {
+        self.late.pre_commit(checkpoint)?;
         let batches: Vec<RecordBatch> = self.held.values().flatten().cloned().collect();
         let rows = arrow::compute::concat_batches(&self.spec.input_schema, &batches)
             .map_err(RuntimeError::arrow("Top-N snapshot"))?;
@@ -264,6 +273,7 @@ mod tests {
             numbering,
             output_schema: Arc::new(Schema::new(fields)),
             limit,
+            late_output: None,
         })
     }
 
@@ -311,5 +321,46 @@ mod tests {
         assert!(held_compacted < 70_000, "the open window was compacted: {held_compacted} rows held");
         assert!(all.len() >= 3);
         assert_eq!(compacted, all, "RANK <= 3 (ties included) is the same with and without compaction");
+    }
+
+    #[test]
+    fn rows_of_closed_windows_go_to_the_dead_letter_output() {
+        use crate::operator::SideOutput;
+        use crate::ops::late::testing::{Recorded, RecordingOutput};
+        let record = Arc::new(std::sync::Mutex::new(Recorded::default()));
+        let mut s = spec(None, Numbering::RowNumber).as_ref().clone();
+        let r = record.clone();
+        s.late_output = Some(SideOutputFactory(Arc::new(move |_, _| {
+            Ok(Box::new(RecordingOutput(r.clone())) as Box<dyn SideOutput>)
+        })));
+        let mut op = WindowTopN::new(Arc::new(s));
+        let c = TaskContext::for_test(0, 1);
+        op.open(&c, RestoredState::default()).unwrap();
+        let rows = |ends: &[i64], v: &[i64]| {
+            RecordBatch::try_new(
+                op_schema(),
+                vec![Arc::new(TimestampMillisecondArray::from(ends.to_vec())), Arc::new(Int64Array::from(v.to_vec()))],
+            )
+            .unwrap()
+        };
+        op.process(rows(&[10_000, 20_000], &[1, 2]), &mut vec![]).unwrap();
+        op.on_watermark(10_000, &mut vec![]).unwrap();
+        // The window ending at 10 s has fired: a row of it is late; one of [.., 20 s) is not.
+        op.process(rows(&[10_000, 20_000], &[3, 4]), &mut vec![]).unwrap();
+        op.snapshot(7).unwrap();
+        op.checkpoint_complete(7).unwrap();
+        let got = record.lock().unwrap();
+        let v: Vec<i64> = got
+            .emitted
+            .iter()
+            .flat_map(|(b, _)| b.column(1).as_primitive::<arrow::datatypes::Int64Type>().values().to_vec())
+            .collect();
+        assert_eq!(v, [3]);
+        assert_eq!(Metrics::get(&c.metrics.late_records), 1);
+        assert_eq!(got.events, ["pre-commit 7", "commit 7"]);
+    }
+
+    fn op_schema() -> SchemaRef {
+        spec(None, Numbering::RowNumber).input_schema.clone()
     }
 }
