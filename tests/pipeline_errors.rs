@@ -138,13 +138,18 @@ fn type_errors_name_the_column_and_the_types() {
     );
 }
 
-#[test]
-fn late_rows_of_an_interval_join_go_to_the_dead_letter_topic() {
+/// The `events` table of `late_events`, asking for late rows in the dead-letter topic.
+const LATE_EVENTS_DDL: &str = "CREATE TABLE events (user_id VARCHAR, amount BIGINT, ts TIMESTAMP(3),
+  WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
+WITH ('connector' = 'topic', 'topic' = 'events', 'format' = 'json', 'late-records' = 'dead-letter');
+";
+
+/// A data directory whose `events` topic holds four rows, one per append (so each is its own
+/// batch and the watermark moves between them); the third, at 00:00:02, comes after the
+/// watermark reached 00:00:24.
+fn late_events() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     run_ok(keel(dir.path()).args(["topic", "create", "events"]));
-    // One record per append, so that each is its own batch: the 00:00:02 row comes after the
-    // watermark reached 00:00:24 and is late on whichever side has seen that (each side reads the
-    // topic through its own source, so how many sides have is a race; the count below is not).
     for l in [
         r#"{"user_id":"a","amount":1,"ts":"2024-01-01T00:00:01Z"}"#,
         r#"{"user_id":"a","amount":10,"ts":"2024-01-01T00:00:25Z"}"#,
@@ -153,12 +158,20 @@ fn late_rows_of_an_interval_join_go_to_the_dead_letter_topic() {
     ] {
         assert!(produce(dir.path(), "events", &format!("{l}\n")).status.success());
     }
+    dir
+}
+
+#[test]
+fn late_rows_of_an_interval_join_go_to_the_dead_letter_topic() {
+    // The 00:00:02 row is late on whichever side has seen the watermark reach 00:00:24 (each side
+    // reads the topic through its own source, so how many sides have is a race; the count below
+    // is not).
+    let dir = late_events();
     let sql = dir.path().join("j.sql");
     std::fs::write(
         &sql,
-        "CREATE TABLE events (user_id VARCHAR, amount BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
-WITH ('connector' = 'topic', 'topic' = 'events', 'format' = 'json', 'late-records' = 'dead-letter');
-CREATE TABLE out_j (user_id VARCHAR, a1 BIGINT, a2 BIGINT) WITH ('connector' = 'topic', 'topic' = 'outj', 'format' = 'json');
+        LATE_EVENTS_DDL.to_string()
+            + "CREATE TABLE out_j (user_id VARCHAR, a1 BIGINT, a2 BIGINT) WITH ('connector' = 'topic', 'topic' = 'outj', 'format' = 'json');
 INSERT INTO out_j SELECT x.user_id, x.amount, y.amount FROM events x JOIN events y
 ON x.user_id = y.user_id AND y.ts BETWEEN x.ts - INTERVAL '1' SECOND AND x.ts + INTERVAL '1' SECOND;",
     )
@@ -192,22 +205,12 @@ ON x.user_id = y.user_id AND y.ts BETWEEN x.ts - INTERVAL '1' SECOND AND x.ts + 
 
 #[test]
 fn late_rows_of_a_window_top_n_go_to_the_dead_letter_topic() {
-    let dir = tempfile::tempdir().unwrap();
-    run_ok(keel(dir.path()).args(["topic", "create", "events"]));
-    for l in [
-        r#"{"user_id":"a","amount":1,"ts":"2024-01-01T00:00:01Z"}"#,
-        r#"{"user_id":"a","amount":10,"ts":"2024-01-01T00:00:25Z"}"#,
-        r#"{"user_id":"a","amount":100,"ts":"2024-01-01T00:00:02Z"}"#,
-        r#"{"user_id":"a","amount":1000,"ts":"2024-01-01T00:00:26Z"}"#,
-    ] {
-        assert!(produce(dir.path(), "events", &format!("{l}\n")).status.success());
-    }
+    let dir = late_events();
     let sql = dir.path().join("t.sql");
     std::fs::write(
         &sql,
-        "CREATE TABLE events (user_id VARCHAR, amount BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
-WITH ('connector' = 'topic', 'topic' = 'events', 'format' = 'json', 'late-records' = 'dead-letter');
-CREATE TABLE out_t (user_id VARCHAR, amount BIGINT, rn BIGINT) WITH ('connector' = 'topic', 'topic' = 'outt', 'format' = 'json');
+        LATE_EVENTS_DDL.to_string()
+            + "CREATE TABLE out_t (user_id VARCHAR, amount BIGINT, rn BIGINT) WITH ('connector' = 'topic', 'topic' = 'outt', 'format' = 'json');
 INSERT INTO out_t SELECT user_id, amount, rn FROM (
   SELECT user_id, amount, ROW_NUMBER() OVER (PARTITION BY window_start, window_end ORDER BY amount DESC) AS rn
   FROM TABLE(TUMBLE(TABLE events, DESCRIPTOR(ts), INTERVAL '10' SECOND))) WHERE rn <= 1;",
