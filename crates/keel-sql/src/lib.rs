@@ -80,9 +80,44 @@ pub fn plan(sql: &str, opts: &PipelineOptions) -> Result<Pipeline> {
     let mut explain = false;
     let mut inserts = vec![];
     let mut settings = planner::Settings::default();
+    // Inside Flink's `EXECUTE STATEMENT SET BEGIN ... END;` or `BEGIN STATEMENT SET; ... END;`
+    // (where it was opened). Every INSERT of a pipeline is in one job anyway; the brackets only
+    // say so, and only INSERTs may stand between them.
+    let mut statement_set: Option<Pos> = None;
     for stmt in script::split_statements(toks) {
         let mut c = script::Cursor::new(&stmt);
         let pos = c.pos();
+        if c.is_keyword("EXECUTE") || c.is_keyword("BEGIN") {
+            let execute = c.eat_keyword("EXECUTE");
+            if !execute {
+                c.expect_keyword("BEGIN")?;
+            }
+            c.expect_keyword("STATEMENT")?;
+            c.expect_keyword("SET")?;
+            if execute {
+                c.expect_keyword("BEGIN")?;
+            }
+            if statement_set.is_some() {
+                return Err(SqlError::invalid(pos, "a STATEMENT SET inside another one"));
+            }
+            statement_set = Some(pos);
+            if c.peek().is_none() {
+                continue;
+            }
+        } else if c.is_keyword("END") {
+            c.expect_keyword("END")?;
+            if statement_set.take().is_none() {
+                return Err(SqlError::invalid(pos, "END without a STATEMENT SET to close"));
+            }
+            continue;
+        }
+        if statement_set.is_some() && !c.is_keyword("INSERT") {
+            let word = c.peek().map(|t| t.token.to_string().to_uppercase()).unwrap_or_default();
+            return Err(SqlError::invalid(
+                c.pos(),
+                format!("a {word} statement inside a STATEMENT SET, which holds INSERT INTO statements only"),
+            ));
+        }
         if c.is_keyword("CREATE") {
             let kind = c.peek_nth(1).map(|t| t.token.to_string().to_uppercase());
             let kind = if kind.as_deref() == Some("TEMPORARY") {
@@ -165,6 +200,9 @@ pub fn plan(sql: &str, opts: &PipelineOptions) -> Result<Pipeline> {
             };
             return Err(SqlError::unsupported(pos, format!("a {word} statement"), alt));
         }
+    }
+    if let Some(open) = statement_set {
+        return Err(SqlError::invalid(open, "this STATEMENT SET is not closed: end it with END;"));
     }
     if inserts.is_empty() {
         return Err(SqlError::invalid(

@@ -121,3 +121,36 @@ WHERE A.id = B.auction AND B.dateTime BETWEEN A.dateTime AND A.dateTime + INTERV
     // q9's regular join keeps its rows (no row is ever late), so no side has a late-row output.
     assert_eq!(late_tables(include_str!("../../../nexmark/q9.sql")), [None, None]);
 }
+
+#[test]
+fn statement_sets_in_flinks_brackets_plan_their_inserts_as_one_job() {
+    let opts = crate::PipelineOptions {
+        job: "set".into(),
+        data_dir: ".".into(),
+        parallelism: 1,
+        bounded: true,
+        udfs: vec![],
+        udafs: vec![],
+    };
+    let ddl = format!("{}\n{SINK}\n", include_str!("../../../nexmark/ddl.sql").replace("${EVENTS}", "1000"));
+    let insert = "INSERT INTO out_t SELECT auction, bidder, price FROM bid";
+    let plan = |body: String| crate::plan(&format!("{ddl}{body}"), &opts).map_err(|e| e.to_string());
+    for body in [
+        format!("EXECUTE STATEMENT SET BEGIN {insert}; {insert}; END;"),
+        format!("BEGIN STATEMENT SET; {insert}; {insert}; END;"),
+        format!("{insert}; {insert};"),
+    ] {
+        assert_eq!(plan(body.clone()).map(|p| p.inserts.len()), Ok(2), "{body}");
+    }
+    let refused = |body: String, expected: &str| {
+        let err = plan(body.clone()).err().unwrap_or_default();
+        assert!(err.contains(expected), "{body}: {err}");
+    };
+    refused(format!("BEGIN STATEMENT SET; {insert};"), "this STATEMENT SET is not closed: end it with END;");
+    refused(format!("{insert}; END;"), "END without a STATEMENT SET to close");
+    refused(
+        format!("BEGIN STATEMENT SET; SET 'table.exec.state.ttl' = '1 h'; {insert}; END;"),
+        "a SET statement inside a STATEMENT SET",
+    );
+    refused(format!("BEGIN STATEMENT SET; BEGIN STATEMENT SET; {insert}; END;"), "inside another one");
+}
