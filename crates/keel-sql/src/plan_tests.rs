@@ -75,6 +75,21 @@ fn a_top_n_on_other_columns_starts_its_own_stage() {
     }
     // The same query on the join key is chained: the difference is the partition alone.
     assert!(shape(&stages(&top_bid("A.id"))).contains(&(true, true, "join")));
+    // Unless the join keeps right rows without a partner: those have NULL in A.id and stay on
+    // the subtask of their own key.
+    let with_join = |join: &str| {
+        let q = top_bid("A.id").replace(
+            "FROM auction A, bid B WHERE A.id = B.auction",
+            &format!("FROM auction A {join} bid B ON A.id = B.auction"),
+        );
+        assert!(q.contains(join));
+        shape(&stages(&q))
+    };
+    for join in ["RIGHT JOIN", "FULL JOIN"] {
+        let got = with_join(join);
+        assert!(got.contains(&(false, true, "exchange")), "{join}: the Top-N is behind an exchange: {got:?}");
+    }
+    assert!(with_join("LEFT JOIN").contains(&(true, true, "join")), "a left join keeps the left key");
 }
 
 #[test]

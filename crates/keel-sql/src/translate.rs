@@ -267,6 +267,8 @@ impl Translator<'_> {
                     window_end: Some(n + 1),
                     window: Some(w.call.alias.clone()),
                     processing_time,
+                    // The scan's projection below moves the view's columns.
+                    partitioned: None,
                     ..s
                 };
                 (s, w.schema.clone())
@@ -733,8 +735,12 @@ impl Translator<'_> {
             late_output: [None, None],
         };
         // The left side's key columns stay where they are in the output (left columns first); a
-        // key computed into an extra column is projected away below.
-        if sides[0] && lkeys.iter().all(|&k| k < nl) {
+        // key computed into an extra column is projected away below. A right or full join is not
+        // partitioned by them: its unmatched right rows have NULL there and stay where their own
+        // key put them.
+        let left_keys_kept =
+            matches!(join_type, JoinType::Inner | JoinType::Left | JoinType::LeftSemi | JoinType::LeftAnti);
+        if left_keys_kept && sides[0] && lkeys.iter().all(|&k| k < nl) {
             out.partitioned = Some(lkeys.clone());
         }
         out.stage = self.new_stage(

@@ -272,8 +272,8 @@ impl Join {
         let live: Vec<bool> = (0..n).map(|i| expiry.as_ref().is_none_or(|e| e[i] > self.watermark)).collect();
         let late: Vec<u32> = (0..n as u32).filter(|&i| !live[i as usize]).collect();
         if !late.is_empty() {
-            let rows = RecordBatch::try_new(side.schema.clone(), data.to_vec())
-                .map_err(RuntimeError::arrow("late join rows"))?;
+            let cols: Vec<usize> = (0..ncols).collect();
+            let rows = batch.project(&cols).map_err(RuntimeError::arrow("late join rows"))?;
             let reason = "late: the watermark had passed the time bound of the join, so no row it could match was left";
             self.late[s].found(self.metrics.as_deref(), &rows, late, reason)?;
         }
@@ -293,7 +293,7 @@ impl Join {
         }
         // Only outer and semi joins read a partner's match count (its first match retracts its
         // NULL-padded row, ...); an inner join neither looks the partners up again nor writes
-        // to them, so their entries' `matches` stay as they were (0).
+        // to them, so their entries' `matches` are not kept up to date (nothing reads them).
         let jt = self.spec.join_type;
         let track_partners = jt.preserves(o) || jt.semi(o);
         let passes = self.evaluate_filter(s, batch, &cand)?;
