@@ -219,3 +219,97 @@ impl DatagenSource {
         Ok(SourcePoll::Pending)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::AsArray;
+    use arrow::datatypes::{Field, Int64Type, Schema};
+
+    fn config(seed: u64, rows: Option<u64>, rate: u64) -> DatagenConfig {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("s", DataType::Utf8, false),
+            Field::new("x", DataType::Float64, false),
+            Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), false),
+        ]));
+        DatagenConfig {
+            table: "t".into(),
+            schema,
+            fields: vec![
+                FieldOptions { min: Some(5.0), max: Some(9.0), length: None },
+                FieldOptions { length: Some(12), ..FieldOptions::default() },
+                FieldOptions { min: Some(2.0), max: Some(3.0), length: None },
+                FieldOptions::default(),
+            ],
+            rows,
+            rate,
+            seed,
+            splits: 2,
+            start_ms: 1_000,
+            event_time: None,
+            batch_size: 64,
+        }
+    }
+
+    /// Polls until the source is exhausted (or `max` polls); returns the batches.
+    fn drain(source: &mut DatagenSource, max: usize) -> (Vec<RecordBatch>, bool) {
+        let mut out = vec![];
+        for _ in 0..max {
+            match source.poll().unwrap() {
+                SourcePoll::Batch(b) => out.push(b),
+                SourcePoll::Exhausted => return (out, true),
+                _ => break,
+            }
+        }
+        (out, false)
+    }
+
+    fn open(cfg: DatagenConfig) -> DatagenSource {
+        let mut s = DatagenSource::new(cfg);
+        s.open(&crate::upsert::tests::ctx(std::path::Path::new(".")), RestoredState::default()).unwrap();
+        s
+    }
+
+    #[test]
+    fn rows_are_seeded_bounded_and_within_their_options() {
+        let (batches, done) = drain(&mut open(config(7, Some(500), 0)), 1000);
+        assert!(done, "a bounded generator ends");
+        let all = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
+        assert_eq!(all.num_rows(), 500);
+        let k = all.column(0).as_primitive::<Int64Type>();
+        assert!(k.values().iter().all(|v| (5..=9).contains(v)), "integers within min and max");
+        assert!((5..=9).all(|v| k.values().contains(&v)), "every value of the range comes up in 500 rows");
+        let s = all.column(1).as_string::<i32>();
+        assert!(s.iter().flatten().all(|v| v.len() == 12 && v.bytes().all(|b| b.is_ascii_lowercase())));
+        let x = all.column(2).as_primitive::<arrow::datatypes::Float64Type>();
+        assert!(x.values().iter().all(|v| (2.0..3.0).contains(v)));
+        // Without a rate, row n is at start + n ms: every timestamp once.
+        let mut ts = all.column(3).as_primitive::<arrow::datatypes::TimestampMillisecondType>().values().to_vec();
+        ts.sort_unstable();
+        assert_eq!(ts, (1_000..1_500).collect::<Vec<i64>>());
+        // The same seed gives the same rows, another seed other rows.
+        let again = drain(&mut open(config(7, Some(500), 0)), 1000).0;
+        assert_eq!(arrow::compute::concat_batches(&batches[0].schema(), &again).unwrap(), all);
+        let other = drain(&mut open(config(8, Some(500), 0)), 1000).0;
+        assert_ne!(arrow::compute::concat_batches(&batches[0].schema(), &other).unwrap().column(1), all.column(1));
+    }
+
+    #[test]
+    fn a_rate_holds_rows_back_and_an_unbounded_generator_never_ends() {
+        let started = Instant::now();
+        let mut source = open(config(1, None, 1_000));
+        // Polled as fast as possible: rows come no faster than the rate allows, one batch (a tenth
+        // of a second's worth) ahead at most.
+        let (batches, done) = drain(&mut source, 10_000);
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        let allowed = started.elapsed().as_secs_f64() * 1_000.0 + 100.0;
+        assert!(!done, "no row count: never exhausted");
+        assert!((rows as f64) <= allowed, "{rows} rows in {:?} at 1000 rows/s", started.elapsed());
+        assert!(batches.iter().all(|b| b.num_rows() <= 100), "a paced batch is a tenth of a second of rows");
+        // Row n is at start + n * 1000 / rate ms (1 ms here); a batch is rows of one split, every
+        // second number.
+        let ts = batches[0].column(3).as_primitive::<arrow::datatypes::TimestampMillisecondType>();
+        assert!(ts.values().windows(2).all(|w| w[1] - w[0] == 2), "{:?}", &ts.values()[..4]);
+    }
+}
