@@ -387,7 +387,7 @@ impl Rank {
             if self.spec.emit_number {
                 for i in 0..old.len().max(new.len()) {
                     match (old.get(i), new.get(i)) {
-                        (Some(o), Some(n)) if o.0.ident() == n.0.ident() && o.1 == n.1 => {}
+                        (Some(o), Some(n)) if o.1 == n.1 && o.0.same_row(&n.0) => {}
                         (Some(o), Some(n)) => {
                             emitted.extend([o.0.at, n.0.at]);
                             numbers.extend([o.1, n.1]);

@@ -348,3 +348,20 @@ fn ttl_forgets_idle_partitions_without_output() {
     assert_eq!(at(&[(1, 30, 4), (2, 7, 5)], 10).0, ["+I 1,30,4,1"]);
     assert_eq!(at(&[(3, 1, 6)], 100), (vec!["+I 3,1,6,1".to_string()], 1), "the sweep freed 1 and 2");
 }
+
+#[test]
+fn same_row_is_equality_of_idents() {
+    use crate::ops::rank_store::Entry;
+    let mut rng = crate::test_rng::Lcg::seeded("rank same_row");
+    let rows: [&[u8]; 4] = [b"", b"a", b"b", b"ab"];
+    for _ in 0..2000 {
+        let changelog = rng.below(2) == 1;
+        let mut pick = || {
+            let row = if changelog { rows[1 + rng.below(3) as usize] } else { rows[0] };
+            let at = (rng.below(3) as u32, rng.below(3) as u32);
+            Entry::new(b"k", row, rng.bits(), at)
+        };
+        let (x, y) = (pick(), pick());
+        assert_eq!(x.same_row(&y), x.ident() == y.ident(), "{x:?} {y:?} (seed {})", rng.seed());
+    }
+}
