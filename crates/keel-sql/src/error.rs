@@ -58,3 +58,21 @@ impl SqlError {
 }
 
 pub type Result<T, E = SqlError> = std::result::Result<T, E>;
+
+/// A DataFusion planning error, placed at the name it complains about when there is one.
+pub(crate) fn located(e: datafusion::error::DataFusionError, query: &[crate::script::Tok]) -> SqlError {
+    let message = e.strip_backtrace();
+    if let Some(type_error) = crate::type_check::coercion_error(&message, query) {
+        return type_error;
+    }
+    let name = ["No field named ", "table '", "Invalid function '"].iter().find_map(|marker| {
+        let rest = &message[message.find(marker)? + marker.len()..];
+        let end = rest.find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.')).unwrap_or(rest.len());
+        Some(rest[..end].trim_matches('.').rsplit('.').next().unwrap_or("").to_string())
+    });
+    match name.filter(|n| !n.is_empty()).and_then(|n| crate::script::find_keyword(query, &[n.as_str()]).map(|p| (n, p)))
+    {
+        Some((_, pos)) => SqlError::Invalid { pos, message },
+        None => SqlError::Planning { context: "planning the query".into(), message },
+    }
+}

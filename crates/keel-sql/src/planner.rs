@@ -196,7 +196,8 @@ pub(crate) fn plan_insert(
     }
     let sql = script::render(&rewritten);
     let state = ctx.state();
-    let plan = futures::executor::block_on(state.create_logical_plan(&sql)).map_err(|e| located(e, query))?;
+    let plan =
+        futures::executor::block_on(state.create_logical_plan(&sql)).map_err(|e| crate::error::located(e, query))?;
     crate::type_check::check_plan(&plan, query)?;
     // Refuse what the optimizer might otherwise quietly drop (an ORDER BY, for one).
     let mut refusal = None;
@@ -298,23 +299,6 @@ pub(crate) fn plan_insert(
     Ok(InsertPlan { stages, sink, sink_kind, updating: out.updating, logical_plan: plan.display_indent().to_string() })
 }
 
-/// A DataFusion planning error, placed at the name it complains about when there is one.
-fn located(e: datafusion::error::DataFusionError, query: &[Tok]) -> SqlError {
-    let message = e.strip_backtrace();
-    if let Some(type_error) = crate::type_check::coercion_error(&message, query) {
-        return type_error;
-    }
-    let name = ["No field named ", "table '", "Invalid function '"].iter().find_map(|marker| {
-        let rest = &message[message.find(marker)? + marker.len()..];
-        let end = rest.find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.')).unwrap_or(rest.len());
-        Some(rest[..end].trim_matches('.').rsplit('.').next().unwrap_or("").to_string())
-    });
-    match name.filter(|n| !n.is_empty()).and_then(|n| script::find_keyword(query, &[n.as_str()]).map(|p| (n, p))) {
-        Some((_, pos)) => SqlError::Invalid { pos, message },
-        None => SqlError::Planning { context: "planning the query".into(), message },
-    }
-}
-
 fn names(s: &Schema) -> String {
     s.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
 }
@@ -382,7 +366,8 @@ fn register_view_window(
     let inlined = crate::scalar_time::rewrite_time_syntax(&script::inline_views(query, views, 0)?)?;
     let sql = script::render(&inlined);
     let state = ctx.state();
-    let plan = futures::executor::block_on(state.create_logical_plan(&sql)).map_err(|e| located(e, query))?;
+    let plan =
+        futures::executor::block_on(state.create_logical_plan(&sql)).map_err(|e| crate::error::located(e, query))?;
     let plan = state.optimize(&plan).map_err(planning("optimizing a view"))?;
     let view_schema = plan.schema().as_arrow().clone();
     let col = view_schema.index_of(&call.time_column).map_err(|_| {
