@@ -182,6 +182,13 @@ impl std::fmt::Debug for SideOutputFactory {
 pub type OperatorFactory = Arc<dyn Fn(&TaskContext) -> Result<Box<dyn Operator>> + Send + Sync>;
 pub type SourceFactory = Arc<dyn Fn(&TaskContext) -> Result<Box<dyn Source>> + Send + Sync>;
 
+/// `snapshot_into` memory: the `snapshot` of an operator that overrides `snapshot_into` (its
+/// state written a chunk at a time), for whoever wants the bytes themselves.
+pub(crate) fn snapshot_in_memory(op: &mut dyn Operator, checkpoint: u64) -> Result<Option<Vec<u8>>> {
+    let mut out = Vec::new();
+    Ok(op.snapshot_into(checkpoint, &mut out)?.then_some(out))
+}
+
 /// A failed write of a snapshot into `out`, naming its file.
 pub(crate) fn write_error(out: &dyn keel_state::StateOut, source: std::io::Error) -> RuntimeError {
     keel_state::StateError::Io { action: "cannot write state to", path: out.path().to_path_buf(), source }.into()

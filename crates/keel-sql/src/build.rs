@@ -405,18 +405,14 @@ impl InsertBuilder<'_> {
                     PlannedOp::WindowAggregate { spec, late_table } => {
                         let uid = uid_of("window-aggregate", si);
                         let mut spec = spec.as_ref().clone();
-                        if let Some(t) = &late_table {
-                            spec.late_output = self.late_output(t, &format!("{uid}-late"))?;
-                        }
+                        spec.late_output = self.late_output(late_table.as_ref(), &format!("{uid}-late"))?;
                         let spec = Arc::new(spec);
                         op(uid, move || Ok(Box::new(WindowAggregate::new(spec.clone())?)))
                     }
                     PlannedOp::WindowTopN(spec, late_table) => {
                         let uid = uid_of("window-top-n", si);
                         let mut spec = spec.as_ref().clone();
-                        if let Some(t) = &late_table {
-                            spec.late_output = self.late_output(t, &format!("{uid}-late"))?;
-                        }
+                        spec.late_output = self.late_output(late_table.as_deref(), &format!("{uid}-late"))?;
                         let spec = Arc::new(spec);
                         op(uid, move || Ok(Box::new(WindowTopN::new(spec.clone()))))
                     }
@@ -426,11 +422,9 @@ impl InsertBuilder<'_> {
                     PlannedOp::Join(spec, late_tables) => {
                         let uid = uid_of("join", si);
                         let mut spec = spec.as_ref().clone();
-                        for (side, table) in late_tables.iter().enumerate() {
-                            if let Some(t) = table {
-                                let name = if side == 0 { "left" } else { "right" };
-                                spec.late_output[side] = self.late_output(t, &format!("{uid}-late-{name}"))?;
-                            }
+                        for (side, name) in ["left", "right"].into_iter().enumerate() {
+                            let table = late_tables[side].as_ref();
+                            spec.late_output[side] = self.late_output(table, &format!("{uid}-late-{name}"))?;
                         }
                         let spec = Arc::new(spec);
                         op(uid, move || Ok(Box::new(Join::new(spec.clone())?)))
@@ -439,9 +433,7 @@ impl InsertBuilder<'_> {
                     PlannedOp::Over(spec, late_table) => {
                         let uid = uid_of("over", si);
                         let mut spec = spec.as_ref().clone();
-                        if let Some(t) = &late_table {
-                            spec.late_output = self.late_output(t, &format!("{uid}-late"))?;
-                        }
+                        spec.late_output = self.late_output(late_table.as_deref(), &format!("{uid}-late"))?;
                         let spec = Arc::new(spec);
                         op(uid, move || Ok(Box::new(OverAggregate::new(spec.clone())?)))
                     }
@@ -463,9 +455,10 @@ impl InsertBuilder<'_> {
     /// Top-N or an OVER aggregation over `table`, if it asks for one.
     fn late_output(
         &self,
-        table: &crate::script::TableDef,
+        table: Option<&crate::script::TableDef>,
         uid: &str,
     ) -> Result<Option<keel_runtime::SideOutputFactory>> {
+        let Some(table) = table else { return Ok(None) };
         let Some(topic) = connectors::late_records(table, &self.opts.job)? else { return Ok(None) };
         let log = Log::open(&self.opts.data_dir)?;
         log.topic_or_create(&topic, keel_log::TopicConfig::new(1))?;

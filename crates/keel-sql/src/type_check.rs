@@ -71,10 +71,16 @@ pub(crate) fn check_plan(plan: &LogicalPlan, query: &[Tok]) -> Result<()> {
     let mut found: Option<SqlError> = None;
     let _ = plan.apply(|node| {
         let inputs = node.inputs();
-        let schema: DFSchema = match inputs.as_slice() {
-            [one] => one.schema().as_ref().clone(),
+        // A join's expressions read both sides: only then is a schema built (the others are read
+        // in place).
+        let joined: DFSchema;
+        let schema: &DFSchema = match inputs.as_slice() {
+            [one] => one.schema(),
             [l, r] => match l.schema().join(r.schema()) {
-                Ok(s) => s,
+                Ok(s) => {
+                    joined = s;
+                    &joined
+                }
                 Err(_) => return Ok(TreeNodeRecursion::Continue),
             },
             _ => return Ok(TreeNodeRecursion::Continue),
@@ -84,7 +90,7 @@ pub(crate) fn check_plan(plan: &LogicalPlan, query: &[Tok]) -> Result<()> {
                 if found.is_none()
                     && let Expr::BinaryExpr(b) = x
                 {
-                    found = mixed(b, &schema, query);
+                    found = mixed(b, schema, query);
                 }
                 Ok(if found.is_some() { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
             });
@@ -323,5 +329,17 @@ mod tests {
             .to_string();
         assert!(e.contains("BIGINT + VARCHAR") && e.starts_with("line 1, column 15"), "{e}");
         assert!(coercion_error("something else", &query).is_none());
+    }
+
+    #[test]
+    fn like_on_a_number_is_a_type_error_at_like() {
+        let query = script::tokenize("SELECT a FROM t WHERE amount LIKE 'x%'").unwrap();
+        let e = coercion_error(
+            "type_coercion\ncaused by\nError during planning: There isn't a common type to coerce Int64 and Utf8 in LIKE expression",
+            &query,
+        )
+        .unwrap()
+        .to_string();
+        assert!(e.starts_with("line 1, column 30: type error: LIKE of BIGINT and VARCHAR"), "{e}");
     }
 }

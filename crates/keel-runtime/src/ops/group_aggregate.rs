@@ -454,8 +454,7 @@ impl Operator for GroupAggregate {
     }
 
     fn snapshot(&mut self, checkpoint: u64) -> Result<Option<Vec<u8>>> {
-        let mut out = Vec::new();
-        Ok(self.snapshot_into(checkpoint, &mut out)?.then_some(out))
+        crate::operator::snapshot_in_memory(self, checkpoint)
     }
 
     /// The live groups as an Arrow IPC stream, `SNAPSHOT_GROUPS` groups a chunk, each chunk

@@ -318,57 +318,44 @@ impl Join {
             }
             let key = keys.row(i).data();
             let mut matched = 0i64;
-            if !track_partners {
-                while c < cand.len() && cand[c].0 == i {
-                    if passes[c] {
-                        let (at, count) = (cand[c].2, cand_count[c]);
-                        matched += count;
-                        let kind = if add { RowKind::Insert } else { RowKind::Delete };
-                        for _ in 0..if jt.pairs() { count } else { 0 } {
-                            results.push_from(s, me, Some(Ref::Held(at.0, at.1)), kind);
-                        }
-                    }
-                    c += 1;
-                }
-            }
-            // The partners' entries under this key, looked up once for all of them.
+            // The partners' entries under this key, looked up once for all of them (outer and
+            // semi joins only: an inner join takes what it needs from `cand`).
             let has_cand = c < cand.len() && cand[c].0 == i;
-            let mut partners = if has_cand { self.state[o].rows.get_mut(key) } else { None };
+            let mut partners = if has_cand && track_partners { self.state[o].rows.get_mut(key) } else { None };
+            let (preserves_other, semi_other) = (jt.preserves(o), jt.semi(o));
             while c < cand.len() && cand[c].0 == i {
                 if passes[c] {
-                    let j = cand[c].1;
-                    let jt = self.spec.join_type;
-                    let preserves_other = jt.preserves(o);
-                    let semi_other = jt.semi(o);
-                    if let Some(e) = partners.as_mut().and_then(|v| v.get_mut(j)) {
-                        matched += e.count;
-                        let before = e.matches;
-                        e.matches += if add { 1 } else { -1 };
-                        let other = Some(Ref::Held(e.at.0, e.at.1));
-                        let count = e.count;
-                        // The partner's first match arrives, or its last one goes.
-                        let (first, last) = (add && before == 0, !add && before == 1);
-                        if (first && preserves_other) || (last && semi_other) {
-                            for _ in 0..count {
-                                results.push_from(s, None, other, RowKind::Delete);
-                            }
+                    let (at, count) = (cand[c].2, cand_count[c]);
+                    let other = Some(Ref::Held(at.0, at.1));
+                    matched += count;
+                    // The partner's first match arrives, or its last one goes.
+                    let (first, last) = match partners.as_mut().and_then(|v| v.get_mut(cand[c].1)) {
+                        Some(e) => {
+                            let before = e.matches;
+                            e.matches += if add { 1 } else { -1 };
+                            (add && before == 0, !add && before == 1)
                         }
-                        if jt.pairs() {
-                            for _ in 0..count {
-                                let kind = if add { RowKind::Insert } else { RowKind::Delete };
-                                results.push_from(s, me, other, kind);
-                            }
+                        None => (false, false),
+                    };
+                    if (first && preserves_other) || (last && semi_other) {
+                        for _ in 0..count {
+                            results.push_from(s, None, other, RowKind::Delete);
                         }
-                        if (last && preserves_other) || (first && semi_other) {
-                            for _ in 0..count {
-                                results.push_from(s, None, other, RowKind::Insert);
-                            }
+                    }
+                    if jt.pairs() {
+                        let kind = if add { RowKind::Insert } else { RowKind::Delete };
+                        for _ in 0..count {
+                            results.push_from(s, me, other, kind);
+                        }
+                    }
+                    if (last && preserves_other) || (first && semi_other) {
+                        for _ in 0..count {
+                            results.push_from(s, None, other, RowKind::Insert);
                         }
                     }
                 }
                 c += 1;
             }
-            let jt = self.spec.join_type;
             if (matched == 0 && jt.preserves(s)) || (matched > 0 && jt.semi(s)) {
                 results.push_from(s, me, None, if add { RowKind::Insert } else { RowKind::Delete });
             }
@@ -722,8 +709,7 @@ impl Operator for Join {
     }
 
     fn snapshot(&mut self, checkpoint: u64) -> Result<Option<Vec<u8>>> {
-        let mut out = Vec::new();
-        Ok(self.snapshot_into(checkpoint, &mut out)?.then_some(out))
+        crate::operator::snapshot_in_memory(self, checkpoint)
     }
 
     /// watermark (8 bytes) | left length (8 bytes) | left IPC | right IPC, each side encoded a

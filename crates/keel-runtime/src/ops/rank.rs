@@ -504,8 +504,7 @@ impl Operator for Rank {
     }
 
     fn snapshot(&mut self, checkpoint: u64) -> Result<Option<Vec<u8>>> {
-        let mut out = Vec::new();
-        Ok(self.snapshot_into(checkpoint, &mut out)?.then_some(out))
+        crate::operator::snapshot_in_memory(self, checkpoint)
     }
 
     /// (key group, data columns, sequence) of every held row, gathered and encoded 64 K rows at
