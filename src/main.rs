@@ -28,10 +28,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create, list, describe and delete topics.
+    /// Create, list, describe, delete and repair topics.
     Topic(cli::topic::TopicArgs),
     /// Append JSON lines from standard input to a topic; returns once they are durable.
-    Produce(cli::topic::ProduceArgs),
+    Produce(cli::produce::ProduceArgs),
     /// Print a topic's committed records as JSON lines (with --materialize: the table its changelog describes).
     Consume(cli::topic::ConsumeArgs),
     /// Run a pipeline written in Flink SQL; resumes from its newest checkpoint.
@@ -65,7 +65,7 @@ fn main() -> ExitCode {
     no_transparent_huge_pages();
     let result = match cli.command {
         Command::Topic(a) => cli::topic::topic(&cli.data_dir, a),
-        Command::Produce(a) => cli::topic::produce(&cli.data_dir, a),
+        Command::Produce(a) => cli::produce::produce(&cli.data_dir, a),
         Command::Consume(a) => cli::topic::consume(&cli.data_dir, a),
         Command::Run(a) => cli::run::run(&cli.data_dir, a),
         Command::Demo(a) => cli::demo::demo(&cli.data_dir, a),

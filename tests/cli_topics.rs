@@ -158,3 +158,72 @@ fn wrong_arguments_are_explained() {
     assert!(err(&["run", sql.to_str().unwrap(), "--checkpoint-interval", "soon"]).contains("invalid duration 'soon'"));
     assert!(err(&["run", "/nonexistent.sql"]).contains("cannot read pipeline file /nonexistent.sql"));
 }
+
+#[test]
+fn invalid_utf8_is_refused_naming_its_line_after_writing_the_lines_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    run_ok(keel(d).args(["topic", "create", "t"]));
+    let out = produce_bytes(d, &["t"], b"{\"n\":1}\n{\"n\":2}\n{\"n\":\"\xff\xfe\"}\n{\"n\":4}\n");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("line 3 is not valid UTF-8 (at byte 7)")
+            && err.contains("the 2 record(s) before it were written, nothing after it"),
+        "{err}"
+    );
+    assert_eq!(consume(d, &["t"]), vec!["{\"n\":1}", "{\"n\":2}"]);
+}
+
+/// Unmounts the test's tmpfs when dropped.
+struct Mount(std::path::PathBuf);
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn produce_on_a_full_disk_says_how_many_records_are_durable_and_which_line_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("data");
+    std::fs::create_dir(&d).unwrap();
+    let ok = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"]).arg(&d).status();
+    assert!(ok.is_ok_and(|s| s.success()), "this test mounts a 1 MB tmpfs to fill it; run it as root (as CI does)");
+    let _mount = Mount(d.clone());
+    run_ok(keel(&d).args(["topic", "create", "t"]));
+    // About 3 MB of records in groups of 4096 lines: some groups fit, then the disk is full.
+    let input: String = (0..30_000).map(|i| format!("{{\"n\":{i},\"pad\":\"{:0>80}\"}}\n", 0)).collect();
+    let out = produce_bytes(&d, &["t"], input.as_bytes());
+    assert!(!out.status.success(), "the input does not fit");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("No space left on device"), "{err}");
+    let written: usize = err
+        .split(" record(s) were written and are durable")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count of durable records in: {err}"));
+    assert!(written > 0, "{err}");
+    assert!(err.contains(&format!("line {} and some lines after it were not", written + 1)), "{err}");
+    // Exactly the lines before the first unwritten one are in the topic, once each.
+    let got = consume(&d, &["t"]);
+    assert_eq!(got.len(), written);
+    for (i, line) in got.iter().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["n"].as_u64(), Some(i as u64));
+    }
+}
+
+fn produce_bytes(data: &std::path::Path, args: &[&str], input: &[u8]) -> std::process::Output {
+    let mut child = keel(data)
+        .arg("produce")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _ = child.stdin.take().unwrap().write_all(input);
+    child.wait_with_output().unwrap()
+}

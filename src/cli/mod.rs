@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod demo;
 pub mod materialize;
+pub mod produce;
 pub mod run;
 pub mod topic;
 

@@ -1,15 +1,15 @@
-//! `keel topic`, `keel produce` and `keel consume`.
+//! `keel topic` (create, list, describe, delete, repair) and `keel consume`.
 //!
-//! Records have an optional key and a value. `produce` writes JSON values (keyed by a field with
-//! `--key`, or `KEY SEP VALUE` lines with `--key-separator`, where an empty value is a tombstone);
-//! `consume` prints values (a tombstone as `null`), or `KEY SEP VALUE` with `--key-separator`, or
-//! with `--materialize` the table a changelog topic describes (see `materialize`).
+//! Records have an optional key and a value (`produce` writes them, see `produce`). `consume`
+//! prints values (a tombstone as `null`), or `KEY SEP VALUE` with `--key-separator`, or with
+//! `--materialize` the table a changelog topic describes (see `materialize`). Offsets that
+//! `keel topic repair` found damaged are skipped by `consume`, which says so on standard error.
 
 use super::materialize::{Materialized, Position};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use keel_log::{Durability, Log, Record, TopicConfig};
-use std::io::{BufRead, Write};
+use keel_log::{Log, TopicConfig};
+use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
@@ -35,6 +35,10 @@ enum TopicCommand {
         /// Start a new segment file after this many bytes.
         #[arg(long, default_value_t = 64 << 20)]
         segment_bytes: u64,
+        /// The largest record (key plus value bytes) the topic accepts, as Kafka's
+        /// max.message.bytes; larger records are refused with nothing written.
+        #[arg(long, default_value_t = keel_log::DEFAULT_MAX_MESSAGE_BYTES)]
+        max_message_bytes: u64,
     },
     /// List topics.
     List,
@@ -42,14 +46,26 @@ enum TopicCommand {
     Describe { name: String },
     /// Delete a topic and all its data.
     Delete { name: String },
+    /// Check every segment of a topic's partitions and repair damage: damaged bytes are moved
+    /// to the partition's damaged/ directory, and the offsets they held are reported as lost.
+    Repair {
+        name: String,
+        /// Only this partition.
+        #[arg(long)]
+        partition: Option<u32>,
+        /// Only report what a repair would do; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 pub fn topic(data_dir: &Path, args: TopicArgs) -> Result<()> {
     let log = Log::open(data_dir)?;
     match args.command {
-        TopicCommand::Create { name, partitions, retention_bytes, retention, segment_bytes } => {
+        TopicCommand::Create { name, partitions, retention_bytes, retention, segment_bytes, max_message_bytes } => {
             let mut cfg = TopicConfig::new(partitions);
             cfg.segment_bytes = segment_bytes;
+            cfg.max_message_bytes = max_message_bytes;
             cfg.retention_bytes = retention_bytes;
             cfg.retention_ms = match retention {
                 Some(r) => Some(keel_types::time::parse_duration(&r)?.as_millis() as u64),
@@ -69,9 +85,10 @@ pub fn topic(data_dir: &Path, args: TopicArgs) -> Result<()> {
             let t = log.topic(&name)?;
             let c = t.config();
             println!(
-                "topic '{name}': {} partition(s), segment size {} bytes, retention {}, {}",
+                "topic '{name}': {} partition(s), segment size {} bytes, max message {} bytes, retention {}, {}",
                 c.partitions,
                 c.segment_bytes,
+                c.max_message_bytes,
                 c.retention_bytes.map(|b| format!("{b} bytes")).unwrap_or_else(|| "unlimited by size".into()),
                 c.retention_ms.map(|m| format!("{m} ms")).unwrap_or_else(|| "unlimited by age".into())
             );
@@ -90,137 +107,62 @@ pub fn topic(data_dir: &Path, args: TopicArgs) -> Result<()> {
             log.delete_topic(&name)?;
             println!("deleted topic '{name}'");
         }
+        TopicCommand::Repair { name, partition, dry_run } => repair(&log, &name, partition, dry_run)?,
     }
     Ok(())
 }
 
-#[derive(Args)]
-pub struct ProduceArgs {
-    /// The topic to append to.
-    topic: String,
-    /// Partition by the hash of this JSON field's value (round-robin without it).
-    #[arg(long)]
-    key: Option<String>,
-    /// Read each line as KEY SEP VALUE: the record's key (empty: none; partitions by its hash) and
-    /// its JSON value (empty: a tombstone, which deletes the key from an upsert topic).
-    #[arg(long, conflicts_with = "key")]
-    key_separator: Option<String>,
-    /// Acknowledge after writing to the operating system instead of after fsync (survives a
-    /// process crash, not a power loss).
-    #[arg(long)]
-    no_fsync: bool,
-}
-
-/// Lines appended per partition in one durable write.
-const PRODUCE_BATCH: usize = 4096;
-
-pub fn produce(data_dir: &Path, args: ProduceArgs) -> Result<()> {
-    let log = Log::open(data_dir)?;
-    let topic = log.topic(&args.topic)?;
-    let n = topic.partitions();
-    let durability = if args.no_fsync { Durability::OsBuffer } else { Durability::Fsync };
-    let mut writers = (0..n).map(|p| topic.writer(p, durability)).collect::<Result<Vec<_>, _>>()?;
-    let mut pending: Vec<Vec<Record>> = vec![Vec::new(); n as usize];
-    let mut written = 0u64;
-    let mut next = 0u32;
-    let flush = |pending: &mut Vec<Vec<Record>>,
-                 writers: &mut Vec<keel_log::PartitionWriter>,
-                 written: &mut u64|
-     -> Result<()> {
-        for (p, recs) in pending.iter_mut().enumerate() {
-            if !recs.is_empty() {
-                writers[p]
-                    .append(recs)
-                    .with_context(|| format!("appending to topic '{}' partition {p}", args.topic))?;
-                *written += recs.len() as u64;
-                recs.clear();
-            }
-        }
-        Ok(())
+/// `keel topic repair`: checks (and unless `dry_run` repairs) each partition, printing what was
+/// damaged, where its bytes went and exactly which offsets are lost.
+fn repair(log: &Log, name: &str, partition: Option<u32>, dry_run: bool) -> Result<()> {
+    let t = log.topic(name)?;
+    let _admin = t.admin_lock(&format!("keel topic repair {name}"))?;
+    let partitions: Vec<u32> = match partition {
+        Some(p) => vec![p],
+        None => (0..t.partitions()).collect(),
     };
-    let stdin = std::io::stdin();
-    for (i, line) in stdin.lock().lines().enumerate() {
-        let line = line.context("reading standard input")?;
-        if line.trim().is_empty() {
+    let (mut damaged, mut lost) = (0, 0u64);
+    for p in partitions {
+        let report = t.repair_partition(p, dry_run)?;
+        if report.damaged.is_empty() && !report.rebuilt_producers {
+            println!("partition {p}: intact ({} segment(s), {} bytes checked)", report.segments, report.bytes_checked);
             continue;
         }
-        if let Some(sep) = &args.key_separator {
-            let Some((key, value)) = line.split_once(sep.as_str()) else {
-                flush(&mut pending, &mut writers, &mut written)?;
-                bail!(
-                    "line {} has no key separator '{sep}'; the {written} record(s) before it were written, nothing after it",
-                    i + 1
-                );
+        for d in &report.damaged {
+            let offsets = match d.lost_offsets {
+                Some((a, b)) if b > a => format!("offsets {a}..{} lost ({} record(s))", b - 1, b - a),
+                Some(_) => "no offsets lost".to_string(),
+                None => "a torn tail: no readable record lost".to_string(),
             };
-            let problem = if !value.is_empty() {
-                serde_json::from_str::<serde_json::Value>(value)
-                    .err()
-                    .map(|e| format!("its value is not valid JSON ({e})"))
-            } else if key.is_empty() {
-                Some("it has neither a key nor a value (a tombstone needs a key)".to_string())
-            } else {
-                None
+            let kept = match &d.kept_in {
+                Some(path) => format!("; the bytes are kept in {}", path.display()),
+                None if dry_run && d.to_byte > d.from_byte => "; would be moved aside".to_string(),
+                None => String::new(),
             };
-            if let Some(problem) = problem {
-                flush(&mut pending, &mut writers, &mut written)?;
-                bail!("line {}: {problem}; the {written} record(s) before it were written, nothing after it", i + 1);
-            }
-            let (partition, key) = if key.is_empty() {
-                next = (next + 1) % n;
-                (next, None)
-            } else {
-                ((keel_types::keys::hash_key(key.as_bytes()) % u64::from(n)) as u32, Some(key.as_bytes().to_vec()))
-            };
-            let recs = &mut pending[partition as usize];
-            recs.push(Record::new(key, value.as_bytes().to_vec()));
-            if recs.len() >= PRODUCE_BATCH {
-                flush(&mut pending, &mut writers, &mut written)?;
-            }
-            continue;
+            println!(
+                "partition {p}: {} bytes {}..{} damaged ({}): {offsets}{kept}",
+                d.segment.display(),
+                d.from_byte,
+                d.to_byte,
+                d.reason
+            );
         }
-        let value: serde_json::Value = match serde_json::from_str(&line) {
-            Ok(v) => v,
-            Err(e) => {
-                flush(&mut pending, &mut writers, &mut written)?;
-                bail!(
-                    "line {} is not valid JSON ({e}); the {written} record(s) before it were written, nothing after it",
-                    i + 1
-                );
-            }
-        };
-        let (partition, key) = match &args.key {
-            Some(field) => {
-                let k = match value.get(field) {
-                    Some(serde_json::Value::String(s)) => s.clone(),
-                    Some(serde_json::Value::Null) | None => {
-                        flush(&mut pending, &mut writers, &mut written)?;
-                        bail!(
-                            "line {} has no value for the key field '{field}'; the {written} record(s) before it were written, nothing after it",
-                            i + 1
-                        );
-                    }
-                    Some(other) => other.to_string(),
-                };
-                let p = (keel_types::keys::hash_key(k.as_bytes()) % u64::from(n)) as u32;
-                (p, Some(k.into_bytes()))
-            }
-            None => {
-                next = (next + 1) % n;
-                (next, None)
-            }
-        };
-        let recs = &mut pending[partition as usize];
-        recs.push(Record::new(key, line.into_bytes()));
-        if recs.len() >= PRODUCE_BATCH {
-            flush(&mut pending, &mut writers, &mut written)?;
+        if report.rebuilt_producers {
+            println!(
+                "partition {p}: producers.json was unreadable and {} rebuilt from the segments",
+                if dry_run { "would be" } else { "was" }
+            );
         }
+        damaged += report.damaged.len();
+        lost += report.lost();
     }
-    flush(&mut pending, &mut writers, &mut written)?;
-    eprintln!(
-        "wrote {written} record(s) to topic '{}'{}",
-        args.topic,
-        if args.no_fsync { " (not fsynced)" } else { "" }
-    );
+    if damaged > 0 {
+        println!(
+            "{} {damaged} damaged range(s); {lost} offset(s) lost in all{}",
+            if dry_run { "found" } else { "repaired" },
+            if dry_run { " (dry run: nothing changed; run without --dry-run to repair)" } else { "" }
+        );
+    }
     Ok(())
 }
 
@@ -278,6 +220,13 @@ pub fn consume(data_dir: &Path, args: ConsumeArgs) -> Result<()> {
         for r in &mut readers {
             while let Some(chunk) = r.read(1 << 20)? {
                 any = true;
+                for (from, to) in chunk.gaps() {
+                    eprintln!(
+                        "topic '{}': offsets {from}..{} were lost to damage (see `keel topic repair`); skipped",
+                        args.topic,
+                        to - 1
+                    );
+                }
                 let mut result = Ok(());
                 chunk.for_each(|rec| {
                     if result.is_ok() {

@@ -23,7 +23,8 @@ impl ConnectorError {
         match self {
             ConnectorError::Config(_) => ErrorClass::User,
             ConnectorError::Log(e) => e.class(),
-            ConnectorError::Io { .. } | ConnectorError::Damaged(_) => ErrorClass::External,
+            ConnectorError::Io { .. } => ErrorClass::External,
+            ConnectorError::Damaged(_) => ErrorClass::Damaged,
             ConnectorError::Encode { .. } => ErrorClass::Internal,
         }
     }
@@ -40,6 +41,7 @@ impl From<ConnectorError> for RuntimeError {
             ErrorClass::User => RuntimeError::User(e.to_string()),
             ErrorClass::External => RuntimeError::External(e.to_string()),
             ErrorClass::Internal => RuntimeError::Internal(e.to_string()),
+            ErrorClass::Damaged => RuntimeError::Damaged(e.to_string()),
         }
     }
 }

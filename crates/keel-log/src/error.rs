@@ -1,4 +1,5 @@
-//! The log's error type: every failure names the topic, partition or file involved.
+//! The log's error type: every failure names the topic, partition or file involved, and damage
+//! says what was kept and how to repair it.
 
 use keel_types::ErrorClass;
 use std::path::PathBuf;
@@ -21,14 +22,41 @@ pub enum LogError {
     )]
     OffsetOutOfRange { topic: String, partition: u32, requested: u64, earliest: u64 },
     #[error(
-        "corrupt log data in {} at byte {position}: {reason}; this segment cannot be served \
-         (restore the file from a backup, or delete the topic to start over)", path.display()
+        "a record of {size} bytes is larger than topic '{topic}' accepts ({limit} bytes, its \
+         max-message-bytes); nothing of this write was stored. Make the record smaller, or write it to \
+         a topic created with a larger `keel topic create --max-message-bytes` (at most {max})",
+        max = crate::format::MAX_RECORD_BYTES
     )]
-    Corrupt { path: PathBuf, position: u64, reason: String },
+    RecordTooLarge { topic: String, size: u64, limit: u64 },
+    #[error(
+        "topic '{topic}' partition {partition} is damaged: {reason} at byte {position} of {}{}; nothing \
+         was truncated or deleted. Reads stop and appends are refused at offset {offset} until it is \
+         repaired: run `keel topic repair {topic} --partition {partition}` (it moves the damaged bytes \
+         aside and says exactly which offsets are lost), or restore the file from a backup",
+        path.display(),
+        match resume { Some((pos, off)) => format!(", and valid data follows from byte {pos} (offset {off})"), None => String::new() }
+    )]
+    Damaged {
+        topic: String,
+        partition: u32,
+        path: PathBuf,
+        position: u64,
+        reason: String,
+        /// The first offset that cannot be read.
+        offset: u64,
+        /// Where valid data resumes: `(position, offset)`.
+        resume: Option<(u64, u64)>,
+    },
     #[error("{action} {}: {source}", path.display())]
     Io { action: &'static str, path: PathBuf, source: std::io::Error },
-    #[error("topic metadata {} is unreadable: {reason}", path.display())]
+    #[error(
+        "topic metadata {} is unreadable: {reason}; restore it from a backup (`keel topic repair` \
+         rebuilds a partition's producers.json from its segments)",
+        path.display()
+    )]
     BadMetadata { path: PathBuf, reason: String },
+    #[error("{what} is in use by another process ({holder}); wait for it to finish, or stop it first")]
+    Locked { what: String, holder: String },
 }
 
 impl LogError {
@@ -39,8 +67,11 @@ impl LogError {
             | LogError::InvalidName { .. }
             | LogError::InvalidConfig(_)
             | LogError::NoSuchPartition { .. }
-            | LogError::OffsetOutOfRange { .. } => ErrorClass::User,
-            LogError::Io { .. } | LogError::Corrupt { .. } | LogError::BadMetadata { .. } => ErrorClass::External,
+            | LogError::OffsetOutOfRange { .. }
+            | LogError::RecordTooLarge { .. }
+            | LogError::Locked { .. } => ErrorClass::User,
+            LogError::Io { .. } => ErrorClass::External,
+            LogError::Damaged { .. } | LogError::BadMetadata { .. } => ErrorClass::Damaged,
         }
     }
 

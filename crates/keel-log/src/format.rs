@@ -10,20 +10,34 @@
 //! then per record: key_len i32 (-1 = no key) | key | value_len u32 | value
 //! ```
 //!
-//! Flags: bit 0 = part of a transaction, bit 1 = last batch of the transaction (its commit).
-
-use crate::{LogError, Result};
-use std::path::Path;
+//! Flags: bit 0 = part of a transaction, bit 1 = last batch of the transaction (its commit),
+//! bit 2 = a gap: `count` offsets that `keel topic repair` found damaged and moved aside. A gap
+//! batch holds no records; readers skip its offsets (they are reported as lost, never served).
+//!
+//! Size limits are one set of constants for writer and reader: the reader accepts any frame body
+//! up to `MAX_BODY`, and the writer never writes a larger one, because a single record may hold
+//! at most `MAX_RECORD_BYTES` (key and value together; a topic's own `max_message_bytes` is at
+//! most that) and batches of several records stay near `TARGET_BATCH_BYTES`.
 
 pub(crate) const FRAME_HEADER: usize = 8;
 pub(crate) const BODY_HEADER: usize = 1 + 1 + 4 + 8 + 8 + 8 + 8;
 pub(crate) const VERSION: u8 = 1;
 pub(crate) const FLAG_TXN: u8 = 1;
 pub(crate) const FLAG_TXN_LAST: u8 = 2;
-/// Largest frame body accepted; a larger length field is treated as corruption.
+pub(crate) const FLAG_GAP: u8 = 4;
+/// Largest frame body accepted; a larger length field is treated as corruption. Keel 0.1 readers
+/// had the same bound, so every frame ever written by a Keel writer is within it.
 pub(crate) const MAX_BODY: usize = 256 << 20;
+/// Bytes of a record's framing inside a batch body: its key length and value length fields.
+pub(crate) const RECORD_OVERHEAD: usize = 8;
+/// The largest record (key plus value bytes) any topic accepts: a batch holding one such record
+/// is exactly `MAX_BODY` long, so whatever the writer accepts, the reader reads.
+pub const MAX_RECORD_BYTES: u64 = (MAX_BODY - BODY_HEADER - RECORD_OVERHEAD) as u64;
+/// A new topic's record size limit unless configured (Kafka's `max.message.bytes` default).
+pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 1 << 20;
 /// Records are grouped into batches of at most about this many bytes when written.
 pub(crate) const TARGET_BATCH_BYTES: usize = 1 << 20;
+const _: () = assert!(TARGET_BATCH_BYTES + BODY_HEADER <= MAX_BODY, "a batch of small records must fit a frame");
 
 /// A record to append: an optional key and a value, both opaque bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +52,12 @@ impl Record {
     }
 
     pub(crate) fn encoded_len(&self) -> usize {
-        4 + self.key.as_ref().map_or(0, Vec::len) + 4 + self.value.len()
+        RECORD_OVERHEAD + self.size()
+    }
+
+    /// The bytes a topic's record size limit counts: key and value.
+    pub fn size(&self) -> usize {
+        self.key.as_ref().map_or(0, Vec::len) + self.value.len()
     }
 }
 
@@ -60,13 +79,18 @@ impl BatchHeader {
     pub fn is_txn_last(&self) -> bool {
         self.flags & FLAG_TXN_LAST != 0
     }
+    pub fn is_gap(&self) -> bool {
+        self.flags & FLAG_GAP != 0
+    }
     pub fn next_offset(&self) -> u64 {
         self.base_offset + u64::from(self.count)
     }
 }
 
-/// Appends one framed batch holding `records` to `out`.
+/// Appends one framed batch holding `records` to `out`. The caller checked every record against
+/// the topic's limit (at most `MAX_RECORD_BYTES`), so the body fits `MAX_BODY`.
 pub(crate) fn encode_batch(out: &mut Vec<u8>, header: &BatchHeader, records: &[Record]) {
+    debug_assert!(records.len() == header.count as usize || header.is_gap() && records.is_empty());
     let start = out.len();
     out.extend_from_slice(&[0u8; FRAME_HEADER]);
     out.push(VERSION);
@@ -88,6 +112,7 @@ pub(crate) fn encode_batch(out: &mut Vec<u8>, header: &BatchHeader, records: &[R
         out.extend_from_slice(&r.value);
     }
     let body = &out[start + FRAME_HEADER..];
+    assert!(body.len() <= MAX_BODY, "invariant: a written frame body ({} bytes) fits MAX_BODY", body.len());
     let len = body.len() as u32;
     let crc = crc32c::crc32c(body);
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
@@ -165,19 +190,17 @@ pub(crate) fn read_frame(buf: &[u8], verify: bool) -> Frame {
     }
 }
 
-/// Calls `f(key, value)` for each record in a CRC-checked batch body.
+/// Calls `f(key, value)` for each record in a CRC-checked batch body; `Err` names what does not
+/// add up (a valid CRC over records that do not parse: a writer bug or a hand-made frame).
 pub(crate) fn for_each_record<'a>(
     frame: &'a [u8],
     count: u32,
-    path: &Path,
-    position: u64,
     mut f: impl FnMut(Option<&'a [u8]>, &'a [u8]),
-) -> Result<()> {
-    let bad = |reason: &str| LogError::Corrupt { path: path.to_path_buf(), position, reason: reason.to_string() };
+) -> std::result::Result<(), &'static str> {
     let mut at = FRAME_HEADER + BODY_HEADER;
     for _ in 0..count {
         if at + 4 > frame.len() {
-            return Err(bad("record header runs past the batch"));
+            return Err("record header runs past the batch");
         }
         let klen = u32_at(frame, at) as i32;
         at += 4;
@@ -186,27 +209,59 @@ pub(crate) fn for_each_record<'a>(
         } else {
             let end = at + klen as usize;
             if end > frame.len() {
-                return Err(bad("record key runs past the batch"));
+                return Err("record key runs past the batch");
             }
             let k = &frame[at..end];
             at = end;
             Some(k)
         };
         if at + 4 > frame.len() {
-            return Err(bad("record value length runs past the batch"));
+            return Err("record value length runs past the batch");
         }
         let vlen = u32_at(frame, at) as usize;
         at += 4;
         if at + vlen > frame.len() {
-            return Err(bad("record value runs past the batch"));
+            return Err("record value runs past the batch");
         }
         f(key, &frame[at..at + vlen]);
         at += vlen;
     }
     if at != frame.len() {
-        return Err(bad("batch has bytes after its last record"));
+        return Err("batch has bytes after its last record");
     }
     Ok(())
+}
+
+/// Appends gap batches covering offsets `from..to` (several when the range exceeds a batch's
+/// count), as `keel topic repair` writes in place of a damaged range.
+pub(crate) fn encode_gap(out: &mut Vec<u8>, from: u64, to: u64, append_time_ms: i64) {
+    let mut at = from;
+    while at < to {
+        let count = (to - at).min(u64::from(u32::MAX)) as u32;
+        let header = BatchHeader { flags: FLAG_GAP, count, base_offset: at, append_time_ms, producer: 0, sequence: 0 };
+        encode_batch(out, &header, &[]);
+        at += u64::from(count);
+    }
+}
+
+/// Where valid data resumes after damage at `from`: the first position at or after `from` that
+/// holds a complete, CRC-valid frame whose batch starts at or after offset `expected`, with its
+/// header. A frame must also end within `data`. `None`: nothing valid follows (a torn tail).
+pub(crate) fn find_resume(data: &[u8], from: usize, expected: u64) -> Option<(usize, BatchHeader)> {
+    let mut at = from;
+    while at + FRAME_HEADER + BODY_HEADER <= data.len() {
+        // Cheap filters first: the version byte, a plausible length, a plausible offset.
+        if data[at + FRAME_HEADER] == VERSION
+            && let Some((len, header)) = parse_header(&data[at..])
+            && at + len <= data.len()
+            && header.base_offset >= expected
+            && let Frame::Batch { .. } = read_frame(&data[at..at + len], true)
+        {
+            return Some((at, header));
+        }
+        at += 1;
+    }
+    None
 }
 
 /// Segment file name for a base offset.
@@ -235,7 +290,7 @@ mod tests {
         let Frame::Batch { header: h, len } = read_frame(&buf, true) else { panic!("not a batch") };
         assert_eq!((h.base_offset, h.count, len), (5, 2, buf.len()));
         let mut got = vec![];
-        for_each_record(&buf, 2, Path::new("x"), 0, |k, v| got.push((k.map(<[u8]>::to_vec), v.to_vec()))).unwrap();
+        for_each_record(&buf, 2, |k, v| got.push((k.map(<[u8]>::to_vec), v.to_vec()))).unwrap();
         assert_eq!(got, vec![(Some(b"k".to_vec()), b"hello".to_vec()), (None, vec![])]);
         for byte in FRAME_HEADER..buf.len() {
             let mut damaged = buf.clone();

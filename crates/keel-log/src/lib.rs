@@ -22,14 +22,16 @@
 mod error;
 mod format;
 mod reader;
+mod repair;
 mod segment;
 mod topic;
 mod writer;
 
 pub use error::LogError;
-pub use format::Record;
+pub use format::{DEFAULT_MAX_MESSAGE_BYTES, MAX_RECORD_BYTES, Record};
 pub use reader::{Chunk, PartitionReader, RecordRef};
-pub use topic::{Log, PartitionInfo, Topic, TopicConfig, validate_topic_name};
+pub use repair::{DamagedRange, RepairReport};
+pub use topic::{Log, MAX_PARTITIONS, MAX_SEGMENT_BYTES, PartitionInfo, Topic, TopicConfig, validate_topic_name};
 pub use writer::{ChunkSource, Durability, PartitionWriter, TxnOutcome};
 
 pub type Result<T, E = LogError> = std::result::Result<T, E>;

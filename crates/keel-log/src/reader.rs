@@ -2,10 +2,15 @@
 //!
 //! Invariants: a reader delivers each committed record once, in offset order, and never a record
 //! from an incomplete or CRC-damaged frame or from a transaction whose commit batch is not yet on
-//! disk. A damaged frame at the very end of the file may be an append in progress, so the reader
-//! waits at it; a damaged frame with data after it is corruption and is reported as an error.
+//! disk. A damaged frame that nothing valid follows in the last segment may be an append in
+//! progress (or a torn tail the next writer truncates), so the reader waits at it; a damaged
+//! frame with valid data after it, damage in a segment that has a successor, or a hole between
+//! segments is reported as `LogError::Damaged`, and nothing past it is served. Gap batches
+//! (offsets `keel topic repair` moved aside) are skipped: their offsets are never delivered.
 
-use crate::format::{BODY_HEADER, BatchHeader, FRAME_HEADER, Frame, for_each_record, parse_header, read_frame};
+use crate::format::{
+    BODY_HEADER, BatchHeader, FRAME_HEADER, Frame, find_resume, for_each_record, parse_header, read_frame,
+};
 use crate::segment::{continuity_problem, list_segments, segment_path, walk_headers};
 use crate::{LogError, Result};
 use std::fs::File;
@@ -25,6 +30,8 @@ pub struct Chunk {
     data: Vec<u8>,
     batches: Vec<(usize, usize, BatchHeader)>,
     skip_below: u64,
+    topic: String,
+    partition: u32,
     path: PathBuf,
     file_pos: u64,
 }
@@ -33,20 +40,26 @@ impl Chunk {
     /// Calls `f` for each record at or after the offset the reader was asked for.
     pub fn for_each<'a>(&'a self, mut f: impl FnMut(RecordRef<'a>)) -> Result<()> {
         for &(start, len, header) in &self.batches {
+            if header.is_gap() {
+                continue;
+            }
             let mut offset = header.base_offset;
             let skip = self.skip_below;
-            for_each_record(
-                &self.data[start..start + len],
-                header.count,
-                &self.path,
-                self.file_pos + start as u64,
-                |key, value| {
-                    if offset >= skip {
-                        f(RecordRef { offset, key, value });
-                    }
-                    offset += 1;
-                },
-            )?;
+            for_each_record(&self.data[start..start + len], header.count, |key, value| {
+                if offset >= skip {
+                    f(RecordRef { offset, key, value });
+                }
+                offset += 1;
+            })
+            .map_err(|reason| LogError::Damaged {
+                topic: self.topic.clone(),
+                partition: self.partition,
+                path: self.path.clone(),
+                position: self.file_pos + start as u64,
+                reason: reason.to_string(),
+                offset: header.base_offset,
+                resume: None,
+            })?;
         }
         Ok(())
     }
@@ -55,8 +68,19 @@ impl Chunk {
     pub fn len(&self) -> usize {
         self.batches
             .iter()
+            .filter(|(_, _, h)| !h.is_gap())
             .map(|(_, _, h)| h.next_offset().saturating_sub(h.base_offset.max(self.skip_below)) as usize)
             .sum()
+    }
+
+    /// Ranges of offsets `[from, to)` this chunk passes over because `keel topic repair` found
+    /// them damaged: they were lost, and no record will ever be delivered for them.
+    pub fn gaps(&self) -> Vec<(u64, u64)> {
+        self.batches
+            .iter()
+            .filter(|(_, _, h)| h.is_gap() && h.next_offset() > self.skip_below)
+            .map(|(_, _, h)| (h.base_offset.max(self.skip_below), h.next_offset()))
+            .collect()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -84,11 +108,22 @@ pub struct PartitionReader {
     next_offset: u64,
     segment: Option<OpenSegment>,
     max_units: usize,
+    /// A problem at the end of the last segment found to have nothing valid after it, as
+    /// `(segment base, position, file length)`: not scanned again until the file changes.
+    torn_tail: Option<(u64, u64, u64)>,
 }
 
 impl PartitionReader {
     pub(crate) fn open(topic: String, partition: u32, dir: PathBuf, from: u64) -> Result<Self> {
-        Ok(PartitionReader { topic, partition, dir, next_offset: from, segment: None, max_units: usize::MAX })
+        Ok(PartitionReader {
+            topic,
+            partition,
+            dir,
+            next_offset: from,
+            segment: None,
+            max_units: usize::MAX,
+            torn_tail: None,
+        })
     }
 
     /// The offset of the next record this reader will deliver.
@@ -135,7 +170,7 @@ impl PartitionReader {
                 seg.file.read_exact_at(&mut data, seg.pos).map_err(LogError::io("cannot read segment", &seg.path))?;
                 match self.parse(data, n == available, file_len)? {
                     Parsed::Chunk(chunk) => return Ok(Some(chunk)),
-                    Parsed::NeedMore(bytes) if n < available => want = bytes.max(want * 2),
+                    Parsed::NeedMore(bytes) if n < available => want = bytes.max(want.saturating_mul(2)),
                     Parsed::NeedMore(_) | Parsed::Nothing => return Ok(None),
                 }
             }
@@ -145,6 +180,23 @@ impl PartitionReader {
             if seg.base != self.next_offset && next_path.exists() {
                 self.segment = None;
                 continue;
+            }
+            // A later segment that does not start where this one ends: offsets are missing.
+            let base = seg.base;
+            if let Some((later, _)) = list_segments(&self.dir)?.into_iter().find(|(b, _)| *b > base) {
+                let seg = self.segment.as_ref().expect("invariant: segment located above");
+                return Err(LogError::Damaged {
+                    topic: self.topic.clone(),
+                    partition: self.partition,
+                    path: seg.path.clone(),
+                    position: seg.pos,
+                    reason: format!(
+                        "the segment ends at offset {} but the next segment starts at offset {later}",
+                        self.next_offset
+                    ),
+                    offset: self.next_offset,
+                    resume: Some((0, later)),
+                });
             }
             return Ok(None);
         }
@@ -189,13 +241,15 @@ impl PartitionReader {
                         && !(header.base_offset <= self.next_offset
                             && self.next_offset <= header.next_offset().max(header.base_offset))
                     {
-                        return Err(self.corrupt(
-                            at,
-                            format!("batch at offset {} where {} was expected", header.base_offset, self.next_offset),
-                        ));
+                        let reason =
+                            format!("batch at offset {} where {} was expected", header.base_offset, self.next_offset);
+                        return Err(self.damaged(at, reason, Some((seg_pos + at as u64, header.base_offset))));
                     }
                     if let Some(problem) = continuity_problem(&header, exp, open_run) {
-                        return Err(self.corrupt(at, problem));
+                        if committed_batches > 0 {
+                            break; // deliver what came before; the next read starts at the problem
+                        }
+                        return Err(self.damaged(at, problem, Some((seg_pos + at as u64, header.base_offset))));
                     }
                     batches.push((at, len, header));
                     at += len;
@@ -211,7 +265,10 @@ impl PartitionReader {
                     }
                 }
                 Frame::Incomplete => {
-                    if committed_batches == 0 {
+                    if committed_batches > 0 {
+                        break;
+                    }
+                    if !to_eof {
                         let needed = if data.len() - at >= FRAME_HEADER {
                             at + FRAME_HEADER
                                 + u32::from_le_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]) as usize
@@ -220,15 +277,20 @@ impl PartitionReader {
                         };
                         return Ok(Parsed::NeedMore(needed));
                     }
-                    break;
+                    let reason = format!("an incomplete batch of {} bytes", data.len() - at);
+                    self.classify_problem(&data, at, expected.unwrap_or(self.next_offset), file_len, reason)?;
+                    return Ok(Parsed::Nothing);
                 }
                 Frame::Bad(reason) => {
-                    let frame_end = seg_pos + at as u64 + frame_len_hint(&data[at..]);
-                    if frame_end >= file_len {
-                        // Possibly an append in progress; wait at it.
+                    if committed_batches > 0 {
                         break;
                     }
-                    return Err(self.corrupt(at, reason));
+                    if !to_eof {
+                        // Look at the rest of the file: is there valid data after the damage?
+                        return Ok(Parsed::NeedMore(usize::MAX));
+                    }
+                    self.classify_problem(&data, at, expected.unwrap_or(self.next_offset), file_len, reason)?;
+                    return Ok(Parsed::Nothing);
                 }
             }
         }
@@ -237,23 +299,52 @@ impl PartitionReader {
         }
         batches.truncate(committed_batches);
         let seg = self.segment.as_mut().expect("invariant: segment located before parse");
-        let chunk = Chunk { data, batches, skip_below: self.next_offset, path: seg.path.clone(), file_pos: seg.pos };
+        let chunk = Chunk {
+            data,
+            batches,
+            skip_below: self.next_offset,
+            topic: self.topic.clone(),
+            partition: self.partition,
+            path: seg.path.clone(),
+            file_pos: seg.pos,
+        };
         seg.pos += committed_end as u64;
         self.next_offset = committed_next;
         Ok(Parsed::Chunk(chunk))
     }
 
-    fn corrupt(&self, at: usize, reason: String) -> LogError {
-        let seg = self.segment.as_ref().expect("invariant: segment located");
-        LogError::Corrupt { path: seg.path.clone(), position: seg.pos + at as u64, reason }
+    /// A problem at `data[at..]`, which runs to the end of the file: `Ok` when it may be an
+    /// append in progress or a torn tail (nothing valid follows in this, the last, segment), so
+    /// the reader waits at it; `Err(Damaged)` when valid data follows or a later segment exists.
+    fn classify_problem(&mut self, data: &[u8], at: usize, expected: u64, file_len: u64, reason: String) -> Result<()> {
+        let seg = self.segment.as_ref().expect("invariant: segment located before parse");
+        let (base, position) = (seg.base, seg.pos + at as u64);
+        if self.torn_tail == Some((base, position, file_len)) {
+            return Ok(());
+        }
+        let resume = find_resume(data, at, expected).map(|(pos, h)| (seg.pos + pos as u64, h.base_offset));
+        let later = list_segments(&self.dir)?.into_iter().find(|(b, _)| *b > base).map(|(b, _)| (0, b));
+        match resume.or(later) {
+            Some(resume) => Err(self.damaged(at, reason, Some(resume))),
+            None => {
+                self.torn_tail = Some((base, position, file_len));
+                Ok(())
+            }
+        }
     }
-}
 
-fn frame_len_hint(buf: &[u8]) -> u64 {
-    if buf.len() < 4 {
-        return 0;
+    fn damaged(&self, at: usize, reason: String, resume: Option<(u64, u64)>) -> LogError {
+        let seg = self.segment.as_ref().expect("invariant: segment located");
+        LogError::Damaged {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            path: seg.path.clone(),
+            position: seg.pos + at as u64,
+            reason,
+            offset: self.next_offset,
+            resume,
+        }
     }
-    FRAME_HEADER as u64 + u64::from(u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]))
 }
 
 enum Parsed {

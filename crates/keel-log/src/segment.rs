@@ -3,10 +3,13 @@
 //!
 //! Invariant: `scan_segment` never trusts a frame it has not fully read and (when asked) verified;
 //! it reports where valid data ends, where committed data ends (before any open transaction run),
-//! and why it stopped.
+//! why it stopped, and whether valid data follows the problem. Only a problem that nothing valid
+//! follows is a torn tail (an incomplete last write), which a writer may truncate; a problem with
+//! valid data after it is damage to acknowledged data, which is never truncated automatically.
 
 use crate::format::{
-    BODY_HEADER, BatchHeader, FRAME_HEADER, Frame, parse_header, parse_segment_name, read_frame, segment_name,
+    BODY_HEADER, BatchHeader, FRAME_HEADER, Frame, find_resume, parse_header, parse_segment_name, read_frame,
+    segment_name,
 };
 use crate::{LogError, Result};
 use std::fs::{self, File};
@@ -43,8 +46,22 @@ pub(crate) struct Scan {
     pub committed_next: u64,
     /// Why the scan stopped before the end of the file, if it did.
     pub tail_problem: Option<String>,
+    /// Valid data after the problem, as `(position, base offset)` of its first batch: the
+    /// problem is damage in the middle of the data, not a torn tail.
+    pub resume: Option<(u64, u64)>,
+    /// The problem is a complete frame that failed its checks (a flipped byte, say), not a
+    /// write that ended early; truncating it may lose acknowledged data, so its bytes are kept.
+    pub complete_bad_frame: bool,
     /// Transaction commits seen: `(producer, sequence)`.
     pub commits: Vec<(u64, u64)>,
+}
+
+impl Scan {
+    /// True when the data after the last committed batch may be cut off: nothing valid follows
+    /// the problem (an incomplete write, or a transaction whose commit never came).
+    pub fn is_torn_tail(&self) -> bool {
+        self.committed_len < self.file_len && self.resume.is_none()
+    }
 }
 
 /// Scans a whole segment whose first offset is `base`.
@@ -58,11 +75,14 @@ pub(crate) fn scan_bytes(data: &[u8], base: u64, verify: bool) -> Scan {
     let mut at = 0usize;
     let mut next = base;
     let mut open_run: Option<(u64, u64)> = None; // producer, sequence of the unfinished run
+    let mut problem_at = None;
     while at < data.len() {
         match read_frame(&data[at..], verify) {
             Frame::Batch { header, len } => {
                 if let Some(problem) = continuity_problem(&header, next, open_run) {
                     scan.tail_problem = Some(problem);
+                    scan.complete_bad_frame = true;
+                    problem_at = Some(at);
                     break;
                 }
                 at += len;
@@ -81,18 +101,30 @@ pub(crate) fn scan_bytes(data: &[u8], base: u64, verify: bool) -> Scan {
             }
             Frame::Incomplete => {
                 scan.tail_problem = Some(format!("an incomplete batch of {} bytes", data.len() - at));
+                problem_at = Some(at);
                 break;
             }
             Frame::Bad(reason) => {
                 scan.tail_problem = Some(reason);
+                scan.complete_bad_frame = frame_fits(&data[at..]);
+                problem_at = Some(at);
                 break;
             }
         }
     }
-    if scan.tail_problem.is_none() && open_run.is_some() {
+    if let Some(at) = problem_at {
+        scan.resume = find_resume(data, at, next).map(|(pos, h)| (pos as u64, h.base_offset));
+    } else if open_run.is_some() {
         scan.tail_problem = Some("a transaction that was never committed".to_string());
     }
+    debug_assert!(scan.committed_len <= scan.valid_len && scan.valid_len <= scan.file_len);
     scan
+}
+
+/// Whether the frame at the start of `buf` claims a length that lies within `buf`.
+fn frame_fits(buf: &[u8]) -> bool {
+    buf.len() >= FRAME_HEADER
+        && FRAME_HEADER as u64 + u64::from(u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]])) <= buf.len() as u64
 }
 
 /// Why a batch cannot follow the previous one, if it cannot.
@@ -173,4 +205,24 @@ pub(crate) fn write_file_synced(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Fsyncs a directory so that entries created or renamed in it survive power loss.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(LogError::io("cannot fsync directory", dir))
+}
+
+/// Copies bytes of segment `base` that start at byte `from` into `DIR/damaged/` (fsynced) before
+/// anything removes them from the segment; returns the copy's path. An earlier copy of the same
+/// range is never overwritten.
+pub(crate) fn save_aside(dir: &Path, base: u64, from: u64, bytes: &[u8]) -> Result<PathBuf> {
+    let aside = dir.join("damaged");
+    fs::create_dir_all(&aside).map_err(LogError::io("cannot create", &aside))?;
+    let mut path = aside.join(format!("{}-at-{from}.bin", segment_name(base)));
+    let mut n = 1;
+    while path.exists() {
+        path = aside.join(format!("{}-at-{from}.{n}.bin", segment_name(base)));
+        n += 1;
+    }
+    let mut f = File::create(&path).map_err(LogError::io("cannot create", &path))?;
+    f.write_all(bytes).map_err(LogError::io("cannot write", &path))?;
+    f.sync_all().map_err(LogError::io("cannot fsync", &path))?;
+    sync_dir(&aside)?;
+    sync_dir(dir)?;
+    Ok(path)
 }

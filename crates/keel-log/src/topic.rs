@@ -1,9 +1,13 @@
 //! Topics: creation, lookup, listing, deletion and description.
 //!
 //! Invariants: a topic directory appears under `topics/` only complete (built under a temporary
-//! name, fsynced, then renamed); its `topic.json` never changes after creation; deletion first
-//! renames the directory away, so a half-deleted topic is never visible under its name.
+//! name, fsynced, then renamed); its `topic.json` never changes after creation and is checked
+//! when opened (a hand-edited one with impossible values is refused, not used); deletion and
+//! repair hold the topic's admin lock (`.admin.lock`, one process at a time, refused while
+//! another holds it); deletion first renames the directory away, so a half-deleted topic is
+//! never visible under its name.
 
+use crate::format::{DEFAULT_MAX_MESSAGE_BYTES, MAX_RECORD_BYTES};
 use crate::reader::PartitionReader;
 use crate::segment::{list_segments, scan_headers};
 use crate::writer::{Durability, PartitionWriter};
@@ -15,6 +19,17 @@ use std::path::{Path, PathBuf};
 fn default_segment_bytes() -> u64 {
     64 << 20
 }
+
+/// Topics created before the limit existed accepted records of any size the frame allowed.
+fn legacy_max_message_bytes() -> u64 {
+    MAX_RECORD_BYTES
+}
+
+/// The largest segment size a topic can be created with: a writer reads the last segment whole
+/// when it opens the partition, so this bounds that memory.
+pub const MAX_SEGMENT_BYTES: u64 = 1 << 30;
+/// The most partitions a topic can have.
+pub const MAX_PARTITIONS: u32 = 4096;
 
 /// A topic's configuration, fixed at creation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,25 +44,48 @@ pub struct TopicConfig {
     /// Closed segments whose last write is older than this are deleted.
     #[serde(default)]
     pub retention_ms: Option<u64>,
+    /// The largest record (key plus value bytes) the topic accepts, as Kafka's
+    /// `max.message.bytes`; a larger one is refused with nothing written.
+    #[serde(default = "legacy_max_message_bytes")]
+    pub max_message_bytes: u64,
 }
 
 impl TopicConfig {
     pub fn new(partitions: u32) -> Self {
-        TopicConfig { partitions, segment_bytes: default_segment_bytes(), retention_bytes: None, retention_ms: None }
+        TopicConfig {
+            partitions,
+            segment_bytes: default_segment_bytes(),
+            retention_bytes: None,
+            retention_ms: None,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+        }
     }
 
+    /// Checks a configuration for a new topic.
     fn validate(&self) -> Result<()> {
-        if self.partitions == 0 || self.partitions > 4096 {
+        self.check().map_err(LogError::InvalidConfig)?;
+        if self.segment_bytes > MAX_SEGMENT_BYTES {
             return Err(LogError::InvalidConfig(format!(
-                "a topic needs between 1 and 4096 partitions, not {}",
-                self.partitions
-            )));
-        }
-        if self.segment_bytes < 1024 {
-            return Err(LogError::InvalidConfig(format!(
-                "segment size {} bytes is below the 1024-byte minimum",
+                "segment size {} bytes is above the {MAX_SEGMENT_BYTES}-byte maximum",
                 self.segment_bytes
             )));
+        }
+        Ok(())
+    }
+
+    /// What any topic's configuration must satisfy, new or found on disk.
+    fn check(&self) -> std::result::Result<(), String> {
+        if self.partitions == 0 || self.partitions > MAX_PARTITIONS {
+            return Err(format!("a topic needs between 1 and {MAX_PARTITIONS} partitions, not {}", self.partitions));
+        }
+        if self.segment_bytes < 1024 {
+            return Err(format!("segment size {} bytes is below the 1024-byte minimum", self.segment_bytes));
+        }
+        if self.max_message_bytes == 0 || self.max_message_bytes > MAX_RECORD_BYTES {
+            return Err(format!(
+                "max-message-bytes {} is not between 1 and {MAX_RECORD_BYTES}",
+                self.max_message_bytes
+            ));
         }
         Ok(())
     }
@@ -141,6 +179,7 @@ impl Log {
         };
         let config: TopicConfig = serde_json::from_slice(&bytes)
             .map_err(|e| LogError::BadMetadata { path: meta.clone(), reason: e.to_string() })?;
+        config.check().map_err(|reason| LogError::BadMetadata { path: meta.clone(), reason })?;
         Ok(Topic { name: name.to_string(), dir, config })
     }
 
@@ -170,9 +209,15 @@ impl Log {
         Ok(names)
     }
 
-    /// Deletes a topic and all its data.
+    /// Deletes a topic and all its data. Refused while another process deletes or repairs it;
+    /// appends in progress finish first (each partition's append lock is taken).
     pub fn delete_topic(&self, name: &str) -> Result<()> {
         let topic = self.topic(name)?;
+        let _admin = topic.admin_lock("keel topic delete")?;
+        let mut appends = vec![];
+        for p in 0..topic.partitions() {
+            appends.push(topic.writer(p, Durability::Fsync)?.hold_lock()?);
+        }
         let trash = self.topics_dir.join(format!(".deleting-{name}-{}", std::process::id()));
         fs::rename(&topic.dir, &trash).map_err(LogError::io("cannot delete", &topic.dir))?;
         crate::segment::sync_dir(&self.topics_dir)?;
@@ -240,6 +285,22 @@ impl Topic {
             _ => (0, 0),
         };
         Ok(PartitionInfo { partition, start_offset, end_offset, size_bytes, segments: segments.len() })
+    }
+
+    /// Takes the topic's admin lock for `what` (a command, for whoever is refused).
+    pub fn admin_lock(&self, what: &str) -> Result<keel_types::lock::OwnerLock> {
+        let path = self.dir.join(".admin.lock");
+        keel_types::lock::OwnerLock::try_acquire(&path, what).map_err(|e| match e {
+            keel_types::lock::LockError::Held { holder } => {
+                LogError::Locked { what: format!("topic '{}'", self.name), holder }
+            }
+            keel_types::lock::LockError::Io { path, source } => LogError::Io { action: "cannot lock", path, source },
+        })
+    }
+
+    /// The directory of one partition.
+    pub(crate) fn partition_path(&self, partition: u32) -> Result<PathBuf> {
+        self.partition_dir(partition)
     }
 
     /// `partition_info` for every partition.

@@ -2,13 +2,17 @@
 //!
 //! Invariants: every append happens under the partition's exclusive file lock; before writing,
 //! the writer brings its view of the tail up to date (another process may have appended), and if
-//! the tail holds a torn batch or an unfinished transaction it truncates it, logging what it
-//! removed. A transactional commit `(producer, sequence)` is written at most once per partition:
+//! the tail holds a torn batch or an unfinished transaction that nothing valid follows it
+//! truncates it, logging what it removed (a complete frame that failed its checksum is copied to
+//! `damaged/` first). Damage with valid data after it is never truncated: the writer refuses to
+//! append (`LogError::Damaged`) until `keel topic repair` has run. Every record is checked
+//! against the topic's size limit before anything is written, and a write that fails part-way
+//! is cut back to where it started, so a failed append leaves nothing of itself. A transactional commit `(producer, sequence)` is written at most once per partition:
 //! `producers.json` (as of a segment's start) plus the commits found in the last segment give
 //! each producer's last committed sequence.
 
 use crate::format::{BatchHeader, FLAG_TXN, FLAG_TXN_LAST, Record, TARGET_BATCH_BYTES, encode_batch};
-use crate::segment::{list_segments, scan_segment, segment_path, sync_dir, write_file_synced};
+use crate::segment::{list_segments, save_aside, scan_segment, segment_path, sync_dir, write_file_synced};
 use crate::topic::TopicConfig;
 use crate::{LogError, Result};
 use serde::{Deserialize, Serialize};
@@ -55,6 +59,15 @@ struct Tail {
     producers: BTreeMap<u64, u64>,
 }
 
+/// A partition's append lock, held until dropped.
+pub(crate) struct AppendGuard(File);
+
+impl Drop for AppendGuard {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
+    }
+}
+
 /// Appends records to one partition.
 pub struct PartitionWriter {
     topic: String,
@@ -85,8 +98,28 @@ impl PartitionWriter {
         Ok(PartitionWriter { topic, partition, dir, config, durability, lock, tail: None, buf: Vec::new() })
     }
 
+    /// The topic's record size limit (key plus value bytes).
+    pub fn max_message_bytes(&self) -> u64 {
+        self.config.max_message_bytes
+    }
+
+    /// Refuses a record larger than the topic accepts.
+    pub fn check_size(&self, record: &Record) -> Result<()> {
+        let size = record.size() as u64;
+        if size > self.config.max_message_bytes {
+            return Err(LogError::RecordTooLarge {
+                topic: self.topic.clone(),
+                size,
+                limit: self.config.max_message_bytes,
+            });
+        }
+        Ok(())
+    }
+
     /// Appends records; returns `(first offset, offset after the last)` once they are durable.
+    /// A record over the topic's size limit refuses the whole append (nothing is written).
     pub fn append(&mut self, records: &[Record]) -> Result<(u64, u64)> {
+        records.iter().try_for_each(|r| self.check_size(r))?;
         self.locked(|w| {
             let base = w.tail_ref().next_offset;
             w.write_batches(records, 0, 0, false)?;
@@ -97,6 +130,7 @@ impl PartitionWriter {
     /// Appends `records` as the commit of transaction `(producer, sequence)`, unless that
     /// producer already committed `sequence` or a later one here.
     pub fn commit_txn(&mut self, producer: u64, sequence: u64, records: &[Record]) -> Result<TxnOutcome> {
+        records.iter().try_for_each(|r| self.check_size(r))?;
         self.locked(|w| {
             if w.tail_ref().producers.get(&producer).is_some_and(|&last| last >= sequence) {
                 return Ok(TxnOutcome::AlreadyCommitted);
@@ -137,6 +171,14 @@ impl PartitionWriter {
     /// The offset the next append will get.
     pub fn next_offset(&mut self) -> Result<u64> {
         self.locked(|w| Ok(w.tail_ref().next_offset))
+    }
+
+    /// Waits for appends in progress and keeps every other writer out until the guard is
+    /// dropped (for deleting or repairing the partition).
+    pub(crate) fn hold_lock(self) -> Result<AppendGuard> {
+        let lock_path = self.dir.join(".lock");
+        self.lock.lock().map_err(LogError::io("cannot lock partition", &lock_path))?;
+        Ok(AppendGuard(self.lock))
     }
 
     fn locked<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
@@ -191,13 +233,34 @@ impl PartitionWriter {
             .write(true)
             .open(&path)
             .map_err(LogError::io("cannot open segment", &path))?;
-        if scan.committed_len < scan.file_len {
+        if let Some((resume_at, resume_offset)) = scan.resume {
+            return Err(LogError::Damaged {
+                topic: self.topic.clone(),
+                partition: self.partition,
+                path,
+                position: scan.valid_len,
+                reason: scan.tail_problem.clone().unwrap_or_else(|| "unreadable data".to_string()),
+                offset: scan.committed_next,
+                resume: Some((resume_at, resume_offset)),
+            });
+        }
+        if scan.is_torn_tail() {
+            debug_assert!(scan.tail_problem.is_some(), "a tail is cut only for a reason");
             let reason = scan.tail_problem.clone().unwrap_or_else(|| "unknown damage".to_string());
+            let kept = if scan.complete_bad_frame {
+                // A whole frame that fails its checks may have been acknowledged: keep its bytes.
+                let data = fs::read(&path).map_err(LogError::io("cannot read segment", &path))?;
+                let from = scan.committed_len as usize;
+                let aside = save_aside(&self.dir, base, scan.committed_len, &data[from.min(data.len())..])?;
+                format!("; they are kept in {}", aside.display())
+            } else {
+                "; they were never acknowledged (an append or transaction cut short)".to_string()
+            };
             tracing::warn!(
                 topic = %self.topic,
                 partition = self.partition,
                 segment = %path.display(),
-                "recovering the log: truncating {} bytes after offset {} ({reason}); these bytes were never acknowledged",
+                "recovering the log: truncating {} bytes after offset {} at its end ({reason}){kept}",
                 scan.file_len - scan.committed_len,
                 scan.committed_next,
             );
@@ -295,6 +358,27 @@ impl PartitionWriter {
         txn: bool,
     ) -> Result<()> {
         self.maybe_roll()?;
+        let start_len = self.tail_ref().len;
+        let result = self.write_chunks(chunks, producer, sequence, txn);
+        if result.is_err() {
+            // Leave nothing of a failed write: a retry must not find half of it (a plain append's
+            // whole frames would otherwise stay, never acknowledged). If even this fails, the
+            // next writer finds a torn tail or an unfinished transaction and truncates it.
+            let path = segment_path(&self.dir, self.tail_ref().base);
+            if let Err(e) = self.tail_ref().file.set_len(start_len) {
+                tracing::warn!("cannot cut a failed append back in {}: {e}", path.display());
+            }
+        }
+        result
+    }
+
+    fn write_chunks<'r>(
+        &mut self,
+        chunks: &mut dyn FnMut() -> Result<Option<Cow<'r, [Record]>>>,
+        producer: u64,
+        sequence: u64,
+        txn: bool,
+    ) -> Result<()> {
         let now = keel_types::time::now_ms();
         let path = segment_path(&self.dir, self.tail_ref().base);
         let durability = self.durability;
@@ -304,6 +388,7 @@ impl PartitionWriter {
         loop {
             let following = if current.is_some() { chunks()? } else { None };
             let records = current.take().unwrap_or(Cow::Borrowed(&[]));
+            records.iter().try_for_each(|r| self.check_size(r))?;
             let last_chunk = following.is_none();
             buf.clear();
             let mut start = 0;

@@ -14,6 +14,9 @@ pub enum RuntimeError {
     /// An invariant inside Keel was violated.
     #[error("internal error: {0}")]
     Internal(String),
+    /// Data Keel wrote was found damaged on disk; restarting reads the same damage.
+    #[error("{0}")]
+    Damaged(String),
     /// A task panicked.
     #[error("task '{task}' panicked: {message}")]
     Panic { task: String, message: String },
@@ -35,6 +38,7 @@ impl RuntimeError {
             RuntimeError::External(_) | RuntimeError::Cancelled(_) => ErrorClass::External,
             RuntimeError::State(e) => e.class(),
             RuntimeError::Internal(_) | RuntimeError::Panic { .. } => ErrorClass::Internal,
+            RuntimeError::Damaged(_) => ErrorClass::Damaged,
             // Expression errors come from data (division by zero, bad casts): user errors.
             RuntimeError::Expr { .. } => ErrorClass::User,
             RuntimeError::Arrow { .. } => ErrorClass::Internal,

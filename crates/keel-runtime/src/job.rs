@@ -170,8 +170,12 @@ pub fn run_job(
         let started = Instant::now();
         match run_attempt(graph, config, job, &metrics, &stop, attempt) {
             Ok(outcome) => return Ok(outcome),
-            Err(e) if e.class() == ErrorClass::User => {
-                return Err(RuntimeError::User(format!("{e} (not restarting: restarting cannot fix this)")));
+            Err(e) if !e.class().restart_can_help() => {
+                let message = format!("{e} (not restarting: restarting cannot fix this)");
+                return Err(match e.class() {
+                    ErrorClass::Damaged => RuntimeError::Damaged(message),
+                    _ => RuntimeError::User(message),
+                });
             }
             Err(e) => {
                 if started.elapsed() > config.restart.window {

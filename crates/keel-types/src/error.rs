@@ -2,7 +2,8 @@
 //!
 //! Each library crate has its own `thiserror` enum; each variant answers `class()` with one of
 //! these, so the CLI and the restart strategy can tell a user's mistake (do not retry, explain)
-//! from an external system's failure (retry with backoff) from a bug in Keel (report it).
+//! from an external system's failure (retry with backoff) from a bug in Keel (report it) from
+//! data found damaged on disk (do not retry, keep the data, say how to repair it).
 
 /// Who is responsible for an error, which decides what Keel does about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,6 +14,19 @@ pub enum ErrorClass {
     External,
     /// An invariant inside Keel was violated: a bug. The message says which invariant.
     Internal,
+    /// Data Keel wrote and fsynced was found damaged (a flipped byte, a truncated file): the disk
+    /// or an operator changed it. Retrying reads the same damage, so it is not retried; nothing
+    /// is deleted, and the message names the file, the position and the repair.
+    Damaged,
+}
+
+impl ErrorClass {
+    /// Whether restarting a job can help: not for a user error nor for damaged data (the same
+    /// input or the same bytes fail the same way); an external failure may pass, and a bug may
+    /// depend on timing.
+    pub fn restart_can_help(self) -> bool {
+        !matches!(self, ErrorClass::User | ErrorClass::Damaged)
+    }
 }
 
 impl std::fmt::Display for ErrorClass {
@@ -21,6 +35,7 @@ impl std::fmt::Display for ErrorClass {
             ErrorClass::User => "user error",
             ErrorClass::External => "external failure",
             ErrorClass::Internal => "internal error (a bug in Keel)",
+            ErrorClass::Damaged => "damaged data",
         })
     }
 }
