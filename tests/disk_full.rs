@@ -30,13 +30,14 @@ fn a_full_disk_fails_clearly_and_the_job_resumes_exactly_once_space_is_freed() {
     make_events(&data, "events", 2, n, seed, users, step);
     let sql = dir.path().join("totals.sql");
     std::fs::write(&sql, WINDOW_SQL).unwrap();
-    // Leave about 16 KB free: less than the job's output and checkpoints need.
+    // Leave about 48 KB free: enough to start the job (its lock, identity and topics take a page
+    // each on tmpfs), less than its output and checkpoints need.
     let filler = data.join("filler");
     let free = {
         let out = Command::new("df").args(["--output=avail", "-B1"]).arg(&data).output().unwrap();
         String::from_utf8_lossy(&out.stdout).lines().nth(1).unwrap().trim().parse::<u64>().unwrap()
     };
-    std::fs::write(&filler, vec![0u8; free.saturating_sub(16 << 10) as usize]).unwrap();
+    std::fs::write(&filler, vec![0u8; free.saturating_sub(48 << 10) as usize]).unwrap();
     let out = keel(&data)
         .args([
             "run",

@@ -84,7 +84,7 @@ fn a_job_restored_at_another_parallelism_keeps_its_window_state() {
 }
 
 #[test]
-fn a_damaged_newest_checkpoint_is_skipped_for_the_one_before() {
+fn a_damaged_state_file_of_the_newest_checkpoint_is_rebuilt_from_its_parity() {
     let (dir, sql, seed) = setup("damaged_checkpoint");
     let status = keel(dir.path())
         .args(["run", sql.to_str().unwrap(), "--quiet", "-p", "2", "--checkpoint-interval", "100ms"])
@@ -114,7 +114,9 @@ fn a_damaged_newest_checkpoint_is_skipped_for_the_one_before() {
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     let id: u64 = newest.file_name().unwrap().to_string_lossy().trim_start_matches("chk-").parse().unwrap();
-    assert!(stderr.contains(&format!("skipping checkpoint {id}")), "{stderr}");
+    assert!(stderr.contains(&format!("checkpoint {id}: state file window-aggregate")), "{stderr}");
+    assert!(stderr.contains("rebuilt from the checkpoint's parity"), "{stderr}");
+    assert!(stderr.contains(&format!("resuming from checkpoint {id}")), "{stderr}");
     check(dir.path(), seed);
 }
 

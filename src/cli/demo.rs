@@ -76,6 +76,8 @@ pub fn demo(data_dir: &Path, args: DemoArgs) -> Result<()> {
         retained_checkpoints: 3,
         bounded: true,
         fresh: args.fresh,
+        from_checkpoint: None,
+        no_checkpoint_parity: false,
         name: Some("demo".into()),
         restart_attempts: 10,
         restart_window: "10m".into(),

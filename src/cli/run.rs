@@ -31,9 +31,19 @@ pub struct RunArgs {
     #[arg(long)]
     pub bounded: bool,
     /// Discard the job's checkpoints and uncommitted output and start over.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "from_checkpoint")]
     pub fresh: bool,
-    /// The job's name (default: the pipeline file's name without extension).
+    /// Restore this checkpoint although newer ones exist (when they are damaged): output
+    /// committed after it is written again. Keel refuses to do this by itself and names the
+    /// checkpoint to give here.
+    #[arg(long)]
+    pub from_checkpoint: Option<u64>,
+    /// Do not write a parity file with each checkpoint (it lets any one damaged state file be
+    /// rebuilt; without it, such damage makes the checkpoint unusable).
+    #[arg(long)]
+    pub no_checkpoint_parity: bool,
+    /// The job's name (default: the pipeline file's name without extension, with characters a
+    /// job name cannot hold replaced by '_'): letters, digits, '.', '_' and '-'.
     #[arg(long)]
     pub name: Option<String>,
     /// Restarts allowed within --restart-window before the job fails for good.
@@ -104,8 +114,9 @@ pub fn run_pipeline(data_dir: &Path, args: &RunArgs, stop: Arc<AtomicBool>) -> R
         .with_context(|| format!("cannot read pipeline file {}", args.pipeline.display()))?;
     let name = match &args.name {
         Some(n) => n.clone(),
-        None => args.pipeline.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "pipeline".into()),
+        None => keel_runtime::job_name_from_file(&args.pipeline),
     };
+    keel_runtime::validate_job_name(&name)?;
     let parallelism =
         args.parallelism.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1));
     let opts = keel_sql::PipelineOptions {
@@ -124,6 +135,7 @@ pub fn run_pipeline(data_dir: &Path, args: &RunArgs, stop: Arc<AtomicBool>) -> R
     config.bounded = args.bounded;
     config.restart.max_attempts = args.restart_attempts;
     config.restart.window = parse_dur(&args.restart_window)?;
+    config.checkpoint_parity = !args.no_checkpoint_parity;
     let pipeline = keel_sql::plan(&sql, &opts).map_err(|e| anyhow::anyhow!("{}: {e}", args.pipeline.display()))?;
     if pipeline.explain_only {
         print!("{}", pipeline.explain());
@@ -134,7 +146,22 @@ pub fn run_pipeline(data_dir: &Path, args: &RunArgs, stop: Arc<AtomicBool>) -> R
     let mut job = JobDir::open(data_dir, &name, &pipeline.fingerprint, args.fresh)?;
     let graph = pipeline.build_graph(&mut job).map_err(|e| anyhow::anyhow!("{}: {e}", args.pipeline.display()))?;
     let sinks: Vec<String> = pipeline.sink_guarantees().into_iter().map(|(s, g)| format!("sink {s}: {g}")).collect();
-    let resume = job.checkpoint_store(config.retained_checkpoints)?.latest()?.map(|c| c.id);
+    let choice = match args.from_checkpoint {
+        Some(n) => keel_state::Choice::Accept(n),
+        None => keel_state::Choice::Newest,
+    };
+    let recovery = job.checkpoint_store(config.retained_checkpoints)?.recover(choice)?;
+    for note in &recovery.notes {
+        tracing::warn!("job '{name}': {note}");
+    }
+    if let (Some(n), Some(c)) = (args.from_checkpoint, &recovery.checkpoint) {
+        tracing::warn!(
+            "job '{name}': restoring checkpoint {n} as chosen with --from-checkpoint: output committed after it is \
+             written again"
+        );
+        debug_assert_eq!(c.id, n);
+    }
+    let resume = recovery.checkpoint.map(|c| c.id);
     eprintln!(
         "job '{name}': parallelism {parallelism}, {}, {}; {}",
         match config.checkpoint_interval {

@@ -5,12 +5,20 @@
 //! renamed to `txn-n-pP.stage`. When checkpoint `n` is complete, each staged file up to `n` is
 //! appended to its partition as transaction `(producer, n)` and deleted.
 //!
+//! A staged file starts with `STAGE_MAGIC`; each record is `key_len i32 (-1: none) | key |
+//! value_len u32 | value | crc32c u32` (the CRC covers the record's bytes before it), so a flipped
+//! byte is found before anything is committed. Files without the magic (Keel 0.1) have no CRCs.
+//!
 //! Invariants: a staged file is committed only after its checkpoint (or a later one) completed;
 //! commits happen in increasing checkpoint order, and the log ignores a `(producer, n)` it already
 //! has, so committing again after a crash is harmless. On recovery from checkpoint `c`, staged
 //! files up to `c` are committed and everything newer (never part of a complete checkpoint) is
 //! deleted. Staging directory `k` is recovered by new subtask `k % parallelism` before that
-//! subtask writes anything, and subtask `j` writes only in directory `j`.
+//! subtask writes anything, and subtask `j` writes only in directory `j`. A record larger than the
+//! topic accepts is refused when it is staged (a user error), never found at commit time, when a
+//! retry could only fail again. A staged file found damaged at commit is kept where it is and
+//! nothing of it is committed (the log cuts the failed transaction back); the job stops with an
+//! error naming the file, the record and what it means.
 
 use crate::error::{ConnectorError, Result};
 use keel_log::{Durability, PartitionWriter, Record, Topic, TxnOutcome};
@@ -31,6 +39,9 @@ pub struct StagedTopicWriter {
     writers: HashMap<u32, PartitionWriter>,
     durability: Durability,
 }
+
+/// The first bytes of a staged file written by this version: a name and the format version (2).
+const STAGE_MAGIC: &[u8; 8] = b"KSTG\x02\0\0\0";
 
 fn producer_id(run_id: &str, uid: &str, subtask: u32) -> u64 {
     keel_types::keys::hash_key(format!("{run_id}\u{0}{uid}\u{0}{subtask}").as_bytes())
@@ -118,27 +129,76 @@ impl StagedTopicWriter {
         Self::open(topic, &ctx.job_dir, uid, &ctx.run_id, ctx.subtask, ctx.parallelism, restored)
     }
 
-    /// Stages one record for `partition` in the current transaction.
+    /// The largest record (key plus value bytes) the target topic accepts.
+    pub fn max_record_bytes(&self) -> u64 {
+        self.topic.config().max_message_bytes
+    }
+
+    /// Stages one record for `partition` in the current transaction. A record larger than the
+    /// topic accepts is refused here (a user error), before anything of it is staged.
     pub fn write(&mut self, partition: u32, key: Option<&[u8]>, value: &[u8]) -> Result<()> {
+        let size = (key.map_or(0, <[u8]>::len) + value.len()) as u64;
+        if size > self.max_record_bytes() {
+            return Err(ConnectorError::Config(format!(
+                "a row of {size} bytes is larger than topic '{}' accepts ({} bytes, its max-message-bytes); \
+                 write it to a topic created with a larger `keel topic create --max-message-bytes`, or make the \
+                 row smaller",
+                self.topic.name(),
+                self.max_record_bytes()
+            )));
+        }
         let f = match self.current.get_mut(&partition) {
             Some(f) => f,
             None => {
                 let path = self.dir.join(format!("current-p{partition}.stage"));
                 let file = File::create(&path).map_err(ConnectorError::io("cannot create staging file", &path))?;
-                self.current.entry(partition).or_insert(BufWriter::with_capacity(256 << 10, file))
+                let mut w = BufWriter::with_capacity(256 << 10, file);
+                w.write_all(STAGE_MAGIC).map_err(ConnectorError::io("cannot write staging file", &path))?;
+                self.current.entry(partition).or_insert(w)
             }
         };
         let io = |e| ConnectorError::Io { action: "cannot write staging file in", path: String::new(), source: e };
-        match key {
-            Some(k) => {
-                f.write_all(&(k.len() as i32).to_le_bytes()).map_err(io)?;
-                f.write_all(k).map_err(io)?;
-            }
-            None => f.write_all(&(-1i32).to_le_bytes()).map_err(io)?,
+        let klen = key.map_or(-1i32, |k| k.len() as i32).to_le_bytes();
+        let vlen = (value.len() as u32).to_le_bytes();
+        let mut crc = crc32c::crc32c(&klen);
+        f.write_all(&klen).map_err(io)?;
+        if let Some(k) = key {
+            crc = crc32c::crc32c_append(crc, k);
+            f.write_all(k).map_err(io)?;
         }
-        f.write_all(&(value.len() as u32).to_le_bytes()).map_err(io)?;
+        crc = crc32c::crc32c_append(crc, &vlen);
+        crc = crc32c::crc32c_append(crc, value);
+        f.write_all(&vlen).map_err(io)?;
         f.write_all(value).map_err(io)?;
+        f.write_all(&crc.to_le_bytes()).map_err(io)?;
         Ok(())
+    }
+
+    /// Stages a dead letter (a JSON object with a `record` field) for partition 0; one too large
+    /// for the topic has its `record` cut to a prefix that fits, with `record_truncated` giving
+    /// the record's full length in bytes, so that a bad record never stops the job.
+    pub fn write_letter(&mut self, mut letter: serde_json::Value) -> Result<()> {
+        let text = letter.to_string();
+        let limit = self.max_record_bytes() as usize;
+        if text.len() <= limit {
+            return self.write(0, None, text.as_bytes());
+        }
+        let record = match letter.get("record") {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+            None => String::new(),
+        };
+        let full = record.len();
+        // What the letter needs besides the record, with room for JSON escapes of the prefix.
+        letter["record"] = serde_json::Value::from("");
+        letter["record_truncated"] = serde_json::Value::from(full);
+        let room = limit.saturating_sub(letter.to_string().len()) / 6;
+        let mut cut = room.min(full);
+        while !record.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        letter["record"] = serde_json::Value::from(&record[..cut]);
+        self.write(0, None, letter.to_string().as_bytes())
     }
 
     /// Pre-commit at barrier `checkpoint`: make the current transaction's files durable.
@@ -191,12 +251,17 @@ impl StagedTopicWriter {
         };
         let mut n = 0usize;
         let mut damaged = None;
+        let checked = match has_magic(&mut reader) {
+            Ok(c) => c,
+            Err(e) => return Err(ConnectorError::io("cannot read staging file", path)(e)),
+        };
+        let mut position = if checked { STAGE_MAGIC.len() as u64 } else { 0 };
         // Stream the file in chunks of about 1 MB: a large transaction never sits in memory whole.
         let mut next_chunk = || -> keel_log::Result<Option<Vec<Record>>> {
             let mut chunk = Vec::new();
             let mut bytes = 0;
             while bytes < (1 << 20) {
-                match read_staged(&mut reader) {
+                match read_staged(&mut reader, checked, &mut position) {
                     Ok(Some(r)) => {
                         bytes += r.value.len() + 8;
                         chunk.push(r);
@@ -218,8 +283,12 @@ impl StagedTopicWriter {
         let outcome = writer.commit_txn_stream(producer, checkpoint, &mut next_chunk);
         if let Some(e) = damaged {
             return Err(ConnectorError::Damaged(format!(
-                "staging file {} is damaged ({e}); it was fsynced before its checkpoint completed, so the disk lost data",
-                path.display()
+                "staging file {} is damaged ({e}): it holds the output of checkpoint {checkpoint} for topic '{}' \
+                 partition {partition}, and was fsynced before that checkpoint completed, so the disk changed it. \
+                 Nothing of it was committed and the file is kept. Restore it from a backup and run the job again; \
+                 or move it out of the staging directory to go on without that output (those rows are then lost)",
+                path.display(),
+                self.topic.name()
             )));
         }
         match outcome? {
@@ -237,25 +306,62 @@ impl StagedTopicWriter {
     }
 }
 
-/// Reads one staged record; `None` at a clean end of file.
-fn read_staged(r: &mut impl std::io::Read) -> std::result::Result<Option<Record>, String> {
+/// Whether a staged file starts with `STAGE_MAGIC` (consumed if so); files of Keel 0.1 do not.
+fn has_magic(r: &mut std::io::BufReader<File>) -> std::io::Result<bool> {
+    use std::io::BufRead;
+    let head = r.fill_buf()?;
+    let yes = head.len() >= STAGE_MAGIC.len() && head[..STAGE_MAGIC.len()] == STAGE_MAGIC[..];
+    if yes {
+        r.consume(STAGE_MAGIC.len());
+    }
+    Ok(yes)
+}
+
+/// Reads one staged record starting at byte `*position` (advanced past it); `None` at a clean
+/// end of file. With `checked`, the record's CRC must match.
+fn read_staged(
+    r: &mut impl std::io::Read,
+    checked: bool,
+    position: &mut u64,
+) -> std::result::Result<Option<Record>, String> {
+    let at = *position;
     let mut len = [0u8; 4];
     match r.read_exact(&mut len) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e.to_string()),
     }
+    let mut crc = crc32c::crc32c(&len);
     let kl = i32::from_le_bytes(len);
+    let bound = keel_log::MAX_RECORD_BYTES;
     let key = if kl < 0 {
         None
     } else {
+        if kl as u64 > bound {
+            return Err(format!("a key length of {kl} bytes at byte {at}"));
+        }
         let mut k = vec![0u8; kl as usize];
-        r.read_exact(&mut k).map_err(|e| format!("truncated key: {e}"))?;
+        r.read_exact(&mut k).map_err(|e| format!("a key cut short at byte {at}: {e}"))?;
+        crc = crc32c::crc32c_append(crc, &k);
         Some(k)
     };
-    r.read_exact(&mut len).map_err(|e| format!("truncated record: {e}"))?;
-    let mut v = vec![0u8; u32::from_le_bytes(len) as usize];
-    r.read_exact(&mut v).map_err(|e| format!("truncated value: {e}"))?;
+    r.read_exact(&mut len).map_err(|e| format!("a record cut short at byte {at}: {e}"))?;
+    crc = crc32c::crc32c_append(crc, &len);
+    let vl = u32::from_le_bytes(len);
+    if u64::from(vl) > bound {
+        return Err(format!("a value length of {vl} bytes at byte {at}"));
+    }
+    let mut v = vec![0u8; vl as usize];
+    r.read_exact(&mut v).map_err(|e| format!("a value cut short at byte {at}: {e}"))?;
+    crc = crc32c::crc32c_append(crc, &v);
+    *position += 8 + key.as_ref().map_or(0, Vec::len) as u64 + u64::from(vl);
+    if checked {
+        r.read_exact(&mut len).map_err(|e| format!("a record's checksum cut short at byte {at}: {e}"))?;
+        if u32::from_le_bytes(len) != crc {
+            return Err(format!("the record at byte {at} fails its CRC32C"));
+        }
+        *position += 4;
+    }
     Ok(Some(Record::new(key, v)))
 }
 
@@ -277,7 +383,12 @@ impl keel_runtime::SideOutput for DeadLetterOutput {
                 serde_json::Value::from(self.table.as_str()),
                 serde_json::Value::from(reason)
             );
-            self.writer.write(0, None, letter.as_bytes())?;
+            if letter.len() as u64 <= self.writer.max_record_bytes() {
+                self.writer.write(0, None, letter.as_bytes())?;
+            } else {
+                let letter = serde_json::json!({ "table": self.table, "error": reason, "record": record });
+                self.writer.write_letter(letter)?;
+            }
         }
         Ok(())
     }
@@ -289,5 +400,104 @@ impl keel_runtime::SideOutput for DeadLetterOutput {
     fn commit(&mut self, checkpoint: u64) -> keel_runtime::Result<()> {
         self.writer.commit_upto(checkpoint)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_log::{Log, TopicConfig};
+
+    fn topic(dir: &Path, limit: u64) -> Topic {
+        let mut config = TopicConfig::new(1);
+        config.max_message_bytes = limit;
+        Log::open(dir).unwrap().create_topic("out", config).unwrap()
+    }
+
+    fn values(topic: &Topic) -> Vec<String> {
+        let mut r = topic.reader(0, 0).unwrap();
+        let mut out = vec![];
+        while let Some(c) = r.read(1 << 20).unwrap() {
+            c.for_each(|rec| out.push(String::from_utf8(rec.value.to_vec()).unwrap())).unwrap();
+        }
+        out
+    }
+
+    fn staged_files(dir: &Path) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_flipped_byte_in_a_staged_file_commits_nothing_and_keeps_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = topic(dir.path(), 1 << 20);
+        let job = dir.path().join("job");
+        let mut w = StagedTopicWriter::open(t.clone(), &job, "sink", "run", 0, 1, None).unwrap();
+        for i in 0..100 {
+            w.write(0, Some(format!("k{i}").as_bytes()), format!("value {i}").as_bytes()).unwrap();
+        }
+        w.pre_commit(1).unwrap();
+        let staged = staged_files(&job.join("staging/sink/0"));
+        assert_eq!(staged.len(), 1);
+        let mut bytes = fs::read(&staged[0]).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0x04;
+        fs::write(&staged[0], &bytes).unwrap();
+        let err = w.commit_upto(1).unwrap_err();
+        assert_eq!(err.class(), keel_types::ErrorClass::Damaged);
+        let msg = err.to_string();
+        assert!(msg.contains("fails its CRC32C") && msg.contains("checkpoint 1") && msg.contains("is kept"), "{msg}");
+        assert!(values(&t).is_empty(), "nothing of a damaged transaction is committed");
+        assert_eq!(fs::read(&staged[0]).unwrap(), bytes, "the damaged file stays as it was");
+        // Restored from a backup, it commits whole.
+        bytes[at] ^= 0x04;
+        fs::write(&staged[0], &bytes).unwrap();
+        assert_eq!(w.commit_upto(1).unwrap(), 100);
+        assert_eq!(values(&t).len(), 100);
+    }
+
+    #[test]
+    fn a_staged_file_of_keel_0_1_without_checksums_still_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = topic(dir.path(), 1 << 20);
+        let job = dir.path().join("job");
+        let stage = job.join("staging/sink/0");
+        fs::create_dir_all(&stage).unwrap();
+        let mut old = vec![];
+        for v in ["a", "bc"] {
+            old.extend_from_slice(&(-1i32).to_le_bytes());
+            old.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            old.extend_from_slice(v.as_bytes());
+        }
+        fs::write(stage.join(format!("txn-{:020}-p0.stage", 3)), &old).unwrap();
+        StagedTopicWriter::open(t.clone(), &job, "sink", "run", 0, 1, Some(3)).unwrap();
+        assert_eq!(values(&t), vec!["a", "bc"]);
+    }
+
+    #[test]
+    fn a_record_over_the_topic_limit_is_refused_when_staged_and_letters_are_cut_to_fit() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = topic(dir.path(), 300);
+        let job = dir.path().join("job");
+        let mut w = StagedTopicWriter::open(t.clone(), &job, "sink", "run", 0, 1, None).unwrap();
+        let err = w.write(0, None, &[b'x'; 301]).unwrap_err();
+        assert_eq!(err.class(), keel_types::ErrorClass::User);
+        assert!(err.to_string().contains("a row of 301 bytes is larger than topic 'out' accepts (300 bytes"), "{err}");
+        let record = "é\"".repeat(400);
+        w.write_letter(serde_json::json!({ "table": "t", "error": "late", "record": record })).unwrap();
+        w.write_letter(serde_json::json!({ "table": "t", "error": "late", "record": "small" })).unwrap();
+        w.pre_commit(1).unwrap();
+        w.commit_upto(1).unwrap();
+        let got = values(&t);
+        assert_eq!(got.len(), 2);
+        let cut: serde_json::Value = serde_json::from_str(&got[0]).unwrap();
+        assert!(got[0].len() <= 300, "{}", got[0].len());
+        assert_eq!(cut["record_truncated"], serde_json::json!(record.len()));
+        assert!(record.starts_with(cut["record"].as_str().unwrap()) && !cut["record"].as_str().unwrap().is_empty());
+        let whole: serde_json::Value = serde_json::from_str(&got[1]).unwrap();
+        assert_eq!(whole["record"], "small");
+        assert!(whole.get("record_truncated").is_none());
     }
 }

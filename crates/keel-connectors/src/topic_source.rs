@@ -137,7 +137,7 @@ impl TopicSource {
                     .dead_letters
                     .as_mut()
                     .ok_or_else(|| RuntimeError::Internal("dead-letter writer not open".into()))?;
-                dl.write(0, None, letter.to_string().as_bytes()).map_err(RuntimeError::from)
+                dl.write_letter(letter).map_err(RuntimeError::from)
             }
         }
     }

@@ -1,23 +1,24 @@
-//! Running a job: its directory and identity on disk, starting one attempt (restoring the newest
-//! complete checkpoint into fresh tasks), and the restart strategy around attempts.
+//! Running a job: starting one attempt (restoring the checkpoint recovery chose into fresh
+//! tasks), and the restart strategy around attempts. The job's directory and identity are in
+//! `job_dir.rs`.
 //!
-//! Invariants: a job's identity (`job.json`: run id and pipeline fingerprint) is written before
-//! its first task starts and only replaced by `--fresh`; a job never restores a checkpoint taken
-//! by a different pipeline; after a failure every task of the attempt has exited before the next
-//! attempt starts; a failure classed as a user error is not retried.
+//! Invariants: a job never restores a checkpoint taken by a different pipeline, nor one older
+//! than its committed output without the operator's choice (`keel_state::Choice`); after a
+//! failure every task of the attempt has exited before the next attempt starts; a failure that
+//! restarting cannot fix (a user error, damaged data) is not retried.
 
 use crate::coordinator::{Coordinator, JobOutcome, TaskInfo, state_file_name};
 use crate::error::{Result, RuntimeError};
 use crate::graph::{JobGraph, StageInput};
+use crate::job_dir::JobDir;
 use crate::message::{Event, Message};
 use crate::metrics::Metrics;
 use crate::operator::{RestoredState, TaskContext};
 use crate::task::{Chain, OutputEdge, TaskLink, run_input_task, run_source_task};
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
-use keel_state::{CheckpointStore, CompletedCheckpoint, read_json, write_json_atomic};
+use keel_state::{Choice, CompletedCheckpoint};
 use keel_types::ErrorClass;
-use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,6 +60,8 @@ pub struct JobConfig {
     pub restart: RestartStrategy,
     /// Batches buffered per edge: bounds memory, and makes a slow consumer slow its producers.
     pub channel_capacity: usize,
+    /// Each checkpoint gets a parity file, from which any one damaged state file is rebuilt.
+    pub checkpoint_parity: bool,
 }
 
 impl JobConfig {
@@ -73,84 +76,8 @@ impl JobConfig {
             key_groups: keel_types::DEFAULT_KEY_GROUPS,
             restart: RestartStrategy::default(),
             channel_capacity: 8,
+            checkpoint_parity: true,
         }
-    }
-}
-
-/// The job's identity on disk (`jobs/NAME/job.json`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct JobFile {
-    pub name: String,
-    pub run_id: String,
-    pub fingerprint: String,
-    pub created_ms: i64,
-    /// Facts sources record at the first start (for example bounded end offsets), by source.
-    #[serde(default)]
-    pub sources: BTreeMap<String, serde_json::Value>,
-}
-
-/// A job's directory with its identity loaded.
-#[derive(Debug, Clone)]
-pub struct JobDir {
-    pub dir: PathBuf,
-    pub file: JobFile,
-    /// True when this start created the job (nothing to resume).
-    pub created: bool,
-}
-
-impl JobDir {
-    /// Opens the job's directory, creating its identity on first start. `fresh` deletes what a
-    /// previous run left (checkpoints, staged output, identity) and says so.
-    pub fn open(data_dir: &Path, name: &str, fingerprint: &str, fresh: bool) -> Result<JobDir> {
-        let dir = data_dir.join("jobs").join(name);
-        let path = dir.join("job.json");
-        if fresh && dir.exists() {
-            let store = CheckpointStore::open(&dir.join("checkpoints"), usize::MAX)?;
-            let ids = store.ids()?;
-            tracing::warn!(
-                "--fresh: discarding job '{name}': {} checkpoint(s){}, its staged uncommitted output and its identity",
-                ids.len(),
-                ids.last().map(|l| format!(" (newest {l})")).unwrap_or_default()
-            );
-            std::fs::remove_dir_all(&dir)
-                .map_err(|e| RuntimeError::External(format!("cannot delete {}: {e}", dir.display())))?;
-        }
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| RuntimeError::External(format!("cannot create job directory {}: {e}", dir.display())))?;
-        match read_json::<JobFile>(&path)? {
-            Some(file) if file.fingerprint != fingerprint => Err(RuntimeError::User(format!(
-                "the pipeline of job '{name}' changed since its state in {} was written; \
-                 restore the original pipeline to resume, or run with --fresh to discard that state and start over",
-                dir.display()
-            ))),
-            Some(file) => Ok(JobDir { dir, file, created: false }),
-            None => {
-                let nanos = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos())
-                    .unwrap_or(0);
-                let file = JobFile {
-                    name: name.to_string(),
-                    run_id: format!("{:x}-{:x}", nanos, std::process::id()),
-                    fingerprint: fingerprint.to_string(),
-                    created_ms: keel_types::time::now_ms(),
-                    sources: BTreeMap::new(),
-                };
-                write_json_atomic(&path, &file)?;
-                Ok(JobDir { dir, file, created: true })
-            }
-        }
-    }
-
-    /// Records a source's first-start fact durably (used before any task starts).
-    pub fn set_source_fact(&mut self, source: &str, value: serde_json::Value) -> Result<()> {
-        self.file.sources.insert(source.to_string(), value);
-        write_json_atomic(&self.dir.join("job.json"), &self.file)?;
-        Ok(())
-    }
-
-    pub fn checkpoint_store(&self, retained: usize) -> Result<CheckpointStore> {
-        Ok(CheckpointStore::open(&self.dir.join("checkpoints"), retained)?)
     }
 }
 
@@ -196,14 +123,12 @@ pub fn run_job(
                 }
                 attempt += 1;
                 Metrics::add(&metrics.restarts, 1);
-                let from = job.checkpoint_store(config.retained_checkpoints)?.latest()?.map(|c| c.id);
                 tracing::warn!(
-                    "job '{}' failed: {e}; restart {attempt} (at most {} within {:?}) in {:?} from {}",
+                    "job '{}' failed: {e}; restart {attempt} (at most {} within {:?}) in {:?} from its newest checkpoint",
                     config.name,
                     config.restart.max_attempts,
                     config.restart.window,
                     backoff,
-                    from.map(|id| format!("checkpoint {id}")).unwrap_or_else(|| "the beginning".into())
                 );
                 let until = Instant::now() + backoff;
                 while Instant::now() < until {
@@ -267,12 +192,16 @@ fn run_attempt(
     stop: &Arc<AtomicBool>,
     attempt: u32,
 ) -> Result<JobOutcome> {
-    let store = job.checkpoint_store(config.retained_checkpoints)?;
-    let restored = store.latest()?;
+    let store = job.checkpoint_store(config.retained_checkpoints)?.with_parity(config.checkpoint_parity);
+    let recovery = store.recover(Choice::Newest)?;
+    for note in &recovery.notes {
+        tracing::warn!("job '{}': {note}", config.name);
+    }
+    let restored = recovery.checkpoint;
     if let Some(c) = &restored {
         check_state_claimed(c, graph)?;
     }
-    let next_id = store.ids()?.last().copied().unwrap_or(0).max(restored.as_ref().map_or(0, |c| c.id)) + 1;
+    let next_id = recovery.next_id;
     match &restored {
         Some(c) => tracing::info!("job '{}': restoring checkpoint {}", config.name, c.id),
         None => tracing::info!("job '{}': starting from the beginning (no checkpoint)", config.name),
@@ -386,7 +315,7 @@ fn run_attempt(
         bounded: config.bounded,
         stop: stop.clone(),
         metrics: metrics.clone(),
-        meta: serde_json::json!({ "run_id": job.file.run_id, "operators": operators }),
+        meta: serde_json::json!({ "run_id": job.file.run_id, "operators": operators, "job": job.file }),
     };
     let result = coordinator.run();
     // The coordinator (and with it every control sender) is gone: tasks that are still running

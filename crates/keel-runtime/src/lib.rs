@@ -15,6 +15,7 @@ pub mod error;
 pub mod exchange;
 pub mod graph;
 pub mod job;
+pub mod job_dir;
 pub mod message;
 pub mod metrics;
 pub mod operator;
@@ -28,7 +29,8 @@ pub use coordinator::JobOutcome;
 pub use error::{Result, RuntimeError};
 pub use exchange::Partitioning;
 pub use graph::{JobGraph, OperatorSpec, StageInput, StageSpec};
-pub use job::{JobConfig, JobDir, RestartStrategy, run_job};
+pub use job::{JobConfig, RestartStrategy, run_job};
+pub use job_dir::{JobDir, JobFile, MAX_JOB_NAME, job_name_from_file, validate_job_name};
 pub use metrics::Metrics;
 pub use operator::{
     Operator, OperatorFactory, RestoredState, SideOutput, SideOutputFactory, Source, SourceFactory, SourcePoll,

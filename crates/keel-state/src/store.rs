@@ -1,13 +1,20 @@
-//! Checkpoint directories: writing one atomically, finding the newest good one, pruning.
+//! Checkpoint directories: writing one atomically (state files, their parity, the manifest, the
+//! completion record), opening one with its files verified, pruning old ones.
+//!
+//! Invariants: a checkpoint directory's files are verified against its manifest before anything
+//! is restored from them; the manifest is written only after every state file and the parity are
+//! fsynced; the completion record naming a checkpoint is written only after its manifest.
 
+use crate::parity::write_parity;
+use crate::record::{self, CompletionRecord};
 use crate::{Result, StateError, StateFileWriter};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-const MANIFEST: &str = "_manifest.json";
-const FORMAT_VERSION: u32 = 1;
+pub(crate) const MANIFEST: &str = "_manifest.json";
+pub(crate) const FORMAT_VERSION: u32 = 1;
 
 /// One state file as the manifest records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,6 +34,10 @@ pub struct Manifest {
     /// Job-level facts recorded with the checkpoint (for example the run id).
     #[serde(default)]
     pub meta: serde_json::Value,
+    /// The XOR of `files`, from which any one of them can be rebuilt (absent in checkpoints of
+    /// Keel 0.1 and in checkpoints without state).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parity: Option<ManifestFile>,
 }
 
 /// The checkpoints of one job.
@@ -34,9 +45,10 @@ pub struct Manifest {
 pub struct CheckpointStore {
     dir: PathBuf,
     retained: usize,
+    parity: bool,
 }
 
-fn chk_dir_name(id: u64) -> String {
+pub(crate) fn chk_dir_name(id: u64) -> String {
     format!("chk-{id:010}")
 }
 
@@ -45,10 +57,32 @@ fn parse_chk_dir_name(name: &str) -> Option<u64> {
 }
 
 impl CheckpointStore {
-    /// Opens (creating) a checkpoint directory that keeps the newest `retained` checkpoints.
+    /// Opens (creating) a checkpoint directory that keeps the newest `retained` checkpoints;
+    /// each checkpoint's files get a parity file.
     pub fn open(dir: &Path, retained: usize) -> Result<Self> {
         fs::create_dir_all(dir).map_err(StateError::io("cannot create the checkpoint directory", dir))?;
-        Ok(CheckpointStore { dir: dir.to_path_buf(), retained: retained.max(1) })
+        Ok(CheckpointStore { dir: dir.to_path_buf(), retained: retained.max(1), parity: true })
+    }
+
+    /// Whether new checkpoints get a parity file (on by default: any one damaged state file is
+    /// then rebuilt on recovery; off saves the time and space of the largest state file).
+    pub fn with_parity(mut self, parity: bool) -> Self {
+        self.parity = parity;
+        self
+    }
+
+    /// The newest valid completion record, and descriptions of damaged record slots.
+    /// The newest usable checkpoint (`recover(Choice::Newest)`, repairs included), or `None`.
+    pub fn latest(&self) -> Result<Option<CompletedCheckpoint>> {
+        Ok(self.recover(crate::Choice::Newest)?.checkpoint)
+    }
+
+    pub fn completion_record(&self) -> Result<(Option<CompletionRecord>, Vec<String>)> {
+        record::read(&self.dir)
+    }
+
+    pub(crate) fn write_record(&self, record: &CompletionRecord) -> Result<()> {
+        record::write(&self.dir, record)
     }
 
     pub fn dir(&self) -> &Path {
@@ -84,38 +118,23 @@ impl CheckpointStore {
         StateFileWriter::new(name, self.dir.join(chk_dir_name(id)).join(name))
     }
 
-    /// The newest checkpoint that is complete and intact; each newer one skipped is logged with why.
-    pub fn latest(&self) -> Result<Option<CompletedCheckpoint>> {
-        for id in self.ids()?.into_iter().rev() {
-            let dir = self.dir.join(chk_dir_name(id));
-            match CompletedCheckpoint::open(id, &dir) {
-                Ok(Some(c)) => return Ok(Some(c)),
-                Ok(None) => tracing::warn!("skipping checkpoint {id}: it never completed (no manifest)"),
-                Err(e) => tracing::warn!("skipping checkpoint {id}: {e}; trying the one before"),
-            }
-        }
-        Ok(None)
-    }
-
     /// Deletes all but the newest `retained` complete checkpoints, and incomplete ones older than
-    /// the newest complete one.
-    fn prune(&self, newest_complete: u64) -> Result<()> {
+    /// the newest complete one; returns the ids kept that are complete.
+    fn prune(&self, newest_complete: u64) -> Result<Vec<u64>> {
         let ids = self.ids()?;
-        let mut complete_seen = 0;
+        let mut kept = vec![];
         for id in ids.into_iter().rev() {
             let dir = self.dir.join(chk_dir_name(id));
             let complete = dir.join(MANIFEST).exists();
-            let keep = if complete {
-                complete_seen += 1;
-                complete_seen <= self.retained
-            } else {
-                id > newest_complete
-            };
+            let keep = if complete { kept.len() < self.retained } else { id > newest_complete };
+            if complete && keep {
+                kept.push(id);
+            }
             if !keep {
                 fs::remove_dir_all(&dir).map_err(StateError::io("cannot delete old checkpoint", &dir))?;
             }
         }
-        Ok(())
+        Ok(kept)
     }
 }
 
@@ -156,17 +175,42 @@ impl CheckpointWriter {
         Ok(())
     }
 
-    /// Makes the checkpoint complete (atomic manifest), then prunes old checkpoints.
+    /// Makes the checkpoint complete: writes the parity of its files, then the manifest
+    /// (atomically), prunes old checkpoints, and records the checkpoint in the completion record
+    /// with a copy of its manifest. Once this returns, sinks may commit its output.
     pub fn commit(self, meta: serde_json::Value) -> Result<()> {
+        let parity = if self.store.parity { write_parity(&self.dir, &self.files)? } else { None };
         let manifest = Manifest {
             format_version: FORMAT_VERSION,
             checkpoint_id: self.id,
             created_ms: keel_types::time::now_ms(),
             files: self.files,
             meta,
+            parity,
         };
         write_json_atomic(&self.dir.join(MANIFEST), &manifest)?;
-        self.store.prune(self.id)
+        let kept = self.store.prune(self.id)?;
+        keel_types::faults::hit("checkpoint.before-record");
+        let (previous, problems) = self.store.completion_record()?;
+        for p in problems {
+            tracing::warn!("completion record: {p}; it is rewritten with this checkpoint");
+        }
+        let mut manifests = vec![manifest];
+        if let Some(prev) = &previous {
+            manifests.extend(
+                prev.manifests
+                    .iter()
+                    .filter(|m| m.checkpoint_id != self.id && kept.contains(&m.checkpoint_id))
+                    .cloned(),
+            );
+        }
+        let record = CompletionRecord {
+            sequence: previous.as_ref().map_or(1, |r| r.sequence + 1),
+            committed: self.id,
+            max_id: previous.as_ref().map_or(self.id, |r| r.max_id.max(self.id)),
+            manifests,
+        };
+        self.store.write_record(&record)
     }
 }
 
@@ -179,38 +223,7 @@ pub struct CompletedCheckpoint {
 }
 
 impl CompletedCheckpoint {
-    fn open(id: u64, dir: &Path) -> Result<Option<Self>> {
-        let path = dir.join(MANIFEST);
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(StateError::io("cannot read", &path)(e)),
-        };
-        let manifest: Manifest = serde_json::from_slice(&bytes)
-            .map_err(|e| StateError::Damaged { path: path.clone(), reason: e.to_string() })?;
-        if manifest.format_version != FORMAT_VERSION || manifest.checkpoint_id != id {
-            return Err(StateError::Damaged {
-                path,
-                reason: format!(
-                    "manifest is for checkpoint {} format {}",
-                    manifest.checkpoint_id, manifest.format_version
-                ),
-            });
-        }
-        for f in &manifest.files {
-            let fpath = dir.join(&f.name);
-            let data = fs::read(&fpath).map_err(StateError::io("cannot read", &fpath))?;
-            if data.len() as u64 != f.size || crc32c::crc32c(&data) != f.crc32c {
-                return Err(StateError::Damaged {
-                    path: fpath,
-                    reason: "size or CRC32C differs from the manifest".into(),
-                });
-            }
-        }
-        Ok(Some(CompletedCheckpoint { id, dir: dir.to_path_buf(), manifest }))
-    }
-
-    /// Names of the state files in this checkpoint.
+    /// Names of the state files in this checkpoint (not the parity).
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.manifest.files.iter().map(|f| f.name.as_str())
     }
@@ -269,20 +282,6 @@ mod tests {
     }
 
     #[test]
-    fn a_damaged_checkpoint_is_skipped_for_the_one_before() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = CheckpointStore::open(dir.path(), 3).unwrap();
-        write(&store, 1, b"one");
-        write(&store, 2, b"two");
-        let f = dir.path().join(chk_dir_name(2)).join("a");
-        fs::write(&f, b"tw0").unwrap();
-        assert_eq!(store.latest().unwrap().unwrap().id, 1);
-        write(&store, 3, b"three");
-        fs::write(dir.path().join(chk_dir_name(3)).join(MANIFEST), b"{ truncated").unwrap();
-        assert_eq!(store.latest().unwrap().unwrap().id, 1);
-    }
-
-    #[test]
     fn a_state_file_written_by_a_task_is_adopted_and_verified() {
         let dir = tempfile::tempdir().unwrap();
         let store = CheckpointStore::open(dir.path(), 3).unwrap();
@@ -305,9 +304,9 @@ mod tests {
         assert_eq!(latest.read("a").unwrap(), b"hello");
         assert_eq!(latest.manifest.files.len(), 1);
         assert_eq!(latest.manifest.files[0].crc32c, crc32c::crc32c(b"hello"));
-        // A flipped byte is found by the checksum.
+        // A flipped byte is found by the checksum (and, the only damaged file, rebuilt).
         fs::write(dir.path().join(chk_dir_name(1)).join("a"), b"hellO").unwrap();
-        assert!(store.latest().unwrap().is_none());
+        assert_eq!(store.latest().unwrap().unwrap().read("a").unwrap(), b"hello");
     }
 
     #[test]
