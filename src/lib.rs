@@ -7,6 +7,8 @@
 //! see `examples/windowed_totals.rs`.
 
 pub mod api;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod sample;
 
 pub use keel_connectors as connectors;

@@ -73,6 +73,32 @@ fn run_and_kill(data: &Path, sql: &Path) {
     child.wait().unwrap();
 }
 
+/// The checkpoint the completion record names as committed (sinks were told to commit its
+/// output), and its directory: the one whose damage used to cost exactly-once. Made the newest.
+fn committed_checkpoint(chk: &Path) -> (u64, PathBuf) {
+    let mut best: Option<(u64, u64)> = None; // (sequence, committed)
+    for slot in ["_completed.0", "_completed.1"] {
+        let Ok(bytes) = std::fs::read(chk.join(slot)) else { continue };
+        let Ok(record) = serde_json::from_slice::<serde_json::Value>(&bytes[16.min(bytes.len())..]) else { continue };
+        let (seq, committed) = (record["sequence"].as_u64().unwrap(), record["committed"].as_u64().unwrap());
+        if best.is_none_or(|b| seq > b.0) {
+            best = Some((seq, committed));
+        }
+    }
+    let id = best.expect("a completion record").1;
+    let dir = chk.join(format!("chk-{id:010}"));
+    // A checkpoint newer than the committed one (its manifest written, the record not yet) was
+    // never committed: passing over it repeats nothing, so it is removed (as if the process died
+    // before its manifest) to make the committed one the newest.
+    for e in std::fs::read_dir(chk).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() && p > dir && p.file_name().unwrap().to_str().unwrap().starts_with("chk-") {
+            std::fs::remove_dir_all(p).unwrap();
+        }
+    }
+    (id, dir)
+}
+
 /// The newest checkpoint directory with a manifest: (id, path).
 fn newest_checkpoint(chk: &Path) -> Option<(u64, PathBuf)> {
     let mut dirs: Vec<(u64, PathBuf)> = std::fs::read_dir(chk)
@@ -138,7 +164,7 @@ fn a_flipped_or_truncated_state_file_is_rebuilt_and_nothing_is_repeated() {
     for (job, how) in [(Job::Windows, "flip"), (Job::Updating, "truncate")] {
         let (dir, sql, seed) = setup(&format!("state_file_{how}"), job);
         run_and_kill(dir.path(), &sql);
-        let (_, newest) = newest_checkpoint(&dir.path().join("jobs/totals/checkpoints")).unwrap();
+        let (_, newest) = committed_checkpoint(&dir.path().join("jobs/totals/checkpoints"));
         let file = state_files(&newest).remove(0);
         let mut bytes = std::fs::read(&file).unwrap();
         if how == "flip" {
@@ -162,7 +188,7 @@ fn garbled_or_deleted_manifests_are_restored_from_the_completion_record() {
         let (dir, sql, seed) = setup(&format!("manifest_{how}"), job);
         run_and_kill(dir.path(), &sql);
         let chk = dir.path().join("jobs/totals/checkpoints");
-        let (_, newest) = newest_checkpoint(&chk).unwrap();
+        let (_, newest) = committed_checkpoint(&chk);
         if how == "garble" {
             let m = newest.join("_manifest.json");
             let text = std::fs::read_to_string(&m).unwrap();
@@ -185,8 +211,8 @@ fn damage_beyond_repair_is_refused_until_the_operator_chooses_a_checkpoint() {
     let (dir, sql, seed) = setup("beyond_repair", Job::Windows);
     run_and_kill(dir.path(), &sql);
     let chk = dir.path().join("jobs/totals/checkpoints");
-    let (id, newest) = newest_checkpoint(&chk).unwrap();
-    // Two files of the newest checkpoint damaged: the parity rebuilds one.
+    let (id, newest) = committed_checkpoint(&chk);
+    // Two files of the committed checkpoint damaged: the parity rebuilds one.
     let files = state_files(&newest);
     assert!(files.len() >= 2, "{files:?}");
     for f in &files[..2] {

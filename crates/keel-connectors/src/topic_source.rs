@@ -151,6 +151,15 @@ impl TopicSource {
             return Ok(None);
         };
         let position = reader.position();
+        for (from, to) in chunk.gaps() {
+            tracing::warn!(
+                "table '{}': offsets {from}..{} of topic '{}' partition {partition} were lost to damage and \
+                 removed by `keel topic repair`; skipping them",
+                self.cfg.table,
+                to - 1,
+                self.cfg.topic
+            );
+        }
         let mut values: Vec<&[u8]> = Vec::with_capacity(chunk.len());
         let mut offsets: Vec<u64> = Vec::with_capacity(chunk.len());
         chunk

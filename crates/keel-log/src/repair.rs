@@ -16,7 +16,7 @@
 use crate::format::{
     BODY_HEADER, BatchHeader, FRAME_HEADER, Frame, encode_gap, find_resume, for_each_record, read_frame,
 };
-use crate::segment::{continuity_problem, list_segments, save_aside, sync_dir, write_file_synced};
+use crate::segment::{aside_name, continuity_problem, list_segments, save_aside, sync_dir, write_file_synced};
 use crate::topic::Topic;
 use crate::writer::Durability;
 use crate::{LogError, Result};
@@ -212,7 +212,7 @@ impl Topic {
             if !dry_run {
                 for d in damaged.iter_mut().filter(|d| d.to_byte > d.from_byte) {
                     let bytes = &data[d.from_byte as usize..d.to_byte as usize];
-                    d.kept_in = Some(save_aside(&dir, *base, d.from_byte, bytes)?);
+                    d.kept_in = Some(save_aside(&dir, &aside_name(*base, d.from_byte), bytes)?);
                 }
                 rewrites.push((path.clone(), walked.out));
             }
@@ -223,7 +223,7 @@ impl Topic {
         }
         let table = dir.join("producers.json");
         let readable = match fs::read(&table) {
-            Ok(b) => serde_json::from_slice::<serde_json::Value>(&b).is_ok(),
+            Ok(b) => keel_types::checked_json::from_slice::<serde_json::Value>(&b).is_ok(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
             Err(e) => return Err(LogError::io("cannot read", &table)(e)),
         };
@@ -234,7 +234,7 @@ impl Topic {
                 let json = serde_json::json!({ "as_of": as_of, "producers": producers });
                 let bytes = serde_json::to_vec(&json)
                     .map_err(|e| LogError::BadMetadata { path: table.clone(), reason: e.to_string() })?;
-                save_aside(&dir, as_of, 0, &fs::read(&table).unwrap_or_default())?;
+                save_aside(&dir, "producers.json", &fs::read(&table).unwrap_or_default())?;
                 write_file_synced(&table, &bytes)?;
             }
         }

@@ -207,16 +207,21 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(LogError::io("cannot fsync directory", dir))
 }
 
-/// Copies bytes of segment `base` that start at byte `from` into `DIR/damaged/` (fsynced) before
-/// anything removes them from the segment; returns the copy's path. An earlier copy of the same
-/// range is never overwritten.
-pub(crate) fn save_aside(dir: &Path, base: u64, from: u64, bytes: &[u8]) -> Result<PathBuf> {
+/// The name `save_aside` gives the bytes of segment `base` from byte `from`.
+pub(crate) fn aside_name(base: u64, from: u64) -> String {
+    format!("{}-at-{from}", segment_name(base))
+}
+
+/// Copies bytes (of a segment, or a metadata file) into `DIR/damaged/NAME.bin` (fsynced) before
+/// anything removes or replaces them; returns the copy's path. An earlier copy of the same name
+/// is never overwritten.
+pub(crate) fn save_aside(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
     let aside = dir.join("damaged");
     fs::create_dir_all(&aside).map_err(LogError::io("cannot create", &aside))?;
-    let mut path = aside.join(format!("{}-at-{from}.bin", segment_name(base)));
+    let mut path = aside.join(format!("{name}.bin"));
     let mut n = 1;
     while path.exists() {
-        path = aside.join(format!("{}-at-{from}.{n}.bin", segment_name(base)));
+        path = aside.join(format!("{name}.{n}.bin"));
         n += 1;
     }
     let mut f = File::create(&path).map_err(LogError::io("cannot create", &path))?;

@@ -150,7 +150,7 @@ impl Log {
             fs::create_dir(&pdir).map_err(LogError::io("cannot create", &pdir))?;
         }
         let meta = tmp.join("topic.json");
-        let json = serde_json::to_vec_pretty(&config).map_err(|e| LogError::InvalidConfig(e.to_string()))?;
+        let json = keel_types::checked_json::to_vec(&config).map_err(LogError::InvalidConfig)?;
         crate::segment::write_file_synced(&meta, &json)?;
         crate::segment::sync_dir(&tmp)?;
         match fs::rename(&tmp, &dir) {
@@ -177,8 +177,8 @@ impl Log {
             }
             Err(e) => return Err(LogError::io("cannot read", &meta)(e)),
         };
-        let config: TopicConfig = serde_json::from_slice(&bytes)
-            .map_err(|e| LogError::BadMetadata { path: meta.clone(), reason: e.to_string() })?;
+        let config: TopicConfig = keel_types::checked_json::from_slice(&bytes)
+            .map_err(|reason| LogError::BadMetadata { path: meta.clone(), reason })?;
         config.check().map_err(|reason| LogError::BadMetadata { path: meta.clone(), reason })?;
         Ok(Topic { name: name.to_string(), dir, config })
     }

@@ -12,7 +12,7 @@
 //! each producer's last committed sequence.
 
 use crate::format::{BatchHeader, FLAG_TXN, FLAG_TXN_LAST, Record, TARGET_BATCH_BYTES, encode_batch};
-use crate::segment::{list_segments, save_aside, scan_segment, segment_path, sync_dir, write_file_synced};
+use crate::segment::{aside_name, list_segments, save_aside, scan_segment, segment_path, sync_dir, write_file_synced};
 use crate::topic::TopicConfig;
 use crate::{LogError, Result};
 use serde::{Deserialize, Serialize};
@@ -251,7 +251,8 @@ impl PartitionWriter {
                 // A whole frame that fails its checks may have been acknowledged: keep its bytes.
                 let data = fs::read(&path).map_err(LogError::io("cannot read segment", &path))?;
                 let from = scan.committed_len as usize;
-                let aside = save_aside(&self.dir, base, scan.committed_len, &data[from.min(data.len())..])?;
+                let aside =
+                    save_aside(&self.dir, &aside_name(base, scan.committed_len), &data[from.min(data.len())..])?;
                 format!("; they are kept in {}", aside.display())
             } else {
                 "; they were never acknowledged (an append or transaction cut short)".to_string()
@@ -280,7 +281,7 @@ impl PartitionWriter {
         let path = self.dir.join("producers.json");
         match fs::read(&path) {
             Ok(bytes) => {
-                serde_json::from_slice(&bytes).map_err(|e| LogError::BadMetadata { path, reason: e.to_string() })
+                keel_types::checked_json::from_slice(&bytes).map_err(|reason| LogError::BadMetadata { path, reason })
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ProducerTable::default()),
             Err(e) => Err(LogError::io("cannot read", path)(e)),
@@ -295,8 +296,8 @@ impl PartitionWriter {
         let tail = self.tail_ref();
         let base = tail.next_offset;
         let table = ProducerTable { as_of: base, producers: tail.producers.clone() };
-        let json = serde_json::to_vec(&table)
-            .map_err(|e| LogError::BadMetadata { path: self.dir.join("producers.json"), reason: e.to_string() })?;
+        let json = keel_types::checked_json::to_vec(&table)
+            .map_err(|reason| LogError::BadMetadata { path: self.dir.join("producers.json"), reason })?;
         write_file_synced(&self.dir.join("producers.json"), &json)?;
         let path = segment_path(&self.dir, base);
         let file = OpenOptions::new()

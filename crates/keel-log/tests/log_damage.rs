@@ -289,8 +289,14 @@ fn hand_edited_topic_metadata_is_refused_not_used() {
     let log = Log::open(dir.path()).unwrap();
     log.create_topic("t", TopicConfig::new(2)).unwrap();
     let meta = dir.path().join("topics/t/topic.json");
-    let text = std::fs::read_to_string(&meta).unwrap().replace("\"partitions\": 2", "\"partitions\": 0");
+    // A digit changed: it still parses, but the checksum tells.
+    let text = std::fs::read_to_string(&meta).unwrap().replace("\"partitions\": 2", "\"partitions\": 3");
     std::fs::write(&meta, text).unwrap();
+    let err = log.topic("t").unwrap_err();
+    assert!(matches!(err, LogError::BadMetadata { .. }), "{err}");
+    assert!(err.to_string().contains("checksum does not match"), "{err}");
+    // A file without a checksum (Keel 0.1) is read, and an impossible value refused.
+    std::fs::write(&meta, br#"{"partitions": 0, "segment_bytes": 1048576}"#).unwrap();
     let err = log.topic("t").unwrap_err();
     assert!(matches!(err, LogError::BadMetadata { .. }), "{err}");
     assert!(err.to_string().contains("between 1 and 4096 partitions"), "{err}");
@@ -310,6 +316,14 @@ fn an_unreadable_producer_table_is_refused_and_rebuilt_by_repair() {
     }
     drop(w);
     let table = dir.path().join("topics/t/p-0000/producers.json");
+    // A digit of a sequence changed would make later commits look like repeats (dropped): the
+    // checksum refuses it.
+    let text = std::fs::read_to_string(&table).unwrap();
+    let changed = text.replacen(": 9", ": 99", 1);
+    assert_ne!(changed, text, "{text}");
+    std::fs::write(&table, changed).unwrap();
+    let err = topic.writer(0, Durability::OsBuffer).unwrap().commit_txn(3, 11, &[rec("next")]).unwrap_err();
+    assert!(err.to_string().contains("checksum does not match"), "{err}");
     std::fs::write(&table, b"{ garbled").unwrap();
     let err = topic.writer(0, Durability::OsBuffer).unwrap().commit_txn(3, 10, &[rec("dup")]).unwrap_err();
     assert!(matches!(err, LogError::BadMetadata { .. }), "{err}");

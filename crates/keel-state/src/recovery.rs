@@ -193,7 +193,21 @@ impl CheckpointStore {
         let bad: Vec<(&ManifestFile, String)> =
             manifest.files.iter().filter_map(|f| check_file(&dir, f).err().map(|r| (f, r))).collect();
         match (bad.as_slice(), &manifest.parity) {
-            ([], _) => {}
+            ([], Some(parity)) => {
+                if let Err(reason) = check_file(&dir, parity) {
+                    // The files are intact: the parity is written again, so that it still
+                    // protects them.
+                    match crate::parity::write_parity(&dir, &manifest.files) {
+                        Ok(Some(again)) if again == *parity => {
+                            notes.push(format!("checkpoint {id}: its parity {reason}; written again from its files"))
+                        }
+                        _ => {
+                            notes.push(format!("checkpoint {id}: its parity {reason}, and could not be written again"))
+                        }
+                    }
+                }
+            }
+            ([], None) => {}
             ([(file, reason)], Some(parity)) => match check_file(&dir, parity) {
                 Ok(()) => {
                     rebuild(&dir, &manifest.files, parity, file).map_err(|e| {
@@ -238,7 +252,7 @@ fn read_manifest(dir: &Path, id: u64) -> std::result::Result<Option<Manifest>, S
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
     };
-    let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+    let m: Manifest = keel_types::checked_json::from_slice(&bytes)?;
     if m.format_version != crate::store::FORMAT_VERSION || m.checkpoint_id != id {
         return Err(format!("it is for checkpoint {} in format {}", m.checkpoint_id, m.format_version));
     }
@@ -340,7 +354,12 @@ mod tests {
         fs::OpenOptions::new().write(true).open(&b).unwrap().set_len(len - 4).unwrap();
         assert_eq!(store.latest().unwrap().unwrap().read("b").unwrap(), b"the state b of checkpoint 3");
         fs::remove_file(chk(dir.path(), 3).join("_parity")).unwrap();
-        assert_eq!(store.latest().unwrap().unwrap().id, 3);
+        let r = store.recover(Choice::Newest).unwrap();
+        assert_eq!(r.checkpoint.unwrap().id, 3);
+        assert!(r.notes.iter().any(|n| n.contains("its parity is missing; written again")), "{:?}", r.notes);
+        // The parity written again protects the files as before.
+        fs::write(chk(dir.path(), 3).join("a"), b"gone").unwrap();
+        assert_eq!(store.latest().unwrap().unwrap().read("a").unwrap(), b"state a of 3");
     }
 
     #[test]

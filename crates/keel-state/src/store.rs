@@ -235,9 +235,10 @@ impl CompletedCheckpoint {
     }
 }
 
-/// Writes JSON through a temporary file, fsync, rename and directory fsync.
+/// Writes JSON (with its checksum, `keel_types::checked_json`) through a temporary file, fsync,
+/// rename and directory fsync.
 pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let bytes = serde_json::to_vec_pretty(value).map_err(|e| StateError::Encode(e.to_string()))?;
+    let bytes = keel_types::checked_json::to_vec(value).map_err(StateError::Encode)?;
     let tmp = path.with_extension("json.tmp");
     let mut f = File::create(&tmp).map_err(StateError::io("cannot create", &tmp))?;
     f.write_all(&bytes).map_err(StateError::io("cannot write", &tmp))?;
@@ -247,12 +248,13 @@ pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     File::open(parent).and_then(|d| d.sync_all()).map_err(StateError::io("cannot fsync directory", parent))
 }
 
-/// Reads a JSON file; `None` if it does not exist.
+/// Reads a JSON file written by `write_json_atomic` (its checksum verified; a file without one,
+/// from Keel 0.1, is read as it is); `None` if it does not exist.
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
     match fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
+        Ok(bytes) => keel_types::checked_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|e| StateError::Damaged { path: path.to_path_buf(), reason: e.to_string() }),
+            .map_err(|reason| StateError::Damaged { path: path.to_path_buf(), reason }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(StateError::io("cannot read", path)(e)),
     }

@@ -7,6 +7,7 @@
 //! every process and every version of Keel that reads the same on-disk data, because key-group
 //! assignment and window bounds are part of what checkpoints store.
 
+pub mod checked_json;
 pub mod error;
 pub mod faults;
 pub mod keys;

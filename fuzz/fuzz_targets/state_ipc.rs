@@ -1,0 +1,4 @@
+//! Fuzz target `state_ipc`: see `keel::fuzzing::state_ipc` for what it feeds and what it checks.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| keel::fuzzing::state_ipc(data));
