@@ -251,3 +251,27 @@ fn damage_beyond_repair_is_refused_until_the_operator_chooses_a_checkpoint() {
     let out = run_bounded(dir.path(), &sql, &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn a_job_with_committed_output_and_no_usable_checkpoint_never_starts_over_by_itself() {
+    let (dir, sql, _) = setup("no_checkpoint_left", Job::Updating);
+    run_and_kill(dir.path(), &sql);
+    let chk = dir.path().join("jobs/totals/checkpoints");
+    let (id, _) = committed_checkpoint(&chk);
+    for e in std::fs::read_dir(&chk).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            std::fs::remove_dir_all(p).unwrap();
+        }
+    }
+    let before = topic_rows(dir.path(), "totals").len();
+    let out = run_bounded(dir.path(), &sql, &[]);
+    assert!(!out.status.success(), "starting over would write the changelog twice");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("starting over would write") && stderr.contains("--fresh"), "{stderr}");
+    assert_eq!(topic_rows(dir.path(), "totals").len(), before, "nothing written");
+    let out = run_bounded(dir.path(), &sql, &["--fresh"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("through checkpoint {id}")) && stderr.contains("written again"), "{stderr}");
+}

@@ -50,7 +50,8 @@ struct ProducerTable {
     producers: BTreeMap<u64, u64>,
 }
 
-/// The writer's view of the partition's tail, valid while the active segment's length matches.
+/// The writer's view of the partition's tail, valid while the active segment is the same file
+/// (a repair replaces a segment by a new file) and its length matches.
 struct Tail {
     base: u64,
     file: File,
@@ -205,15 +206,13 @@ impl PartitionWriter {
     /// Brings the tail view up to date; recovers (truncates) a damaged tail.
     fn refresh(&mut self) -> Result<()> {
         let segments = list_segments(&self.dir)?;
-        if let (Some(tail), Some((last_base, _))) = (&self.tail, segments.last())
+        if let (Some(tail), Some((last_base, last_path))) = (&self.tail, segments.last())
             && tail.base == *last_base
         {
-            let len = tail
-                .file
-                .metadata()
-                .map_err(LogError::io("cannot stat segment", segment_path(&self.dir, tail.base)))?
-                .len();
-            if len == tail.len {
+            use std::os::unix::fs::MetadataExt;
+            let on_disk = fs::metadata(last_path).map_err(LogError::io("cannot stat segment", last_path))?;
+            let open = tail.file.metadata().map_err(LogError::io("cannot stat segment", last_path))?;
+            if on_disk.ino() == open.ino() && on_disk.dev() == open.dev() && on_disk.len() == tail.len {
                 return Ok(());
             }
         }

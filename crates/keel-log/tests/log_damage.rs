@@ -347,3 +347,26 @@ fn a_second_admin_of_a_topic_is_refused() {
     drop(held);
     log.delete_topic("t").unwrap();
 }
+
+#[test]
+fn a_writer_that_cached_the_tail_appends_to_the_repaired_segment_not_the_old_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = fifty_batches(dir.path(), TopicConfig::new(1));
+    // A long-lived writer (a running job's sink) has the tail cached.
+    let mut w = topic.writer(0, Durability::Fsync).unwrap();
+    assert_eq!(w.append(&[rec("record 5000")]).unwrap(), (5000, 5001));
+    let seg = segments(dir.path(), 0).pop().unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let at = batch_position(&bytes, 10) + 30;
+    bytes[at] ^= 1;
+    std::fs::write(&seg, &bytes).unwrap();
+    let report = topic.repair_partition(0, false).unwrap();
+    assert_eq!(report.lost(), 100);
+    // The repair replaced the segment file: the writer must notice and append to the new one.
+    assert_eq!(w.append(&[rec("record 5001")]).unwrap(), (5001, 5002));
+    let (read, err, gaps) = read_until_error(&topic, 0);
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(gaps, vec![(1000, 1100)]);
+    assert_eq!(read.last(), Some(&(5001, "record 5001".to_string())));
+    assert_eq!(read.len(), 4902);
+}

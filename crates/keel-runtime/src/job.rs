@@ -315,7 +315,7 @@ fn run_attempt(
         bounded: config.bounded,
         stop: stop.clone(),
         metrics: metrics.clone(),
-        meta: serde_json::json!({ "run_id": job.file.run_id, "operators": operators, "job": job.file }),
+        meta: serde_json::json!({ "run_id": job.file.run_id, "operators": operators }),
     };
     let result = coordinator.run();
     // The coordinator (and with it every control sender) is gone: tasks that are still running

@@ -9,11 +9,11 @@
 //!   reads or changes anything, and it is held until the `JobDir` (every clone) is dropped; the
 //!   operating system releases it when the process dies. A second start is refused naming the
 //!   holder. `--fresh` deletes everything in the directory but the lock file, under the lock;
-//! - `job.json` is written before the first task starts and only replaced by `--fresh`; every
-//!   checkpoint's manifest carries a copy (`meta.job`), so a missing or damaged `job.json` is
-//!   restored from the newest checkpoint rather than replaced by a new identity (a new run id
-//!   would rename the sinks' transactions and commit staged output twice); a job that has
-//!   checkpoints but no readable identity anywhere is refused.
+//! - `job.json` is written before the first task starts and only replaced by `--fresh`; it is
+//!   written twice, `job.copy.json` first, so a missing or damaged `job.json` is restored from
+//!   the copy rather than replaced by a new identity (a new run id would rename the sinks'
+//!   transactions and commit staged output twice); a job that has checkpoints but no readable
+//!   identity is refused.
 
 use crate::error::{Result, RuntimeError};
 use keel_state::{CheckpointStore, StateError, read_json, write_json_atomic};
@@ -140,7 +140,7 @@ impl JobDir {
                     created_ms: keel_types::time::now_ms(),
                     sources: BTreeMap::new(),
                 };
-                write_json_atomic(&path, &file)?;
+                write_identity(&dir, &file)?;
                 Ok(JobDir { dir, file, created: true, lock: Arc::new(lock) })
             }
         }
@@ -149,8 +149,7 @@ impl JobDir {
     /// Records a source's first-start fact durably (used before any task starts).
     pub fn set_source_fact(&mut self, source: &str, value: serde_json::Value) -> Result<()> {
         self.file.sources.insert(source.to_string(), value);
-        write_json_atomic(&self.dir.join("job.json"), &self.file)?;
-        Ok(())
+        write_identity(&self.dir, &self.file)
     }
 
     pub fn checkpoint_store(&self, retained: usize) -> Result<CheckpointStore> {
@@ -167,9 +166,17 @@ impl JobDir {
 fn discard(dir: &Path, name: &str) -> Result<()> {
     let store = CheckpointStore::open(&dir.join("checkpoints"), usize::MAX)?;
     let ids = store.ids()?;
+    let committed = store.completion_record().ok().and_then(|(r, _)| r).map(|r| r.committed);
+    let repeats = match committed {
+        Some(c) => format!(
+            "the output it committed (through checkpoint {c}) stays in its sinks and is written again, since its \
+             input is read again from the start"
+        ),
+        None => "its input is read again from the start".to_string(),
+    };
     tracing::warn!(
         "--fresh: discarding job '{name}': {} checkpoint(s){}, its staged uncommitted output and its identity; \
-         output it already committed stays where it is, and the job's input is read again from the start",
+         {repeats}",
         ids.len(),
         ids.last().map(|l| format!(" (newest {l})")).unwrap_or_default()
     );
@@ -190,42 +197,45 @@ fn discard(dir: &Path, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Writes the job's identity: the copy first, then `job.json` (each atomically).
+fn write_identity(dir: &Path, file: &JobFile) -> Result<()> {
+    write_json_atomic(&dir.join("job.copy.json"), file)?;
+    write_json_atomic(&dir.join("job.json"), file)?;
+    Ok(())
+}
+
 /// Whether the job has checkpoints (directories or a completion record): it ran before.
 fn has_checkpoints(dir: &Path) -> Result<bool> {
     let store = CheckpointStore::open(&dir.join("checkpoints"), usize::MAX)?;
     Ok(!store.ids()?.is_empty() || store.completion_record()?.0.is_some())
 }
 
-/// The job's identity from the copy in its newest checkpoint manifest (in the completion record
-/// or a checkpoint directory), written back to `job.json`; refused when there is none.
+/// The job's identity from `job.copy.json`, written back to `job.json` (the damaged one kept as
+/// `job.json.damaged`); refused when the copy is unreadable too.
 fn restore_identity(dir: &Path, name: &str, why: &str) -> Result<JobFile> {
     let path = dir.join("job.json");
-    let store = CheckpointStore::open(&dir.join("checkpoints"), usize::MAX)?;
-    let mut copies: Vec<(u64, serde_json::Value)> = vec![];
-    if let (Some(record), _) = store.completion_record()? {
-        copies.extend(record.manifests.iter().map(|m| (m.checkpoint_id, m.meta["job"].clone())));
-    }
-    for id in store.ids()?.into_iter().rev() {
-        let manifest = dir.join("checkpoints").join(format!("chk-{id:010}")).join("_manifest.json");
-        if let Ok(Some(m)) = read_json::<keel_state::Manifest>(&manifest) {
-            copies.push((id, m.meta["job"].clone()));
+    let copy = match read_json::<JobFile>(&dir.join("job.copy.json")) {
+        Ok(Some(file)) => file,
+        Ok(None) => {
+            return Err(identity_lost(&path, name, why, "its copy job.copy.json is missing"));
         }
-    }
-    copies.sort_by_key(|c| std::cmp::Reverse(c.0));
-    let Some(file) = copies.into_iter().find_map(|(_, v)| serde_json::from_value::<JobFile>(v).ok()) else {
-        return Err(RuntimeError::Damaged(format!(
-            "job '{name}': {} {why}, and no checkpoint holds a copy of it; the job's identity (its run id names its \
-             sinks' transactions) cannot be recovered. Restore the file from a backup, or run with --fresh to start \
-             the job over (its input is read again and its output written again)",
-            path.display()
-        )));
+        Err(e) => return Err(identity_lost(&path, name, why, &format!("its copy is unreadable too ({e})"))),
     };
     if path.exists() {
         let _ = std::fs::rename(&path, dir.join("job.json.damaged"));
     }
-    write_json_atomic(&path, &file)?;
-    tracing::warn!("job '{name}': {} {why}; restored from the copy in its newest checkpoint", path.display());
-    Ok(file)
+    write_json_atomic(&path, &copy)?;
+    tracing::warn!("job '{name}': {} {why}; restored from job.copy.json", path.display());
+    Ok(copy)
+}
+
+fn identity_lost(path: &Path, name: &str, why: &str, copy: &str) -> RuntimeError {
+    RuntimeError::Damaged(format!(
+        "job '{name}': {} {why}, and {copy}; the job's identity (its run id names its sinks' transactions) \
+         cannot be recovered. Restore the file from a backup, or run with --fresh to start the job over (its \
+         input is read again and its output written again)",
+        path.display()
+    ))
 }
 
 #[cfg(test)]
@@ -282,31 +292,36 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_identity_with_checkpoints_is_restored_or_refused() {
+    fn a_missing_or_damaged_identity_is_restored_from_its_copy_or_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let job = JobDir::open(dir.path(), "j", "f", false).unwrap();
+        let mut job = JobDir::open(dir.path(), "j", "f", false).unwrap();
+        job.set_source_fact("src", serde_json::json!({ "end": [5, 7] })).unwrap();
         let store = job.checkpoint_store(3).unwrap();
         let mut w = store.writer(1).unwrap();
         w.put("x", b"state").unwrap();
-        w.commit(serde_json::json!({ "job": job.file })).unwrap();
+        w.commit(serde_json::json!({})).unwrap();
         let file = job.file.clone();
         drop(job);
-        std::fs::remove_file(dir.path().join("jobs/j/job.json")).unwrap();
+        let path = dir.path().join("jobs/j/job.json");
+        std::fs::remove_file(&path).unwrap();
         let again = JobDir::open(dir.path(), "j", "f", false).unwrap();
         assert_eq!(again.file, file);
         assert!(!again.created);
         drop(again);
-        std::fs::write(dir.path().join("jobs/j/job.json"), b"{ garbled").unwrap();
+        // A changed digit of the run id still parses: its checksum refuses it, the copy wins.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let run_id = &file.run_id;
+        let changed = text.replace(run_id.as_str(), &run_id.replacen(|c: char| c.is_ascii_digit(), "x", 1));
+        assert_ne!(changed, text);
+        std::fs::write(&path, changed).unwrap();
         assert_eq!(JobDir::open(dir.path(), "j", "f", false).unwrap().file, file);
-        // No copy anywhere: refused rather than given a new identity.
-        std::fs::remove_file(dir.path().join("jobs/j/job.json")).unwrap();
-        std::fs::remove_dir_all(dir.path().join("jobs/j/checkpoints/chk-0000000001")).unwrap();
-        for slot in ["_completed.0", "_completed.1"] {
-            let _ = std::fs::remove_file(dir.path().join("jobs/j/checkpoints").join(slot));
-        }
-        std::fs::create_dir_all(dir.path().join("jobs/j/checkpoints/chk-0000000002")).unwrap();
+        // Both gone, with checkpoints: refused rather than given a new identity.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(dir.path().join("jobs/j/job.copy.json"), b"{ garbled").unwrap();
         let err = JobDir::open(dir.path(), "j", "f", false).unwrap_err();
         assert_eq!(err.class(), keel_types::ErrorClass::Damaged);
         assert!(err.to_string().contains("cannot be recovered") && err.to_string().contains("--fresh"), "{err}");
+        // --fresh starts over.
+        assert!(JobDir::open(dir.path(), "j", "f", true).unwrap().created);
     }
 }
