@@ -59,3 +59,9 @@ if empty state_ipc; then
     seed state_ipc "$(basename "$f")" <"$f"
   done
 fi
+
+# Binary formats Keel writes itself (Parquet, staged transactions, topic metadata) are seeded by
+# Keel's own writers.
+if empty parquet_file || empty staged_txn || empty topic_metadata; then
+  cargo test --test fuzz_regressions -- --ignored write_binary_seed_corpus
+fi

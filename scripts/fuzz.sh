@@ -17,7 +17,7 @@ budget=${1:-300}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(segment json_records file_lines sql_plan checkpoint state_ipc)
+  targets=(segment topic_metadata staged_txn json_records file_lines parquet_file sql_plan checkpoint state_ipc)
 fi
 tools=${KEEL_TOOLS:-$HOME/.cache/keel-tools}
 if [ ! -x "$tools/bin/cargo-fuzz" ]; then

@@ -107,21 +107,32 @@ pub fn json_records(data: &[u8]) {
 /// A JSON-lines or CSV file (first byte even: CSV) read by the filesystem source to its end,
 /// bad lines skipped: never panics, and every row has the table's schema.
 pub fn file_lines(data: &[u8]) {
-    use keel_runtime::{Source, SourcePoll};
+    use keel_connectors::file_source::FileSourceFormat;
     let Some((&first, body)) = data.split_first() else { return };
-    let csv = first % 2 == 0;
-    let scratch = Scratch::new("lines");
-    let file = scratch.0.join(if csv { "input.csv" } else { "input.jsonl" });
+    if first % 2 == 0 {
+        read_file(body, "input.csv", FileSourceFormat::Csv { delimiter: b',' }, table_schema(false));
+    } else {
+        read_file(body, "input.jsonl", FileSourceFormat::JsonLines, table_schema(true));
+    }
+}
+
+/// A Parquet file read by the filesystem source: rows of the table's schema, or an error naming
+/// the file; never a panic (a malformed file would otherwise crash-loop the job).
+pub fn parquet_file(data: &[u8]) {
+    let schema = table_schema(false);
+    read_file(data, "input.parquet", keel_connectors::file_source::FileSourceFormat::Parquet, schema);
+}
+
+/// Reads `body` as one file of the filesystem source to its end or first error.
+fn read_file(body: &[u8], name: &str, format: keel_connectors::file_source::FileSourceFormat, schema: Arc<Schema>) {
+    use keel_runtime::{Source, SourcePoll};
+    let scratch = Scratch::new("file");
+    let file = scratch.0.join(name);
     std::fs::write(&file, body).expect("invariant: the scratch file is written");
-    let schema = table_schema(!csv);
     let config = keel_connectors::file_source::FileSourceConfig {
         table: "t".into(),
         path: file,
-        format: if csv {
-            keel_connectors::file_source::FileSourceFormat::Csv { delimiter: b',' }
-        } else {
-            keel_connectors::file_source::FileSourceFormat::JsonLines
-        },
+        format,
         schema: schema.clone(),
         event_time: Some((5, 1000)),
         files: Some(vec![String::new()]),
@@ -130,19 +141,9 @@ pub fn file_lines(data: &[u8]) {
         uid: "fuzz".into(),
     };
     let mut source = keel_connectors::file_source::FileSource::new(config);
-    let ctx = keel_runtime::TaskContext {
-        job: "fuzz".into(),
-        stage: "s".into(),
-        subtask: 0,
-        parallelism: 1,
-        key_groups: 128,
-        data_dir: scratch.0.clone(),
-        job_dir: scratch.0.join("job"),
-        run_id: "r".into(),
-        attempt: 0,
-        metrics: Arc::new(keel_runtime::Metrics::default()),
-    };
-    source.open(&ctx, keel_runtime::RestoredState::default()).expect("invariant: the source opens");
+    source
+        .open(&task_context(&scratch.0), keel_runtime::RestoredState::default())
+        .expect("invariant: the source opens");
     for _ in 0..10_000 {
         match source.poll() {
             Ok(SourcePoll::Batch(b)) => assert_eq!(b.schema(), schema, "a row of another schema"),
@@ -151,6 +152,69 @@ pub fn file_lines(data: &[u8]) {
         }
     }
     panic!("the source did not reach the end of a {}-byte file in 10,000 polls", body.len());
+}
+
+/// The context of subtask 0 of 1 of a job in `dir`.
+fn task_context(dir: &Path) -> keel_runtime::TaskContext {
+    keel_runtime::TaskContext {
+        job: "fuzz".into(),
+        stage: "s".into(),
+        subtask: 0,
+        parallelism: 1,
+        key_groups: 128,
+        data_dir: dir.to_path_buf(),
+        job_dir: dir.join("job"),
+        run_id: "r".into(),
+        attempt: 0,
+        metrics: Arc::new(keel_runtime::Metrics::default()),
+    }
+}
+
+/// A staged sink transaction file of arbitrary bytes committed by recovery: the records go to
+/// the topic, or (damaged) nothing does and the file is kept; never a panic.
+pub fn staged_txn(data: &[u8]) {
+    let scratch = Scratch::new("staged");
+    let log = keel_log::Log::open(&scratch.0).expect("invariant: a fresh log opens");
+    let topic = log.create_topic("out", keel_log::TopicConfig::new(1)).expect("invariant: a topic is created");
+    let stage = scratch.0.join("job/staging/sink/0");
+    std::fs::create_dir_all(&stage).expect("invariant: the staging directory is made");
+    let file = stage.join(format!("txn-{:020}-p0.stage", 1));
+    std::fs::write(&file, data).expect("invariant: the staged file is written");
+    let opened = keel_connectors::staging::StagedTopicWriter::open(
+        topic.clone(),
+        &scratch.0.join("job"),
+        "sink",
+        "r",
+        0,
+        1,
+        Some(1),
+    );
+    let committed = topic.partition_info(0).expect("invariant: the partition is described").end_offset;
+    match opened {
+        Ok(_) => assert!(!file.exists(), "a committed staged file is deleted"),
+        Err(e) => {
+            assert_eq!(committed, 0, "a staged file that failed was partly committed: {e}");
+            assert!(file.exists(), "a damaged staged file must be kept: {e}");
+        }
+    }
+}
+
+/// A topic's metadata files of arbitrary bytes (`topic.json`, then `producers.json`, as
+/// length-prefixed pieces): opening the topic and appending either work or fail with an error.
+pub fn topic_metadata(data: &[u8]) {
+    let scratch = Scratch::new("metadata");
+    let log = keel_log::Log::open(&scratch.0).expect("invariant: a fresh log opens");
+    log.create_topic("t", keel_log::TopicConfig::new(2)).expect("invariant: a topic is created");
+    let dir = scratch.0.join("topics/t");
+    for (piece, target) in pieces(data, 2).into_iter().zip([dir.join("topic.json"), dir.join("p-0000/producers.json")])
+    {
+        std::fs::write(target, piece).expect("invariant: the scratch file is written");
+    }
+    let Ok(topic) = log.topic("t") else { return };
+    assert!(topic.partitions() >= 1, "a topic with no partitions was opened");
+    if let Ok(mut w) = topic.writer(0, keel_log::Durability::OsBuffer) {
+        let _ = w.commit_txn(1, 1, &[keel_log::Record::new(None, b"{}".to_vec())]);
+    }
 }
 
 /// A SQL pipeline (the bytes as UTF-8, lossily) planned, never run: an answer or an error.
@@ -227,6 +291,9 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("segment", segment),
     ("json_records", json_records),
     ("file_lines", file_lines),
+    ("parquet_file", parquet_file),
+    ("staged_txn", staged_txn),
+    ("topic_metadata", topic_metadata),
     ("sql_plan", sql_plan),
     ("checkpoint", checkpoint),
     ("state_ipc", state_ipc),
