@@ -10,6 +10,7 @@
 pub mod error;
 pub mod faults;
 pub mod keys;
+pub mod test_child;
 pub mod test_rng;
 pub mod time;
 pub mod window;
