@@ -10,6 +10,7 @@ pub mod connectors;
 mod cse;
 pub mod error;
 pub mod functions;
+mod generators;
 mod interval_join;
 pub mod limits;
 mod over;
