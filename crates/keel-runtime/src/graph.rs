@@ -6,11 +6,16 @@
 //! earlier stages; operator uids are unique within the graph (they name state in checkpoints);
 //! a stage runs 1 to `DEFAULT_KEY_GROUPS` (128) subtasks: keyed state is divided into that many
 //! key groups, so a subtask beyond them would own none, and an exchange holds parallelism²
-//! bounded channels (4,096 subtasks took 22 GB in two minutes).
+//! bounded channels (4,096 subtasks took 22 GB in two minutes); a job runs at most
+//! `MAX_SUBTASKS` subtasks, one thread each.
 
 use crate::error::{Result, RuntimeError};
 use crate::exchange::Partitioning;
 use crate::operator::{OperatorFactory, SourceFactory};
+
+/// The most subtasks (threads) one job runs, over all its stages: 4,096, such as 32 stages at
+/// parallelism 128. A job at parallelism 128 on a small input uses about 0.25 MB per subtask.
+pub const MAX_SUBTASKS: u32 = 4096;
 
 /// One operator in a stage's chain.
 #[derive(Clone)]
@@ -105,6 +110,14 @@ impl JobGraph {
                 }
             }
         }
+        let subtasks: u64 = self.stages.iter().map(|s| u64::from(s.parallelism)).sum();
+        if subtasks > u64::from(MAX_SUBTASKS) {
+            return Err(RuntimeError::User(format!(
+                "the job would run {subtasks} subtasks ({} stages), over the limit of {MAX_SUBTASKS} threads; use a \
+                 lower --parallelism, or run the INSERTs of the pipeline as several jobs",
+                self.stages.len()
+            )));
+        }
         match self.stages.first().map(|s| &s.input) {
             Some(StageInput::Source { .. }) => Ok(()),
             _ => Err(RuntimeError::Internal("a job graph must start with a source stage".into())),
@@ -142,5 +155,18 @@ mod tests {
             assert!(err.to_string().contains(&format!("parallelism {p}; a stage runs 1 to 128")), "{err}");
         }
         assert!(source_stage(128).validate().is_ok());
+    }
+
+    #[test]
+    fn a_job_runs_a_bounded_number_of_subtasks() {
+        let mut g = source_stage(128);
+        let forward = StageInput::Upstream { stage: 0, partitioning: Partitioning::Forward };
+        let stage = StageSpec { name: "next".into(), parallelism: 128, input: forward, chain: vec![] };
+        g.stages.extend(std::iter::repeat_n(stage, (MAX_SUBTASKS / 128) as usize - 1));
+        assert!(g.validate().is_ok(), "{} stages at 128", g.stages.len());
+        g.stages.push(g.stages[1].clone());
+        let err = g.validate().unwrap_err();
+        assert_eq!(err.class(), keel_types::ErrorClass::User);
+        assert!(err.to_string().contains("4224 subtasks (33 stages), over the limit of 4096"), "{err}");
     }
 }
