@@ -3,7 +3,9 @@
 //! Each record is recognised on its own: a debezium envelope (a JSON object with `op` and
 //! `before`/`after`) adds its `after` row (`c`, `r`, `u`) and removes one row equal to its
 //! `before` (`u`, `d`); otherwise a keyed record is an upsert (the key's latest value wins, an
-//! empty value deletes the key). Anything else is an error naming the record's position.
+//! empty value deletes the key). Anything else is an error naming the record's position; a
+//! record nested deeper than 128 levels is refused by serde_json's limit (which never recurses
+//! without bound).
 //!
 //! Invariants: debezium rows are kept as a multiset of canonical JSON texts (object keys sorted)
 //! with signed counts, so the result does not depend on the order in which partitions are read
@@ -50,8 +52,18 @@ fn canonical(v: &Value) -> String {
 impl Materialized {
     /// Applies one record read at `at`.
     pub fn apply(&mut self, key: Option<&[u8]>, value: &[u8], at: Position<'_>) -> Result<()> {
-        let parsed: Option<Value> =
-            if value.iter().all(u8::is_ascii_whitespace) { None } else { serde_json::from_slice(value).ok() };
+        let parsed: Option<Value> = if value.iter().all(u8::is_ascii_whitespace) {
+            None
+        } else {
+            match serde_json::from_slice(value) {
+                Ok(v) => Some(v),
+                // serde_json stops at 128 levels instead of recursing on (and overflowing the stack).
+                Err(e) if e.to_string().starts_with("recursion limit exceeded") => bail!(
+                    "the record at {at} nests arrays and objects deeper than 128 levels, which no changelog row does"
+                ),
+                Err(_) => None,
+            }
+        };
         if let Some(Value::Object(env)) = &parsed
             && env.contains_key("op")
             && (env.contains_key("before") || env.contains_key("after"))
@@ -195,6 +207,19 @@ mod tests {
         assert!(e.to_string().contains("no \"after\" row object"), "{e}");
         let e = m.apply(None, br#"{"before":null,"after":{"a":1},"op":"x"}"#, at(3)).unwrap_err();
         assert!(e.to_string().contains("has op \"x\""), "{e}");
+        assert_eq!(m.applied, 0);
+    }
+
+    #[test]
+    fn a_record_nested_too_deeply_is_refused_naming_the_limit() {
+        let mut m = Materialized::default();
+        let deep = format!("{}{}", "[".repeat(50_000), "]".repeat(50_000));
+        let e = m.apply(Some(b"k"), deep.as_bytes(), at(4)).unwrap_err().to_string();
+        assert!(e.contains("offset 4") && e.contains("deeper than 128 levels"), "{e}");
+        let row = format!("{}1{}", r#"{"a":"#.repeat(200), "}".repeat(200));
+        let envelope = format!(r#"{{"before":null,"after":{row},"op":"c"}}"#);
+        let e = m.apply(None, envelope.as_bytes(), at(5)).unwrap_err().to_string();
+        assert!(e.contains("deeper than 128 levels"), "{e}");
         assert_eq!(m.applied, 0);
     }
 

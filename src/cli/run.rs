@@ -108,17 +108,41 @@ pub fn run(data_dir: &Path, args: RunArgs) -> Result<()> {
     Ok(())
 }
 
+/// The largest pipeline file `keel run` reads: far above any real pipeline, and the planner's
+/// own limits (expression depth, view expansions) refuse much smaller ones that would be slow.
+const MAX_PIPELINE_BYTES: u64 = 16 << 20;
+
+/// Reads a pipeline file of at most `MAX_PIPELINE_BYTES`.
+fn read_pipeline(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).with_context(|| format!("cannot read pipeline file {}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_PIPELINE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read pipeline file {}", path.display()))?;
+    if bytes.len() as u64 > MAX_PIPELINE_BYTES {
+        anyhow::bail!(
+            "pipeline file {} is larger than {} MiB; a pipeline is SQL text (split it, or load data through a table)",
+            path.display(),
+            MAX_PIPELINE_BYTES >> 20
+        );
+    }
+    String::from_utf8(bytes).with_context(|| format!("pipeline file {} is not UTF-8 text", path.display()))
+}
+
 /// Plans and runs a pipeline file; shared by `run`, `demo` and `bench`.
 pub fn run_pipeline(data_dir: &Path, args: &RunArgs, stop: Arc<AtomicBool>) -> Result<RunReport> {
-    let sql = std::fs::read_to_string(&args.pipeline)
-        .with_context(|| format!("cannot read pipeline file {}", args.pipeline.display()))?;
+    let sql = read_pipeline(&args.pipeline)?;
     let name = match &args.name {
         Some(n) => n.clone(),
         None => keel_runtime::job_name_from_file(&args.pipeline),
     };
     keel_runtime::validate_job_name(&name)?;
     let parallelism =
-        args.parallelism.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1));
+        args.parallelism.unwrap_or_else(|| {
+            // One subtask per core, but never more than the key groups a keyed stage can use.
+            std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1).min(keel_types::DEFAULT_KEY_GROUPS)
+        });
     let opts = keel_sql::PipelineOptions {
         job: name.clone(),
         data_dir: data_dir.to_path_buf(),

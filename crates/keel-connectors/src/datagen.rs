@@ -5,7 +5,9 @@
 //! rows are the same at any parallelism and after any restore; rows are spread over a fixed number
 //! of splits (row `n` in split `n mod splits`) whose positions are checkpointed. A TIMESTAMP column
 //! holds `start + n * 1000 / rows-per-second` ms (event time advances at the configured rate),
-//! unlike Flink's datagen, which uses the wall clock and so cannot repeat.
+//! unlike Flink's datagen, which uses the wall clock and so cannot repeat. Memory is bounded: a
+//! string is at most `MAX_STRING_LENGTH` characters (longer is refused at plan time) and a batch
+//! holds at most `MAX_BATCH_STRING_BYTES` of strings (fewer rows when they are long).
 
 use crate::splits::Splits;
 use arrow::array::{
@@ -17,6 +19,15 @@ use keel_runtime::{RestoredState, Result, RuntimeError, Source, SourcePoll, Task
 use keel_types::time::MIN_WATERMARK;
 use std::sync::Arc;
 use std::time::Instant;
+
+/// The longest string a `datagen` column may be given (`'fields.COLUMN.length'`, in characters,
+/// here ASCII letters, so also bytes): 1 MiB, as every single value Keel builds. A longer length
+/// is refused when the pipeline is planned.
+pub const MAX_STRING_LENGTH: usize = 1 << 20;
+
+/// The most bytes of generated strings one batch holds: a table with long strings gets batches
+/// of fewer rows than `'rows-per-batch'` (at least one row).
+pub const MAX_BATCH_STRING_BYTES: usize = 16 << 20;
 
 /// One column's generator settings.
 #[derive(Debug, Clone, Default)]
@@ -65,6 +76,15 @@ impl DatagenSource {
         DatagenSource { cfg, splits: None, cursor: 0, started: Instant::now(), emitted_here: 0, parallelism: 1 }
     }
 
+    /// How many rows keep a batch's strings within `MAX_BATCH_STRING_BYTES` (at least one).
+    fn rows_within_batch_bytes(&self) -> usize {
+        let row_bytes: usize = (self.cfg.schema.fields().iter().enumerate())
+            .filter(|(_, f)| f.data_type() == &DataType::Utf8)
+            .map(|(i, _)| self.cfg.fields.get(i).and_then(|o| o.length).unwrap_or(16))
+            .sum();
+        (MAX_BATCH_STRING_BYTES / row_bytes.max(1)).max(1)
+    }
+
     fn timestamp(&self, n: u64) -> i64 {
         let step = if self.cfg.rate == 0 { 1.0 } else { 1000.0 / self.cfg.rate as f64 };
         self.cfg.start_ms + (n as f64 * step) as i64
@@ -98,6 +118,11 @@ impl DatagenSource {
             }
             DataType::Utf8 => {
                 let len = f.length.unwrap_or(16);
+                if len > MAX_STRING_LENGTH {
+                    return Err(format!(
+                        "a string length of {len} is over the limit of {MAX_STRING_LENGTH} characters per value"
+                    ));
+                }
                 let mut b = StringBuilder::with_capacity(rows.len(), rows.len() * len);
                 let mut s = String::with_capacity(len);
                 for &n in rows {
@@ -195,6 +220,7 @@ impl DatagenSource {
             } else {
                 self.cfg.batch_size
             };
+            let limit = limit.min(self.rows_within_batch_bytes());
             while rows.len() < limit && !splits.finished(idx) {
                 let row = splits.next_number(idx);
                 rows.push(row);
@@ -293,6 +319,21 @@ mod tests {
         assert_eq!(arrow::compute::concat_batches(&batches[0].schema(), &again).unwrap(), all);
         let other = drain(&mut open(config(8, Some(500), 0)), 1000).0;
         assert_ne!(arrow::compute::concat_batches(&batches[0].schema(), &other).unwrap().column(1), all.column(1));
+    }
+
+    #[test]
+    fn long_strings_make_smaller_batches_so_a_batch_stays_bounded() {
+        let mut cfg = config(3, Some(40), 0);
+        cfg.fields[1].length = Some(MAX_STRING_LENGTH);
+        cfg.batch_size = 8192;
+        let (batches, done) = drain(&mut open(cfg), 100);
+        assert!(done);
+        assert_eq!(batches.iter().map(RecordBatch::num_rows).sum::<usize>(), 40, "every row still comes");
+        for b in &batches {
+            let bytes = b.column(1).as_string::<i32>().value_data().len();
+            assert!(bytes <= MAX_BATCH_STRING_BYTES, "{} rows, {bytes} bytes of strings in one batch", b.num_rows());
+            assert!(b.column(1).as_string::<i32>().iter().flatten().all(|v| v.len() == MAX_STRING_LENGTH));
+        }
     }
 
     #[test]

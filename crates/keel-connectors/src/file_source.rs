@@ -8,10 +8,13 @@
 //! never read. A file's watermark is the largest event time read from it minus the delay; the
 //! subtask's is the minimum over its unfinished files.
 //!
-//! A line that does not fit the schema is handled by the bad-records policy: it fails the job
-//! (naming file and line), is skipped (counted), or is written with its error, file and line to
-//! the dead-letter topic through a staged writer that is pre-committed with the positions at each
+//! A line that does not fit the schema, or is longer than `MAX_LINE_BYTES`, is handled by the
+//! bad-records policy: it fails the job (naming file and line), is skipped (counted), or is
+//! written with its error, file and line to the dead-letter topic (a bounded prefix of it, see
+//! `dead_letter`) through a staged writer that is pre-committed with the positions at each
 //! barrier and committed when the checkpoint completes, so each bad line lands there exactly once.
+//! Memory per subtask is bounded: a chunk of lines is at most `MAX_LINE_BYTES` plus one read, and
+//! an over-long line is scanned for its newline a read at a time, keeping only its prefix.
 //!
 //! Line files may grow while watched (only whole lines are read); Parquet files are immutable
 //! once visible (write them under a hidden name and rename), read one at a time with the reader
@@ -36,6 +39,15 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// The longest line the filesystem source reads, in bytes without its newline: 16 MiB. A longer
+/// line is a bad record (by the 'bad-records' policy; its dead letter holds a prefix of it, with
+/// file, line and byte offset) and reading goes on after its newline; no more than this much of
+/// one line is ever held in memory.
+pub const MAX_LINE_BYTES: usize = 16 << 20;
+
+/// How much of a file is read at a time.
+const READ_BYTES: usize = 1 << 20;
 
 /// Record formats the filesystem source reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,12 +90,26 @@ struct FileState {
     line: Option<u64>,
     max_ts: i64,
     done: bool,
+    /// While watching: the line at `offset` is longer than `MAX_LINE_BYTES` and has no newline
+    /// before this byte yet (where the search for it goes on; not checkpointed).
+    #[serde(skip)]
+    scanned: Option<u64>,
 }
 
 impl FileState {
     fn new(name: String) -> Self {
-        FileState { name, offset: 0, line: Some(0), max_ts: MIN_WATERMARK, done: false }
+        FileState { name, offset: 0, line: Some(0), max_ts: MIN_WATERMARK, done: false, scanned: None }
     }
+}
+
+/// What `read_lines` found next in a file.
+enum Chunk {
+    /// Whole lines: the offset of the first one's first byte, and their bytes (each line ends in
+    /// a newline, except maybe the file's last).
+    Lines(u64, Vec<u8>),
+    /// A line longer than `MAX_LINE_BYTES`: its first byte, its length without the newline, its
+    /// first bytes (for the dead letter) and the offset after its newline.
+    TooLong { start: u64, len: u64, head: Vec<u8>, next: u64 },
 }
 
 /// The Parquet file being read: its index in `files` and its open reader.
@@ -150,11 +176,13 @@ impl Drop for DeadLetterClaim {
     }
 }
 
-/// A non-blank line of a chunk: its number (1-based), first byte, and text.
+/// A non-blank line of a chunk: its number (1-based), first byte, and text (all of it, or the
+/// start of an over-long line, whose length is `bytes`).
 struct Line<'a> {
     number: u64,
     offset: u64,
     text: &'a [u8],
+    bytes: u64,
 }
 
 impl FileSource {
@@ -200,46 +228,84 @@ impl FileSource {
         Ok(())
     }
 
-    /// Reads the next chunk of whole lines of file `idx`: (its first byte, the bytes).
-    fn read_lines(&mut self, idx: usize) -> Result<Option<(u64, Vec<u8>)>> {
-        /// A longer line is refused rather than read into memory without bound.
-        const MAX_LINE: usize = 256 << 20;
+    /// Reads the next chunk of whole lines of file `idx`, or the over-long line that comes next.
+    fn read_lines(&mut self, idx: usize) -> Result<Option<Chunk>> {
         let path = self.file_path(&self.files[idx].name);
         let mut f = std::fs::File::open(&path).map_err(ConnectorError::io("cannot open", &path))?;
         let start = self.files[idx].offset;
         f.seek(SeekFrom::Start(start)).map_err(ConnectorError::io("cannot seek in", &path))?;
-        let mut buf = Vec::with_capacity(1 << 20);
-        let mut limit = 1usize << 20;
+        if let Some(scanned) = self.files[idx].scanned {
+            // Still looking for the newline of an over-long line (watching).
+            let mut head = Vec::with_capacity(crate::dead_letter::MAX_RECORD_BYTES);
+            (&mut f)
+                .take(crate::dead_letter::MAX_RECORD_BYTES as u64)
+                .read_to_end(&mut head)
+                .map_err(ConnectorError::io("cannot read", &path))?;
+            f.seek(SeekFrom::Start(scanned)).map_err(ConnectorError::io("cannot seek in", &path))?;
+            return self.skip_long_line(idx, f, start, head, scanned);
+        }
+        let mut buf = Vec::with_capacity(READ_BYTES);
+        let mut limit = READ_BYTES;
         loop {
             let want = (limit - buf.len()) as u64;
             (&mut f).take(want).read_to_end(&mut buf).map_err(ConnectorError::io("cannot read", &path))?;
             let eof = buf.len() < limit;
             if let Some(p) = buf.iter().rposition(|&b| b == b'\n') {
                 buf.truncate(p + 1);
-                return Ok(Some((start, buf)));
+                return Ok(Some(Chunk::Lines(start, buf)));
             }
             if !eof {
-                // One line longer than what was read: read more of it.
-                limit *= 2;
-                if limit > 2 * MAX_LINE {
-                    return Err(RuntimeError::User(format!(
-                        "table '{}': {} has a line longer than {} MB at byte {start}; split the file's records into lines",
-                        self.cfg.table,
-                        path.display(),
-                        MAX_LINE >> 20
-                    )));
+                if buf.len() > MAX_LINE_BYTES {
+                    // One line longer than the limit: keep its start, look for its end.
+                    let scanned = start + buf.len() as u64;
+                    buf.truncate(crate::dead_letter::MAX_RECORD_BYTES);
+                    buf.shrink_to_fit();
+                    return self.skip_long_line(idx, f, start, buf, scanned);
                 }
+                // One line longer than what was read: read more of it.
+                limit = (limit * 2).min(MAX_LINE_BYTES + 1);
                 continue;
             }
             // No newline before the end: the rest of the file is one last line, unless more may
             // be appended (a watched directory), in which case it waits for its newline.
             if !buf.is_empty() && self.cfg.monitor_interval.is_none() {
-                return Ok(Some((start, buf)));
+                return Ok(Some(Chunk::Lines(start, buf)));
             }
             if self.cfg.monitor_interval.is_none() {
                 self.files[idx].done = true;
             }
             return Ok(None);
+        }
+    }
+
+    /// Reads on from `from` (where `f` is) to the newline ending the over-long line that starts
+    /// at `start`, a read at a time. At the end of the file the line ends there, unless the
+    /// directory is watched: then it is not finished yet, and the search resumes at the next poll.
+    fn skip_long_line(
+        &mut self,
+        idx: usize,
+        mut f: std::fs::File,
+        start: u64,
+        head: Vec<u8>,
+        from: u64,
+    ) -> Result<Option<Chunk>> {
+        let path = self.file_path(&self.files[idx].name);
+        let mut buf = vec![0u8; READ_BYTES];
+        let mut at = from;
+        loop {
+            let n = f.read(&mut buf).map_err(ConnectorError::io("cannot read", &path))?;
+            if n == 0 {
+                if self.cfg.monitor_interval.is_some() {
+                    self.files[idx].scanned = Some(at);
+                    return Ok(None);
+                }
+                return Ok(Some(Chunk::TooLong { start, len: at - start, head, next: at }));
+            }
+            if let Some(p) = buf[..n].iter().position(|&b| b == b'\n') {
+                let end = at + p as u64;
+                return Ok(Some(Chunk::TooLong { start, len: end - start, head, next: end + 1 }));
+            }
+            at += n as u64;
         }
     }
 
@@ -249,11 +315,20 @@ impl FileSource {
             return Ok(n);
         }
         let path = self.file_path(&self.files[idx].name);
-        let f = std::fs::File::open(&path).map_err(ConnectorError::io("cannot open", &path))?;
-        let mut head = Vec::new();
-        f.take(self.files[idx].offset).read_to_end(&mut head).map_err(ConnectorError::io("cannot read", &path))?;
-        let n =
-            head.iter().filter(|&&b| b == b'\n').count() as u64 + u64::from(head.last().is_some_and(|&b| b != b'\n'));
+        let mut f =
+            std::fs::File::open(&path).map_err(ConnectorError::io("cannot open", &path))?.take(self.files[idx].offset);
+        // Counted a read at a time: the consumed part of a file may be larger than memory.
+        let (mut n, mut last) = (0u64, b'\n');
+        let mut buf = vec![0u8; READ_BYTES];
+        loop {
+            let got = f.read(&mut buf).map_err(ConnectorError::io("cannot read", &path))?;
+            if got == 0 {
+                break;
+            }
+            n += buf[..got].iter().filter(|&&b| b == b'\n').count() as u64;
+            last = buf[got - 1];
+        }
+        let n = n + u64::from(last != b'\n');
         self.files[idx].line = Some(n);
         Ok(n)
     }
@@ -261,7 +336,24 @@ impl FileSource {
     /// The next chunk of whole lines of file `idx`, decoded (bad lines handled by the policy).
     fn poll_lines(&mut self, idx: usize) -> Result<Option<RecordBatch>> {
         let first = self.lines_consumed(idx)?;
-        let Some((start, buf)) = self.read_lines(idx)? else { return Ok(None) };
+        let (start, buf) = match self.read_lines(idx)? {
+            None => return Ok(None),
+            Some(Chunk::Lines(start, buf)) => (start, buf),
+            Some(Chunk::TooLong { start, len, head, next }) => {
+                let line = Line { number: first + 1, offset: start, text: &head, bytes: len };
+                let reason = format!(
+                    "the line is {len} bytes long, longer than the limit of {MAX_LINE_BYTES} bytes (16 MiB) per \
+                     line; split the record or write it to a topic"
+                );
+                let name = self.files[idx].name.clone();
+                self.bad(&name, &line, &reason)?;
+                let f = &mut self.files[idx];
+                f.offset = next;
+                f.line = Some(first + 1);
+                f.scanned = None;
+                return Ok(Some(RecordBatch::new_empty(self.cfg.schema.clone())));
+            }
+        };
         let mut lines = vec![];
         let mut at = 0usize;
         let mut number = first;
@@ -274,7 +366,7 @@ impl FileSource {
             at += text.len() + 1;
             let text = text.strip_suffix(b"\r").unwrap_or(text);
             if !text.iter().all(u8::is_ascii_whitespace) {
-                lines.push(Line { number, offset, text });
+                lines.push(Line { number, offset, text, bytes: text.len() as u64 });
             }
         }
         let name = self.files[idx].name.clone();
@@ -348,28 +440,29 @@ impl FileSource {
         let path = self.file_path(file).display().to_string();
         match &self.cfg.bad_records {
             BadRecordPolicy::Fail => Err(RuntimeError::User(format!(
-                "table '{}': line {} (byte {}) of {path} does not fit the schema: {reason} \
+                "table '{}': line {} (byte {}) of {path} does not fit the schema: {} \
                  ('bad-records' = 'fail'; use 'dead-letter' or 'skip' to keep going)",
-                self.cfg.table, line.number, line.offset
+                self.cfg.table,
+                line.number,
+                line.offset,
+                crate::dead_letter::bounded_reason(reason)
             ))),
             BadRecordPolicy::Skip => {
                 tracing::debug!(table = %self.cfg.table, file = %path, line = line.number, "skipping a bad line: {reason}");
                 Ok(())
             }
             BadRecordPolicy::DeadLetter { .. } => {
-                let letter = serde_json::json!({
-                    "table": self.cfg.table,
-                    "file": path,
-                    "line": line.number,
-                    "offset": line.offset,
-                    "error": reason,
-                    "record": String::from_utf8_lossy(line.text),
-                });
+                let mut place = serde_json::Map::new();
+                place.insert("table".into(), self.cfg.table.clone().into());
+                place.insert("file".into(), path.into());
+                place.insert("line".into(), line.number.into());
+                place.insert("offset".into(), line.offset.into());
+                let letter = crate::dead_letter::letter(place, reason, line.text, line.bytes);
                 let (dl, _) = self
                     .dead_letters
                     .as_mut()
                     .ok_or_else(|| RuntimeError::Internal("dead-letter writer not open".into()))?;
-                dl.write(0, None, letter.to_string().as_bytes()).map_err(RuntimeError::from)
+                dl.write(0, None, &letter).map_err(RuntimeError::from)
             }
         }
     }

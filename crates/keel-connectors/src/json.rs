@@ -4,12 +4,57 @@
 //! Decoding accepts, for TIMESTAMP columns, RFC 3339 / ISO-8601 strings (with `T` or a space,
 //! optional fraction, optional zone), `YYYY-MM-DD HH:MM:SS[.fff]`, and numbers as epoch
 //! milliseconds. Invariant: every input record either becomes exactly one row or is reported as
-//! bad with its reason; one bad record never spoils its neighbours.
+//! bad with its reason; one bad record never spoils its neighbours. A record nested deeper than
+//! `MAX_JSON_DEPTH` is bad without being decoded, so no record can exhaust the stack.
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::json::reader::{Decoder, ReaderBuilder};
 use std::fmt::Write as _;
+
+/// The deepest nesting of arrays and objects a JSON record may have, its own object being level
+/// 1: serde_json's default limit. A deeper record is a bad record (dead letter, skip or fail by
+/// the table's 'bad-records' policy) and is never given to the decoder, whose error messages
+/// recursed once per level (50,000 levels overflowed the stack and aborted the process).
+pub const MAX_JSON_DEPTH: usize = 128;
+
+/// Why `value` is refused for nesting deeper than `MAX_JSON_DEPTH`, or `None` when it is not.
+/// A record with no more opening brackets than the limit cannot be deeper; only a record with
+/// more is scanned exactly (outside strings, minding escapes), so the common case is one count
+/// of two byte values, which the compiler vectorizes.
+fn too_deep(value: &[u8]) -> Option<String> {
+    let opening = value.iter().fold(0usize, |n, &b| n + usize::from(b == b'{' || b == b'['));
+    if opening <= MAX_JSON_DEPTH {
+        return None;
+    }
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for (at, &b) in value.iter().enumerate() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > MAX_JSON_DEPTH {
+                    return Some(format!(
+                        "the record nests arrays and objects deeper than {MAX_JSON_DEPTH} levels (at byte {at}), \
+                         Keel's limit for a JSON record"
+                    ));
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
+}
 
 /// Decodes JSON record values into batches of one schema.
 pub struct JsonDecoder {
@@ -47,16 +92,26 @@ impl JsonDecoder {
         if values.is_empty() {
             return Ok(Decoded { batch: RecordBatch::new_empty(self.schema.clone()), rows: vec![], bad: vec![] });
         }
-        self.decoder = new_decoder(&self.schema, values.len())?;
-        if let Ok(batch) = self.decode_all(values)
-            && batch.num_rows() == values.len()
-        {
-            return Ok(Decoded { batch, rows: (0..values.len()).collect(), bad: vec![] });
+        // Records nested too deeply are never decoded (see MAX_JSON_DEPTH).
+        let deep: Vec<(usize, String)> =
+            values.iter().enumerate().filter_map(|(i, v)| too_deep(v).map(|reason| (i, reason))).collect();
+        if deep.is_empty() {
+            self.decoder = new_decoder(&self.schema, values.len())?;
+            if let Ok(batch) = self.decode_all(values)
+                && batch.num_rows() == values.len()
+            {
+                return Ok(Decoded { batch, rows: (0..values.len()).collect(), bad: vec![] });
+            }
         }
         // Slow path: find the bad ones one by one, then decode the good ones together.
         let mut good = vec![];
         let mut bad = vec![];
+        let mut deep = deep.into_iter().peekable();
         for (i, v) in values.iter().enumerate() {
+            if let Some((_, reason)) = deep.next_if(|d| d.0 == i) {
+                bad.push((i, reason));
+                continue;
+            }
             self.decoder = new_decoder(&self.schema, 2)?;
             match self.decode_all(&[v]) {
                 Ok(b) if b.num_rows() == 1 => good.push(i),
@@ -243,6 +298,60 @@ mod tests {
         assert_eq!(out.bad.iter().map(|b| b.0).collect::<Vec<_>>(), vec![1, 2, 4]);
         assert!(out.bad[0].1.to_lowercase().contains("lots") || out.bad[0].1.contains("amount"), "{}", out.bad[0].1);
         assert_eq!(out.batch.num_rows(), 2);
+    }
+
+    #[test]
+    fn deeply_nested_records_are_bad_records_naming_the_limit() {
+        // Before the depth limit, building the error message for such a record recursed once per
+        // level and overflowed the stack, aborting the process: run it where that cannot kill
+        // the test binary.
+        if keel_types::test_child::run_in_child("json::tests::deeply_nested_records_are_bad_records_naming_the_limit") {
+            return;
+        }
+        let nested = |open: &str, close: &str, levels: usize| {
+            format!(r#"{{"user_id":{}1{},"amount":1,"ts":0}}"#, open.repeat(levels), close.repeat(levels))
+        };
+        let good = r#"{"user_id":"a","amount":1,"ts":0}"#.to_string();
+        let arrays = nested("[", "]", 50_000);
+        let objects = nested(r#"{"a":"#, "}", 50_000);
+        // The record's own object is level 1: an unknown field nesting MAX - 1 arrays is at the
+        // limit and decodes (unknown fields are ignored); one more level is over it.
+        let extra = |levels: usize| {
+            format!(r#"{{"user_id":"b","amount":2,"ts":0,"x":{}{}}}"#, "[".repeat(levels), "]".repeat(levels))
+        };
+        let at_limit = extra(MAX_JSON_DEPTH - 1);
+        let over_limit = extra(MAX_JSON_DEPTH);
+        // Brackets inside strings (escaped quotes too) are text, not nesting.
+        let in_string = format!(r#"{{"user_id":"\"{}","amount":3,"ts":0}}"#, "[{".repeat(100_000));
+        let inputs: Vec<&[u8]> = vec![
+            good.as_bytes(),
+            arrays.as_bytes(),
+            objects.as_bytes(),
+            at_limit.as_bytes(),
+            over_limit.as_bytes(),
+            in_string.as_bytes(),
+        ];
+        let out = JsonDecoder::new(schema()).unwrap().decode(&inputs).unwrap();
+        assert_eq!(out.rows, vec![0, 3, 5]);
+        assert_eq!(out.bad.iter().map(|b| b.0).collect::<Vec<_>>(), vec![1, 2, 4]);
+        for (_, reason) in &out.bad {
+            assert!(reason.contains(&format!("deeper than {MAX_JSON_DEPTH} levels")), "{reason}");
+        }
+        let amounts = out.batch.column(1).as_primitive::<arrow::datatypes::Int64Type>();
+        assert_eq!(amounts.values().to_vec(), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn nesting_depth_is_counted_outside_strings_only() {
+        let over = |s: &str| too_deep(s.as_bytes()).is_some();
+        let deep = "[".repeat(MAX_JSON_DEPTH + 1);
+        assert!(over(&deep), "unclosed brackets count as they open");
+        assert!(!over(&"[".repeat(MAX_JSON_DEPTH)), "exactly the limit is allowed");
+        assert!(!over(&format!("\"{deep}\"")), "inside a string");
+        assert!(!over(&format!("\"\\\"{deep}\"")), "after an escaped quote, still inside the string");
+        assert!(over(&format!("\"\\\\\"{deep}")), "an escaped backslash ends before the closing quote");
+        // Closed levels do not add up: many shallow values side by side are fine.
+        assert!(!over(&"[[]]".repeat(10 * MAX_JSON_DEPTH)));
     }
 
     #[test]

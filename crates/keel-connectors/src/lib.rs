@@ -11,6 +11,7 @@
 pub mod changelog_format;
 mod csv_rows;
 pub mod datagen;
+pub mod dead_letter;
 pub mod error;
 pub mod file_source;
 pub mod json;

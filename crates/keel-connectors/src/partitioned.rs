@@ -352,6 +352,51 @@ mod tests {
     }
 
     #[test]
+    fn any_number_of_partitions_is_written_with_a_bounded_number_of_open_files() {
+        // Counts this process's open files: alone in a child process, where no other test opens any.
+        if keel_types::test_child::run_in_child(
+            "partitioned::tests::any_number_of_partitions_is_written_with_a_bounded_number_of_open_files",
+        ) {
+            return;
+        }
+        let open_files = || fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0);
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let mut s = sink(&out, Partitioning::new(vec!["dt".into()]));
+        s.open(&ctx(dir.path()), RestoredState::default()).unwrap();
+        let bound = crate::sinks::MAX_OPEN_FILES_PER_SINK;
+        let partitions = 2 * bound + 50;
+        let names: Vec<String> = (0..partitions).map(|p| format!("p{p:04}")).collect();
+        let mut rng = keel_types::test_rng::Lcg::seeded("partitions_with_bounded_open_files");
+        let before = open_files();
+        let mut most = 0;
+        // Three rounds, each row of a round in another partition, in a random order: every
+        // partition's file is closed and opened again between its rows.
+        for round in 0..3i64 {
+            let mut order: Vec<usize> = (0..partitions).collect();
+            for i in (1..order.len()).rev() {
+                order.swap(i, rng.below(i as u64 + 1) as usize);
+            }
+            for chunk in order.chunks(97) {
+                let batch: Vec<(i64, Option<&str>, Option<&str>)> =
+                    chunk.iter().map(|&p| (round * 10_000 + p as i64, Some(names[p].as_str()), Some("x"))).collect();
+                s.process(rows(&batch), &mut vec![]).unwrap();
+                most = most.max(open_files().saturating_sub(before));
+            }
+        }
+        assert!(most <= bound, "{most} files open at once for {partitions} partitions; the bound is {bound}");
+        s.snapshot(1).unwrap();
+        s.checkpoint_complete(1).unwrap();
+        let files = published(&out);
+        assert_eq!(files.len(), partitions, "one file per partition");
+        for (p, name) in names.iter().enumerate() {
+            let want: String = (0..3).map(|round| format!("{},x\n", round * 10_000 + p)).collect();
+            let path = format!("dt={name}/part-j-0-0000000001.csv");
+            assert_eq!(files.iter().find(|f| f.0 == path).map(|f| f.1.as_str()), Some(want.as_str()), "{path}");
+        }
+    }
+
+    #[test]
     fn a_partitioned_debezium_sink_keeps_each_change_kind_without_the_partition_column() {
         use keel_runtime::changelog::RowKind::*;
         let dir = tempfile::tempdir().unwrap();

@@ -17,7 +17,9 @@
 //! (leading `.`) are never results. A partitioned sink (`partitioned.rs`) keeps the same life
 //! cycle in each partition directory: one in-progress file per partition and interval, all of an
 //! interval's files pending at its barrier and published when its checkpoint completes (then the
-//! success file, if configured); recovery scans every partition directory. A subtask publishes
+//! success file, if configured); recovery scans every partition directory. At most
+//! `MAX_OPEN_FILES_PER_SINK / parallelism` in-progress files of a subtask are open at once (the
+//! least recently written is closed, and reopened to append), so any number of partitions works. A subtask publishes
 //! and recovers only the files named with its own subtask (after rescaling: old subtask `s`
 //! belongs to new subtask `s % parallelism`).
 
@@ -29,11 +31,17 @@ use crate::staging::StagedTopicWriter;
 use arrow::array::RecordBatch;
 use keel_log::{Log, TopicConfig};
 use keel_runtime::{Metrics, Operator, RestoredState, Result, RuntimeError, TaskContext};
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// The most in-progress files the subtasks of one filesystem sink keep open together: each keeps
+/// `MAX_OPEN_FILES_PER_SINK / parallelism` (at least 2) open and closes the least recently
+/// written one to open another, reopening it (to append) when its partition gets rows again. So a
+/// partition column with any number of values never exhausts the process's file descriptors.
+pub const MAX_OPEN_FILES_PER_SINK: usize = 256;
 
 /// The record format of the topic sink.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,7 +173,30 @@ impl FileFormat {
 /// An in-progress file of the current checkpoint interval.
 struct InProgress {
     path: PathBuf,
-    w: BufWriter<File>,
+    /// Open for writing, or closed to stay within the sink's open files (reopened to append).
+    w: Option<BufWriter<File>>,
+    /// When it was last written (the sink's tick), while open.
+    used: u64,
+}
+
+impl InProgress {
+    /// Flushes and closes the file (it stays in progress).
+    fn close(&mut self) -> Result<()> {
+        if let Some(w) = self.w.take() {
+            w.into_inner().map_err(|e| ConnectorError::io("cannot flush", &self.path)(e.into_error()))?;
+        }
+        Ok(())
+    }
+
+    /// Flushes and fsyncs the file, opening it again if it was closed.
+    fn sync(self) -> Result<()> {
+        let f = match self.w {
+            Some(w) => w.into_inner().map_err(|e| ConnectorError::io("cannot flush", &self.path)(e.into_error()))?,
+            None => File::open(&self.path).map_err(ConnectorError::io("cannot open", &self.path))?,
+        };
+        f.sync_all().map_err(ConnectorError::io("cannot fsync", &self.path))?;
+        Ok(())
+    }
 }
 
 /// Writes rows to files under a directory (or its partition directories), publishing them on
@@ -181,6 +212,11 @@ pub struct FileSink {
     /// This interval's in-progress files by partition path relative to `dir` (`""` without
     /// partitioning).
     open: HashMap<String, InProgress>,
+    /// The in-progress files open for writing, by when they were last written (least recent
+    /// first): at most `max_open`.
+    handles: BTreeMap<u64, String>,
+    tick: u64,
+    max_open: usize,
     /// Partition directories first written to in this interval; the barrier makes their entries
     /// (and their parents') durable, whichever subtask created them.
     created: BTreeSet<PathBuf>,
@@ -272,6 +308,9 @@ impl FileSink {
             subtask: 0,
             seq: 0,
             open: HashMap::new(),
+            handles: BTreeMap::new(),
+            tick: 0,
+            max_open: MAX_OPEN_FILES_PER_SINK,
             created: BTreeSet::new(),
             durable: HashSet::new(),
             pending: vec![],
@@ -316,9 +355,11 @@ impl FileSink {
         sync_dir(dir)
     }
 
-    /// Appends rows to the in-progress file of partition path `rel`, opening it first if needed.
+    /// Appends rows to the in-progress file of partition path `rel`, creating it first if needed,
+    /// or opening it again, after closing the least recently written one if `max_open` are open.
     fn write(&mut self, rel: &str, batch: &RecordBatch) -> Result<()> {
-        if !self.open.contains_key(rel) {
+        let fresh = !self.open.contains_key(rel);
+        if fresh {
             let dir = if rel.is_empty() { self.dir.clone() } else { self.dir.join(rel) };
             if !rel.is_empty() && !self.durable.contains(&dir) {
                 fs::create_dir_all(&dir).map_err(ConnectorError::io("cannot create partition directory", &dir))?;
@@ -326,13 +367,33 @@ impl FileSink {
             }
             self.seq += 1;
             let path = dir.join(format!(".{}-{}-{}.inprogress", self.job, self.subtask, self.seq));
-            let f = File::create(&path).map_err(ConnectorError::io("cannot create", &path))?;
-            let capacity = if self.partitioning.is_some() { 64 << 10 } else { 256 << 10 };
-            self.open.insert(rel.to_string(), InProgress { path, w: BufWriter::with_capacity(capacity, f) });
+            self.open.insert(rel.to_string(), InProgress { path, w: None, used: 0 });
         }
-        // Invariant: the file of `rel` was opened just above if it was not open.
-        let f = self.open.get_mut(rel).ok_or_else(|| RuntimeError::Internal("file sink: no open file".into()))?;
-        write_rows(self.format, batch, &mut f.w, &f.path, &mut self.line)
+        let missing = || RuntimeError::Internal("file sink: no in-progress file".into());
+        if self.open.get(rel).is_some_and(|f| f.w.is_none()) {
+            while self.handles.len() >= self.max_open.max(1) {
+                let Some((_, victim)) = self.handles.pop_first() else { break };
+                self.open.get_mut(&victim).ok_or_else(missing)?.close()?;
+            }
+            let f = self.open.get_mut(rel).ok_or_else(missing)?;
+            let file = if fresh {
+                File::create(&f.path).map_err(ConnectorError::io("cannot create", &f.path))?
+            } else {
+                fs::OpenOptions::new()
+                    .append(true)
+                    .open(&f.path)
+                    .map_err(ConnectorError::io("cannot reopen", &f.path))?
+            };
+            let capacity = if self.partitioning.is_some() { 64 << 10 } else { 256 << 10 };
+            f.w = Some(BufWriter::with_capacity(capacity, file));
+        }
+        self.tick += 1;
+        let f = self.open.get_mut(rel).ok_or_else(missing)?;
+        self.handles.remove(&f.used);
+        f.used = self.tick;
+        self.handles.insert(self.tick, rel.to_string());
+        let w = f.w.as_mut().ok_or_else(missing)?;
+        write_rows(self.format, batch, w, &f.path, &mut self.line)
     }
 }
 
@@ -341,6 +402,7 @@ impl Operator for FileSink {
         self.job = ctx.job.clone();
         self.subtask = ctx.subtask;
         self.metrics = Some(ctx.metrics.clone());
+        self.max_open = (MAX_OPEN_FILES_PER_SINK / ctx.parallelism.max(1) as usize).max(2);
         fs::create_dir_all(&self.dir).map_err(ConnectorError::io("cannot create sink directory", &self.dir))?;
         let depth = self.partitioning.as_ref().map_or(0, |p| p.columns.len());
         for dir in partitioned::partition_dirs(&self.dir, depth)? {
@@ -386,9 +448,10 @@ impl Operator for FileSink {
 
     fn snapshot(&mut self, checkpoint: u64) -> Result<Option<Vec<u8>>> {
         let mut dirs = BTreeSet::new();
-        for (_, InProgress { path, w }) in self.open.drain() {
-            let f = w.into_inner().map_err(|e| ConnectorError::io("cannot flush", &path)(e.into_error()))?;
-            f.sync_all().map_err(ConnectorError::io("cannot fsync", &path))?;
+        self.handles.clear();
+        for (_, file) in self.open.drain() {
+            let path = file.path.clone();
+            file.sync()?;
             // Invariant: an in-progress file is created inside its directory, never at a root.
             let dir =
                 path.parent().ok_or_else(|| RuntimeError::Internal("file sink: file without a directory".into()))?;
@@ -539,6 +602,19 @@ mod tests {
                 "\n"
             )
         );
+    }
+
+    #[test]
+    fn a_sink_path_that_is_a_file_is_a_user_error_not_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("taken");
+        fs::write(&file, "not a directory").unwrap();
+        for path in [file.clone(), file.join("below")] {
+            let mut sink = FileSink::new(path.clone(), FileFormat::Json).for_table("out_t");
+            let err = sink.open(&ctx(dir.path()), RestoredState::default()).unwrap_err();
+            assert_eq!(err.class(), keel_types::ErrorClass::User, "{err}");
+            assert!(err.to_string().contains(&file.display().to_string()), "{err}");
+        }
     }
 
     #[test]

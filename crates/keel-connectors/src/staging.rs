@@ -174,15 +174,17 @@ impl StagedTopicWriter {
         Ok(())
     }
 
-    /// Stages a dead letter (a JSON object with a `record` field) for partition 0; one too large
-    /// for the topic has its `record` cut to a prefix that fits, with `record_truncated` giving
-    /// the record's full length in bytes, so that a bad record never stops the job.
-    pub fn write_letter(&mut self, mut letter: serde_json::Value) -> Result<()> {
-        let text = letter.to_string();
+    /// Stages a dead letter (a JSON object with a `record` field, `crate::dead_letter`) for
+    /// partition 0; one too large for the topic (created with a smaller limit than the letters
+    /// need) has its `record` cut to a prefix that fits, with `record_truncated` giving the
+    /// record's full length in bytes, so that a bad record never stops the job.
+    pub fn write_letter(&mut self, letter: Vec<u8>) -> Result<()> {
         let limit = self.max_record_bytes() as usize;
-        if text.len() <= limit {
-            return self.write(0, None, text.as_bytes());
+        if letter.len() <= limit {
+            return self.write(0, None, &letter);
         }
+        let mut letter: serde_json::Value = serde_json::from_slice(&letter)
+            .map_err(|e| ConnectorError::Encode { what: "a dead letter".into(), reason: e.to_string() })?;
         let record = match letter.get("record") {
             Some(serde_json::Value::String(s)) => s.clone(),
             Some(other) => other.to_string(),
@@ -366,7 +368,9 @@ fn read_staged(
 }
 
 /// Late rows (or other rows an operator cannot use) written to a dead-letter topic exactly once,
-/// as JSON: `{"table": ..., "error": reason, "record": {the row's columns}}`.
+/// as JSON: `{"table": ..., "error": reason, "record": {the row's columns}}`; a row whose JSON is
+/// longer than `dead_letter::MAX_RECORD_BYTES` is kept as a prefix of its text instead, marked
+/// `record_truncated`, so that one wide late row never stops the job.
 pub struct DeadLetterOutput {
     pub table: String,
     pub writer: StagedTopicWriter,
@@ -383,10 +387,12 @@ impl keel_runtime::SideOutput for DeadLetterOutput {
                 serde_json::Value::from(self.table.as_str()),
                 serde_json::Value::from(reason)
             );
-            if letter.len() as u64 <= self.writer.max_record_bytes() {
-                self.writer.write(0, None, letter.as_bytes())?;
+            if record.len() <= crate::dead_letter::MAX_RECORD_BYTES {
+                self.writer.write_letter(letter.into_bytes())?;
             } else {
-                let letter = serde_json::json!({ "table": self.table, "error": reason, "record": record });
+                let mut place = serde_json::Map::new();
+                place.insert("table".into(), self.table.clone().into());
+                let letter = crate::dead_letter::letter(place, reason, record.as_bytes(), record.len() as u64);
                 self.writer.write_letter(letter)?;
             }
         }
@@ -486,8 +492,12 @@ mod tests {
         assert_eq!(err.class(), keel_types::ErrorClass::User);
         assert!(err.to_string().contains("a row of 301 bytes is larger than topic 'out' accepts (300 bytes"), "{err}");
         let record = "é\"".repeat(400);
-        w.write_letter(serde_json::json!({ "table": "t", "error": "late", "record": record })).unwrap();
-        w.write_letter(serde_json::json!({ "table": "t", "error": "late", "record": "small" })).unwrap();
+        w.write_letter(serde_json::json!({ "table": "t", "error": "late", "record": record }).to_string().into_bytes())
+            .unwrap();
+        w.write_letter(
+            serde_json::json!({ "table": "t", "error": "late", "record": "small" }).to_string().into_bytes(),
+        )
+        .unwrap();
         w.pre_commit(1).unwrap();
         w.commit_upto(1).unwrap();
         let got = values(&t);

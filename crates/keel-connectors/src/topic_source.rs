@@ -8,6 +8,9 @@
 //! subtask's is the minimum over partitions that are neither idle nor finished; bounded reading
 //! stops exactly at the end offsets recorded when the job first started.
 //!
+//! A bad record's dead letter holds a bounded prefix of it (`dead_letter`); a record nested
+//! deeper than `json::MAX_JSON_DEPTH` is a bad record.
+//!
 //! Each poll turns one batch as its producer wrote it (one `keel produce` flush, one committed
 //! transaction) into one Arrow batch, and the watermark moves after it; so which records of a
 //! partition are late depends on the data and its batching, not on timing.
@@ -116,23 +119,23 @@ impl TopicSource {
         }
         match &self.cfg.bad_records {
             BadRecordPolicy::Fail => Err(RuntimeError::User(format!(
-                "table '{}': record at topic '{}' partition {partition} offset {offset} does not fit the schema: {reason} \
+                "table '{}': record at topic '{}' partition {partition} offset {offset} does not fit the schema: {} \
                  ('bad-records' = 'fail'; use 'dead-letter' or 'skip' to keep going)",
-                self.cfg.table, self.cfg.topic
+                self.cfg.table,
+                self.cfg.topic,
+                crate::dead_letter::bounded_reason(reason)
             ))),
             BadRecordPolicy::Skip => {
                 tracing::debug!(table = %self.cfg.table, partition, offset, "skipping bad record: {reason}");
                 Ok(())
             }
             BadRecordPolicy::DeadLetter { .. } => {
-                let letter = serde_json::json!({
-                    "table": self.cfg.table,
-                    "topic": self.cfg.topic,
-                    "partition": partition,
-                    "offset": offset,
-                    "error": reason,
-                    "record": String::from_utf8_lossy(value),
-                });
+                let mut place = serde_json::Map::new();
+                place.insert("table".into(), self.cfg.table.clone().into());
+                place.insert("topic".into(), self.cfg.topic.clone().into());
+                place.insert("partition".into(), partition.into());
+                place.insert("offset".into(), offset.into());
+                let letter = crate::dead_letter::letter(place, reason, value, value.len() as u64);
                 let dl = self
                     .dead_letters
                     .as_mut()

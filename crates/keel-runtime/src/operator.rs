@@ -80,6 +80,13 @@ pub trait Operator: Send {
     }
     /// Processes one batch, appending results to `out`.
     fn process(&mut self, batch: RecordBatch, out: &mut Vec<RecordBatch>) -> Result<()>;
+    /// The next piece of the output of the last `process` (or `process_side`) call, for an
+    /// operator whose output for one batch can be far larger than the batch (the window assigner
+    /// repeats a row once per window): the task passes each piece on before asking for the next,
+    /// so only one piece is held at a time. Appends to `out` and returns true while it had more.
+    fn more_output(&mut self, _out: &mut Vec<RecordBatch>) -> Result<bool> {
+        Ok(false)
+    }
     /// Processes one batch from input `side` of a two-input stage (0 = left, 1 = right; the
     /// left side also arrives through `process`). Only the first operator of a join stage gets
     /// side 1; for any other operator it is an internal error.

@@ -56,10 +56,20 @@ impl Chain {
         }
         let mut out = Vec::new();
         self.ops[0].1.process_side(side, batch, &mut out)?;
-        for b in out {
-            self.push(1, b)?;
+        self.pass_on(0, out)
+    }
+
+    /// Pushes `out`, the output of operator `from`, to the rest of the chain, then each further
+    /// piece of it the operator has (`Operator::more_output`).
+    fn pass_on(&mut self, from: usize, mut out: Vec<RecordBatch>) -> Result<()> {
+        loop {
+            for b in out.drain(..) {
+                self.push(from + 1, b)?;
+            }
+            if !self.ops[from].1.more_output(&mut out)? {
+                return Ok(());
+            }
         }
-        Ok(())
     }
 
     fn push(&mut self, from: usize, batch: RecordBatch) -> Result<()> {
@@ -71,10 +81,7 @@ impl Chain {
         }
         let mut out = Vec::new();
         self.ops[from].1.process(batch, &mut out)?;
-        for b in out {
-            self.push(from + 1, b)?;
-        }
-        Ok(())
+        self.pass_on(from, out)
     }
 
     fn watermark(&mut self, wm: i64) -> Result<()> {

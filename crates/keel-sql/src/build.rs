@@ -396,7 +396,7 @@ impl InsertBuilder<'_> {
                         } else {
                             format!("{pre}s{si}-window-assigner")
                         };
-                        op(uid, move || Ok(Box::new(WindowAssigner { spec, time_column: col, schema: schema.clone() })))
+                        op(uid, move || Ok(Box::new(WindowAssigner::new(spec, col, schema.clone()))))
                     }
                     PlannedOp::Step(step) => {
                         let kind = if matches!(step, Step::Filter(_)) { "filter" } else { "project" };

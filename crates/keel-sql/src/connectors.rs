@@ -165,7 +165,7 @@ const UPSERT_TOPIC_KEYS: &[&str] =
 const PRINT_KEYS: &[&str] = &["connector", "print-identifier"];
 const BLACKHOLE_KEYS: &[&str] = &["connector"];
 
-fn check_keys(def: &TableDef, connector: &str, allowed: &[&str]) -> Result<()> {
+pub(crate) fn check_keys(def: &TableDef, connector: &str, allowed: &[&str]) -> Result<()> {
     for (k, _, pos) in &def.options {
         if !allowed.contains(&k.as_str()) {
             return Err(SqlError::invalid(
@@ -181,7 +181,7 @@ fn check_keys(def: &TableDef, connector: &str, allowed: &[&str]) -> Result<()> {
     Ok(())
 }
 
-fn option_pos(def: &TableDef, key: &str) -> crate::error::Pos {
+pub(crate) fn option_pos(def: &TableDef, key: &str) -> crate::error::Pos {
     def.options.iter().find(|o| o.0 == key).map(|o| o.2).unwrap_or(def.pos)
 }
 
@@ -308,14 +308,14 @@ pub fn source_plan(def: &TableDef, job: &str) -> Result<SourcePlan> {
                 out_of_order_group: num("out-of-order.group-size", Some(1))?.unwrap_or(1).max(1),
                 seed: num("seed", Some(0))?.unwrap_or(0),
                 base_time_ms: 1_704_067_200_000,
-                batch_size: num("rows-per-batch", Some(8192))?.unwrap_or(8192).max(1) as usize,
+                batch_size: crate::generators::rows_per_batch(def)?,
                 schema: std::sync::Arc::new(arrow::datatypes::Schema::empty()),
                 computed: None,
                 event_time: None,
                 event_types: None,
             }))
         }
-        "datagen" => datagen_plan(def),
+        "datagen" => crate::generators::datagen_plan(def),
         "filesystem" => {
             const KEYS: &[&str] = &[
                 "connector",
@@ -404,78 +404,6 @@ pub fn source_plan(def: &TableDef, job: &str) -> Result<SourcePlan> {
         )),
         other => Err(unknown_connector(def, other)),
     }
-}
-
-fn datagen_plan(def: &TableDef) -> Result<SourcePlan> {
-    const KEYS: &[&str] =
-        &["connector", "rows-per-second", "number-of-rows", "seed", "splits", "rows-per-batch", "start-time"];
-    let mut fields = vec![keel_connectors::datagen::FieldOptions::default(); def.columns.len()];
-    for (k, v, pos) in &def.options {
-        if let Some(rest) = k.strip_prefix("fields.") {
-            let (col, opt) = rest.rsplit_once('.').ok_or_else(|| {
-                SqlError::invalid(*pos, format!("option '{k}': write fields.COLUMN.min|max|length|kind"))
-            })?;
-            let i = def.columns.iter().position(|c| c.name == col).ok_or_else(|| {
-                SqlError::invalid(*pos, format!("option '{k}': table {} has no column {col}", def.name))
-            })?;
-            let num = || {
-                v.parse::<f64>().map_err(|_| SqlError::invalid(*pos, format!("option '{k}' = '{v}' is not a number")))
-            };
-            match opt {
-                "min" => fields[i].min = Some(num()?),
-                "max" => fields[i].max = Some(num()?),
-                "length" => fields[i].length = Some(num()? as usize),
-                "kind" if v == "random" => {}
-                "kind" => {
-                    return Err(SqlError::unsupported(
-                        *pos,
-                        format!("'{k}' = '{v}'"),
-                        Some("datagen generates 'random' values"),
-                    ));
-                }
-                _ => {
-                    return Err(SqlError::invalid(
-                        *pos,
-                        format!("unknown option '{k}'; per column: min, max, length, kind"),
-                    ));
-                }
-            }
-        } else if !KEYS.contains(&k.as_str()) {
-            return Err(SqlError::invalid(
-                *pos,
-                format!(
-                    "table {}: unknown option '{k}' for connector 'datagen'; accepted: {}, fields.COLUMN.min|max|length",
-                    def.name,
-                    KEYS.join(", ")
-                ),
-            ));
-        }
-    }
-    let num = |key: &str, default: u64| -> Result<u64> {
-        match def.option(key) {
-            None => Ok(default),
-            Some(v) => v
-                .replace('_', "")
-                .parse::<u64>()
-                .map_err(|_| SqlError::invalid(option_pos(def, key), format!("'{key}' = '{v}' is not a whole number"))),
-        }
-    };
-    let rows = match def.option("number-of-rows") {
-        None => None,
-        Some(_) => Some(num("number-of-rows", 0)?),
-    };
-    Ok(SourcePlan::Datagen(keel_connectors::datagen::DatagenConfig {
-        table: def.name.clone(),
-        schema: std::sync::Arc::new(arrow::datatypes::Schema::empty()),
-        fields,
-        rows,
-        rate: num("rows-per-second", 10_000)?,
-        seed: num("seed", 0)?,
-        splits: num("splits", 4)?.clamp(1, 4096) as u32,
-        start_ms: 1_704_067_200_000,
-        event_time: None,
-        batch_size: num("rows-per-batch", 8192)?.max(1) as usize,
-    }))
 }
 
 /// Where late rows of windows over this table go: `None` to be dropped ('drop', the default),
@@ -567,8 +495,9 @@ pub fn sink_kind(def: &TableDef) -> Result<SinkKind> {
                     format!("table {} needs a 'path' option: the directory to write files in", def.name),
                 )
             })?;
-            let path = path.strip_prefix("file://").unwrap_or(path);
-            Ok(SinkKind::Filesystem { path: PathBuf::from(path), format, partitioning: partitioning(def)? })
+            let path = PathBuf::from(path.strip_prefix("file://").unwrap_or(path));
+            check_sink_dir(def, &path)?;
+            Ok(SinkKind::Filesystem { path, format, partitioning: partitioning(def)? })
         }
         "print" => {
             check_keys(def, "print", PRINT_KEYS)?;
@@ -584,6 +513,31 @@ pub fn sink_kind(def: &TableDef) -> Result<SinkKind> {
             Some("use 'topic', 'filesystem', 'print' or 'blackhole', or 'upsert-topic' for keyed updates"),
         )),
     }
+}
+
+/// Refuses a filesystem sink 'path' that is a file, or lies under one: the sink writes files
+/// into a directory, and would otherwise fail (a user error) when the job starts writing.
+fn check_sink_dir(def: &TableDef, path: &std::path::Path) -> Result<()> {
+    for p in path.ancestors().filter(|p| !p.as_os_str().is_empty()) {
+        match std::fs::metadata(p) {
+            Ok(m) if m.is_dir() => return Ok(()),
+            Ok(_) => {
+                return Err(SqlError::invalid(
+                    option_pos(def, "path"),
+                    format!(
+                        "table {}: 'path' = '{}': {} is a file, not a directory; the filesystem sink writes its \
+                         files into a directory, so name a directory (it is created if missing)",
+                        def.name,
+                        path.display(),
+                        p.display()
+                    ),
+                ));
+            }
+            // Not there (or not readable): it is created, or fails then, naming the path.
+            Err(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// `PARTITIONED BY` of a filesystem sink table with its partition options: Flink's
@@ -645,6 +599,7 @@ fn sink_topic(def: &TableDef) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::generators::MAX_ROWS_PER_BATCH;
     use crate::script::{parse_create_table, split_statements, tokenize};
 
     fn table(sql: &str) -> TableDef {
@@ -716,6 +671,51 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("format 'debezium-json' for a topic is not supported"), "{err}");
+    }
+
+    #[test]
+    fn a_filesystem_sink_path_that_is_a_file_is_refused_at_its_option() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("taken.txt");
+        std::fs::write(&file, "x").unwrap();
+        for path in [file.clone(), file.join("below")] {
+            let sql =
+                format!("CREATE TABLE t (a INT) WITH ('connector' = 'filesystem',\n 'path' = '{}')", path.display());
+            let err = sink(&sql).unwrap_err().to_string();
+            assert!(err.starts_with("line 2, column 2:"), "{err}");
+            assert!(err.contains(&file.display().to_string()) && err.contains("is a file"), "{err}");
+        }
+        let fine = format!(
+            "CREATE TABLE t (a INT) WITH ('connector' = 'filesystem', 'path' = '{}')",
+            dir.path().join("new").display()
+        );
+        assert!(sink(&fine).is_ok());
+    }
+
+    #[test]
+    fn generator_options_that_size_one_value_or_batch_are_bounded() {
+        let datagen = |options: &str| {
+            source_plan(
+                &table(&format!("CREATE TABLE t (s VARCHAR, n BIGINT) WITH ('connector' = 'datagen'{options})")),
+                "j",
+            )
+        };
+        let err = datagen(", 'fields.s.length' = '4294967296'").unwrap_err().to_string();
+        let limit = keel_connectors::datagen::MAX_STRING_LENGTH.to_string();
+        assert!(err.contains("'fields.s.length' = '4294967296'") && err.contains(&limit), "{err}");
+        assert!(datagen(&format!(", 'fields.s.length' = '{limit}'")).is_ok());
+        assert!(datagen(", 'fields.s.length' = '-1'").is_err());
+        let rows = MAX_ROWS_PER_BATCH.to_string();
+        let err = datagen(", 'rows-per-batch' = '1000000000'").unwrap_err().to_string();
+        assert!(err.contains("'rows-per-batch'") && err.contains(&rows), "{err}");
+        // Counts and rates may be large: they size no single value.
+        assert!(datagen(", 'number-of-rows' = '1000000000000', 'rows-per-second' = '1000000000'").is_ok());
+        let nexmark = source_plan(
+            &table("CREATE TABLE t (a INT) WITH ('connector' = 'nexmark', 'rows-per-batch' = '1000000000')"),
+            "j",
+        );
+        let err = nexmark.unwrap_err().to_string();
+        assert!(err.contains("'rows-per-batch'") && err.contains(&rows), "{err}");
     }
 
     #[test]

@@ -26,6 +26,9 @@ pub enum SqlError {
     /// Names, types or options are wrong.
     #[error("{pos}: {message}")]
     Invalid { pos: Pos, message: String },
+    /// An option of the run (not of the SQL text) is wrong, such as the parallelism.
+    #[error("{0}")]
+    Options(String),
     /// DataFusion refused the query (unknown column, type mismatch, ...).
     #[error("{context}: {message}")]
     Planning { context: String, message: String },

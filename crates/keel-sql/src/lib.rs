@@ -10,6 +10,9 @@ pub mod connectors;
 mod cse;
 pub mod error;
 pub mod functions;
+mod generators;
+mod interval_join;
+pub mod limits;
 mod over;
 pub mod plan;
 #[cfg(test)]
@@ -61,9 +64,16 @@ pub struct Pipeline {
     pub explain_only: bool,
 }
 
-/// Reads, checks and plans a pipeline file's text.
+/// Reads, checks and plans a pipeline file's text (on a thread of its own, with a large stack:
+/// see `limits`).
 pub fn plan(sql: &str, opts: &PipelineOptions) -> Result<Pipeline> {
+    limits::check_parallelism(opts.parallelism)?;
+    limits::on_planning_stack(|| plan_here(sql, opts))
+}
+
+fn plan_here(sql: &str, opts: &PipelineOptions) -> Result<Pipeline> {
     let toks = script::tokenize(sql)?;
+    limits::check_nesting(&toks)?;
     let fingerprint = format!(
         "{:016x}",
         keel_types::keys::hash_key(
@@ -166,7 +176,7 @@ pub fn plan(sql: &str, opts: &PipelineOptions) -> Result<Pipeline> {
                     Some("select the sink's columns in its order"),
                 ));
             }
-            let rest = script::inline_views(&stmt[c.index()..], &views, 0)?;
+            let rest = limits::inline_checked(&stmt[c.index()..], &views)?;
             inserts.push((sink, spos, rest));
         } else if c.eat_keyword("SET") {
             let (key, kpos) = c.string()?;

@@ -62,6 +62,7 @@ pub fn resolve_computed(def: &mut TableDef) -> Result<Option<Computed>> {
                 // Flink's time syntax (FLOOR(t TO HOUR), TIMESTAMPADD(...)) as in queries.
                 let sql = script::render(&crate::scalar_time::rewrite_time_syntax(&script::tokenize(sql)?)?);
                 let e = state.create_logical_expr(&sql, &df).map_err(bad)?;
+                crate::limits::check_string_calls_in(&e, col.pos)?;
                 let (_, f) = e.to_field(&df).map_err(bad)?;
                 col.data_type = f.data_type().clone();
                 exprs.push(crate::case_lookup::compile(&state, e, &df).map_err(bad)?);
@@ -199,6 +200,7 @@ pub(crate) fn plan_insert(
     let plan =
         futures::executor::block_on(state.create_logical_plan(&sql)).map_err(|e| crate::error::located(e, query))?;
     crate::type_check::check_plan(&plan, query)?;
+    crate::limits::check_string_calls(&plan, query)?;
     // Refuse what the optimizer might otherwise quietly drop (an ORDER BY, for one).
     let mut refusal = None;
     let _ = plan.apply(|node| {
@@ -233,6 +235,7 @@ pub(crate) fn plan_insert(
         crate::type_check::coercion_error(&message, query)
             .unwrap_or_else(|| SqlError::Planning { context: "optimizing the query".into(), message })
     })?;
+    crate::limits::check_string_calls(&plan, query)?;
     let mut t = crate::translate::Translator {
         state: &state,
         query,
@@ -363,12 +366,14 @@ fn register_view_window(
             format!("window function over {}, which is no table or view created above", call.table),
         )
     })?;
-    let inlined = crate::scalar_time::rewrite_time_syntax(&script::inline_views(query, views, 0)?)?;
+    let inlined = crate::scalar_time::rewrite_time_syntax(&crate::limits::inline_checked(query, views)?)?;
     let sql = script::render(&inlined);
     let state = ctx.state();
     let plan =
         futures::executor::block_on(state.create_logical_plan(&sql)).map_err(|e| crate::error::located(e, query))?;
+    crate::limits::check_string_calls(&plan, query)?;
     let plan = state.optimize(&plan).map_err(planning("optimizing a view"))?;
+    crate::limits::check_string_calls(&plan, query)?;
     let view_schema = plan.schema().as_arrow().clone();
     let col = view_schema.index_of(&call.time_column).map_err(|_| {
         SqlError::invalid(call.pos, format!("DESCRIPTOR({}): view {} has no such column", call.time_column, call.table))
@@ -691,90 +696,6 @@ pub(crate) fn aggregate_inputs(
         fields.push(Field::new(name, t, nullable));
     }
     Ok((pre_exprs, fields, nk, calls))
-}
-
-/// Milliseconds of an interval literal (or a plain integer of milliseconds).
-fn literal_millis(e: &Expr) -> Option<i64> {
-    use datafusion::common::ScalarValue;
-    match strip_alias(e) {
-        Expr::Literal(ScalarValue::IntervalMonthDayNano(Some(v)), _) if v.months == 0 => {
-            Some(i64::from(v.days) * 86_400_000 + v.nanoseconds / 1_000_000)
-        }
-        Expr::Literal(ScalarValue::IntervalDayTime(Some(v)), _) => {
-            Some(i64::from(v.days) * 86_400_000 + i64::from(v.milliseconds))
-        }
-        Expr::Cast(c) => literal_millis(&c.expr),
-        _ => None,
-    }
-}
-
-/// `column ± interval` as (column index in `schema`, offset in ms).
-fn time_term(e: &Expr, schema: &DFSchema) -> Option<(usize, i64)> {
-    use datafusion::logical_expr::Operator as Op;
-    match strip_alias(e) {
-        Expr::Column(c) => Some((schema.index_of_column(c).ok()?, 0)),
-        Expr::BinaryExpr(b) if matches!(b.op, Op::Plus | Op::Minus) => {
-            let (i, o) = time_term(&b.left, schema)?;
-            let d = literal_millis(&b.right)?;
-            Some((i, if b.op == Op::Plus { o + d } else { o - d }))
-        }
-        _ => None,
-    }
-}
-
-/// For an interval join: the bounds `[lower, upper]` (ms) on `right time - left time` that the
-/// ON condition's conjuncts put between the left time column `lt` and the right one `rt`
-/// (indices in the joined schema), if it bounds them on both sides.
-pub(crate) fn interval_bounds(filter: &Expr, schema: &DFSchema, lt: usize, rt: usize) -> Option<(i64, i64)> {
-    use datafusion::logical_expr::Operator as Op;
-    let (mut lower, mut upper): (Option<i64>, Option<i64>) = (None, None);
-    let mut bound = |a: (usize, i64), op: Op, b: (usize, i64)| {
-        // a.col + a.off  op  b.col + b.off
-        let (diff_op, c) = if a.0 == lt && b.0 == rt {
-            // L + x op R + y  <=>  R - L  flip(op)  x - y
-            (
-                match op {
-                    Op::GtEq | Op::Gt => Op::LtEq,
-                    Op::LtEq | Op::Lt => Op::GtEq,
-                    other => other,
-                },
-                a.1 - b.1,
-            )
-        } else if a.0 == rt && b.0 == lt {
-            // R + x op L + y  <=>  R - L op y - x
-            (op, b.1 - a.1)
-        } else {
-            return;
-        };
-        match diff_op {
-            Op::LtEq | Op::Lt => upper = Some(upper.map_or(c, |u| u.min(c))),
-            Op::GtEq | Op::Gt => lower = Some(lower.map_or(c, |l| l.max(c))),
-            Op::Eq => {
-                upper = Some(upper.map_or(c, |u| u.min(c)));
-                lower = Some(lower.map_or(c, |l| l.max(c)));
-            }
-            _ => {}
-        }
-    };
-    for conj in datafusion::logical_expr::utils::split_conjunction(filter) {
-        match strip_alias(conj) {
-            Expr::BinaryExpr(b) if matches!(b.op, Op::Lt | Op::LtEq | Op::Gt | Op::GtEq | Op::Eq) => {
-                if let (Some(a), Some(c)) = (time_term(&b.left, schema), time_term(&b.right, schema)) {
-                    bound(a, b.op, c);
-                }
-            }
-            Expr::Between(bt) if !bt.negated => {
-                if let (Some(x), Some(lo), Some(hi)) =
-                    (time_term(&bt.expr, schema), time_term(&bt.low, schema), time_term(&bt.high, schema))
-                {
-                    bound(x, Op::GtEq, lo);
-                    bound(x, Op::LtEq, hi);
-                }
-            }
-            _ => {}
-        }
-    }
-    Some((lower?, upper?))
 }
 
 #[cfg(test)]

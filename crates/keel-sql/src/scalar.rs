@@ -7,11 +7,20 @@
 //! or group is out of range, and NULL for NULL input; an invalid pattern is an error naming it.
 //! `LPAD`/`RPAD` return NULL for a negative length or an empty pad (DataFusion's give a string),
 //! and cut a longer string to the length, counting characters.
+//!
+//! Invariant: no call builds a value longer than `limits::MAX_BUILT_STRING` nor more than
+//! `limits::MAX_STRING_BATCH_BYTES` for one batch; past either it fails naming the function, the
+//! length and the limit, before allocating. DataFusion's `REPEAT` is registered wrapped in the
+//! same check (`BoundedRepeat`); its own bound is 2 GB per batch.
 
+use crate::limits::{MAX_BUILT_STRING, MAX_STRING_BATCH_BYTES};
 use arrow::array::{Array, ArrayRef, AsArray, Int64Array, StringBuilder};
 use arrow::datatypes::{DataType, Int64Type};
 use datafusion::common::{Result, ScalarValue, exec_err};
-use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility, create_udf};
+use datafusion::functions::string::repeat::RepeatFunc;
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility, create_udf,
+};
 use std::sync::Arc;
 
 /// The functions to register in a session.
@@ -27,8 +36,11 @@ pub fn flink_scalars() -> Vec<ScalarUDF> {
         // The Nexmark suite's user function (q14), built in so that `keel run` can run q14.
         ("COUNT_CHAR", vec![text.clone(), text.clone()], int.clone(), count_char),
     ];
-    // Identifiers are case-sensitive: register the upper- and lower-case spellings.
     let mut out = vec![];
+    for name in ["repeat", "REPEAT"] {
+        out.push(ScalarUDF::new_from_impl(BoundedRepeat { name, inner: RepeatFunc::new() }));
+    }
+    // Identifiers are case-sensitive: register the upper- and lower-case spellings.
     for (name, inputs, output, body) in table {
         for n in [name.to_string(), name.to_lowercase()] {
             out.push(create_udf(&n, inputs.clone(), output.clone(), Volatility::Immutable, Arc::new(body)));
@@ -49,18 +61,34 @@ fn rpad(args: &[ColumnarValue]) -> Result<ColumnarValue> {
 }
 
 fn pad(args: &[ColumnarValue], left: bool) -> Result<ColumnarValue> {
+    let name = if left { "LPAD" } else { "RPAD" };
     let (a, n, scalar) = arrays(args)?;
     let (s, len, p) = (a[0].as_string::<i32>(), a[1].as_primitive::<Int64Type>(), a[2].as_string::<i32>());
     let mut out = StringBuilder::with_capacity(n, n * 8);
     let mut buf = String::new();
+    let mut built = 0usize;
     for i in 0..n {
         let (is, il, ip) = (at(s, i), at(len, i), at(p, i));
         if s.is_null(is) || len.is_null(il) || p.is_null(ip) || len.value(il) < 0 || p.value(ip).is_empty() {
             out.append_null();
             continue;
         }
-        let (base, want, fill) = (s.value(is), len.value(il) as usize, p.value(ip));
+        let (base, want, fill) = (s.value(is), len.value(il), p.value(ip));
+        if want > MAX_BUILT_STRING as i64 {
+            return exec_err!(
+                "{name}: the length {want} is over the limit of {MAX_BUILT_STRING} characters (1 MiB) per value; \
+                 build shorter strings"
+            );
+        }
+        let want = want as usize;
         let have = base.chars().count();
+        built += padded_bytes(base, have, want, fill);
+        if built > MAX_STRING_BATCH_BYTES {
+            return exec_err!(
+                "{name}: one batch of {n} rows would build more than {MAX_STRING_BATCH_BYTES} bytes (256 MiB) of \
+                 strings, the limit of one call (each value is within {MAX_BUILT_STRING} characters); build shorter strings"
+            );
+        }
         buf.clear();
         if have >= want {
             buf.extend(base.chars().take(want));
@@ -76,6 +104,80 @@ fn pad(args: &[ColumnarValue], left: bool) -> Result<ColumnarValue> {
         out.append_value(&buf);
     }
     done(Arc::new(out.finish()), scalar)
+}
+
+/// The bytes of `base` (`have` characters) cut or padded with `fill` to `want` characters.
+fn padded_bytes(base: &str, have: usize, want: usize, fill: &str) -> usize {
+    if have >= want {
+        return base.char_indices().nth(want).map_or(base.len(), |(at, _)| at);
+    }
+    let (k, per) = (want - have, fill.chars().count().max(1));
+    base.len() + k / per * fill.len() + fill.char_indices().nth(k % per).map_or(fill.len(), |(at, _)| at)
+}
+
+/// DataFusion's `REPEAT(s, n)`, refusing (before building anything) a value longer than
+/// `MAX_BUILT_STRING` bytes or more than `MAX_STRING_BATCH_BYTES` for one batch.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct BoundedRepeat {
+    name: &'static str,
+    inner: RepeatFunc,
+}
+
+impl ScalarUDFImpl for BoundedRepeat {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        self.inner.signature()
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        self.inner.return_type(arg_types)
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        self.inner.coerce_types(arg_types)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        check_repeat(&args.args)?;
+        self.inner.invoke_with_args(args)
+    }
+}
+
+/// Fails when `REPEAT(s, n)` over these arguments would build too much (see `BoundedRepeat`).
+fn check_repeat(args: &[ColumnarValue]) -> Result<()> {
+    let (a, n, _) = arrays(args)?;
+    let (Some(text), Some(count)) = (a.first(), a.get(1)) else { return exec_err!("REPEAT takes two arguments") };
+    let bytes = arrow::compute::kernels::length::length(text)?;
+    let bytes = arrow::compute::cast(&bytes, &DataType::Int64)?;
+    let (bytes, count) = (bytes.as_primitive::<Int64Type>(), arrow::compute::cast(count, &DataType::Int64)?);
+    let count = count.as_primitive::<Int64Type>();
+    let mut built = 0u128;
+    for i in 0..n {
+        let (ib, ic) = (at(bytes, i), at(count, i));
+        if bytes.is_null(ib) || count.is_null(ic) {
+            continue;
+        }
+        let copies = count.value(ic).max(0);
+        let size = i128::from(bytes.value(ib)) * i128::from(copies);
+        if size > MAX_BUILT_STRING as i128 || (copies > MAX_BUILT_STRING as i64) {
+            return exec_err!(
+                "REPEAT: {copies} copies of a {}-byte string would be {size} bytes, over the limit of \
+                 {MAX_BUILT_STRING} bytes (1 MiB) per value; build shorter strings",
+                bytes.value(ib)
+            );
+        }
+        built += size as u128;
+        if built > MAX_STRING_BATCH_BYTES as u128 {
+            return exec_err!(
+                "REPEAT: one batch of {n} rows would build more than {MAX_STRING_BATCH_BYTES} bytes (256 MiB) of \
+                 strings, the limit of one call; build shorter strings"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// `count_char(s, c)`: how many times the character `c` occurs in `s`.
@@ -338,6 +440,41 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn strings_longer_than_the_limit_fail_naming_the_function_the_length_and_the_limit() {
+        // A length of i64::MAX aborted the process on a failed allocation: run where that cannot
+        // kill the test binary.
+        if keel_types::test_child::run_in_child(
+            "scalar::tests::strings_longer_than_the_limit_fail_naming_the_function_the_length_and_the_limit",
+        ) {
+            return;
+        }
+        let limit = crate::limits::MAX_BUILT_STRING;
+        let s = |v: &str| ColumnarValue::Scalar(ScalarValue::Utf8(Some(v.to_string())));
+        let n = |v: i64| ColumnarValue::Scalar(ScalarValue::Int64(Some(v)));
+        for want in [limit as i64 + 1, 1 << 31, i64::MAX] {
+            for (f, name) in [(lpad as fn(&[ColumnarValue]) -> Result<ColumnarValue>, "LPAD"), (rpad, "RPAD")] {
+                let err = f(&[s("hi"), n(want), s("x")]).err().map(|e| e.to_string());
+                let err = err.unwrap_or_else(|| panic!("{name} to {want} characters succeeded"));
+                assert!(err.contains(name) && err.contains(&want.to_string()), "{err}");
+                assert!(err.contains(&format!("limit of {limit}")), "{err}");
+            }
+            let err = check_repeat(&[s("ab"), n(want)]).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains("REPEAT") && err.contains(&format!("limit of {limit}")), "{err}");
+        }
+        // At the limit, a value is built.
+        let ColumnarValue::Scalar(ScalarValue::Utf8(Some(v))) = lpad(&[s("hi"), n(limit as i64), s("é")]).unwrap()
+        else {
+            panic!("a string")
+        };
+        assert_eq!(v.chars().count(), limit);
+        // Many values each within the limit, too many bytes together for one batch.
+        let rows = crate::limits::MAX_STRING_BATCH_BYTES / limit + 1;
+        let lengths = ColumnarValue::Array(Arc::new(Int64Array::from(vec![limit as i64; rows])));
+        let err = rpad(&[s("x"), lengths, s("y")]).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("RPAD") && err.contains("one batch"), "{err}");
     }
 
     #[test]

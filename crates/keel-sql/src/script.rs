@@ -559,6 +559,17 @@ pub fn inline_views(
     views: &std::collections::HashMap<String, Vec<Tok>>,
     depth: usize,
 ) -> Result<Vec<Tok>> {
+    inline_counted(toks, views, depth, &mut 0)
+}
+
+/// `inline_views`, counting the views inlined so far in `expansions` (views used inside views
+/// multiply: past `limits::MAX_VIEW_EXPANSIONS` the query is refused before it is built).
+fn inline_counted(
+    toks: &[Tok],
+    views: &std::collections::HashMap<String, Vec<Tok>>,
+    depth: usize,
+    expansions: &mut usize,
+) -> Result<Vec<Tok>> {
     let mut out: Vec<Tok> = Vec::with_capacity(toks.len());
     let mut prev: Option<Token> = None;
     // Inside a FROM clause, a comma separates table references; elsewhere it does not.
@@ -589,7 +600,19 @@ pub fn inline_views(
                 if depth > 16 {
                     return Err(SqlError::invalid(t.pos, format!("view {n} refers to itself (through other views)")));
                 }
-                let inner = inline_views(query, views, depth + 1)?;
+                *expansions += 1;
+                if *expansions > crate::limits::MAX_VIEW_EXPANSIONS {
+                    return Err(SqlError::unsupported(
+                        t.pos,
+                        format!(
+                            "a query that inlines views more than {} times (each use of a view inlines it, and \
+                             the views it uses; Keel's limit)",
+                            crate::limits::MAX_VIEW_EXPANSIONS
+                        ),
+                        Some("use views inside views fewer times"),
+                    ));
+                }
+                let inner = inline_counted(query, views, depth + 1, expansions)?;
                 out.push(Tok { token: Token::LParen, pos: t.pos });
                 out.extend(inner);
                 out.push(Tok { token: Token::RParen, pos: t.pos });

@@ -700,7 +700,7 @@ impl Translator<'_> {
                 out.window_start = l.window_start;
                 out.window_end = Some(le);
             } else if let (Some(lt), Some(rt), Some(f)) = (l.rowtime, r.rowtime, &j.filter)
-                && let Some((lower, upper)) = crate::planner::interval_bounds(f, &both, lt, nl + rt)
+                && let Some((lower, upper)) = crate::interval_join::interval_bounds(f, &both, lt, nl + rt)
             {
                 // Right rows with time in [left + lower, left + upper] match.
                 left.expiry = Some((lt, upper));

@@ -12,6 +12,7 @@ pub mod error;
 pub mod faults;
 pub mod keys;
 pub mod lock;
+pub mod test_child;
 pub mod test_rng;
 pub mod time;
 pub mod window;

@@ -8,6 +8,15 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The most windows one row may belong to (HOP's size / slide, CUMULATE's max size / step):
+/// 10,000. A day of 1-minute slides (1,440) or of 10-second steps (8,640) is within it, a day of
+/// 1-ms slides (86,400,000 copies of every row, and as many windows per key) is refused.
+pub const MAX_WINDOWS_PER_ROW: usize = 10_000;
+
+/// The longest window size, slide, step, gap or offset: 100 years in milliseconds, so that
+/// window bounds never overflow a timestamp.
+pub const MAX_WINDOW_MS: i64 = 100 * 366 * 86_400_000;
+
 /// A window table-valued function's shape, all values in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WindowSpec {
@@ -39,8 +48,36 @@ pub fn window_start(ts: i64, offset: i64, size: i64) -> i64 {
 }
 
 impl WindowSpec {
-    /// Checks the sizes are positive and compatible; the error says which value is wrong.
+    /// Checks the sizes are positive, compatible and within `MAX_WINDOW_MS` and
+    /// `MAX_WINDOWS_PER_ROW`; the error says which value is wrong.
     pub fn validate(&self) -> Result<(), String> {
+        let (name, values) = match *self {
+            WindowSpec::Tumble { size, offset } => ("TUMBLE", vec![size, offset]),
+            WindowSpec::Hop { size, slide, offset } => ("HOP", vec![size, slide, offset]),
+            WindowSpec::Cumulate { step, max, offset } => ("CUMULATE", vec![step, max, offset]),
+            WindowSpec::Session { gap } => ("SESSION", vec![gap]),
+        };
+        if let Some(v) = values.iter().find(|v| v.unsigned_abs() > MAX_WINDOW_MS as u64) {
+            return Err(format!("{name}: {v} ms is longer than the limit of {MAX_WINDOW_MS} ms (100 years)"));
+        }
+        self.validate_shape()?;
+        let per_row = self.windows_per_row();
+        if per_row > MAX_WINDOWS_PER_ROW {
+            let (big, small) = match *self {
+                WindowSpec::Hop { size, slide, .. } => (format!("size {size} ms"), format!("slide {slide} ms")),
+                WindowSpec::Cumulate { step, max, .. } => (format!("max size {max} ms"), format!("step {step} ms")),
+                _ => (String::new(), String::new()),
+            };
+            return Err(format!(
+                "{name} with {small} and {big} puts every row in {per_row} windows, over the limit of \
+                 {MAX_WINDOWS_PER_ROW} windows per row; use a longer {} or a shorter size",
+                if name == "HOP" { "slide" } else { "step" }
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_shape(&self) -> Result<(), String> {
         match *self {
             WindowSpec::Tumble { size, .. } if size <= 0 => Err(format!("TUMBLE size must be positive, got {size} ms")),
             WindowSpec::Hop { size, slide, .. } if size <= 0 || slide <= 0 => {
@@ -148,6 +185,20 @@ mod tests {
     fn lateness_uses_window_max_timestamp() {
         assert!(!is_late(10_000, 9_998));
         assert!(is_late(10_000, 9_999));
+    }
+
+    #[test]
+    fn windows_per_row_and_lengths_are_bounded() {
+        let day = 86_400_000;
+        assert!(WindowSpec::Hop { size: day, slide: 60_000, offset: 0 }.validate().is_ok());
+        assert!(WindowSpec::Cumulate { step: 10_000, max: day, offset: 0 }.validate().is_ok());
+        let err = WindowSpec::Hop { size: day, slide: 1, offset: 0 }.validate().unwrap_err();
+        assert!(err.contains("86400000 windows") && err.contains("10000"), "{err}");
+        let err = WindowSpec::Cumulate { step: 1_000, max: day, offset: 0 }.validate().unwrap_err();
+        assert!(err.starts_with("CUMULATE") && err.contains("86400 windows"), "{err}");
+        let err = WindowSpec::Tumble { size: i64::MAX, offset: 0 }.validate().unwrap_err();
+        assert!(err.contains("100 years"), "{err}");
+        assert!(WindowSpec::Session { gap: -MAX_WINDOW_MS - 1 }.validate().is_err());
     }
 
     #[test]

@@ -276,3 +276,133 @@ fn csv_lines_are_read_together_and_bad_ones_still_found_one_by_one() {
         "4,e,2024-01-01T00:00:04\nx,f,2024-01-01T00:00:05\n6,g,2024-01-01T00:00:06\n7,h\n8,i,2024-01-01T00:00:08\n";
     assert_eq!(read_csv(two_bad), (vec![4, 6, 8], "g".to_string(), 2), "the good lines, in order");
 }
+
+/// Polls a bounded source to its end: the ids of its rows.
+fn ids_to_the_end(src: &mut FileSource) -> Vec<i64> {
+    let mut ids = vec![];
+    loop {
+        match src.poll().unwrap() {
+            SourcePoll::Batch(b) => ids.extend(b.column(0).as_primitive::<Int64Type>().values().iter().copied()),
+            SourcePoll::Exhausted => return ids,
+            SourcePoll::Pending => panic!("a bounded source is never pending"),
+        }
+    }
+}
+
+/// A JSON line of `id` whose text is `len` bytes long.
+fn json_line_of(id: i64, len: usize) -> String {
+    let head = format!("{{\"id\": {id}, \"ts\": 0, \"name\": \"");
+    format!("{head}{}\"}}", "x".repeat(len - head.len() - 2))
+}
+
+#[test]
+fn an_over_long_line_is_a_bad_record_and_reading_goes_on_after_its_newline() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let at_limit = json_line_of(2, MAX_LINE_BYTES);
+    let over = json_line_of(3, MAX_LINE_BYTES + 1);
+    // The file's last line is over-long too, and has no newline.
+    let text = format!("{GOOD}\n{at_limit}\n{over}\n{{\"id\": 4, \"ts\": 0}}\n{over}");
+    std::fs::write(input.join("a.jsonl"), &text).unwrap();
+    let dl = BadRecordPolicy::DeadLetter { topic: "dl".into() };
+    let c = ctx(dir.path());
+    let mut src = FileSource::new(config(&input, FileSourceFormat::JsonLines, dl));
+    src.open(&c, RestoredState::default()).unwrap();
+    assert_eq!(ids_to_the_end(&mut src), [1, 2, 4], "the line at the limit is read, the longer ones are not");
+    assert_eq!(c.metrics.bad_records.load(std::sync::atomic::Ordering::Relaxed), 2);
+    src.snapshot(1).unwrap();
+    src.checkpoint_complete(1).unwrap();
+    let got = letters(dir.path());
+    assert_eq!(got.len(), 2, "{:?}", got.iter().map(|l| &l["error"]).collect::<Vec<_>>());
+    let third = GOOD.len() + 1 + at_limit.len() + 1;
+    let fifth = third + over.len() + 1 + "{\"id\": 4, \"ts\": 0}".len() + 1;
+    for (letter, (line, offset)) in got.iter().zip([(3, third), (5, fifth)]) {
+        assert_eq!((letter["line"].as_u64(), letter["offset"].as_u64()), (Some(line), Some(offset as u64)));
+        let error = letter["error"].as_str().unwrap();
+        assert!(error.contains(&format!("longer than the limit of {} bytes", MAX_LINE_BYTES)), "{error}");
+        let record = letter["record"].as_str().unwrap();
+        assert_eq!(record.len(), crate::dead_letter::MAX_RECORD_BYTES, "only a prefix of the line is kept");
+        assert!(over.starts_with(record));
+        assert_eq!(letter["record_truncated"].as_bool(), Some(true));
+        assert_eq!(letter["record_bytes"].as_u64(), Some(over.len() as u64));
+    }
+
+    // Under 'fail', the job stops naming the line and the limit.
+    let mut src = FileSource::new(config(&input, FileSourceFormat::JsonLines, BadRecordPolicy::Fail));
+    src.open(&ctx(dir.path()), RestoredState::default()).unwrap();
+    let err = loop {
+        match src.poll() {
+            Ok(SourcePoll::Batch(_)) => continue,
+            Ok(_) => panic!("the over-long line did not fail the job"),
+            Err(e) => break e.to_string(),
+        }
+    };
+    assert!(err.contains(&format!("line 3 (byte {third})")) && err.contains("longer than the limit"), "{err}");
+}
+
+#[test]
+fn a_watched_over_long_line_waits_for_its_newline_then_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let over = json_line_of(2, MAX_LINE_BYTES + 100);
+    // Written in two pieces: the over-long line's end (and newline) comes later.
+    std::fs::write(input.join("a.jsonl"), format!("{GOOD}\n{}", &over[..MAX_LINE_BYTES + 50])).unwrap();
+    let mut cfg = config(&input, FileSourceFormat::JsonLines, BadRecordPolicy::Skip);
+    cfg.files = None;
+    cfg.monitor_interval = Some(Duration::from_millis(1));
+    let c = ctx(dir.path());
+    let mut src = FileSource::new(cfg);
+    src.open(&c, RestoredState::default()).unwrap();
+    let mut ids = vec![];
+    let poll = |src: &mut FileSource, ids: &mut Vec<i64>| {
+        for _ in 0..4 {
+            if let SourcePoll::Batch(b) = src.poll().unwrap() {
+                ids.extend(b.column(0).as_primitive::<Int64Type>().values().iter().copied());
+            }
+        }
+    };
+    poll(&mut src, &mut ids);
+    assert_eq!(ids, [1]);
+    assert_eq!(c.metrics.bad_records.load(std::sync::atomic::Ordering::Relaxed), 0, "the line is not complete yet");
+    let mut f = std::fs::OpenOptions::new().append(true).open(input.join("a.jsonl")).unwrap();
+    std::io::Write::write_all(
+        &mut f,
+        format!("{}\n{{\"id\": 3, \"ts\": 0}}\n", &over[MAX_LINE_BYTES + 50..]).as_bytes(),
+    )
+    .unwrap();
+    poll(&mut src, &mut ids);
+    assert_eq!(ids, [1, 3]);
+    assert_eq!(c.metrics.bad_records.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+#[test]
+fn dead_letters_keep_a_bounded_prefix_of_the_record_and_of_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    // A 300 KiB line (well under the line limit) whose id is an array of 100 K numbers: the
+    // decoder's reason quotes the value.
+    let bad = format!("{{\"id\": [{}], \"ts\": 0}}", vec!["1"; 150_000].join(","));
+    std::fs::write(input.join("a.jsonl"), format!("{bad}\n{GOOD}\n")).unwrap();
+    let mut src = FileSource::new(config(
+        &input,
+        FileSourceFormat::JsonLines,
+        BadRecordPolicy::DeadLetter { topic: "dl".into() },
+    ));
+    src.open(&ctx(dir.path()), RestoredState::default()).unwrap();
+    assert_eq!(ids_to_the_end(&mut src), [1]);
+    src.snapshot(1).unwrap();
+    src.checkpoint_complete(1).unwrap();
+    let got = letters(dir.path());
+    assert_eq!(got.len(), 1);
+    let record = got[0]["record"].as_str().unwrap();
+    assert_eq!(record, &bad[..crate::dead_letter::MAX_RECORD_BYTES]);
+    assert_eq!(
+        (got[0]["record_truncated"].as_bool(), got[0]["record_bytes"].as_u64()),
+        (Some(true), Some(bad.len() as u64))
+    );
+    assert!(got[0]["error"].as_str().unwrap().len() <= crate::dead_letter::MAX_REASON_BYTES + 64);
+    assert!(got[0].to_string().len() < 1 << 20, "a dead letter fits a dead-letter topic's record limit");
+}
