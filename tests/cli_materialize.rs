@@ -12,16 +12,7 @@ use std::io::Write;
 use std::process::{Output, Stdio};
 
 fn produce(data: &std::path::Path, args: &[&str], input: &str) -> Output {
-    let mut child = keel(data)
-        .arg("produce")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = produce_input(data, args, input.as_bytes());
     assert!(out.status.success(), "produce failed: {}", String::from_utf8_lossy(&out.stderr));
     out
 }

@@ -8,16 +8,7 @@ use std::io::Write;
 use std::process::Stdio;
 
 fn produce(data: &std::path::Path, args: &[&str], input: &str) -> std::process::Output {
-    let mut child = keel(data)
-        .arg("produce")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    child.wait_with_output().unwrap()
+    produce_input(data, args, input.as_bytes())
 }
 
 fn consume(data: &std::path::Path, args: &[&str]) -> Vec<String> {
@@ -164,7 +155,7 @@ fn invalid_utf8_is_refused_naming_its_line_after_writing_the_lines_before_it() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     run_ok(keel(d).args(["topic", "create", "t"]));
-    let out = produce_bytes(d, &["t"], b"{\"n\":1}\n{\"n\":2}\n{\"n\":\"\xff\xfe\"}\n{\"n\":4}\n");
+    let out = produce_input(d, &["t"], b"{\"n\":1}\n{\"n\":2}\n{\"n\":\"\xff\xfe\"}\n{\"n\":4}\n");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -194,7 +185,7 @@ fn produce_on_a_full_disk_says_how_many_records_are_durable_and_which_line_is_no
     run_ok(keel(&d).args(["topic", "create", "t"]));
     // About 3 MB of records in groups of 4096 lines: some groups fit, then the disk is full.
     let input: String = (0..30_000).map(|i| format!("{{\"n\":{i},\"pad\":\"{:0>80}\"}}\n", 0)).collect();
-    let out = produce_bytes(&d, &["t"], input.as_bytes());
+    let out = produce_input(&d, &["t"], input.as_bytes());
     assert!(!out.status.success(), "the input does not fit");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("No space left on device"), "{err}");
@@ -213,17 +204,4 @@ fn produce_on_a_full_disk_says_how_many_records_are_durable_and_which_line_is_no
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         assert_eq!(v["n"].as_u64(), Some(i as u64));
     }
-}
-
-fn produce_bytes(data: &std::path::Path, args: &[&str], input: &[u8]) -> std::process::Output {
-    let mut child = keel(data)
-        .arg("produce")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let _ = child.stdin.take().unwrap().write_all(input);
-    child.wait_with_output().unwrap()
 }

@@ -23,16 +23,7 @@ fn fails(cmd: &mut Command) -> String {
 }
 
 fn produce(data: &Path, topic: &str, lines: &str) -> std::process::Output {
-    use std::io::Write;
-    let mut child = keel(data)
-        .args(["produce", topic])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(lines.as_bytes()).unwrap();
-    child.wait_with_output().unwrap()
+    produce_input(data, &[topic], lines.as_bytes())
 }
 
 fn refused(sql_tail: &str, expect: &[&str]) {

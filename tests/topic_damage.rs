@@ -6,22 +6,10 @@
 
 mod common;
 use common::*;
-use std::io::Write;
 use std::process::Stdio;
 
 fn produce(data: &std::path::Path, topic: &str, input: &[u8]) -> std::process::Output {
-    let mut child = keel(data)
-        .args(["produce", topic])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    // The command may stop reading early (a refused line): a broken pipe is expected then.
-    let _ = stdin.write_all(input);
-    drop(stdin);
-    child.wait_with_output().unwrap()
+    produce_input(data, &[topic], input)
 }
 
 fn consume(data: &std::path::Path, topic: &str) -> std::process::Output {

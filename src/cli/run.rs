@@ -138,11 +138,10 @@ pub fn run_pipeline(data_dir: &Path, args: &RunArgs, stop: Arc<AtomicBool>) -> R
         None => keel_runtime::job_name_from_file(&args.pipeline),
     };
     keel_runtime::validate_job_name(&name)?;
-    let parallelism =
-        args.parallelism.unwrap_or_else(|| {
-            // One subtask per core, but never more than the key groups a keyed stage can use.
-            std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1).min(keel_types::DEFAULT_KEY_GROUPS)
-        });
+    let parallelism = args.parallelism.unwrap_or_else(|| {
+        // One subtask per core, but never more than the key groups a keyed stage can use.
+        std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1).min(keel_types::DEFAULT_KEY_GROUPS)
+    });
     let opts = keel_sql::PipelineOptions {
         job: name.clone(),
         data_dir: data_dir.to_path_buf(),

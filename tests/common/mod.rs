@@ -18,6 +18,24 @@ pub fn keel(data: &Path) -> Command {
     c
 }
 
+/// Runs `keel produce ARGS` with `input` on its standard input. The command may stop reading
+/// early (a refused line), so a broken pipe while writing is expected and ignored.
+pub fn produce_input(data: &Path, args: &[&str], input: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = keel(data)
+        .arg("produce")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn keel produce");
+    let mut stdin = child.stdin.take().expect("a piped standard input");
+    let _ = stdin.write_all(input);
+    drop(stdin);
+    child.wait_with_output().expect("wait for keel produce")
+}
+
 pub fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd.stdin(Stdio::null()).output().expect("spawn keel");
     assert!(

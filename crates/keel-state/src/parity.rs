@@ -43,33 +43,49 @@ fn read_padded(file: &File, path: &Path, size: u64, at: u64, buf: &mut [u8]) -> 
     file.read_exact_at(&mut buf[..n], at).map_err(StateError::io("cannot read", path))
 }
 
-/// Writes `dir/_parity` for `files` (fsynced); `None` when there are no files.
-pub(crate) fn write_parity(dir: &Path, files: &[ManifestFile]) -> Result<Option<ManifestFile>> {
-    let len = files.iter().map(|f| f.size).max().unwrap_or(0);
-    if files.is_empty() || len == 0 {
-        return Ok(None);
-    }
-    let mut open = Vec::with_capacity(files.len());
-    for f in files {
-        let path = dir.join(&f.name);
-        open.push((File::open(&path).map_err(StateError::io("cannot open", &path))?, path, f.size));
-    }
-    let out_path = dir.join(PARITY);
-    let out = File::create(&out_path).map_err(StateError::io("cannot create", &out_path))?;
+/// Opens the files of a checkpoint, each with its path and size.
+fn open_all<'a>(
+    dir: &Path,
+    files: impl Iterator<Item = &'a ManifestFile>,
+) -> Result<Vec<(File, std::path::PathBuf, u64)>> {
+    files
+        .map(|f| {
+            let path = dir.join(&f.name);
+            Ok((File::open(&path).map_err(StateError::io("cannot open", &path))?, path, f.size))
+        })
+        .collect()
+}
+
+/// Writes the XOR of `sources` (open file, its path, its size; each padded with zeros) over
+/// `len` bytes into `out`, a block at a time; returns the CRC32C of what was written.
+fn xor_files(sources: &[(File, std::path::PathBuf, u64)], len: u64, out: &File, out_path: &Path) -> Result<u32> {
     let (mut acc, mut buf) = (vec![0u8; BLOCK], vec![0u8; BLOCK]);
     let mut crc = 0u32;
     let mut at = 0u64;
     while at < len {
         let n = ((len - at) as usize).min(BLOCK);
         acc[..n].fill(0);
-        for (file, path, size) in &open {
+        for (file, path, size) in sources {
             read_padded(file, path, *size, at, &mut buf[..n])?;
             xor_into(&mut acc[..n], &buf[..n]);
         }
-        out.write_all_at(&acc[..n], at).map_err(StateError::io("cannot write", &out_path))?;
+        out.write_all_at(&acc[..n], at).map_err(StateError::io("cannot write", out_path))?;
         crc = crc32c::crc32c_append(crc, &acc[..n]);
         at += n as u64;
     }
+    Ok(crc)
+}
+
+/// Writes `dir/_parity` for `files` (fsynced); `None` when there are no files.
+pub(crate) fn write_parity(dir: &Path, files: &[ManifestFile]) -> Result<Option<ManifestFile>> {
+    let len = files.iter().map(|f| f.size).max().unwrap_or(0);
+    if files.is_empty() || len == 0 {
+        return Ok(None);
+    }
+    let open = open_all(dir, files.iter())?;
+    let out_path = dir.join(PARITY);
+    let out = File::create(&out_path).map_err(StateError::io("cannot create", &out_path))?;
+    let crc = xor_files(&open, len, &out, &out_path)?;
     out.sync_all().map_err(StateError::io("cannot fsync", &out_path))?;
     Ok(Some(ManifestFile { name: PARITY.to_string(), size: len, crc32c: crc }))
 }
@@ -85,27 +101,10 @@ pub(crate) fn rebuild(dir: &Path, files: &[ManifestFile], parity: &ManifestFile,
             reason: "larger than the parity that would rebuild it".into(),
         });
     }
-    let mut sources = Vec::with_capacity(files.len());
-    for f in files.iter().filter(|f| f.name != lost.name).chain(std::iter::once(parity)) {
-        let path = dir.join(&f.name);
-        sources.push((File::open(&path).map_err(StateError::io("cannot open", &path))?, path, f.size));
-    }
+    let sources = open_all(dir, files.iter().filter(|f| f.name != lost.name).chain(std::iter::once(parity)))?;
     let tmp = dir.join(format!("{}.rebuilt", lost.name));
     let out = File::create(&tmp).map_err(StateError::io("cannot create", &tmp))?;
-    let (mut acc, mut buf) = (vec![0u8; BLOCK], vec![0u8; BLOCK]);
-    let mut crc = 0u32;
-    let mut at = 0u64;
-    while at < lost.size {
-        let n = ((lost.size - at) as usize).min(BLOCK);
-        acc[..n].fill(0);
-        for (file, path, size) in &sources {
-            read_padded(file, path, *size, at, &mut buf[..n])?;
-            xor_into(&mut acc[..n], &buf[..n]);
-        }
-        out.write_all_at(&acc[..n], at).map_err(StateError::io("cannot write", &tmp))?;
-        crc = crc32c::crc32c_append(crc, &acc[..n]);
-        at += n as u64;
-    }
+    let crc = xor_files(&sources, lost.size, &out, &tmp)?;
     if crc != lost.crc32c {
         let _ = fs::remove_file(&tmp);
         return Err(StateError::Damaged {
