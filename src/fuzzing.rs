@@ -170,15 +170,18 @@ fn task_context(dir: &Path) -> keel_runtime::TaskContext {
     }
 }
 
-/// A staged sink transaction file of arbitrary bytes committed by recovery: the records go to
+/// A staged sink transaction file of arbitrary bytes (the first byte chooses the format: even,
+/// the checksummed `.stage2`; odd, Keel 0.1's `.stage`) committed by recovery: the records go to
 /// the topic, or (damaged) nothing does and the file is kept; never a panic.
 pub fn staged_txn(data: &[u8]) {
+    let Some((&first, data)) = data.split_first() else { return };
+    let suffix = if first % 2 == 0 { "stage2" } else { "stage" };
     let scratch = Scratch::new("staged");
     let log = keel_log::Log::open(&scratch.0).expect("invariant: a fresh log opens");
     let topic = log.create_topic("out", keel_log::TopicConfig::new(1)).expect("invariant: a topic is created");
     let stage = scratch.0.join("job/staging/sink/0");
     std::fs::create_dir_all(&stage).expect("invariant: the staging directory is made");
-    let file = stage.join(format!("txn-{:020}-p0.stage", 1));
+    let file = stage.join(format!("txn-{:020}-p0.{suffix}", 1));
     std::fs::write(&file, data).expect("invariant: the staged file is written");
     let opened = keel_connectors::staging::StagedTopicWriter::open(
         topic.clone(),

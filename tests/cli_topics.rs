@@ -104,7 +104,7 @@ fn a_torn_tail_is_reported_truncated_and_never_served() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("truncating 11 bytes after offset 2"), "{err}");
+    assert!(err.contains("cutting 11 bytes after offset 2"), "{err}");
     assert_eq!(consume(d, &["t"]), vec!["{\"n\":1}", "{\"n\":2}", "{\"n\":3}"]);
 }
 

@@ -79,11 +79,14 @@ fn write_binary_seed_corpus() {
         w.write(0, None, b"").unwrap();
         w.write(0, None, b"{\"b\":[1,2,3]}").unwrap();
         w.pre_commit(1).unwrap();
-        let staged = dir.path().join(format!("job/staging/sink/0/txn-{:020}-p0.stage", 1));
+        let staged = dir.path().join(format!("job/staging/sink/0/txn-{:020}-p0.stage2", 1));
         std::fs::create_dir_all(corpus.join("staged_txn")).unwrap();
-        std::fs::copy(staged, corpus.join("staged_txn/three-records")).unwrap();
+        // The target's first byte chooses the format: even for `.stage2`, odd for 0.1's `.stage`.
+        let v2 = [vec![0u8], std::fs::read(staged).unwrap()].concat();
+        std::fs::write(corpus.join("staged_txn/three-records"), v2).unwrap();
         // A file of Keel 0.1: no header, no checksums.
-        let mut old = (-1i32).to_le_bytes().to_vec();
+        let mut old = vec![1u8];
+        old.extend_from_slice(&(-1i32).to_le_bytes());
         old.extend_from_slice(&2u32.to_le_bytes());
         old.extend_from_slice(b"{}");
         std::fs::write(corpus.join("staged_txn/keel-0.1"), old).unwrap();

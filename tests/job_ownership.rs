@@ -84,3 +84,30 @@ fn job_names_that_leave_the_jobs_directory_are_refused_before_anything_is_touche
     );
     assert!(data.join("jobs/t_tals_x/job.json").exists());
 }
+
+#[test]
+fn two_files_that_give_one_job_name_and_a_job_named_by_keel_0_1_are_told_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    make_events(&data, "events", 1, 100, 1, 5, 100);
+    // `a b.sql` and `a_b.sql` both give the job name `a_b`.
+    let first = dir.path().join("a b.sql");
+    std::fs::write(&first, WINDOW_SQL).unwrap();
+    run_ok(keel(&data).args(["run", first.to_str().unwrap(), "--bounded", "--quiet"]));
+    let second = dir.path().join("a_b.sql");
+    std::fs::write(&second, WINDOW_SQL.replace("INTERVAL '10' SECOND))", "INTERVAL '20' SECOND))")).unwrap();
+    let out = keel(&data).args(["run", second.to_str().unwrap(), "--bounded", "--quiet"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("belongs to pipeline file") && err.contains("--name"), "{err}");
+    // A job Keel 0.1 named after the file as it was is not silently replaced by a new one.
+    let legacy = dir.path().join("my report.sql");
+    std::fs::write(&legacy, WINDOW_SQL).unwrap();
+    std::fs::create_dir_all(data.join("jobs/my report")).unwrap();
+    std::fs::write(data.join("jobs/my report/job.json"), br#"{"name":"my report"}"#).unwrap();
+    let out = keel(&data).args(["run", legacy.to_str().unwrap(), "--bounded", "--quiet"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("was named 'my report' by an earlier Keel") && err.contains("my_report"), "{err}");
+    assert!(!data.join("jobs/my_report").exists(), "nothing was started");
+}

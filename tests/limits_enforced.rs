@@ -116,3 +116,46 @@ INSERT INTO out_t SELECT window_end, COUNT(*) FROM TABLE(
     assert_eq!(rows.len(), 8_640, "one result per window of the day");
     assert!(rows.iter().all(|r| r["n"] == 300), "every window counts every row once");
 }
+
+#[test]
+fn checkpoints_that_keep_expiring_do_not_fill_the_disk() {
+    let seed = seed("expiring_checkpoints");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    make_events(data, "events", 2, 200_000, seed, 300, 2);
+    let sql = data.join("totals.sql");
+    std::fs::write(&sql, WINDOW_SQL).unwrap();
+    // A timeout shorter than any checkpoint takes: every periodic checkpoint expires, each
+    // leaving a directory with whatever state files its tasks wrote.
+    let log = std::fs::File::create(data.join("stderr.log")).unwrap();
+    let mut child = keel(data)
+        .args(["run", sql.to_str().unwrap(), "--quiet", "-p", "2", "--checkpoint-interval", "10ms"])
+        .args(["--checkpoint-timeout", "1ms"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let chk = data.join("jobs/totals/checkpoints");
+    let (mut most, mut newest) = (0, 0u64);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    // Watch the directory until 40 checkpoints were started.
+    while newest < 40 {
+        assert!(std::time::Instant::now() < deadline, "40 checkpoints were not started within 120 s");
+        assert!(child.try_wait().unwrap().is_none(), "keel exited");
+        let dirs: Vec<u64> = std::fs::read_dir(&chk)
+            .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("chk-")?.parse().ok()).collect())
+            .unwrap_or_default();
+        most = most.max(dirs.len());
+        newest = newest.max(dirs.iter().copied().max().unwrap_or(0));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // An expired checkpoint's directory goes once every task passed it: a few at once, and no
+    // task ever wrote into a deleted one (which would fail the job).
+    let stderr = std::fs::read_to_string(data.join("stderr.log")).unwrap();
+    assert!(!stderr.contains("failed"), "{stderr}");
+    assert!(stderr.contains("expired"), "the checkpoints were meant to expire: {stderr}");
+    assert!(most <= 6, "{most} checkpoint directories at once");
+}

@@ -2,8 +2,8 @@
 //!
 //! Each line is a JSON value (keyed by a field with `--key`), or `KEY SEP VALUE` with
 //! `--key-separator` (an empty value is a tombstone). Records are appended per partition in
-//! groups (at most `GROUP_RECORDS` records or `GROUP_BYTES` bytes), each group durable when its
-//! append returns.
+//! groups (at most `GROUP_RECORDS` records or `GROUP_BYTES` bytes; all partitions' groups once
+//! `PENDING_BYTES` are held), each group durable when its append returns.
 //!
 //! Invariants: a line is read with at most the topic's record size limit in memory (a longer
 //! line is refused without reading the rest of it); input stops at the first line that cannot
@@ -39,12 +39,17 @@ pub struct ProduceArgs {
 const GROUP_RECORDS: usize = 4096;
 /// Bytes of records appended per partition in one durable write, about.
 const GROUP_BYTES: usize = 4 << 20;
+/// Bytes of records held over all partitions before they are all appended (with thousands of
+/// partitions, the per-partition bound alone would allow GBs).
+const PENDING_BYTES: usize = 16 << 20;
 
-/// Lines waiting to be appended, per partition, with their line numbers.
+/// Lines waiting to be appended, per partition: the records, and their line numbers.
 struct Pending {
     writers: Vec<PartitionWriter>,
-    lines: Vec<Vec<(u64, Record)>>,
+    records: Vec<Vec<Record>>,
+    lines: Vec<Vec<u64>>,
     bytes: Vec<usize>,
+    total: usize,
     written: u64,
     topic: String,
 }
@@ -53,8 +58,10 @@ impl Pending {
     fn push(&mut self, partition: u32, line: u64, record: Record) -> Result<()> {
         let p = partition as usize;
         self.bytes[p] += record.size();
-        self.lines[p].push((line, record));
-        if self.lines[p].len() >= GROUP_RECORDS || self.bytes[p] >= GROUP_BYTES {
+        self.total += record.size();
+        self.records[p].push(record);
+        self.lines[p].push(line);
+        if self.records[p].len() >= GROUP_RECORDS || self.bytes[p] >= GROUP_BYTES || self.total >= PENDING_BYTES {
             self.flush()?;
         }
         Ok(())
@@ -63,22 +70,24 @@ impl Pending {
     /// Appends every partition's pending lines; on failure says what is durable and what is not.
     fn flush(&mut self) -> Result<()> {
         for p in 0..self.writers.len() {
-            if self.lines[p].is_empty() {
+            if self.records[p].is_empty() {
                 continue;
             }
-            let records: Vec<Record> = self.lines[p].iter().map(|(_, r)| r.clone()).collect();
-            if let Err(e) = self.writers[p].append(&records) {
-                let first_unwritten = self.lines.iter().filter_map(|l| l.first().map(|x| x.0)).min().unwrap_or(0);
+            if let Err(e) = self.writers[p].append(&self.records[p]) {
+                let first_unwritten = self.lines.iter().filter_map(|l| l.first().copied()).min().unwrap_or(0);
                 return Err(anyhow::Error::new(e).context(format!(
                     "appending to topic '{}' partition {p} failed: {} record(s) were written and are durable; \
                      line {first_unwritten} and some lines after it were not (every line before it was)",
                     self.topic, self.written
                 )));
             }
-            self.written += records.len() as u64;
+            self.written += self.records[p].len() as u64;
+            self.total -= self.bytes[p];
+            self.records[p].clear();
             self.lines[p].clear();
             self.bytes[p] = 0;
         }
+        debug_assert_eq!(self.total, 0, "invariant: a flush leaves nothing pending");
         Ok(())
     }
 
@@ -100,8 +109,10 @@ pub fn produce(data_dir: &Path, args: ProduceArgs) -> Result<()> {
     let limit = topic.config().max_message_bytes;
     let mut pending = Pending {
         writers,
+        records: vec![Vec::new(); n as usize],
         lines: vec![Vec::new(); n as usize],
         bytes: vec![0; n as usize],
+        total: 0,
         written: 0,
         topic: args.topic.clone(),
     };

@@ -112,6 +112,31 @@ pub fn run(data_dir: &Path, args: RunArgs) -> Result<()> {
 /// own limits (expression depth, view expansions) refuse much smaller ones that would be slow.
 const MAX_PIPELINE_BYTES: u64 = 16 << 20;
 
+/// The job name of a pipeline file run without `--name`. Keel 0.1 used the file name as it was;
+/// a file whose name a job name cannot hold now gives another name, so if that job of 0.1 is
+/// there, the run is refused with how to keep it (a new name would start the job over and write
+/// its output again).
+fn derived_job_name(data_dir: &Path, pipeline: &Path) -> Result<String> {
+    let name = keel_runtime::job_name_from_file(pipeline);
+    if let Some(raw) = pipeline.file_stem().and_then(|s| s.to_str())
+        && raw != name
+        && !raw.is_empty()
+        && raw != "."
+        && raw != ".."
+        && data_dir.join("jobs").join(raw).join("job.json").exists()
+    {
+        anyhow::bail!(
+            "the job of {} was named '{raw}' by an earlier Keel ({}); job names now hold only letters, digits, '.', \
+             '_' and '-', and this file's is '{name}'. To resume that job, rename its directory to {} (or run with \
+             --name {name} after renaming); without that, '{name}' would start over and write its output again",
+            pipeline.display(),
+            data_dir.join("jobs").join(raw).display(),
+            data_dir.join("jobs").join(&name).display()
+        );
+    }
+    Ok(name)
+}
+
 /// Reads a pipeline file of at most `MAX_PIPELINE_BYTES`.
 fn read_pipeline(path: &Path) -> Result<String> {
     use std::io::Read;
@@ -135,7 +160,7 @@ pub fn run_pipeline(data_dir: &Path, args: &RunArgs, stop: Arc<AtomicBool>) -> R
     let sql = read_pipeline(&args.pipeline)?;
     let name = match &args.name {
         Some(n) => n.clone(),
-        None => keel_runtime::job_name_from_file(&args.pipeline),
+        None => derived_job_name(data_dir, &args.pipeline)?,
     };
     keel_runtime::validate_job_name(&name)?;
     let parallelism = args.parallelism.unwrap_or_else(|| {
@@ -166,7 +191,7 @@ pub fn run_pipeline(data_dir: &Path, args: &RunArgs, stop: Arc<AtomicBool>) -> R
     }
     pipeline.check_sources().map_err(|e| anyhow::anyhow!("{}: {e}", args.pipeline.display()))?;
     config.bounded |= pipeline.sources_bounded();
-    let mut job = JobDir::open(data_dir, &name, &pipeline.fingerprint, args.fresh)?;
+    let mut job = JobDir::open_for(data_dir, &name, &pipeline.fingerprint, args.fresh, Some(&args.pipeline))?;
     let graph = pipeline.build_graph(&mut job).map_err(|e| anyhow::anyhow!("{}: {e}", args.pipeline.display()))?;
     let sinks: Vec<String> = pipeline.sink_guarantees().into_iter().map(|(s, g)| format!("sink {s}: {g}")).collect();
     let choice = match args.from_checkpoint {

@@ -19,6 +19,7 @@ pub mod nexmark;
 pub mod partitioned;
 pub mod sinks;
 mod splits;
+mod stage_file;
 pub mod staging;
 pub mod topic_source;
 pub mod upsert;

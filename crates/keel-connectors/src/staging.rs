@@ -2,12 +2,10 @@
 //!
 //! Records written between two barriers go to per-partition in-progress files under
 //! `JOB_DIR/staging/UID/SUBTASK/`. At barrier `n` (pre-commit) they are flushed, fsynced and
-//! renamed to `txn-n-pP.stage`. When checkpoint `n` is complete, each staged file up to `n` is
-//! appended to its partition as transaction `(producer, n)` and deleted.
-//!
-//! A staged file starts with `STAGE_MAGIC`; each record is `key_len i32 (-1: none) | key |
-//! value_len u32 | value | crc32c u32` (the CRC covers the record's bytes before it), so a flipped
-//! byte is found before anything is committed. Files without the magic (Keel 0.1) have no CRCs.
+//! renamed to `txn-n-pP.stage2`. When checkpoint `n` is complete, each staged file up to `n` is
+//! appended to its partition as transaction `(producer, n)` and deleted. The file format (a
+//! CRC per record and a footer, so damage and a cut are found before anything is committed; the
+//! `.stage` files of Keel 0.1 without them) is in `stage_file.rs`.
 //!
 //! Invariants: a staged file is committed only after its checkpoint (or a later one) completed;
 //! commits happen in increasing checkpoint order, and the log ignores a `(producer, n)` it already
@@ -21,10 +19,11 @@
 //! error naming the file, the record and what it means.
 
 use crate::error::{ConnectorError, Result};
+use crate::stage_file::{StageReader, StageWriter, Version};
 use keel_log::{Durability, PartitionWriter, Record, Topic, TxnOutcome};
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{BufWriter, Write};
+
 use std::path::{Path, PathBuf};
 
 /// A transactional writer of one sink subtask into one topic.
@@ -35,22 +34,20 @@ pub struct StagedTopicWriter {
     run_id: String,
     uid: String,
     producer: u64,
-    current: HashMap<u32, BufWriter<File>>,
+    current: HashMap<u32, StageWriter>,
     writers: HashMap<u32, PartitionWriter>,
     durability: Durability,
 }
-
-/// The first bytes of a staged file written by this version: a name and the format version (2).
-const STAGE_MAGIC: &[u8; 8] = b"KSTG\x02\0\0\0";
 
 fn producer_id(run_id: &str, uid: &str, subtask: u32) -> u64 {
     keel_types::keys::hash_key(format!("{run_id}\u{0}{uid}\u{0}{subtask}").as_bytes())
 }
 
-fn parse_txn_name(name: &str) -> Option<(u64, u32)> {
-    let rest = name.strip_prefix("txn-")?.strip_suffix(".stage")?;
-    let (ckpt, part) = rest.split_once("-p")?;
-    Some((ckpt.parse().ok()?, part.parse().ok()?))
+/// A staged transaction's checkpoint, partition and format, from its file name.
+fn parse_txn_name(name: &str) -> Option<(u64, u32, Version)> {
+    let (version, stem) = Version::of(name)?;
+    let (ckpt, part) = stem.strip_prefix("txn-")?.split_once("-p")?;
+    Some((ckpt.parse().ok()?, part.parse().ok()?, version))
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
@@ -108,7 +105,9 @@ impl StagedTopicWriter {
                 let e = e.map_err(ConnectorError::io("cannot list", &dir))?;
                 let name = e.file_name().to_string_lossy().to_string();
                 match parse_txn_name(&name) {
-                    Some((ckpt, part)) if restored.is_some_and(|c| ckpt <= c) => staged.push((ckpt, part, e.path())),
+                    Some((ckpt, part, v)) if restored.is_some_and(|c| ckpt <= c) => {
+                        staged.push((ckpt, part, v, e.path()))
+                    }
                     _ => {
                         // In progress, or pre-committed for a checkpoint that never completed.
                         fs::remove_file(e.path())
@@ -116,9 +115,9 @@ impl StagedTopicWriter {
                     }
                 }
             }
-            staged.sort();
-            for (ckpt, part, path) in staged {
-                self.commit_file(producer, ckpt, part, &path)?;
+            staged.sort_by_key(|s| (s.0, s.1));
+            for (ckpt, part, version, path) in staged {
+                self.commit_file(producer, ckpt, part, version, &path)?;
             }
         }
         Ok(())
@@ -150,28 +149,13 @@ impl StagedTopicWriter {
         let f = match self.current.get_mut(&partition) {
             Some(f) => f,
             None => {
-                let path = self.dir.join(format!("current-p{partition}.stage"));
+                let path = self.dir.join(format!("current-p{partition}{}", Version::V2.suffix()));
                 let file = File::create(&path).map_err(ConnectorError::io("cannot create staging file", &path))?;
-                let mut w = BufWriter::with_capacity(256 << 10, file);
-                w.write_all(STAGE_MAGIC).map_err(ConnectorError::io("cannot write staging file", &path))?;
+                let w = StageWriter::create(file).map_err(ConnectorError::io("cannot write staging file", &path))?;
                 self.current.entry(partition).or_insert(w)
             }
         };
-        let io = |e| ConnectorError::Io { action: "cannot write staging file in", path: String::new(), source: e };
-        let klen = key.map_or(-1i32, |k| k.len() as i32).to_le_bytes();
-        let vlen = (value.len() as u32).to_le_bytes();
-        let mut crc = crc32c::crc32c(&klen);
-        f.write_all(&klen).map_err(io)?;
-        if let Some(k) = key {
-            crc = crc32c::crc32c_append(crc, k);
-            f.write_all(k).map_err(io)?;
-        }
-        crc = crc32c::crc32c_append(crc, &vlen);
-        crc = crc32c::crc32c_append(crc, value);
-        f.write_all(&vlen).map_err(io)?;
-        f.write_all(value).map_err(io)?;
-        f.write_all(&crc.to_le_bytes()).map_err(io)?;
-        Ok(())
+        f.write(key, value).map_err(ConnectorError::io("cannot write staging file in", &self.dir))
     }
 
     /// Stages a dead letter (a JSON object with a `record` field, `crate::dead_letter`) for
@@ -200,7 +184,30 @@ impl StagedTopicWriter {
             cut -= 1;
         }
         letter["record"] = serde_json::Value::from(&record[..cut]);
-        self.write(0, None, letter.to_string().as_bytes())
+        // A topic made with a very small limit: the reason is cut too, down to nothing.
+        let mut text = letter.to_string();
+        if text.len() > limit
+            && let Some(reason) = letter.get("error").and_then(|e| e.as_str()).map(str::to_string)
+        {
+            let mut keep = reason.len();
+            while text.len() > limit && keep > 0 {
+                keep /= 2;
+                while !reason.is_char_boundary(keep) {
+                    keep -= 1;
+                }
+                letter["error"] = serde_json::Value::from(&reason[..keep]);
+                text = letter.to_string();
+            }
+        }
+        if text.len() > limit {
+            return Err(ConnectorError::Config(format!(
+                "dead-letter topic '{}' takes records of at most {limit} bytes, too few for any dead letter (its \
+                 table and position alone take {}); create it with a larger `keel topic create --max-message-bytes`",
+                self.topic.name(),
+                text.len()
+            )));
+        }
+        self.write(0, None, text.as_bytes())
     }
 
     /// Pre-commit at barrier `checkpoint`: make the current transaction's files durable.
@@ -209,14 +216,11 @@ impl StagedTopicWriter {
             return Ok(());
         }
         for (part, f) in self.current.drain() {
-            let file = f.into_inner().map_err(|e| ConnectorError::Io {
-                action: "cannot flush staging file in",
-                path: self.dir.display().to_string(),
-                source: e.into_error(),
-            })?;
+            let file = f.finish().map_err(ConnectorError::io("cannot flush staging file in", &self.dir))?;
             file.sync_all().map_err(ConnectorError::io("cannot fsync staging file in", &self.dir))?;
-            let from = self.dir.join(format!("current-p{part}.stage"));
-            let to = self.dir.join(format!("txn-{checkpoint:020}-p{part}.stage"));
+            let suffix = Version::V2.suffix();
+            let from = self.dir.join(format!("current-p{part}{suffix}"));
+            let to = self.dir.join(format!("txn-{checkpoint:020}-p{part}{suffix}"));
             fs::rename(&from, &to).map_err(ConnectorError::io("cannot rename staging file", &from))?;
         }
         sync_dir(&self.dir)
@@ -227,23 +231,39 @@ impl StagedTopicWriter {
         let mut staged = vec![];
         for e in fs::read_dir(&self.dir).map_err(ConnectorError::io("cannot list", &self.dir))? {
             let e = e.map_err(ConnectorError::io("cannot list", &self.dir))?;
-            if let Some((ckpt, part)) = parse_txn_name(&e.file_name().to_string_lossy())
+            if let Some((ckpt, part, version)) = parse_txn_name(&e.file_name().to_string_lossy())
                 && ckpt <= checkpoint
             {
-                staged.push((ckpt, part, e.path()));
+                staged.push((ckpt, part, version, e.path()));
             }
         }
-        staged.sort();
+        staged.sort_by_key(|s| (s.0, s.1));
         let mut records = 0;
-        for (ckpt, part, path) in staged {
-            records += self.commit_file(self.producer, ckpt, part, &path)?;
+        for (ckpt, part, version, path) in staged {
+            records += self.commit_file(self.producer, ckpt, part, version, &path)?;
         }
         Ok(records)
     }
 
-    fn commit_file(&mut self, producer: u64, checkpoint: u64, partition: u32, path: &Path) -> Result<usize> {
-        let file = File::open(path).map_err(ConnectorError::io("cannot open staging file", path))?;
-        let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    fn commit_file(
+        &mut self,
+        producer: u64,
+        checkpoint: u64,
+        partition: u32,
+        version: Version,
+        path: &Path,
+    ) -> Result<usize> {
+        let damage = |e: String| {
+            ConnectorError::Damaged(format!(
+                "staging file {} is damaged ({e}): it holds the output of checkpoint {checkpoint} for topic '{}' \
+                 partition {partition}, and was fsynced before that checkpoint completed, so the disk changed it. \
+                 Nothing of it was committed and the file is kept. Restore it from a backup and run the job again; \
+                 or move it out of the staging directory to go on without that output (those rows are then lost)",
+                path.display(),
+                self.topic.name()
+            ))
+        };
+        let mut reader = StageReader::open(path, version).map_err(damage)?;
         let writer = match self.writers.get_mut(&partition) {
             Some(w) => w,
             None => {
@@ -253,17 +273,12 @@ impl StagedTopicWriter {
         };
         let mut n = 0usize;
         let mut damaged = None;
-        let checked = match has_magic(&mut reader) {
-            Ok(c) => c,
-            Err(e) => return Err(ConnectorError::io("cannot read staging file", path)(e)),
-        };
-        let mut position = if checked { STAGE_MAGIC.len() as u64 } else { 0 };
         // Stream the file in chunks of about 1 MB: a large transaction never sits in memory whole.
         let mut next_chunk = || -> keel_log::Result<Option<Vec<Record>>> {
             let mut chunk = Vec::new();
             let mut bytes = 0;
             while bytes < (1 << 20) {
-                match read_staged(&mut reader, checked, &mut position) {
+                match reader.next_record() {
                     Ok(Some(r)) => {
                         bytes += r.value.len() + 8;
                         chunk.push(r);
@@ -284,14 +299,7 @@ impl StagedTopicWriter {
         };
         let outcome = writer.commit_txn_stream(producer, checkpoint, &mut next_chunk);
         if let Some(e) = damaged {
-            return Err(ConnectorError::Damaged(format!(
-                "staging file {} is damaged ({e}): it holds the output of checkpoint {checkpoint} for topic '{}' \
-                 partition {partition}, and was fsynced before that checkpoint completed, so the disk changed it. \
-                 Nothing of it was committed and the file is kept. Restore it from a backup and run the job again; \
-                 or move it out of the staging directory to go on without that output (those rows are then lost)",
-                path.display(),
-                self.topic.name()
-            )));
+            return Err(damage(e));
         }
         match outcome? {
             TxnOutcome::Committed { .. } => {}
@@ -306,65 +314,6 @@ impl StagedTopicWriter {
         fs::remove_file(path).map_err(ConnectorError::io("cannot delete committed staging file", path))?;
         Ok(n)
     }
-}
-
-/// Whether a staged file starts with `STAGE_MAGIC` (consumed if so); files of Keel 0.1 do not.
-fn has_magic(r: &mut std::io::BufReader<File>) -> std::io::Result<bool> {
-    use std::io::BufRead;
-    let head = r.fill_buf()?;
-    let yes = head.len() >= STAGE_MAGIC.len() && head[..STAGE_MAGIC.len()] == STAGE_MAGIC[..];
-    if yes {
-        r.consume(STAGE_MAGIC.len());
-    }
-    Ok(yes)
-}
-
-/// Reads one staged record starting at byte `*position` (advanced past it); `None` at a clean
-/// end of file. With `checked`, the record's CRC must match.
-fn read_staged(
-    r: &mut impl std::io::Read,
-    checked: bool,
-    position: &mut u64,
-) -> std::result::Result<Option<Record>, String> {
-    let at = *position;
-    let mut len = [0u8; 4];
-    match r.read_exact(&mut len) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.to_string()),
-    }
-    let mut crc = crc32c::crc32c(&len);
-    let kl = i32::from_le_bytes(len);
-    let bound = keel_log::MAX_RECORD_BYTES;
-    let key = if kl < 0 {
-        None
-    } else {
-        if kl as u64 > bound {
-            return Err(format!("a key length of {kl} bytes at byte {at}"));
-        }
-        let mut k = vec![0u8; kl as usize];
-        r.read_exact(&mut k).map_err(|e| format!("a key cut short at byte {at}: {e}"))?;
-        crc = crc32c::crc32c_append(crc, &k);
-        Some(k)
-    };
-    r.read_exact(&mut len).map_err(|e| format!("a record cut short at byte {at}: {e}"))?;
-    crc = crc32c::crc32c_append(crc, &len);
-    let vl = u32::from_le_bytes(len);
-    if u64::from(vl) > bound {
-        return Err(format!("a value length of {vl} bytes at byte {at}"));
-    }
-    let mut v = vec![0u8; vl as usize];
-    r.read_exact(&mut v).map_err(|e| format!("a value cut short at byte {at}: {e}"))?;
-    crc = crc32c::crc32c_append(crc, &v);
-    *position += 8 + key.as_ref().map_or(0, Vec::len) as u64 + u64::from(vl);
-    if checked {
-        r.read_exact(&mut len).map_err(|e| format!("a record's checksum cut short at byte {at}: {e}"))?;
-        if u32::from_le_bytes(len) != crc {
-            return Err(format!("the record at byte {at} fails its CRC32C"));
-        }
-        *position += 4;
-    }
-    Ok(Some(Record::new(key, v)))
 }
 
 /// Late rows (or other rows an operator cannot use) written to a dead-letter topic exactly once,

@@ -57,6 +57,11 @@ pub enum LogError {
     BadMetadata { path: PathBuf, reason: String },
     #[error("{what} is in use by another process ({holder}); wait for it to finish, or stop it first")]
     Locked { what: String, holder: String },
+    #[error(
+        "topic '{topic}' was deleted (and maybe created again) while partition {partition} was open for \
+         writing; nothing was written. Open the topic again (a job does so when it restarts)"
+    )]
+    Deleted { topic: String, partition: u32 },
 }
 
 impl LogError {
@@ -70,7 +75,7 @@ impl LogError {
             | LogError::OffsetOutOfRange { .. }
             | LogError::RecordTooLarge { .. }
             | LogError::Locked { .. } => ErrorClass::User,
-            LogError::Io { .. } => ErrorClass::External,
+            LogError::Io { .. } | LogError::Deleted { .. } => ErrorClass::External,
             LogError::Damaged { .. } | LogError::BadMetadata { .. } => ErrorClass::Damaged,
         }
     }

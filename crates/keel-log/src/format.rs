@@ -11,8 +11,10 @@
 //! ```
 //!
 //! Flags: bit 0 = part of a transaction, bit 1 = last batch of the transaction (its commit),
-//! bit 2 = a gap: `count` offsets that `keel topic repair` found damaged and moved aside. A gap
-//! batch holds no records; readers skip its offsets (they are reported as lost, never served).
+//! bit 2 = a gap: `count` offsets that were lost (damage `keel topic repair` moved aside, or a
+//! write that was cut off) and are never served; a gap batch holds no records. Bit 3 = first
+//! batch of a transaction (written since issue 12; a transaction batch without it, after
+//! damage, is known to have lost its start).
 //!
 //! Size limits are one set of constants for writer and reader: the reader accepts any frame body
 //! up to `MAX_BODY`, and the writer never writes a larger one, because a single record may hold
@@ -25,6 +27,7 @@ pub(crate) const VERSION: u8 = 1;
 pub(crate) const FLAG_TXN: u8 = 1;
 pub(crate) const FLAG_TXN_LAST: u8 = 2;
 pub(crate) const FLAG_GAP: u8 = 4;
+pub(crate) const FLAG_TXN_FIRST: u8 = 8;
 /// Largest frame body accepted; a larger length field is treated as corruption. Keel 0.1 readers
 /// had the same bound, so every frame ever written by a Keel writer is within it.
 pub(crate) const MAX_BODY: usize = 256 << 20;
@@ -82,8 +85,12 @@ impl BatchHeader {
     pub fn is_gap(&self) -> bool {
         self.flags & FLAG_GAP != 0
     }
+    pub fn is_txn_first(&self) -> bool {
+        self.flags & FLAG_TXN_FIRST != 0
+    }
+    /// The offset after this batch (saturating: a damaged header cannot overflow it).
     pub fn next_offset(&self) -> u64 {
-        self.base_offset + u64::from(self.count)
+        self.base_offset.saturating_add(u64::from(self.count))
     }
 }
 
@@ -128,6 +135,12 @@ pub(crate) enum Frame {
     Incomplete,
     /// The frame is complete but damaged.
     Bad(String),
+}
+
+impl Frame {
+    pub fn is_batch(&self) -> bool {
+        matches!(self, Frame::Batch { .. })
+    }
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -244,17 +257,28 @@ pub(crate) fn encode_gap(out: &mut Vec<u8>, from: u64, to: u64, append_time_ms: 
     }
 }
 
-/// Where valid data resumes after damage at `from`: the first position at or after `from` that
-/// holds a complete, CRC-valid frame whose batch starts at or after offset `expected`, with its
-/// header. A frame must also end within `data`. `None`: nothing valid follows (a torn tail).
-pub(crate) fn find_resume(data: &[u8], from: usize, expected: u64) -> Option<(usize, BatchHeader)> {
-    let mut at = from;
+/// Where valid data resumes after damage that starts at `from`: the first position at or after
+/// `search` that holds a complete, CRC-valid frame, with its header. A frame must end within
+/// `data`. With `expected`, its batch must also start at or after that offset, at an offset the
+/// damaged bytes could have held (every record takes at least `RECORD_OVERHEAD` bytes), so a
+/// stray frame from elsewhere never makes up a gap of billions of offsets; without, any valid
+/// frame counts (to tell damage from a torn tail, which nothing valid follows). `None`: nothing
+/// valid follows.
+pub(crate) fn find_resume(
+    data: &[u8],
+    from: usize,
+    search: usize,
+    expected: Option<u64>,
+) -> Option<(usize, BatchHeader)> {
+    let mut at = search.max(from);
     while at + FRAME_HEADER + BODY_HEADER <= data.len() {
         // Cheap filters first: the version byte, a plausible length, a plausible offset.
         if data[at + FRAME_HEADER] == VERSION
             && let Some((len, header)) = parse_header(&data[at..])
             && at + len <= data.len()
-            && header.base_offset >= expected
+            && expected.is_none_or(|e| {
+                header.base_offset >= e && header.base_offset - e <= ((at - from) / RECORD_OVERHEAD) as u64
+            })
             && let Frame::Batch { .. } = read_frame(&data[at..at + len], true)
         {
             return Some((at, header));
@@ -262,6 +286,23 @@ pub(crate) fn find_resume(data: &[u8], from: usize, expected: u64) -> Option<(us
         at += 1;
     }
     None
+}
+
+/// The header of the frame at the start of `buf`, read even when its length field is damaged
+/// or the frame is cut short (for a torn tail's offsets); `None` if too short or not version 1.
+pub(crate) fn header_ignoring_length(buf: &[u8]) -> Option<BatchHeader> {
+    if buf.len() < FRAME_HEADER + BODY_HEADER || buf[FRAME_HEADER] != VERSION {
+        return None;
+    }
+    let body = &buf[FRAME_HEADER..];
+    Some(BatchHeader {
+        flags: body[1],
+        count: u32_at(body, 2),
+        base_offset: u64_at(body, 6),
+        append_time_ms: u64_at(body, 14) as i64,
+        producer: u64_at(body, 22),
+        sequence: u64_at(body, 30),
+    })
 }
 
 /// Segment file name for a base offset.

@@ -140,7 +140,7 @@ impl PartitionReader {
     /// transaction counts as one).
     pub fn read_batches(&mut self, max_bytes: usize, max_batches: usize) -> Result<Option<Chunk>> {
         self.max_units = max_batches.max(1);
-        loop {
+        'segments: loop {
             if self.segment.is_none() {
                 self.segment = self.locate()?;
                 if self.segment.is_none() {
@@ -161,7 +161,13 @@ impl PartitionReader {
             loop {
                 let seg = self.segment.as_ref().expect("invariant: segment located above");
                 let file_len = seg.file.metadata().map_err(LogError::io("cannot stat segment", &seg.path))?.len();
-                let available = file_len.saturating_sub(seg.pos) as usize;
+                if file_len < seg.pos {
+                    // The file was cut under this reader (a failed append cut back, a torn tail
+                    // cut): find the position again.
+                    self.segment = None;
+                    continue 'segments;
+                }
+                let available = (file_len - seg.pos) as usize;
                 if available == 0 {
                     break;
                 }
@@ -171,20 +177,36 @@ impl PartitionReader {
                 match self.parse(data, n == available, file_len)? {
                     Parsed::Chunk(chunk) => return Ok(Some(chunk)),
                     Parsed::NeedMore(bytes) if n < available => want = bytes.max(want.saturating_mul(2)),
-                    Parsed::NeedMore(_) | Parsed::Nothing => return Ok(None),
+                    Parsed::NeedMore(_) | Parsed::Nothing => {
+                        if self.replaced()? {
+                            self.segment = None;
+                            continue 'segments;
+                        }
+                        return Ok(None);
+                    }
                 }
             }
-            // At the end of this segment's data: move on if the next segment exists.
+            // At the end of this segment's data: a repaired segment is a new file; else move on
+            // if the next segment exists.
+            if self.replaced()? {
+                self.segment = None;
+                continue;
+            }
             let next_path = segment_path(&self.dir, self.next_offset);
             let seg = self.segment.as_ref().expect("invariant: segment located above");
             if seg.base != self.next_offset && next_path.exists() {
                 self.segment = None;
                 continue;
             }
-            // A later segment that does not start where this one ends: offsets are missing.
+            // A later segment that does not start where this one ends: offsets are missing, unless
+            // the writer appended to this one and rolled since it was read (a successor is made
+            // only after its predecessor's last write, so looking at the length again settles it).
             let base = seg.base;
             if let Some((later, _)) = list_segments(&self.dir)?.into_iter().find(|(b, _)| *b > base) {
                 let seg = self.segment.as_ref().expect("invariant: segment located above");
+                if seg.file.metadata().map_err(LogError::io("cannot stat segment", &seg.path))?.len() > seg.pos {
+                    continue;
+                }
                 return Err(LogError::Damaged {
                     topic: self.topic.clone(),
                     partition: self.partition,
@@ -278,7 +300,7 @@ impl PartitionReader {
                         return Ok(Parsed::NeedMore(needed));
                     }
                     let reason = format!("an incomplete batch of {} bytes", data.len() - at);
-                    self.classify_problem(&data, at, expected.unwrap_or(self.next_offset), file_len, reason)?;
+                    self.classify_problem(&data, at, file_len, reason)?;
                     return Ok(Parsed::Nothing);
                 }
                 Frame::Bad(reason) => {
@@ -289,7 +311,7 @@ impl PartitionReader {
                         // Look at the rest of the file: is there valid data after the damage?
                         return Ok(Parsed::NeedMore(usize::MAX));
                     }
-                    self.classify_problem(&data, at, expected.unwrap_or(self.next_offset), file_len, reason)?;
+                    self.classify_problem(&data, at, file_len, reason)?;
                     return Ok(Parsed::Nothing);
                 }
             }
@@ -315,22 +337,46 @@ impl PartitionReader {
 
     /// A problem at `data[at..]`, which runs to the end of the file: `Ok` when it may be an
     /// append in progress or a torn tail (nothing valid follows in this, the last, segment), so
-    /// the reader waits at it; `Err(Damaged)` when valid data follows or a later segment exists.
-    fn classify_problem(&mut self, data: &[u8], at: usize, expected: u64, file_len: u64, reason: String) -> Result<()> {
+    /// the reader waits at it; `Err(Damaged)` when valid data follows or a later segment exists
+    /// (and the file did not change since it was read).
+    fn classify_problem(&mut self, data: &[u8], at: usize, file_len: u64, reason: String) -> Result<()> {
         let seg = self.segment.as_ref().expect("invariant: segment located before parse");
         let (base, position) = (seg.base, seg.pos + at as u64);
         if self.torn_tail == Some((base, position, file_len)) {
             return Ok(());
         }
-        let resume = find_resume(data, at, expected).map(|(pos, h)| (seg.pos + pos as u64, h.base_offset));
+        let resume = find_resume(data, at, at + 1, None).map(|(pos, h)| (seg.pos + pos as u64, h.base_offset));
         let later = list_segments(&self.dir)?.into_iter().find(|(b, _)| *b > base).map(|(b, _)| (0, b));
+        let seg = self.segment.as_ref().expect("invariant: segment located before parse");
+        let now = seg.file.metadata().map_err(LogError::io("cannot stat segment", &seg.path))?.len();
         match resume.or(later) {
+            Some(_) if now != file_len => Ok(()), // written since: look again at the next read
             Some(resume) => Err(self.damaged(at, reason, Some(resume))),
             None => {
+                if self.torn_tail.is_none_or(|(b, p, _)| (b, p) != (base, position)) {
+                    tracing::debug!(
+                        topic = %self.topic,
+                        partition = self.partition,
+                        "waiting at an incomplete write at byte {position} of {} ({reason}): an append in progress, \
+                         or one cut short that the next writer removes",
+                        seg.path.display()
+                    );
+                }
                 self.torn_tail = Some((base, position, file_len));
                 Ok(())
             }
         }
+    }
+
+    /// Whether the open segment's path now names another file (a repair replaced it).
+    fn replaced(&self) -> Result<bool> {
+        use std::os::unix::fs::MetadataExt;
+        let Some(seg) = &self.segment else { return Ok(false) };
+        let open = seg.file.metadata().map_err(LogError::io("cannot stat segment", &seg.path))?;
+        Ok(match std::fs::metadata(&seg.path) {
+            Ok(on_disk) => on_disk.ino() != open.ino() || on_disk.dev() != open.dev(),
+            Err(_) => false, // deleted by retention: the open file is read to its end
+        })
     }
 
     fn damaged(&self, at: usize, reason: String, resume: Option<(u64, u64)>) -> LogError {

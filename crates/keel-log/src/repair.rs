@@ -14,9 +14,11 @@
 //! its bytes kept.
 
 use crate::format::{
-    BODY_HEADER, BatchHeader, FRAME_HEADER, Frame, encode_gap, find_resume, for_each_record, read_frame,
+    BODY_HEADER, BatchHeader, FRAME_HEADER, Frame, encode_gap, find_resume, for_each_record, parse_header, read_frame,
 };
-use crate::segment::{aside_name, continuity_problem, list_segments, save_aside, sync_dir, write_file_synced};
+use crate::segment::{
+    aside_name, claimed_end, continuity_problem, list_segments, save_aside, sync_dir, write_file_synced,
+};
 use crate::topic::Topic;
 use crate::writer::Durability;
 use crate::{LogError, Result};
@@ -68,8 +70,44 @@ struct Walked {
     commits: Vec<(u64, u64)>,
 }
 
+/// Whether the segment's writer marked each transaction's first batch (bit 3, written since
+/// issue 12): then a transaction batch without the mark that follows damage is known to have
+/// lost its start. Segments of Keel 0.1 have no marks, and such a batch is kept.
+fn marks_first_batches(data: &[u8]) -> bool {
+    let mut at = 0;
+    while let Some((pos, header)) = find_resume(data, at, at, None) {
+        if header.is_txn_first() {
+            return true;
+        }
+        at = pos + parse_header(&data[pos..]).map_or(1, |(len, _)| len);
+    }
+    false
+}
+
+/// From a valid transaction batch at `at`, the batches of the same transaction that follow it
+/// in order: the position after the last of them, the offset after it, and whether it was the
+/// commit.
+fn run_from(data: &[u8], mut at: usize, first: &BatchHeader) -> (usize, u64, bool) {
+    let mut next = first.base_offset;
+    while let Frame::Batch { header, len } = read_frame(&data[at..], true) {
+        if !header.is_txn()
+            || (header.producer, header.sequence) != (first.producer, first.sequence)
+            || header.base_offset != next
+        {
+            break;
+        }
+        at += len;
+        next = header.next_offset();
+        if header.is_txn_last() {
+            return (at, next, true);
+        }
+    }
+    (at, next, false)
+}
+
 /// Walks one segment's bytes. `next_base`: the following segment's base (none for the last).
 fn walk(path: &Path, data: &[u8], base: u64, next_base: Option<u64>) -> Walked {
+    let marks_first = marks_first_batches(data);
     let now = keel_types::time::now_ms();
     let mut w = Walked { out: Vec::with_capacity(data.len()), damaged: vec![], end_offset: base, commits: vec![] };
     let mut pos = 0usize;
@@ -127,15 +165,29 @@ fn walk(path: &Path, data: &[u8], base: u64, next_base: Option<u64>) -> Walked {
             }
             None => (pos, expected),
         };
-        let search_from = if frame_itself_fine { pos } else { pos + 1 };
-        match find_resume(data, search_from, expected) {
+        let search = if frame_itself_fine { pos } else { pos + 1 };
+        match find_resume(data, from, search, Some(lost_from)) {
+            Some((at, header)) if marks_first && header.is_txn() && !header.is_txn_first() => {
+                // Data resumes inside a transaction whose first batches were lost: the rest of
+                // it is removed too (its commit never counts), so no reader sees half of it and
+                // a writer retrying it is not told it was committed.
+                let (end, next, _) = run_from(data, at, &header);
+                damage(&mut w, from, end, Some((lost_from, next)), format!("{problem}, inside a transaction"));
+                pos = end;
+                expected = next;
+            }
             Some((at, header)) => {
                 damage(&mut w, from, at, Some((lost_from, header.base_offset)), problem);
                 pos = at;
                 expected = header.base_offset;
             }
             None => {
-                let lost = next_base.map(|next| (lost_from, next.max(lost_from)));
+                // To the next segment; or, in the last, to what the torn tail's frames claimed
+                // (their offsets may have been read: they are never used again).
+                let lost = match next_base {
+                    Some(next) => Some((lost_from, next.max(lost_from))),
+                    None => Some((lost_from, claimed_end(data, from, lost_from))).filter(|(a, b)| b > a),
+                };
                 damage(&mut w, from, data.len(), lost, problem);
                 pos = data.len();
                 expected = lost.map_or(lost_from, |l| l.1);
@@ -184,11 +236,11 @@ impl Topic {
     /// `producers.json` is rebuilt. Holds the partition's append lock throughout.
     pub fn repair_partition(&self, partition: u32, dry_run: bool) -> Result<RepairReport> {
         let dir = self.partition_path(partition)?;
-        let _appends = self.writer(partition, Durability::Fsync)?.hold_lock()?;
+        // A dry run changes nothing, so it keeps no writer out.
+        let _appends = if dry_run { None } else { Some(self.writer(partition, Durability::Fsync)?.hold_lock()?) };
         let segments = list_segments(&dir)?;
         let mut report = RepairReport { partition, segments: segments.len(), ..RepairReport::default() };
         let mut producers: BTreeMap<u64, u64> = BTreeMap::new();
-        let mut rewrites = vec![];
         for (i, (base, path)) in segments.iter().enumerate() {
             let data = fs::read(path).map_err(LogError::io("cannot read segment", path))?;
             report.bytes_checked += data.len() as u64;
@@ -214,12 +266,11 @@ impl Topic {
                     let bytes = &data[d.from_byte as usize..d.to_byte as usize];
                     d.kept_in = Some(save_aside(&dir, &aside_name(*base, d.from_byte), bytes)?);
                 }
-                rewrites.push((path.clone(), walked.out));
+                // Its damaged bytes are safe in damaged/: the segment is replaced now, so memory
+                // holds one segment at a time.
+                replace_file(&dir, path, &walked.out)?;
             }
             report.damaged.extend(damaged);
-        }
-        for (path, bytes) in rewrites {
-            replace_file(&dir, &path, &bytes)?;
         }
         let table = dir.join("producers.json");
         let readable = match fs::read(&table) {

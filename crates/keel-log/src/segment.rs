@@ -8,8 +8,8 @@
 //! valid data after it is damage to acknowledged data, which is never truncated automatically.
 
 use crate::format::{
-    BODY_HEADER, BatchHeader, FRAME_HEADER, Frame, find_resume, parse_header, parse_segment_name, read_frame,
-    segment_name,
+    BODY_HEADER, BatchHeader, FRAME_HEADER, Frame, find_resume, header_ignoring_length, parse_header,
+    parse_segment_name, read_frame, segment_name,
 };
 use crate::{LogError, Result};
 use std::fs::{self, File};
@@ -113,12 +113,42 @@ pub(crate) fn scan_bytes(data: &[u8], base: u64, verify: bool) -> Scan {
         }
     }
     if let Some(at) = problem_at {
-        scan.resume = find_resume(data, at, next).map(|(pos, h)| (pos as u64, h.base_offset));
+        // Any valid frame after the problem makes it damage: a torn tail has nothing after it.
+        let search = if scan.complete_bad_frame && read_frame(&data[at..], verify).is_batch() { at } else { at + 1 };
+        scan.resume = find_resume(data, at, search, None).map(|(pos, h)| (pos as u64, h.base_offset));
     } else if open_run.is_some() {
         scan.tail_problem = Some("a transaction that was never committed".to_string());
     }
     debug_assert!(scan.committed_len <= scan.valid_len && scan.valid_len <= scan.file_len);
     scan
+}
+
+/// The offsets a torn tail claimed: walking the frames from byte `from` (where committed data
+/// ends, offset `next`), whole valid frames (an unfinished transaction's) count their records,
+/// and the first damaged or cut-short frame counts its header's, if its header is readable and
+/// starts at the offset expected. Cutting the tail leaves these offsets to a gap, so that no
+/// offset a reader may have seen is ever used again for another record.
+pub(crate) fn claimed_end(data: &[u8], from: usize, mut next: u64) -> u64 {
+    let mut at = from;
+    while at < data.len() {
+        match read_frame(&data[at..], true) {
+            Frame::Batch { header, len } if header.base_offset == next => {
+                next = header.next_offset();
+                at += len;
+            }
+            _ => {
+                if let Some(h) = header_ignoring_length(&data[at..])
+                    && h.base_offset == next
+                {
+                    // Bounded by what one frame can hold, whatever a damaged count says.
+                    let most = (crate::format::MAX_BODY / crate::format::RECORD_OVERHEAD) as u64;
+                    next = next.saturating_add(u64::from(h.count).min(most));
+                }
+                break;
+            }
+        }
+    }
+    next
 }
 
 /// Whether the frame at the start of `buf` claims a length that lies within `buf`.
@@ -140,30 +170,39 @@ pub(crate) fn continuity_problem(header: &BatchHeader, expected: u64, open_run: 
     None
 }
 
-/// Scans a segment by reading only frame headers (no record data, no CRC check): cheap on large
-/// segments. Gives the committed end like `scan_segment`; a damaged frame counts as the end.
-pub(crate) fn scan_headers(path: &Path, base: u64) -> Result<Scan> {
+/// The offset after the last committed record of a segment, from its frame headers, with the
+/// last committed frame's CRC checked: a damaged last frame (which readers wait at, since it may
+/// be a write in progress) is not counted, so a bounded job never waits for offsets that will
+/// never be served. Only when that frame fails is the segment verified whole.
+pub(crate) fn verified_end(path: &Path, base: u64) -> Result<u64> {
+    use std::os::unix::fs::FileExt;
     let file = File::open(path).map_err(LogError::io("cannot open segment", path))?;
     let file_len = file.metadata().map_err(LogError::io("cannot stat segment", path))?.len();
-    let mut scan = Scan { file_len, committed_next: base, ..Scan::default() };
+    let mut last: Option<(u64, u64)> = None;
     let mut open_run = None;
     let mut expected = base;
+    let mut committed = base;
     walk_headers(&file, path, file_len, |pos, header, len| {
         if continuity_problem(header, expected, open_run).is_some() {
             return false;
         }
         expected = header.next_offset();
-        scan.valid_len = pos + len;
         if header.is_txn() && !header.is_txn_last() {
             open_run = Some((header.producer, header.sequence));
         } else {
             open_run = None;
-            scan.committed_len = pos + len;
-            scan.committed_next = header.next_offset();
+            committed = header.next_offset();
+            last = Some((pos, len));
         }
         true
     })?;
-    Ok(scan)
+    let Some((pos, len)) = last else { return Ok(committed) };
+    let mut frame = vec![0u8; len as usize];
+    file.read_exact_at(&mut frame, pos).map_err(LogError::io("cannot read segment", path))?;
+    if read_frame(&frame, true).is_batch() {
+        return Ok(committed);
+    }
+    Ok(scan_segment(path, base, true)?.committed_next)
 }
 
 /// Calls `f(position, header, frame length)` for each complete-looking frame from the start of

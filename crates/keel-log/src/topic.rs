@@ -9,7 +9,7 @@
 
 use crate::format::{DEFAULT_MAX_MESSAGE_BYTES, MAX_RECORD_BYTES};
 use crate::reader::PartitionReader;
-use crate::segment::{list_segments, scan_headers};
+use crate::segment::{list_segments, verified_end};
 use crate::writer::{Durability, PartitionWriter};
 use crate::{LogError, Result};
 use serde::{Deserialize, Serialize};
@@ -281,7 +281,7 @@ impl Topic {
             size_bytes += fs::metadata(path).map_err(LogError::io("cannot stat", path))?.len();
         }
         let (start_offset, end_offset) = match (segments.first(), segments.last()) {
-            (Some((first, _)), Some((last, path))) => (*first, scan_headers(path, *last)?.committed_next),
+            (Some((first, _)), Some((last, path))) => (*first, verified_end(path, *last)?),
             _ => (0, 0),
         };
         Ok(PartitionInfo { partition, start_offset, end_offset, size_bytes, segments: segments.len() })

@@ -11,8 +11,12 @@
 //! `producers.json` (as of a segment's start) plus the commits found in the last segment give
 //! each producer's last committed sequence.
 
-use crate::format::{BatchHeader, FLAG_TXN, FLAG_TXN_LAST, Record, TARGET_BATCH_BYTES, encode_batch};
-use crate::segment::{aside_name, list_segments, save_aside, scan_segment, segment_path, sync_dir, write_file_synced};
+use crate::format::{
+    BatchHeader, FLAG_TXN, FLAG_TXN_FIRST, FLAG_TXN_LAST, Record, TARGET_BATCH_BYTES, encode_batch, encode_gap,
+};
+use crate::segment::{
+    aside_name, claimed_end, list_segments, save_aside, scan_segment, segment_path, sync_dir, write_file_synced,
+};
 use crate::topic::TopicConfig;
 use crate::{LogError, Result};
 use serde::{Deserialize, Serialize};
@@ -79,6 +83,9 @@ pub struct PartitionWriter {
     lock: File,
     tail: Option<Tail>,
     buf: Vec<u8>,
+    /// The offset after the last batch the current write put in the file (some of it may have
+    /// been read before the write failed).
+    reached: u64,
 }
 
 impl PartitionWriter {
@@ -96,7 +103,7 @@ impl PartitionWriter {
             .write(true)
             .open(&lock_path)
             .map_err(LogError::io("cannot open the partition lock", &lock_path))?;
-        Ok(PartitionWriter { topic, partition, dir, config, durability, lock, tail: None, buf: Vec::new() })
+        Ok(PartitionWriter { topic, partition, dir, config, durability, lock, tail: None, buf: Vec::new(), reached: 0 })
     }
 
     /// The topic's record size limit (key plus value bytes).
@@ -185,7 +192,7 @@ impl PartitionWriter {
     fn locked<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
         let lock_path = self.dir.join(".lock");
         self.lock.lock().map_err(LogError::io("cannot lock partition", &lock_path))?;
-        let result = self.refresh().and_then(|()| f(self));
+        let result = self.same_lock_file(&lock_path).and_then(|()| self.refresh()).and_then(|()| f(self));
         if result.is_err() {
             // Re-read the tail next time rather than trust a view an error interrupted.
             self.tail = None;
@@ -194,6 +201,18 @@ impl PartitionWriter {
         let value = result?;
         unlocked?;
         Ok(value)
+    }
+
+    /// Refuses to write when the lock file this writer holds is no longer the partition's: the
+    /// topic was deleted (and maybe created again) since the writer opened, and another writer
+    /// of the new topic would not be kept out.
+    fn same_lock_file(&self, lock_path: &std::path::Path) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let held = self.lock.metadata().map_err(LogError::io("cannot stat", lock_path))?;
+        match fs::metadata(lock_path) {
+            Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => Ok(()),
+            _ => Err(LogError::Deleted { topic: self.topic.clone(), partition: self.partition }),
+        }
     }
 
     fn tail_ref(&self) -> &Tail {
@@ -243,28 +262,43 @@ impl PartitionWriter {
                 resume: Some((resume_at, resume_offset)),
             });
         }
+        let (mut len, mut next_offset) = (scan.committed_len, scan.committed_next);
         if scan.is_torn_tail() {
             debug_assert!(scan.tail_problem.is_some(), "a tail is cut only for a reason");
             let reason = scan.tail_problem.clone().unwrap_or_else(|| "unknown damage".to_string());
-            let kept = if scan.complete_bad_frame {
-                // A whole frame that fails its checks may have been acknowledged: keep its bytes.
-                let data = fs::read(&path).map_err(LogError::io("cannot read segment", &path))?;
-                let from = scan.committed_len as usize;
-                let aside =
-                    save_aside(&self.dir, &aside_name(base, scan.committed_len), &data[from.min(data.len())..])?;
-                format!("; they are kept in {}", aside.display())
-            } else {
-                "; they were never acknowledged (an append or transaction cut short)".to_string()
-            };
+            // The bytes are kept: usually a write cut short, never acknowledged; but a flipped
+            // bit in the last acknowledged frame looks the same.
+            let data = fs::read(&path).map_err(LogError::io("cannot read segment", &path))?;
+            let from = (scan.committed_len as usize).min(data.len());
+            let aside = save_aside(&self.dir, &aside_name(base, scan.committed_len), &data[from..])?;
+            let claimed = claimed_end(&data, from, scan.committed_next);
             tracing::warn!(
                 topic = %self.topic,
                 partition = self.partition,
                 segment = %path.display(),
-                "recovering the log: truncating {} bytes after offset {} at its end ({reason}){kept}",
+                "recovering the log: cutting {} bytes after offset {} at its end ({reason}); {}; they are kept in {}{}",
                 scan.file_len - scan.committed_len,
                 scan.committed_next,
+                if scan.complete_bad_frame {
+                    "a whole frame fails its checks, so they may have been acknowledged"
+                } else {
+                    "they were never acknowledged (an append or transaction cut short)"
+                },
+                aside.display(),
+                if claimed > scan.committed_next {
+                    format!("; offsets {}..{} are skipped, never used again", scan.committed_next, claimed - 1)
+                } else {
+                    String::new()
+                }
             );
             file.set_len(scan.committed_len).map_err(LogError::io("cannot truncate damaged tail of", &path))?;
+            if claimed > scan.committed_next {
+                let mut gap = Vec::new();
+                encode_gap(&mut gap, scan.committed_next, claimed, keel_types::time::now_ms());
+                file.write_all_at(&gap, scan.committed_len).map_err(LogError::io("cannot append to", &path))?;
+                len += gap.len() as u64;
+                next_offset = claimed;
+            }
             file.sync_all().map_err(LogError::io("cannot fsync", &path))?;
         }
         let mut producers = table.producers;
@@ -272,7 +306,7 @@ impl PartitionWriter {
             let e = producers.entry(producer).or_insert(sequence);
             *e = (*e).max(sequence);
         }
-        self.tail = Some(Tail { base, file, len: scan.committed_len, next_offset: scan.committed_next, producers });
+        self.tail = Some(Tail { base, file, len, next_offset, producers });
         Ok(())
     }
 
@@ -358,14 +392,27 @@ impl PartitionWriter {
         txn: bool,
     ) -> Result<()> {
         self.maybe_roll()?;
-        let start_len = self.tail_ref().len;
+        let (start_len, start_next) = (self.tail_ref().len, self.tail_ref().next_offset);
+        self.reached = start_next;
         let result = self.write_chunks(chunks, producer, sequence, txn);
         if result.is_err() {
             // Leave nothing of a failed write: a retry must not find half of it (a plain append's
-            // whole frames would otherwise stay, never acknowledged). If even this fails, the
-            // next writer finds a torn tail or an unfinished transaction and truncates it.
+            // whole frames would otherwise stay, never acknowledged). A reader may have read the
+            // plain frames that reached the file (not a transaction's: uncommitted, never read),
+            // so their offsets go to a gap and are never used again. If even this fails, the next
+            // writer finds a torn tail or an unfinished transaction and cuts it.
             let path = segment_path(&self.dir, self.tail_ref().base);
-            if let Err(e) = self.tail_ref().file.set_len(start_len) {
+            let file = &self.tail_ref().file;
+            let cut = file.set_len(start_len).and_then(|()| {
+                if !txn && self.reached > start_next {
+                    let mut gap = Vec::new();
+                    encode_gap(&mut gap, start_next, self.reached, keel_types::time::now_ms());
+                    file.write_all_at(&gap, start_len)?;
+                    file.sync_data()?;
+                }
+                Ok(())
+            });
+            if let Err(e) = cut {
                 tracing::warn!("cannot cut a failed append back in {}: {e}", path.display());
             }
         }
@@ -385,6 +432,7 @@ impl PartitionWriter {
         let mut buf = std::mem::take(&mut self.buf);
         let (mut pos, mut next) = (self.tail_ref().len, self.tail_ref().next_offset);
         let mut current = chunks()?;
+        let mut first_batch = true;
         loop {
             let following = if current.is_some() { chunks()? } else { None };
             let records = current.take().unwrap_or(Cow::Borrowed(&[]));
@@ -401,9 +449,14 @@ impl PartitionWriter {
                     end += 1;
                 }
                 let last = last_chunk && end == records.len();
-                let flags = if txn { FLAG_TXN | if last { FLAG_TXN_LAST } else { 0 } } else { 0 };
+                let mut flags = 0;
+                if txn {
+                    flags =
+                        FLAG_TXN | if last { FLAG_TXN_LAST } else { 0 } | if first_batch { FLAG_TXN_FIRST } else { 0 };
+                }
                 let count = (end - start) as u32;
                 if count > 0 || (txn && last) {
+                    first_batch = false;
                     let header =
                         BatchHeader { flags, count, base_offset: next, append_time_ms: now, producer, sequence };
                     encode_batch(&mut buf, &header, &records[start..end]);
@@ -414,6 +467,7 @@ impl PartitionWriter {
                     break;
                 }
             }
+            self.reached = next;
             let tail = self.tail_mut();
             if let Some(action) = keel_types::faults::armed("log.append") {
                 // A torn write: half the bytes reach the file, then the process dies.

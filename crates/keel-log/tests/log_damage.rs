@@ -137,7 +137,7 @@ fn a_corrupted_length_field_is_damage_not_a_torn_tail() {
 }
 
 #[test]
-fn a_torn_tail_is_cut_and_a_whole_bad_last_frame_is_kept_aside() {
+fn a_torn_tail_is_cut_and_its_bytes_kept_aside() {
     let dir = tempfile::tempdir().unwrap();
     let topic = fifty_batches(dir.path(), TopicConfig::new(1));
     let seg = segments(dir.path(), 0).pop().unwrap();
@@ -151,12 +151,13 @@ fn a_torn_tail_is_cut_and_a_whole_bad_last_frame_is_kept_aside() {
     let (read, err, _) = read_until_error(&topic, 0);
     assert!(err.is_none());
     assert_eq!(read.len(), 4900);
+    // The cut frame's offsets may have been read: they go to a gap, never used again.
     let mut w = topic.writer(0, Durability::Fsync).unwrap();
-    assert_eq!(w.append(&[rec("after")]).unwrap(), (4900, 4901));
+    assert_eq!(w.append(&[rec("after")]).unwrap(), (5000, 5001));
     let aside = dir.path().join("topics/t/p-0000/damaged");
     let kept: Vec<_> = std::fs::read_dir(&aside).unwrap().map(|e| std::fs::read(e.unwrap().path()).unwrap()).collect();
     assert_eq!(kept, vec![bytes[last..].to_vec()]);
-    // A write cut short (a frame longer than the file) is cut without a copy.
+    // A write cut short (a frame longer than the file) is cut too, its bytes kept as well.
     drop(w);
     let len = std::fs::metadata(&seg).unwrap().len();
     std::fs::OpenOptions::new()
@@ -166,9 +167,9 @@ fn a_torn_tail_is_cut_and_a_whole_bad_last_frame_is_kept_aside() {
         .unwrap()
         .unwrap();
     let mut w = topic.writer(0, Durability::Fsync).unwrap();
-    assert_eq!(w.append(&[rec("again")]).unwrap(), (4901, 4902));
+    assert_eq!(w.append(&[rec("again")]).unwrap(), (5001, 5002), "no header, no offsets claimed");
     assert!(std::fs::metadata(&seg).unwrap().len() > len);
-    assert_eq!(std::fs::read_dir(&aside).unwrap().count(), 1);
+    assert_eq!(std::fs::read_dir(&aside).unwrap().count(), 2);
 }
 
 #[test]
@@ -369,4 +370,93 @@ fn a_writer_that_cached_the_tail_appends_to_the_repaired_segment_not_the_old_fil
     assert_eq!(gaps, vec![(1000, 1100)]);
     assert_eq!(read.last(), Some(&(5001, "record 5001".to_string())));
     assert_eq!(read.len(), 4902);
+}
+
+#[test]
+fn a_transaction_whose_first_batch_is_damaged_is_removed_whole_and_can_be_committed_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = Log::open(dir.path()).unwrap().create_topic("t", TopicConfig::new(1)).unwrap();
+    let mut w = topic.writer(0, Durability::OsBuffer).unwrap();
+    let big: Vec<Record> = (0..3000).map(|i| rec(&format!("{i:0>500}"))).collect();
+    w.commit_txn(7, 1, &big[..100]).unwrap();
+    assert!(matches!(w.commit_txn(7, 2, &big).unwrap(), TxnOutcome::Committed { base_offset: 100, .. }));
+    w.commit_txn(7, 3, &big[..10]).unwrap();
+    drop(w);
+    let seg = segments(dir.path(), 0).pop().unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    // The first batch of transaction 2: its later batches and its commit are whole.
+    let first = batch_position(&bytes, 1);
+    bytes[first + 100] ^= 1;
+    std::fs::write(&seg, &bytes).unwrap();
+    let report = topic.repair_partition(0, false).unwrap();
+    assert_eq!(report.damaged.len(), 1, "{report:?}");
+    assert_eq!(report.damaged[0].lost_offsets, Some((100, 3100)), "the whole transaction, through its commit");
+    let (read, err, _) = read_until_error(&topic, 0);
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(read.len(), 110);
+    // Its commit did not count: the producer's retry (from its staged file) goes through.
+    let mut w = topic.writer(0, Durability::Fsync).unwrap();
+    assert_eq!(w.last_committed(7).unwrap(), Some(3));
+    assert!(matches!(w.commit_txn(7, 2, &big[..5]).unwrap(), TxnOutcome::AlreadyCommitted));
+}
+
+#[test]
+fn a_cut_tail_leaves_its_offsets_to_a_gap_and_a_waiting_reader_follows_a_repair() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = fifty_batches(dir.path(), TopicConfig::new(1));
+    let mut reader = topic.reader(0, 0).unwrap();
+    let mut seen = 0;
+    while let Some(c) = reader.read(1 << 20).unwrap() {
+        seen += c.len();
+    }
+    assert_eq!(seen, 5000);
+    // A flipped bit in the length field of the last, acknowledged frame: it now claims more
+    // bytes than the file has, as a write in progress would.
+    let seg = segments(dir.path(), 0).pop().unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let last = batch_position(&bytes, 49);
+    bytes[last + 2] ^= 0x01;
+    std::fs::write(&seg, &bytes).unwrap();
+    // A reader that read it before goes on from 5000; the repair cuts the tail and leaves
+    // 4900..4999 to a gap, so the next record is 5000, not a new record at 4900.
+    let report = topic.repair_partition(0, false).unwrap();
+    assert_eq!(report.damaged[0].lost_offsets, Some((4900, 5000)), "{report:?}");
+    assert!(report.damaged[0].kept_in.is_some());
+    let mut w = topic.writer(0, Durability::Fsync).unwrap();
+    assert_eq!(w.append(&[rec("after")]).unwrap(), (5000, 5001));
+    let chunk = reader.read(1 << 20).unwrap().expect("the reader follows the repaired file");
+    let mut got = vec![];
+    chunk.for_each(|r| got.push((r.offset, r.value.to_vec()))).unwrap();
+    assert_eq!(got, vec![(5000, b"after".to_vec())]);
+    // The same when a writer (not a repair) cuts such a tail.
+    drop(w);
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let n = bytes.len();
+    let last = (0..n).rev().find(|&p| {
+        p + 8 < n && bytes[p..p + 4] == bytes[p..p + 4] && {
+            let len = u32::from_le_bytes(bytes[p..p + 4].try_into().unwrap()) as usize;
+            p + 8 + len == n
+        }
+    });
+    let last = last.expect("the last frame");
+    bytes[last + 2] ^= 0x01;
+    std::fs::write(&seg, &bytes).unwrap();
+    let mut w = topic.writer(0, Durability::Fsync).unwrap();
+    assert_eq!(w.append(&[rec("later")]).unwrap(), (5001, 5002), "offset 5000 is never used again");
+}
+
+#[test]
+fn a_writer_of_a_deleted_topic_writes_nothing_into_the_topic_made_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path()).unwrap();
+    let topic = log.create_topic("t", TopicConfig::new(1)).unwrap();
+    let mut old = topic.writer(0, Durability::Fsync).unwrap();
+    old.append(&[rec("before")]).unwrap();
+    log.delete_topic("t").unwrap();
+    let again = log.create_topic("t", TopicConfig::new(1)).unwrap();
+    let err = old.append(&[rec("stale")]).unwrap_err();
+    assert!(matches!(err, LogError::Deleted { .. }), "{err}");
+    assert_eq!(err.class(), keel_types::ErrorClass::External);
+    again.writer(0, Durability::Fsync).unwrap().append(&[rec("new")]).unwrap();
+    assert_eq!(read_until_error(&again, 0).0, vec![(0, "new".to_string())]);
 }

@@ -85,9 +85,10 @@ fn a_corrupted_tail_batch_is_truncated_and_corruption_before_good_data_is_an_err
     std::fs::write(&seg, &bytes).unwrap();
     // A reader waits at a damaged last frame (it may be an append in progress).
     assert_eq!(read_all(&topic, 0, 0), vec![(0, "first".to_string())]);
-    // A writer truncates it and continues after "first".
+    // A writer cuts it and continues after "first"; the offset the cut frame held may have been
+    // read, so it is skipped (a gap), never used for another record.
     let mut w = topic.writer(0, Durability::Fsync).unwrap();
-    assert_eq!(w.append(&[rec("again")]).unwrap(), (1, 2));
+    assert_eq!(w.append(&[rec("again")]).unwrap(), (2, 3));
     w.append(&[rec("more")]).unwrap();
     drop(w);
     // Damage in the middle, with good data after it, is reported, not skipped.
@@ -122,13 +123,15 @@ fn transactions_are_invisible_until_committed_and_commits_are_idempotent() {
     assert_eq!(read_all(&topic, 0, 0).len(), 3000, "the uncommitted transaction's whole batches must stay invisible");
     let mut w = topic.writer(0, Durability::Fsync).unwrap();
     assert_eq!(w.last_committed(7).unwrap(), Some(1), "the torn commit must not count");
+    // The cut transaction's offsets are skipped (a gap): its commit batch may have been whole
+    // once, and read, before the damage that looks like a cut write.
     assert!(matches!(
         w.commit_txn(7, 2, &[rec("retry")]).unwrap(),
-        TxnOutcome::Committed { base_offset: 3000, next_offset: 3001 }
+        TxnOutcome::Committed { base_offset: 6000, next_offset: 6001 }
     ));
     let all = read_all(&topic, 0, 0);
     assert_eq!(all.len(), 3001);
-    assert_eq!(all[3000], (3000, "retry".to_string()));
+    assert_eq!(all[3000], (6000, "retry".to_string()));
 }
 
 #[test]

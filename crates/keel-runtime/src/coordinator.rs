@@ -6,7 +6,11 @@
 //! Invariants: at most one checkpoint is in flight; a checkpoint is complete only when every task
 //! acknowledged it and its manifest is durable, and only then is `CheckpointComplete` sent; the
 //! last checkpoint of a job (bounded end or stop) is taken through `Finish`, after which no other
-//! checkpoint is triggered; checkpoint ids only grow, across restarts too.
+//! checkpoint is triggered; checkpoint ids only grow, across restarts too; the directory of an
+//! expired checkpoint is deleted as soon as every task has acknowledged it or a later one (a
+//! task writes into a checkpoint's directory only before it acknowledges it, and handles
+//! barriers in order), so a job whose checkpoints keep expiring does not fill the disk with
+//! their state, and no task ever writes into a deleted directory.
 
 use crate::error::{Result, RuntimeError};
 use crate::message::{Control, Event};
@@ -72,11 +76,22 @@ impl Coordinator {
         let mut last_trigger = Instant::now();
         let mut exhausted: HashSet<usize> = HashSet::new();
         let mut finishing = false;
+        // Expired checkpoints whose directories wait for the last task to pass them, and the
+        // newest checkpoint each task acknowledged.
+        let mut expired: std::collections::VecDeque<u64> = std::collections::VecDeque::new();
+        let mut acked = vec![0u64; self.tasks.len()];
         let sources = self.tasks.iter().filter(|t| t.is_source).count();
         loop {
             let wait = Duration::from_millis(50);
             match self.events.recv_timeout(wait) {
                 Ok(Event::Ack { task, checkpoint, files }) => {
+                    acked[task] = acked[task].max(checkpoint);
+                    let passed = acked.iter().copied().min().unwrap_or(0);
+                    while expired.front().is_some_and(|&old| old <= passed) {
+                        if let Some(old) = expired.pop_front() {
+                            self.store.discard_incomplete(old)?;
+                        }
+                    }
                     let Some(p) = pending.as_mut().filter(|p| p.id == checkpoint) else {
                         // An ack of an aborted checkpoint: ignore it.
                         continue;
@@ -121,6 +136,7 @@ impl Coordinator {
                     self.tasks.len()
                 );
                 Metrics::add(&self.metrics.checkpoints_aborted, 1);
+                expired.push_back(p.id);
                 pending = None;
             }
             if pending.is_some() || finishing {

@@ -201,6 +201,9 @@ fn run_attempt(
     if let Some(c) = &restored {
         check_state_claimed(c, graph)?;
     }
+    // Every task of an earlier attempt has exited: the directories of checkpoints it never
+    // completed are written by nobody now.
+    store.discard_incomplete_before(recovery.next_id)?;
     let next_id = recovery.next_id;
     match &restored {
         Some(c) => tracing::info!("job '{}': restoring checkpoint {}", config.name, c.id),

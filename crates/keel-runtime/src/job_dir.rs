@@ -74,6 +74,10 @@ pub struct JobFile {
     /// Facts sources record at the first start (for example bounded end offsets), by source.
     #[serde(default)]
     pub sources: BTreeMap<String, serde_json::Value>,
+    /// The pipeline file the job was first started from (`keel run`), to tell two files whose
+    /// names give one job name from a pipeline that changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<String>,
 }
 
 /// A job's directory with its identity loaded, owned by this process.
@@ -91,6 +95,21 @@ impl JobDir {
     /// Opens the job's directory as its owner, creating its identity on first start. `fresh`
     /// deletes what a previous run left (checkpoints, staged output, identity) and says so.
     pub fn open(data_dir: &Path, name: &str, fingerprint: &str, fresh: bool) -> Result<JobDir> {
+        JobDir::open_for(data_dir, name, fingerprint, fresh, None)
+    }
+
+    /// `open` for a pipeline file (`keel run`): recorded at the first start, so that another
+    /// file whose name gives the same job name is told so rather than taken for a changed
+    /// pipeline (whose advice, `--fresh`, would discard the other job).
+    pub fn open_for(
+        data_dir: &Path,
+        name: &str,
+        fingerprint: &str,
+        fresh: bool,
+        pipeline: Option<&Path>,
+    ) -> Result<JobDir> {
+        let pipeline =
+            pipeline.map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string());
         validate_job_name(name)?;
         let dir = data_dir.join("jobs").join(name);
         std::fs::create_dir_all(&dir)
@@ -122,6 +141,19 @@ impl JobDir {
             None => None,
         };
         match found {
+            Some(file)
+                if file.fingerprint != fingerprint
+                    && file.pipeline.is_some()
+                    && pipeline.is_some()
+                    && file.pipeline != pipeline =>
+            {
+                Err(RuntimeError::User(format!(
+                    "job '{name}' belongs to pipeline file {}, and this is {}: the two file names give the same job \
+                     name. Give this one its own with --name (--fresh would discard the other pipeline's job)",
+                    file.pipeline.unwrap_or_default(),
+                    pipeline.unwrap_or_default()
+                )))
+            }
             Some(file) if file.fingerprint != fingerprint => Err(RuntimeError::User(format!(
                 "the pipeline of job '{name}' changed since its state in {} was written; \
                  restore the original pipeline to resume, or run with --fresh to discard that state and start over",
@@ -139,6 +171,7 @@ impl JobDir {
                     fingerprint: fingerprint.to_string(),
                     created_ms: keel_types::time::now_ms(),
                     sources: BTreeMap::new(),
+                    pipeline,
                 };
                 write_identity(&dir, &file)?;
                 Ok(JobDir { dir, file, created: true, lock: Arc::new(lock) })

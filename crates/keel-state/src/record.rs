@@ -92,11 +92,28 @@ pub(crate) fn read(dir: &Path) -> Result<(Option<CompletionRecord>, Vec<String>)
     Ok((best, problems))
 }
 
-/// Writes `record` into its slot in place and fsyncs it (and the directory, the first time).
+/// Writes `record` into its slot in place and fsyncs it (and the directory, the first time). A
+/// record too large to read back (`MAX_RECORD`: many retained checkpoints of many subtasks)
+/// keeps the copies of its newest manifests that fit; the newest one always.
 pub(crate) fn write(dir: &Path, record: &CompletionRecord) -> Result<()> {
     let path = dir.join(SLOTS[(record.sequence % 2) as usize]);
     let new = !path.exists();
-    let bytes = encode(record)?;
+    let mut bytes = encode(record)?;
+    if bytes.len() > MAX_RECORD + 16 {
+        let mut trimmed = record.clone();
+        while bytes.len() > MAX_RECORD + 16 && trimmed.manifests.len() > 1 {
+            trimmed.manifests.pop();
+            bytes = encode(&trimmed)?;
+        }
+        if bytes.len() > MAX_RECORD + 16 {
+            return Err(StateError::Encode(format!(
+                "the completion record of checkpoint {} would take {} bytes, above the {MAX_RECORD} a record may \
+                 have (a manifest of that many state files)",
+                record.committed,
+                bytes.len()
+            )));
+        }
+    }
     let mut f = OpenOptions::new()
         .create(true)
         .truncate(false)

@@ -117,6 +117,19 @@ impl CheckpointStore {
                 }
             }
             Choice::Accept(n) => {
+                // Going back is for passing over damage only: a newer usable checkpoint means the
+                // option was left in place (a service definition, say) and would repeat output.
+                for &newer in ids.iter().rev().filter(|&&id| id > n) {
+                    if self.open_checkpoint(newer, record.as_ref(), &mut notes).is_ok() {
+                        return Err(StateError::NotRestorable {
+                            checkpoint: n,
+                            reason: format!(
+                                "checkpoint {newer}, newer, is intact; --from-checkpoint only goes back past damaged \
+                                 checkpoints (it would repeat the output committed after {n}): run without it"
+                            ),
+                        });
+                    }
+                }
                 if found.as_ref().is_none_or(|f| f.id != n) {
                     return Err(StateError::NotRestorable {
                         checkpoint: n,
@@ -420,6 +433,10 @@ mod tests {
         let r = store.recover(Choice::Newest).unwrap();
         assert_eq!((r.checkpoint.unwrap().id, r.next_id), (2, 4));
         write(&store, 4);
+        assert_eq!(store.latest().unwrap().unwrap().id, 4);
+        // The option left in place would go back again: refused, since 4 is intact.
+        let err = store.recover(Choice::Accept(2)).unwrap_err();
+        assert!(err.to_string().contains("checkpoint 4, newer, is intact"), "{err}");
         assert_eq!(store.latest().unwrap().unwrap().id, 4);
     }
 

@@ -118,6 +118,28 @@ impl CheckpointStore {
         StateFileWriter::new(name, self.dir.join(chk_dir_name(id)).join(name))
     }
 
+    /// Deletes the directory of checkpoint `id` if it never completed (an expired checkpoint);
+    /// a complete one is never deleted here.
+    pub fn discard_incomplete(&self, id: u64) -> Result<()> {
+        let dir = self.dir.join(chk_dir_name(id));
+        if dir.exists() && !dir.join(MANIFEST).exists() {
+            fs::remove_dir_all(&dir).map_err(StateError::io("cannot delete expired checkpoint", &dir))?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the directories of every checkpoint below `id` that never completed and whose
+    /// manifest the completion record does not hold a copy of (those can still be restored).
+    pub fn discard_incomplete_before(&self, id: u64) -> Result<()> {
+        let (record, _) = self.completion_record()?;
+        for old in self.ids()?.into_iter().filter(|&old| old < id) {
+            if record.as_ref().is_none_or(|r| r.manifest(old).is_none()) {
+                self.discard_incomplete(old)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Deletes all but the newest `retained` complete checkpoints, and incomplete ones older than
     /// the newest complete one; returns the ids kept that are complete.
     fn prune(&self, newest_complete: u64) -> Result<Vec<u64>> {
@@ -309,6 +331,20 @@ mod tests {
         // A flipped byte is found by the checksum (and, the only damaged file, rebuilt).
         fs::write(dir.path().join(chk_dir_name(1)).join("a"), b"hellO").unwrap();
         assert_eq!(store.latest().unwrap().unwrap().read("a").unwrap(), b"hello");
+    }
+
+    #[test]
+    fn an_expired_checkpoint_is_discarded_but_never_a_complete_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path(), 3).unwrap();
+        write(&store, 1, b"one");
+        let mut w = store.writer(2).unwrap();
+        w.put("a", b"partial").unwrap();
+        drop(w);
+        store.discard_incomplete(2).unwrap();
+        store.discard_incomplete(1).unwrap();
+        store.discard_incomplete(7).unwrap();
+        assert_eq!(store.ids().unwrap(), vec![1]);
     }
 
     #[test]
