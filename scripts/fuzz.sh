@@ -24,10 +24,10 @@ if [ ! -x "$tools/bin/cargo-fuzz" ]; then
   echo "== installing cargo-fuzz into $tools"
   cargo install cargo-fuzz --root "$tools"
 fi
+scripts/fuzz-seeds.sh
 export PATH="$tools/bin:$PATH"
 export RUSTC_BOOTSTRAP=1
 export CARGO_TARGET_DIR=${KEEL_FUZZ_TARGET:-$HOME/.cache/keel-fuzz-target}
-scripts/fuzz-seeds.sh
 echo "== building the fuzz targets (no sanitizer: Keel's own code is safe Rust; debug assertions on, so invariants are checked)"
 cargo fuzz build --sanitizer none --debug-assertions
 summary=$(mktemp)

@@ -10,7 +10,8 @@
 //! become a record (not UTF-8, not JSON, too long, no key), after the lines before it were
 //! written; whenever the command fails it says how many records were written durably and the
 //! first line that was not, because an append that fails leaves nothing of itself (the log
-//! cuts a failed write back), so every line before that one is in the topic exactly once.
+//! cuts a failed write back; should even that fail, the log says so, and the records of that
+//! one append may be there), so every line before that one is in the topic exactly once.
 
 use anyhow::{Context, Result, bail};
 use clap::Args;

@@ -389,21 +389,32 @@ impl FileSource {
                 Ok(decoded.batch)
             }
             FileSourceFormat::Csv { delimiter } => {
+                // A number no DECIMAL can take is refused before Arrow's parser sees it.
+                let guarded = crate::numbers::has_decimal(&self.cfg.schema)
+                    && lines.iter().any(|l| crate::numbers::huge_exponent_csv(l.text, delimiter).is_some());
                 // All lines through one reader; only when that fails (a bad line somewhere) are
                 // they read one by one, to tell the bad ones from the good.
-                if let Some(b) = self.decode_csv_whole(lines, delimiter) {
+                if !guarded && let Some(b) = self.decode_csv_whole(lines, delimiter) {
                     return Ok(b);
                 }
                 let mut batches = vec![];
                 for line in lines {
-                    let r = arrow::csv::ReaderBuilder::new(self.cfg.schema.clone())
-                        .with_delimiter(delimiter)
-                        .build(std::io::Cursor::new(line.text.to_vec()))
-                        .and_then(|mut r| r.next().transpose());
+                    if guarded && let Some(reason) = crate::numbers::huge_exponent_csv(line.text, delimiter) {
+                        self.bad(file, line, &reason)?;
+                        continue;
+                    }
+                    let r = keel_types::guard::no_panic("the CSV decoder", || {
+                        arrow::csv::ReaderBuilder::new(self.cfg.schema.clone())
+                            .with_delimiter(delimiter)
+                            .build(std::io::Cursor::new(line.text.to_vec()))
+                            .and_then(|mut r| r.next().transpose())
+                            .map_err(|e| e.to_string())
+                    })
+                    .and_then(|r| r);
                     match r {
                         Ok(Some(b)) if b.num_rows() == 1 => batches.push(b),
                         Ok(_) => self.bad(file, line, "the line holds no row")?,
-                        Err(e) => self.bad(file, line, &e.to_string())?,
+                        Err(e) => self.bad(file, line, &e)?,
                     }
                 }
                 arrow::compute::concat_batches(&self.cfg.schema, &batches).map_err(RuntimeError::arrow("CSV rows"))
@@ -419,15 +430,16 @@ impl FileSource {
             text.extend_from_slice(line.text);
             text.push(b'\n');
         }
-        let reader = arrow::csv::ReaderBuilder::new(self.cfg.schema.clone())
-            .with_delimiter(delimiter)
-            .with_batch_size(lines.len().max(1))
-            .build(std::io::Cursor::new(text))
-            .ok()?;
-        let mut batches = vec![];
-        for b in reader {
-            batches.push(b.ok()?);
-        }
+        // A panic in the decoder makes this `None`: the lines are then read one by one.
+        let batches = keel_types::guard::no_panic("the CSV decoder", || {
+            let reader = arrow::csv::ReaderBuilder::new(self.cfg.schema.clone())
+                .with_delimiter(delimiter)
+                .with_batch_size(lines.len().max(1))
+                .build(std::io::Cursor::new(text))
+                .ok()?;
+            reader.collect::<std::result::Result<Vec<_>, _>>().ok()
+        })
+        .ok()??;
         let batch = arrow::compute::concat_batches(&self.cfg.schema, &batches).ok()?;
         (batch.num_rows() == lines.len()).then_some(batch)
     }

@@ -61,6 +61,8 @@ pub struct JsonDecoder {
     schema: SchemaRef,
     decoder: Decoder,
     buf: Vec<u8>,
+    /// The schema has a DECIMAL column: numbers are checked first (`crate::numbers`).
+    decimals: bool,
 }
 
 /// The outcome of decoding a set of records.
@@ -80,7 +82,8 @@ fn new_decoder(schema: &SchemaRef, batch_size: usize) -> Result<Decoder, String>
 impl JsonDecoder {
     pub fn new(schema: SchemaRef) -> Result<Self, String> {
         let decoder = new_decoder(&schema, 8192)?;
-        Ok(JsonDecoder { schema, decoder, buf: Vec::new() })
+        let decimals = crate::numbers::has_decimal(&schema);
+        Ok(JsonDecoder { schema, decoder, buf: Vec::new(), decimals })
     }
 
     pub fn schema(&self) -> &SchemaRef {
@@ -92,9 +95,12 @@ impl JsonDecoder {
         if values.is_empty() {
             return Ok(Decoded { batch: RecordBatch::new_empty(self.schema.clone()), rows: vec![], bad: vec![] });
         }
-        // Records nested too deeply are never decoded (see MAX_JSON_DEPTH).
+        // Records nested too deeply are never decoded (see MAX_JSON_DEPTH), nor numbers a
+        // DECIMAL column cannot take (`crate::numbers`).
+        let refused =
+            |v: &[u8]| too_deep(v).or_else(|| if self.decimals { crate::numbers::huge_exponent_json(v) } else { None });
         let deep: Vec<(usize, String)> =
-            values.iter().enumerate().filter_map(|(i, v)| too_deep(v).map(|reason| (i, reason))).collect();
+            values.iter().enumerate().filter_map(|(i, v)| refused(v).map(|reason| (i, reason))).collect();
         if deep.is_empty() {
             self.decoder = new_decoder(&self.schema, values.len())?;
             if let Ok(batch) = self.decode_all(values)
@@ -144,14 +150,17 @@ impl JsonDecoder {
         }
         let mut rest: &[u8] = &buf;
         while !rest.is_empty() {
-            let n = self.decoder.decode(rest).map_err(|e| e.to_string())?;
+            // A panic in the decoder (a bug of arrow-json's on some input) is this set's error;
+            // the decoder is rebuilt before its next use.
+            let n = keel_types::guard::no_panic("the JSON decoder", || self.decoder.decode(rest))?
+                .map_err(|e| e.to_string())?;
             if n == 0 {
                 return Err("the decoder made no progress".into());
             }
             rest = &rest[n..];
         }
         self.buf = buf;
-        match self.decoder.flush().map_err(|e| e.to_string())? {
+        match keel_types::guard::no_panic("the JSON decoder", || self.decoder.flush())?.map_err(|e| e.to_string())? {
             Some(b) => Ok(b),
             None => Ok(RecordBatch::new_empty(self.schema.clone())),
         }

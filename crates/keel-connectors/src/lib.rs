@@ -16,6 +16,7 @@ pub mod error;
 pub mod file_source;
 pub mod json;
 pub mod nexmark;
+pub mod numbers;
 pub mod partitioned;
 pub mod sinks;
 mod splits;

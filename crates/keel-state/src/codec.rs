@@ -65,16 +65,31 @@ fn decode_error(context: &str) -> impl Fn(arrow::error::ArrowError) -> StateErro
 /// a restored state of GBs is not held twice.
 pub fn batches_from_ipc<'a>(bytes: &'a [u8], context: &str) -> Result<impl Iterator<Item = Result<RecordBatch>> + 'a> {
     let err = decode_error(context);
-    let reader = StreamReader::try_new(bytes, None).map_err(&err)?;
-    Ok(reader.map(move |b| b.map_err(&err)))
+    let panicked = panic_error(context);
+    // arrow-ipc panics on some malformed schemas (found by fuzzing): that is a decoding error.
+    let mut reader = keel_types::guard::no_panic("the Arrow IPC reader", || StreamReader::try_new(bytes, None))
+        .map_err(&panicked)?
+        .map_err(&err)?;
+    Ok(std::iter::from_fn(move || match keel_types::guard::no_panic("the Arrow IPC reader", || reader.next()) {
+        Ok(next) => next.map(|b| b.map_err(&err)),
+        Err(e) => Some(Err(panicked(e))),
+    }))
+}
+
+/// A decoding error from the message of a panic the guard caught.
+fn panic_error(context: &str) -> impl Fn(String) -> StateError + use<> {
+    let context = context.to_string();
+    move |reason| StateError::Decode { context: context.clone(), reason }
 }
 
 /// `batches_from_ipc`, concatenated into one batch (for small states).
 pub fn batch_from_ipc(bytes: &[u8], context: &str) -> Result<RecordBatch> {
     let err = decode_error(context);
-    let reader = StreamReader::try_new(bytes, None).map_err(&err)?;
+    let reader = keel_types::guard::no_panic("the Arrow IPC reader", || StreamReader::try_new(bytes, None))
+        .map_err(panic_error(context))?
+        .map_err(&err)?;
     let schema = reader.schema();
-    let batches = reader.collect::<std::result::Result<Vec<_>, _>>().map_err(&err)?;
+    let batches = batches_from_ipc(bytes, context)?.collect::<Result<Vec<_>>>()?;
     arrow::compute::concat_batches(&schema, &batches).map_err(err)
 }
 

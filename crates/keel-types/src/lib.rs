@@ -10,6 +10,7 @@
 pub mod checked_json;
 pub mod error;
 pub mod faults;
+pub mod guard;
 pub mod keys;
 pub mod lock;
 pub mod test_child;

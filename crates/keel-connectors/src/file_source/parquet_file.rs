@@ -52,9 +52,14 @@ impl ParquetCursor {
         let file = std::fs::File::open(path).map_err(|e| {
             OpenError::Other(RuntimeError::External(format!("table '{table}': cannot open {shown}: {e}")))
         })?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| {
-            OpenError::Unreadable(format!("table '{table}': {shown} is not a readable Parquet file: {e}"))
-        })?;
+        // The parquet reader panics on some malformed files (an embedded Arrow schema it cannot
+        // convert, found by fuzzing): such a file is unreadable, like one it refuses.
+        let builder =
+            keel_types::guard::no_panic("the Parquet reader", || ParquetRecordBatchReaderBuilder::try_new(file))
+                .and_then(|r| r.map_err(|e| e.to_string()))
+                .map_err(|e| {
+                    OpenError::Unreadable(format!("table '{table}': {shown} is not a readable Parquet file: {e}"))
+                })?;
         let file_schema = builder.schema().clone();
         let mut roots = vec![];
         let mut columns = vec![];
@@ -102,9 +107,13 @@ impl ParquetCursor {
                 let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
                 let builder = builder.with_projection(mask).with_row_groups(groups).with_batch_size(PARQUET_BATCH_ROWS);
                 let builder = if skip > 0 { builder.with_offset(skip as usize) } else { builder };
-                Some(builder.build().map_err(|e| {
-                    OpenError::Other(RuntimeError::User(format!("table '{table}': cannot read {shown}: {e}")))
-                })?)
+                Some(
+                    keel_types::guard::no_panic("the Parquet reader", || builder.build())
+                        .and_then(|r| r.map_err(|e| e.to_string()))
+                        .map_err(|e| {
+                            OpenError::Other(RuntimeError::User(format!("table '{table}': cannot read {shown}: {e}")))
+                        })?,
+                )
             }
         };
         Ok(ParquetCursor { reader, columns, schema: schema.clone(), path: shown })
@@ -113,7 +122,11 @@ impl ParquetCursor {
     /// The next rows in file order, conformed to the table's schema; `None` at the end.
     pub(crate) fn next_batch(&mut self, table: &str) -> Result<Option<RecordBatch>> {
         let Some(reader) = self.reader.as_mut() else { return Ok(None) };
-        let batch = match reader.next() {
+        let next = keel_types::guard::no_panic("the Parquet reader", || reader.next()).map_err(|e| {
+            self.reader = None;
+            RuntimeError::User(format!("table '{table}': cannot read {}: {e}", self.path))
+        })?;
+        let batch = match next {
             None => {
                 self.reader = None;
                 return Ok(None);
