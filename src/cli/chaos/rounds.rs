@@ -186,7 +186,14 @@ enum Kill {
     Timed(Duration),
     /// `KEEL_FAULTS=point=kill@n`: the child kills itself at the n-th hit of the point.
     Fault(&'static str, u64),
+    /// `KEEL_FAULTS=point=panic@n`: a task panics at the n-th hit, the job restarts inside the
+    /// child from its newest checkpoint, and the child is SIGKILLed this long after that restart
+    /// is logged.
+    Panic(&'static str, u64, Duration),
 }
+
+/// What the runtime logs when it restarts a failed job inside the process.
+const RESTART_LOGGED: &str = "from its newest checkpoint";
 
 /// One child `keel run`.
 struct Child<'a> {
@@ -242,20 +249,35 @@ impl Child<'_> {
             cmd.arg("--bounded");
         }
         let mut fallback = None;
-        let deadline = match &kill {
+        let mut deadline = match &kill {
             Some(Kill::Timed(d)) => *d,
             Some(Kill::Fault(point, n)) => {
                 cmd.env("KEEL_FAULTS", format!("{point}=kill@{n}"));
                 fallback = Some(format!("fault {point}@{n} not reached in {}s: timed", FAULT_WAIT.as_secs()));
                 FAULT_WAIT
             }
+            Some(Kill::Panic(point, n, _)) => {
+                cmd.env("KEEL_FAULTS", format!("{point}=panic@{n}"));
+                FAULT_WAIT
+            }
             None => FINISH_DEADLINE,
         };
         let started = Instant::now();
         let mut child = cmd.spawn().with_context(|| format!("starting {} run", self.exe.display()))?;
+        let mut restarted_at = None;
+        let mut polls = 0u64;
         let (status, we_killed) = loop {
             if let Some(s) = child.try_wait().context("waiting for keel run")? {
                 break (s, false);
+            }
+            polls += 1;
+            if let Some(Kill::Panic(_, _, after)) = &kill
+                && restarted_at.is_none()
+                && polls.is_multiple_of(10)
+                && log_since(self.log, from)?.contains(RESTART_LOGGED)
+            {
+                restarted_at = Some(started.elapsed());
+                deadline = started.elapsed() + *after;
             }
             if started.elapsed() >= deadline {
                 child.kill().context("killing keel run")?;
@@ -270,6 +292,16 @@ impl Child<'_> {
                 (Some(Kill::Fault(point, n)), false) => (format!("fault {point}@{n} after {ms} ms"), true),
                 (Some(Kill::Fault(..)), true) => (fallback.unwrap_or_default(), false),
                 (Some(Kill::Timed(_)), _) => (format!("timed at {ms} ms"), false),
+                (Some(Kill::Panic(point, n, _)), _) => match restarted_at {
+                    Some(r) => (
+                        format!(
+                            "timed at {ms} ms, {} ms after a panic at {point}@{n} restarted the job inside",
+                            r.as_millis()
+                        ),
+                        false,
+                    ),
+                    None => (format!("panic {point}@{n} not reached in {}s: timed", FAULT_WAIT.as_secs()), false),
+                },
                 (None, _) => bail!("keel run did not finish within {FINISH_DEADLINE:?}:\n{}", tail(&text)),
             };
             return Ok((Ended::Killed { how, by_fault }, text));
@@ -332,11 +364,21 @@ pub fn run(exe: &Path, dir: &Path, pipeline: Pipeline, plan: &Plan, progress: &m
         let bounded = !data_round && rng.below(2) == 0;
         let p = *rng.pick(&plan.parallelism);
         let interval = rng.pick(&plan.intervals).clone();
-        let kill = if rng.below(3) == 0 {
-            Kill::Timed(Duration::from_millis(TIMED_KILL_MS.start + rng.below(TIMED_KILL_MS.end - TIMED_KILL_MS.start)))
-        } else {
-            let &(point, most) = rng.pick(&points);
-            Kill::Fault(point, 1 + rng.below(most))
+        // A third timed kills; of the others, one in six panics a task first.
+        let timed = Duration::from_millis(TIMED_KILL_MS.start + rng.below(TIMED_KILL_MS.end - TIMED_KILL_MS.start));
+        let kill = match rng.below(6) {
+            0 | 1 => Kill::Timed(timed),
+            2 => {
+                // Only a task's panic is restarted inside the process; the checkpoint points are
+                // the coordinator's.
+                let in_tasks: Vec<_> = points.iter().filter(|(p, _)| !p.starts_with("checkpoint.")).collect();
+                let &&(point, most) = rng.pick(&in_tasks);
+                Kill::Panic(point, 1 + rng.below(most), timed)
+            }
+            _ => {
+                let &(point, most) = rng.pick(&points);
+                Kill::Fault(point, 1 + rng.below(most))
+            }
         };
         let (ended, text) = child.run(p, &interval, bounded, Some(kill))?;
         let resumed = resumed_from(&text);
@@ -408,9 +450,11 @@ pub fn run(exe: &Path, dir: &Path, pipeline: Pipeline, plan: &Plan, progress: &m
     Ok(out)
 }
 
-/// Notes the restarts a child made by itself (a task failed), with their causes.
+/// Notes the restarts a child made by itself (a task failed), with their causes; not those of
+/// the panics the benchmark injected.
 fn note_task_failures(text: &str, notes: &mut Vec<String>) {
-    for line in text.lines().filter(|l| l.contains(" failed: ") && l.contains("from its newest checkpoint")) {
+    let restarts = text.lines().filter(|l| l.contains(RESTART_LOGGED) && !l.contains("KEEL_FAULTS: injected panic"));
+    for line in restarts {
         notes.push(line.to_string());
     }
 }
