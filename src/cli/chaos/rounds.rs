@@ -364,7 +364,7 @@ pub fn run(exe: &Path, dir: &Path, pipeline: Pipeline, plan: &Plan, progress: &m
         let bounded = !data_round && rng.below(2) == 0;
         let p = *rng.pick(&plan.parallelism);
         let interval = rng.pick(&plan.intervals).clone();
-        // A third timed kills; of the others, one in six panics a task first.
+        // A third are timed kills, a sixth panic a task first, half kill at a fault point.
         let timed = Duration::from_millis(TIMED_KILL_MS.start + rng.below(TIMED_KILL_MS.end - TIMED_KILL_MS.start));
         let kill = match rng.below(6) {
             0 | 1 => Kill::Timed(timed),
