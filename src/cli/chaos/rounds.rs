@@ -34,6 +34,12 @@ use std::time::{Duration, Instant};
 const FAULT_WAIT: Duration = Duration::from_secs(4);
 /// Timed kills land this long after the child started, drawn uniformly.
 const TIMED_KILL_MS: std::ops::Range<u64> = 10..1_500;
+/// The same for a bounded round, which has little left to do: most of its kills are to land
+/// while it drains and finishes, not after.
+const BOUNDED_KILL_MS: std::ops::Range<u64> = 1..150;
+/// A bounded round's fault point fires at one of its first hits (a bounded run takes few
+/// checkpoints).
+const BOUNDED_MOST_HITS: u64 = 2;
 /// How long the final run and the producer may take before the benchmark gives up.
 const FINISH_DEADLINE: Duration = Duration::from_secs(900);
 
@@ -365,7 +371,9 @@ pub fn run(exe: &Path, dir: &Path, pipeline: Pipeline, plan: &Plan, progress: &m
         let p = *rng.pick(&plan.parallelism);
         let interval = rng.pick(&plan.intervals).clone();
         // A third are timed kills, a sixth panic a task first, half kill at a fault point.
-        let timed = Duration::from_millis(TIMED_KILL_MS.start + rng.below(TIMED_KILL_MS.end - TIMED_KILL_MS.start));
+        let range = if bounded { BOUNDED_KILL_MS } else { TIMED_KILL_MS };
+        let timed = Duration::from_millis(range.start + rng.below(range.end - range.start));
+        let hit = |rng: &mut Rng, most: u64| 1 + rng.below(if bounded { most.min(BOUNDED_MOST_HITS) } else { most });
         let kill = match rng.below(6) {
             0 | 1 => Kill::Timed(timed),
             2 => {
@@ -373,11 +381,11 @@ pub fn run(exe: &Path, dir: &Path, pipeline: Pipeline, plan: &Plan, progress: &m
                 // the coordinator's.
                 let in_tasks: Vec<_> = points.iter().filter(|(p, _)| !p.starts_with("checkpoint.")).collect();
                 let &&(point, most) = rng.pick(&in_tasks);
-                Kill::Panic(point, 1 + rng.below(most), timed)
+                Kill::Panic(point, hit(&mut rng, most), timed)
             }
             _ => {
                 let &(point, most) = rng.pick(&points);
-                Kill::Fault(point, 1 + rng.below(most))
+                Kill::Fault(point, hit(&mut rng, most))
             }
         };
         let (ended, text) = child.run(p, &interval, bounded, Some(kill))?;
@@ -428,17 +436,16 @@ pub fn run(exe: &Path, dir: &Path, pipeline: Pipeline, plan: &Plan, progress: &m
     out.verdict = match pipeline.output() {
         Output::Topic { topic, changelog, .. } => {
             let records = topic_records(dir, topic)?;
-            let parsed = parse_rows(&records);
             if changelog {
-                compare::compare_changelog(&expected, &parsed, key, value)
+                compare::compare_changelog(&expected, records.iter().map(|r| parse_row(r)), key, value)
             } else {
-                compare::compare(&expected, &parsed, key, value)
+                compare::compare(&expected, &records.iter().map(|r| parse_row(r)).collect::<Vec<_>>(), key, value)
             }
         }
         Output::Files => {
             let (rows, hidden) = file_rows(&out_dir)?;
             out.leftovers = hidden;
-            compare::compare(&expected, &parse_rows(&rows), key, value)
+            compare::compare(&expected, &rows.iter().map(|r| parse_row(r)).collect::<Vec<_>>(), key, value)
         }
     }
     .map_err(|e| anyhow::anyhow!("{}: {e}", pipeline.name()))?;
@@ -459,9 +466,9 @@ fn note_task_failures(text: &str, notes: &mut Vec<String>) {
     }
 }
 
-/// Parses records as JSON; a record that is not JSON becomes a string value (compared as wrong).
-fn parse_rows(records: &[String]) -> Vec<Value> {
-    records.iter().map(|r| serde_json::from_str(r).unwrap_or_else(|_| Value::String(r.clone()))).collect()
+/// Parses a record as JSON; one that is not JSON becomes a string value (compared as wrong).
+fn parse_row(record: &str) -> Value {
+    serde_json::from_str(record).unwrap_or_else(|_| Value::String(record.to_string()))
 }
 
 /// Every committed record of a topic, as text.
