@@ -38,7 +38,8 @@ enum Command {
     Run(cli::run::RunArgs),
     /// Generate sample events and run a windowed SQL pipeline over them (start here).
     Demo(cli::demo::DemoArgs),
-    /// Measure throughput: the windowed SQL pipeline (`windows`) or the Nexmark queries (`nexmark`).
+    /// Benchmarks: throughput of the windowed SQL pipeline (`windows`) or the Nexmark queries
+    /// (`nexmark`); exactly-once under SIGKILLs at seeded moments (`chaos`).
     Bench(cli::bench::BenchArgs),
 }
 

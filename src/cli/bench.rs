@@ -1,7 +1,9 @@
-//! `keel bench`: throughput benchmarks, each run in a child `keel run`, reported as a Markdown table. `windows` runs
-//! the demo's windowed pipeline from a topic of JSON events to a topic; `nexmark` runs the Nexmark
-//! queries Keel supports on the generator. Both report events per second of wall time and per
-//! CPU-second (the per-core rate), the checkpoints taken and the peak memory.
+//! `keel bench`: benchmarks, each run in child `keel run`s, reported as a Markdown table. `windows`
+//! runs the demo's windowed pipeline from a topic of JSON events to a topic; `nexmark` runs the
+//! Nexmark queries Keel supports on the generator. Both report events per second of wall time and
+//! per CPU-second (the per-core rate), the checkpoints taken and the peak memory. `chaos`
+//! (`chaos/`) measures exactly-once instead: pipelines SIGKILLed at seeded moments, their output
+//! compared with an independent computation.
 
 use crate::cli::demo::demo_sql;
 use anyhow::{Context, Result};
@@ -12,17 +14,18 @@ use std::path::Path;
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// `windows` (tumbling-window SQL from a JSON topic to a topic) or `nexmark`.
+    /// `windows` (tumbling-window SQL from a JSON topic to a topic), `nexmark`, or `chaos`
+    /// (pipelines SIGKILLed at seeded moments, output compared with an independent computation).
     #[arg(default_value = "windows")]
     suite: String,
-    /// Events per run.
-    #[arg(long, default_value_t = 10_000_000)]
-    events: u64,
-    /// Parallelism values to measure, comma-separated.
+    /// Events per run (default 10,000,000; chaos: per pipeline, default 20,000).
+    #[arg(long)]
+    events: Option<u64>,
+    /// Parallelism values to measure, comma-separated (chaos: each round chooses one).
     #[arg(long, default_value = "1,2")]
     parallelism: String,
     /// Checkpoint intervals to measure, comma-separated (`off` for none); default `off,1s` for
-    /// windows and `off,10s` for nexmark.
+    /// windows and `off,10s` for nexmark (chaos: each round chooses one of `50ms,100ms,250ms`).
     #[arg(long)]
     checkpoint_interval: Option<String>,
     /// Partitions of the windows benchmark's topic.
@@ -36,6 +39,8 @@ pub struct BenchArgs {
     /// Nexmark queries to run, comma-separated.
     #[arg(long, default_value = "q0,q1,q2,q3,q4,q5,q7,q8,q9,q10,q11,q12,q13,q14,q15,q16,q17,q18,q19,q20,q21,q22")]
     queries: String,
+    #[command(flatten)]
+    chaos: crate::cli::chaos::ChaosArgs,
 }
 
 const NEXMARK_DDL: &str = include_str!("../../nexmark/ddl.sql");
@@ -208,25 +213,31 @@ pub fn bench(data_dir: &Path, args: BenchArgs) -> Result<()> {
         .context("--parallelism takes numbers like 1,2")?;
     let dir = data_dir.join("bench");
     std::fs::create_dir_all(&dir)?;
+    let events = args.events.unwrap_or(10_000_000);
     match args.suite.as_str() {
+        "chaos" => {
+            let intervals = args.checkpoint_interval.as_deref().unwrap_or(crate::cli::chaos::DEFAULT_INTERVALS);
+            let events = args.events.unwrap_or(crate::cli::chaos::DEFAULT_EVENTS);
+            return crate::cli::chaos::chaos(&dir, &args.chaos, events, parallelism, intervals);
+        }
         "windows" => {
             let intervals = args.checkpoint_interval.unwrap_or_else(|| "off,1s".into());
             let log = Log::open(&dir)?;
-            let source = format!("bench-events-{}", args.events);
+            let source = format!("bench-events-{}", events);
             let topic = log.topic_or_create(&source, TopicConfig::new(args.partitions))?;
             let have: u64 = topic.describe()?.iter().map(|p| p.end_offset).sum();
-            if have != args.events {
+            if have != events {
                 if have != 0 {
                     log.delete_topic(&source)?;
                 }
                 let topic = log.topic_or_create(&source, TopicConfig::new(args.partitions))?;
-                eprintln!("generating {} events into topic '{source}'...", args.events);
-                sample::fill_topic(&topic, args.events, 7, 1_000, 1)?;
+                eprintln!("generating {} events into topic '{source}'...", events);
+                sample::fill_topic(&topic, events, 7, 1_000, 1)?;
             }
             let bytes: u64 = log.topic(&source)?.describe()?.iter().map(|p| p.size_bytes).sum();
             println!(
                 "benchmark: tumbling 10 s window COUNT/SUM per user (1,000 users, 1 event per ms), {} JSON events ({:.0} MB) from topic to topic",
-                args.events,
+                events,
                 bytes as f64 / 1e6
             );
             header();
@@ -238,7 +249,7 @@ pub fn bench(data_dir: &Path, args: BenchArgs) -> Result<()> {
                     }
                     let pipeline = dir.join(format!("bench-p{p}-{ci}.sql"));
                     std::fs::write(&pipeline, demo_sql(&source, &sink))?;
-                    measure(&dir, "windows", pipeline, p, ci, args.events, args.repeat)?;
+                    measure(&dir, "windows", pipeline, p, ci, events, args.repeat)?;
                 }
             }
         }
@@ -246,7 +257,7 @@ pub fn bench(data_dir: &Path, args: BenchArgs) -> Result<()> {
             let intervals = args.checkpoint_interval.unwrap_or_else(|| "off,10s".into());
             println!(
                 "benchmark: Nexmark queries on {} generated events (blackhole sinks; q10 writes CSV files under {})",
-                args.events,
+                events,
                 dir.join("nexmark-output").display()
             );
             header();
@@ -265,14 +276,14 @@ pub fn bench(data_dir: &Path, args: BenchArgs) -> Result<()> {
                         }
                         std::fs::write(
                             &pipeline,
-                            format!("{}\n{sql}", NEXMARK_DDL.replace("${EVENTS}", &args.events.to_string())),
+                            format!("{}\n{sql}", NEXMARK_DDL.replace("${EVENTS}", &events.to_string())),
                         )?;
-                        measure(&dir, &format!("nexmark {q}"), pipeline, p, ci, args.events, args.repeat)?;
+                        measure(&dir, &format!("nexmark {q}"), pipeline, p, ci, events, args.repeat)?;
                     }
                 }
             }
         }
-        other => anyhow::bail!("unknown benchmark '{other}': use windows or nexmark"),
+        other => anyhow::bail!("unknown benchmark '{other}': use windows, nexmark or chaos"),
     }
     println!("(events per CPU-second = events / (user + system CPU time): the per-core rate; peak RSS is the");
     println!(" resident memory high-water mark of that run's process)");

@@ -1,6 +1,7 @@
 //! The command implementations behind `keel`'s subcommands.
 
 pub mod bench;
+pub mod chaos;
 pub mod demo;
 pub mod materialize;
 pub mod produce;
