@@ -1,9 +1,9 @@
 //! A guard before Arrow's decimal parser: a number written with an exponent of more than
-//! `MAX_EXPONENT_DIGITS` digits (`7.7e70777778`) makes arrow-cast's `parse_decimal` overflow its
-//! 16-bit exponent: a panic in a build with overflow checks (found by the `json_records` fuzz
-//! target), a silently wrong value in a release build. No DECIMAL can hold such a number, so a
-//! record or line holding one, read into a table with a DECIMAL column, is a bad record before
-//! Arrow sees it.
+//! `MAX_EXPONENT_DIGITS` digits (`7.7e70777778`), or with more than `MAX_NUMBER_DIGITS` digits,
+//! makes arrow-cast's `parse_decimal` overflow its counters: a panic in a build with overflow
+//! checks (found by the `json_records` fuzz target), a silently wrong value in a release build.
+//! No DECIMAL can hold such a number, so a record or line holding one, read into a table with a
+//! DECIMAL column, is a bad record before Arrow sees it.
 //!
 //! Invariant: only tables with a DECIMAL column pay for the scan, and only a token that is a
 //! whole number (outside JSON strings, or the whole of a string or CSV field) is judged, so text
@@ -14,6 +14,10 @@ use arrow::datatypes::{DataType, Field, Schema};
 /// The most digits (after leading zeros) an exponent may have: 9999 is far beyond any DECIMAL
 /// (38 or 76 digits) and within arrow-cast's `i16`.
 pub const MAX_EXPONENT_DIGITS: usize = 4;
+/// The most digits a number may have before its exponent: arrow-cast counts them in a `u8`
+/// (300 digits overflow it: a panic with overflow checks, a wrong value without), and no DECIMAL
+/// has more than 76.
+pub const MAX_NUMBER_DIGITS: usize = 100;
 
 /// Whether a table's columns (nested fields included) hold a DECIMAL.
 pub fn has_decimal(schema: &Schema) -> bool {
@@ -28,20 +32,33 @@ pub fn has_decimal(schema: &Schema) -> bool {
     schema.fields().iter().any(|f| field(f))
 }
 
-/// Why `token` (the whole of it) is refused: a number whose exponent has too many digits.
+/// Why `token` (the whole of it) is refused: a number-like token (digits, `.`, signs, an `e`)
+/// whose exponent starts with too many digits. Arrow reads the exponent's digits before it looks
+/// at what follows them, so `1E99999.5` overflows it as much as `1E99999` does.
 fn huge_exponent(token: &[u8]) -> Option<String> {
-    let t = token.strip_prefix(b"-").or_else(|| token.strip_prefix(b"+")).unwrap_or(token);
-    let e = t.iter().position(|&b| b == b'e' || b == b'E')?;
-    let (mantissa, exponent) = (&t[..e], &t[e + 1..]);
-    let exponent = exponent.strip_prefix(b"-").or_else(|| exponent.strip_prefix(b"+")).unwrap_or(exponent);
-    let numeric = |s: &[u8]| !s.is_empty() && s.iter().all(|b| b.is_ascii_digit() || *b == b'.');
-    if !numeric(mantissa) || exponent.is_empty() || !exponent.iter().all(u8::is_ascii_digit) {
+    if !token.iter().all(|&b| matches!(b, b'0'..=b'9' | b'.' | b'+' | b'-' | b'e' | b'E')) {
         return None;
     }
-    let digits = exponent.iter().skip_while(|&&b| b == b'0').count();
+    let e = token.iter().position(|&b| b == b'e' || b == b'E').unwrap_or(token.len());
+    let mantissa = token[..e].iter().filter(|b| b.is_ascii_digit()).count();
+    if mantissa == 0 {
+        return None;
+    }
+    if mantissa > MAX_NUMBER_DIGITS {
+        return Some(format!(
+            "the number {}... has {mantissa} digits; a DECIMAL takes numbers of at most {MAX_NUMBER_DIGITS}",
+            String::from_utf8_lossy(&token[..token.len().min(64)])
+        ));
+    }
+    if e == token.len() {
+        return None;
+    }
+    let exponent = &token[e + 1..];
+    let exponent = exponent.strip_prefix(b"-").or_else(|| exponent.strip_prefix(b"+")).unwrap_or(exponent);
+    let digits = exponent.iter().take_while(|b| b.is_ascii_digit()).skip_while(|&&b| b == b'0').count();
     (digits > MAX_EXPONENT_DIGITS).then(|| {
         format!(
-            "the number {} has an exponent of {digits} digits; a DECIMAL takes exponents of at most \
+            "the number {} has an exponent of {digits} digits or more; a DECIMAL takes exponents of at most \
              {MAX_EXPONENT_DIGITS}",
             String::from_utf8_lossy(&token[..token.len().min(64)])
         )
@@ -116,5 +133,11 @@ mod tests {
         assert!(huge_exponent_csv(b"a,\"1,2\",9e999999", b',').is_some());
         assert!(huge_exponent_csv(b"a,\"1e999999 apples\",3", b',').is_none());
         assert!(huge_exponent_csv(b"1e12;x", b';').is_none());
+        // Arrow reads the exponent's digits before what follows them (found by fuzzing).
+        assert!(huge_exponent_json(br#"{"dec":"99E999999999.99"}"#).is_some());
+        assert!(huge_exponent_json(br#"{"dec":99E99999.9e1}"#).is_some());
+        let long = format!(r#"{{"dec":"{}.5"}}"#, "9".repeat(300));
+        assert!(huge_exponent_json(long.as_bytes()).unwrap().contains("301 digits"));
+        assert!(huge_exponent_json(format!(r#"{{"dec":{}}}"#, "9".repeat(100)).as_bytes()).is_none());
     }
 }
