@@ -201,7 +201,18 @@ impl CheckpointWriter {
     /// (atomically), prunes old checkpoints, and records the checkpoint in the completion record
     /// with a copy of its manifest. Once this returns, sinks may commit its output.
     pub fn commit(self, meta: serde_json::Value) -> Result<()> {
+        let started = std::time::Instant::now();
         let parity = if self.store.parity { write_parity(&self.dir, &self.files)? } else { None };
+        if let Some(p) = &parity {
+            tracing::debug!(
+                "checkpoint {}: parity of {} state file(s), {} bytes in all, written ({} bytes) in {:?}",
+                self.id,
+                self.files.len(),
+                self.files.iter().map(|f| f.size).sum::<u64>(),
+                p.size,
+                started.elapsed()
+            );
+        }
         let manifest = Manifest {
             format_version: FORMAT_VERSION,
             checkpoint_id: self.id,
