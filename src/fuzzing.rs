@@ -286,6 +286,15 @@ pub fn state_ipc(data: &[u8]) {
     let _ = keel_state::batch_from_ipc(data, "fuzz");
 }
 
+/// Called once by every fuzz target before its first input: puts back the default panic hook.
+/// libfuzzer-sys installs one that aborts on every panic, caught or not, so a third-party
+/// decoder's panic that `keel_types::guard::no_panic` turns into an error would be reported as
+/// a crash and stop the run. A panic that escapes a target still aborts it: libfuzzer-sys
+/// catches the unwind at the input's boundary and aborts there, which the fuzzer reports.
+pub fn unwind_caught_panics() {
+    let _ = std::panic::take_hook();
+}
+
 /// A fuzz target's body.
 pub type Target = fn(&[u8]);
 

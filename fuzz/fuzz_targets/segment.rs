@@ -1,4 +1,4 @@
 //! Fuzz target `segment`: see `keel::fuzzing::segment` for what it feeds and what it checks.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| keel::fuzzing::segment(data));
+libfuzzer_sys::fuzz_target!(init: keel::fuzzing::unwind_caught_panics(), |data: &[u8]| keel::fuzzing::segment(data));
