@@ -215,24 +215,31 @@ fn damage_in_a_closed_segment_and_a_missing_segment_are_reported_and_repaired() 
     assert_eq!(gaps.len(), 2);
 }
 
-#[test]
-fn a_transaction_cut_by_damage_is_removed_whole() {
+/// A partition holding transactions 1 (offsets 0..100), 2 (3,000 records of about 500 bytes,
+/// several batches: offsets 100..3100) and 3, with one byte flipped in batch `batch` of the
+/// segment (0 is transaction 1's), repaired; the directory, the topic and the repair's report.
+fn three_transactions_one_batch_flipped(batch: usize) -> (tempfile::TempDir, Topic, keel_log::RepairReport) {
     let dir = tempfile::tempdir().unwrap();
     let topic = Log::open(dir.path()).unwrap().create_topic("t", TopicConfig::new(1)).unwrap();
     let mut w = topic.writer(0, Durability::OsBuffer).unwrap();
     let big: Vec<Record> = (0..3000).map(|i| rec(&format!("{i:0>500}"))).collect();
     w.commit_txn(7, 1, &big[..100]).unwrap();
-    // Transaction 2 spans several batches (about 1 MB each).
     assert!(matches!(w.commit_txn(7, 2, &big).unwrap(), TxnOutcome::Committed { base_offset: 100, .. }));
     w.commit_txn(7, 3, &big[..10]).unwrap();
     drop(w);
     let seg = segments(dir.path(), 0).pop().unwrap();
     let mut bytes = std::fs::read(&seg).unwrap();
-    // Damage the second batch of transaction 2: its first batch is whole but can never commit.
-    let second_batch = batch_position(&bytes, 2);
-    bytes[second_batch + 100] ^= 1;
+    let at = batch_position(&bytes, batch);
+    bytes[at + 100] ^= 1;
     std::fs::write(&seg, &bytes).unwrap();
     let report = topic.repair_partition(0, false).unwrap();
+    (dir, topic, report)
+}
+
+#[test]
+fn a_transaction_cut_by_damage_is_removed_whole() {
+    // Damage the second batch of transaction 2: its first batch is whole but can never commit.
+    let (_dir, topic, report) = three_transactions_one_batch_flipped(2);
     assert_eq!(report.damaged.len(), 1);
     assert_eq!(report.damaged[0].lost_offsets.unwrap().0, 100, "the whole transaction from its first offset");
     let (read, err, _) = read_until_error(&topic, 0);
@@ -374,21 +381,8 @@ fn a_writer_that_cached_the_tail_appends_to_the_repaired_segment_not_the_old_fil
 
 #[test]
 fn a_transaction_whose_first_batch_is_damaged_is_removed_whole_and_can_be_committed_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let topic = Log::open(dir.path()).unwrap().create_topic("t", TopicConfig::new(1)).unwrap();
-    let mut w = topic.writer(0, Durability::OsBuffer).unwrap();
-    let big: Vec<Record> = (0..3000).map(|i| rec(&format!("{i:0>500}"))).collect();
-    w.commit_txn(7, 1, &big[..100]).unwrap();
-    assert!(matches!(w.commit_txn(7, 2, &big).unwrap(), TxnOutcome::Committed { base_offset: 100, .. }));
-    w.commit_txn(7, 3, &big[..10]).unwrap();
-    drop(w);
-    let seg = segments(dir.path(), 0).pop().unwrap();
-    let mut bytes = std::fs::read(&seg).unwrap();
     // The first batch of transaction 2: its later batches and its commit are whole.
-    let first = batch_position(&bytes, 1);
-    bytes[first + 100] ^= 1;
-    std::fs::write(&seg, &bytes).unwrap();
-    let report = topic.repair_partition(0, false).unwrap();
+    let (_dir, topic, report) = three_transactions_one_batch_flipped(1);
     assert_eq!(report.damaged.len(), 1, "{report:?}");
     assert_eq!(report.damaged[0].lost_offsets, Some((100, 3100)), "the whole transaction, through its commit");
     let (read, err, _) = read_until_error(&topic, 0);
@@ -397,7 +391,7 @@ fn a_transaction_whose_first_batch_is_damaged_is_removed_whole_and_can_be_commit
     // Its commit did not count: the producer's retry (from its staged file) goes through.
     let mut w = topic.writer(0, Durability::Fsync).unwrap();
     assert_eq!(w.last_committed(7).unwrap(), Some(3));
-    assert!(matches!(w.commit_txn(7, 2, &big[..5]).unwrap(), TxnOutcome::AlreadyCommitted));
+    assert!(matches!(w.commit_txn(7, 2, &[rec("a retry")]).unwrap(), TxnOutcome::AlreadyCommitted));
 }
 
 #[test]
