@@ -22,6 +22,11 @@ fn query(name: &str, data: &Path) -> std::path::PathBuf {
          WITH ('connector' = 'blackhole');
          INSERT INTO all_bids SELECT auction, bidder, price, channel, url, dateTime, extra FROM bid;"
             .to_string()
+    } else if name == "null_rows" {
+        // Every event, with whether its person row and that row's id read as NULL.
+        "CREATE TABLE null_rows (event_type INT, row_null BOOLEAN, id_null BOOLEAN) WITH ('connector' = 'blackhole');
+         INSERT INTO null_rows SELECT event_type, person IS NULL, person.id IS NULL FROM datagen;"
+            .to_string()
     } else {
         std::fs::read_to_string(root.join(format!("{name}.sql"))).unwrap()
     };
@@ -245,4 +250,15 @@ fn chrono_ms(t: &str) -> i64 {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
     days * 86_400_000 + p(11, 13) * 3_600_000 + p(14, 16) * 60_000 + p(17, 19) * 1000 + p(20, 23)
+}
+
+#[test]
+fn the_fields_of_an_absent_row_are_null() {
+    let rows = run_query("null_rows", "1");
+    assert_eq!(rows.len() as u64, EVENTS);
+    for r in &rows {
+        let person = r["event_type"] == 0;
+        assert_eq!(r["row_null"], !person, "{r}");
+        assert_eq!(r["id_null"], !person, "person.id of a non-person event is NULL, as in Flink: {r}");
+    }
 }

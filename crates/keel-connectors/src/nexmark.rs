@@ -18,7 +18,8 @@
 use crate::error::ConnectorError;
 use crate::splits::Splits;
 use arrow::array::{
-    Array, ArrayRef, Int32Array, Int64Array, RecordBatch, StringBuilder, StructArray, TimestampMillisecondArray,
+    Array, ArrayRef, BooleanArray, Int32Array, Int64Array, RecordBatch, StringBuilder, StructArray,
+    TimestampMillisecondArray,
 };
 use arrow::buffer::NullBuffer;
 use arrow::datatypes::{DataType, Field, Fields, SchemaRef, TimeUnit};
@@ -371,7 +372,9 @@ fn t(v: Vec<i64>) -> ArrayRef {
 }
 
 /// Builds a struct column of `declared` type from named children; the row is null where
-/// `valid` is false. Declared fields are matched to children by name, ignoring case.
+/// `valid` is false, and so is each of its fields (SQL reads `person.id` of a bid as NULL, as
+/// Flink and Keel's filesystem source do, not as the 0 or "" the generator leaves there).
+/// Declared fields are matched to children by name, ignoring case.
 fn row(
     declared: &DataType,
     children: Vec<(&str, ArrayRef)>,
@@ -381,6 +384,7 @@ fn row(
     let DataType::Struct(fields) = declared else {
         return Err(format!("column {column} must be a ROW<...>, as in the Nexmark DDL"));
     };
+    let absent = BooleanArray::from(valid.iter().map(|v| !v).collect::<Vec<_>>());
     let mut arrays = vec![];
     for f in fields.iter() {
         let (_, a) = children.iter().find(|(n, _)| n.eq_ignore_ascii_case(f.name())).ok_or_else(|| {
@@ -395,7 +399,7 @@ fn row(
         } else {
             arrow::compute::cast(a, f.data_type()).map_err(|e| e.to_string())?
         };
-        arrays.push(a);
+        arrays.push(arrow::compute::nullif(&a, &absent).map_err(|e| e.to_string())?);
     }
     let fields: Fields =
         fields.iter().map(|f| Arc::new(f.as_ref().clone().with_nullable(true))).collect::<Vec<_>>().into();
@@ -676,6 +680,10 @@ mod tests {
         assert_eq!((count(0), count(1), count(2)), (100, 300, 4600));
         let bids = b.column(3).as_struct();
         assert!(bids.is_null(0) && bids.is_valid(4));
+        // The fields of an absent row are NULL too, not the generator's zeros.
+        let persons = b.column(1).as_struct();
+        assert!(persons.is_valid(0) && persons.column(0).is_valid(0));
+        assert!((0..persons.num_columns()).all(|c| persons.column(c).is_null(4) && bids.column(c.min(6)).is_null(0)));
         let prices = bids.column(2).as_primitive::<arrow::datatypes::Int64Type>();
         assert!((4..5000).filter(|n| n % 50 >= 4).all(|n| prices.value(n) >= 100 && prices.value(n) <= 100_000_000));
     }
