@@ -159,19 +159,10 @@ pub(crate) fn parse_header(buf: &[u8]) -> Option<(usize, BatchHeader)> {
         return None;
     }
     let len = u32_at(buf, 0) as usize;
-    if !(BODY_HEADER..=MAX_BODY).contains(&len) || buf[FRAME_HEADER] != VERSION {
+    if !(BODY_HEADER..=MAX_BODY).contains(&len) {
         return None;
     }
-    let body = &buf[FRAME_HEADER..];
-    let header = BatchHeader {
-        flags: body[1],
-        count: u32_at(body, 2),
-        base_offset: u64_at(body, 6),
-        append_time_ms: u64_at(body, 14) as i64,
-        producer: u64_at(body, 22),
-        sequence: u64_at(body, 30),
-    };
-    Some((FRAME_HEADER + len, header))
+    Some((FRAME_HEADER + len, header_ignoring_length(buf)?))
 }
 
 /// Reads the frame at the start of `buf`, checking its CRC when `verify` is set.
