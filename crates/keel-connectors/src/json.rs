@@ -99,9 +99,9 @@ impl JsonDecoder {
         // DECIMAL column cannot take (`crate::numbers`).
         let refused =
             |v: &[u8]| too_deep(v).or_else(|| if self.decimals { crate::numbers::huge_exponent_json(v) } else { None });
-        let deep: Vec<(usize, String)> =
+        let refusals: Vec<(usize, String)> =
             values.iter().enumerate().filter_map(|(i, v)| refused(v).map(|reason| (i, reason))).collect();
-        if deep.is_empty() {
+        if refusals.is_empty() {
             self.decoder = new_decoder(&self.schema, values.len())?;
             if let Ok(batch) = self.decode_all(values)
                 && batch.num_rows() == values.len()
@@ -112,9 +112,9 @@ impl JsonDecoder {
         // Slow path: find the bad ones one by one, then decode the good ones together.
         let mut good = vec![];
         let mut bad = vec![];
-        let mut deep = deep.into_iter().peekable();
+        let mut refusals = refusals.into_iter().peekable();
         for (i, v) in values.iter().enumerate() {
-            if let Some((_, reason)) = deep.next_if(|d| d.0 == i) {
+            if let Some((_, reason)) = refusals.next_if(|d| d.0 == i) {
                 bad.push((i, reason));
                 continue;
             }
